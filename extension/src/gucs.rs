@@ -1,0 +1,90 @@
+//! Every `fraiseql_observers.*` setting, with typed getters. Nothing else reads GUCs directly.
+
+use std::ffi::CString;
+
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+/// `fraiseql_observers.enabled` (bool, default on, reload): when off the background dispatcher
+/// idles; capture continues, so nothing is lost, and dispatch resumes where it stopped.
+static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// `fraiseql_observers.database` (string, default `postgres`, server start): the database whose
+/// events the background dispatcher serves.
+static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+/// `fraiseql_observers.dispatch_interval` (milliseconds, default 100, reload): how long the
+/// background dispatcher sleeps when a round found nothing to do.
+static DISPATCH_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
+
+/// `fraiseql_observers.batch_size` (events, default 10000, reload): most events one dispatch
+/// round reads; a larger backlog is worked off in consecutive rounds without sleeping.
+static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
+/// Register the settings. Postmaster-context settings can only be defined while preloading.
+pub fn init(preloading: bool) {
+    GucRegistry::define_bool_guc(
+        c"fraiseql_observers.enabled",
+        c"Run dispatch rounds in the background worker.",
+        c"When off, events are still captured and are dispatched once it is on again.",
+        &ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"fraiseql_observers.dispatch_interval",
+        c"Sleep between idle dispatch rounds.",
+        c"The background dispatcher sleeps this long when a round found no new events.",
+        &DISPATCH_INTERVAL_MS,
+        10,
+        60_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"fraiseql_observers.batch_size",
+        c"Most events one dispatch round reads.",
+        c"A larger backlog is worked off in consecutive rounds.",
+        &BATCH_SIZE,
+        1,
+        1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"fraiseql_observers.database",
+        c"Database served by the background dispatcher.",
+        c"The dispatcher connects to this database at server start.",
+        &DATABASE,
+        if preloading {
+            GucContext::Postmaster
+        } else {
+            GucContext::Suset
+        },
+        GucFlags::default(),
+    );
+}
+
+/// See [`ENABLED`].
+pub fn enabled() -> bool {
+    ENABLED.get()
+}
+
+/// See [`DATABASE`].
+pub fn database() -> String {
+    DATABASE
+        .get()
+        .and_then(|s| s.into_string().ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "postgres".to_string())
+}
+
+/// See [`DISPATCH_INTERVAL_MS`].
+pub fn dispatch_interval() -> std::time::Duration {
+    std::time::Duration::from_millis(u64::try_from(DISPATCH_INTERVAL_MS.get()).unwrap_or(100))
+}
+
+/// See [`BATCH_SIZE`].
+pub fn batch_size() -> i32 {
+    BATCH_SIZE.get()
+}

@@ -1,0 +1,65 @@
+//! `fraiseql_observers`: capture committed row changes and queue reliable outbound actions.
+//!
+//! Most of the extension is SQL (`sql/*.sql`, loaded below): capture trigger, dispatcher, queue and
+//! status are set-based work that SQL does best. Rust holds what SQL cannot do well: the GUCs, the
+//! dispatcher background worker, and validation shared with the worker (`fraiseql-observers-core`).
+
+use pgrx::prelude::*;
+
+mod api;
+mod gucs;
+mod pg;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!(
+    "../../sql/capture.sql",
+    name = "capture",
+    requires = ["schema"]
+);
+extension_sql_file!(
+    "../../sql/observers.sql",
+    name = "observers",
+    requires = ["capture", api::observer_validate_action]
+);
+extension_sql_file!(
+    "../../sql/dispatch.sql",
+    name = "dispatch",
+    requires = ["observers"]
+);
+extension_sql_file!(
+    "../../sql/queue.sql",
+    name = "queue",
+    requires = ["dispatch"]
+);
+extension_sql_file!(
+    "../../sql/status.sql",
+    name = "status",
+    requires = ["queue"],
+    finalize
+);
+
+/// Called when the library is loaded: by `shared_preload_libraries` at server start (then the
+/// postmaster-level GUCs and the dispatcher background worker are registered), or on first use
+/// in a session.
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    // SAFETY: reading a postmaster global that Postgres sets before it loads preload libraries.
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    gucs::init(preloading);
+    if preloading {
+        pg::dispatcher::register();
+    }
+}
+
+/// Required by `cargo pgrx test`: settings for its temporary cluster.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'fraiseql_observers'"]
+    }
+}

@@ -1,0 +1,150 @@
+//! The dispatcher background worker: runs `observer_dispatch()` rounds in the database named by
+//! `fraiseql_observers.database`, back to back while there is a backlog, every
+//! `fraiseql_observers.dispatch_interval` when idle.
+//!
+//! It survives SQL errors (logs, aborts the transaction, backs off, goes on), idles until
+//! `CREATE EXTENSION` has run, rereads its settings on SIGHUP and exits on SIGTERM. Only one
+//! dispatcher runs a round at a time per database (an advisory lock inside `observer_dispatch`),
+//! so external workers running rounds for hosts without preload never collide with it.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::prelude::*;
+
+use crate::gucs;
+
+/// Longest pause after consecutive failed rounds.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Pause between checks while the extension is not created in the database yet.
+const NOT_INSTALLED_WAIT: Duration = Duration::from_secs(2);
+
+/// Register the worker; called from `_PG_init` while preloading.
+pub fn register() {
+    BackgroundWorkerBuilder::new("fraiseql_observers dispatcher")
+        .set_type("fraiseql_observers dispatcher")
+        .set_function("fraiseql_observers_dispatcher_main")
+        .set_library("fraiseql_observers")
+        .enable_spi_access()
+        // Restarted by the postmaster if it ever exits with an error (the default None never would).
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+/// What one tick found.
+enum Tick {
+    /// The extension is not installed in the database (yet).
+    NotInstalled,
+    /// A round ran and read this many events.
+    Dispatched(i64),
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn fraiseql_observers_dispatcher_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = gucs::database();
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    log!("fraiseql_observers dispatcher started for database \"{database}\"");
+
+    let mut failures: u32 = 0;
+    let mut wait = Duration::ZERO;
+    while BackgroundWorker::wait_latch(Some(wait)) {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: called from the worker's main loop, outside any transaction, as Postgres'
+            // own background workers do after their SIGHUP handler set the flag.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        if !gucs::enabled() {
+            wait = gucs::dispatch_interval().max(Duration::from_secs(1));
+            continue;
+        }
+        let batch = gucs::batch_size();
+        match catch_unwind(AssertUnwindSafe(|| {
+            BackgroundWorker::transaction(|| tick(batch))
+        })) {
+            Ok(Tick::NotInstalled) => {
+                failures = 0;
+                wait = NOT_INSTALLED_WAIT;
+            }
+            Ok(Tick::Dispatched(n)) => {
+                failures = 0;
+                // A full page means a backlog: go again at once.
+                wait = if n >= i64::from(batch) {
+                    Duration::ZERO
+                } else {
+                    gucs::dispatch_interval()
+                };
+            }
+            Err(payload) => {
+                // SAFETY: the transaction body raised an ERROR that pgrx turned into a panic and
+                // the transaction is left open and failed; abort it before the next one starts.
+                unsafe { pg_sys::AbortCurrentTransaction() };
+                failures = failures.saturating_add(1);
+                wait = backoff(failures);
+                warning!(
+                    "fraiseql_observers dispatcher: round failed ({}); retrying in {} ms",
+                    describe(&payload),
+                    wait.as_millis()
+                );
+            }
+        }
+        // Background workers flush their own statistics.
+        // SAFETY: outside a transaction, as the stats collector requires.
+        unsafe { pg_sys::pgstat_report_stat(false) };
+    }
+    log!("fraiseql_observers dispatcher stopping");
+}
+
+/// One transaction: find the extension's schema, run a round.
+fn tick(batch: i32) -> Tick {
+    let schema = Spi::get_one::<String>(
+        "SELECT n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
+         WHERE e.extname = 'fraiseql_observers'",
+    );
+    let Ok(Some(schema)) = schema else {
+        return Tick::NotInstalled;
+    };
+    let sql = format!(
+        "SELECT {}.observer_dispatch($1, 'bgworker')",
+        spi::quote_identifier(&schema)
+    );
+    let n = Spi::get_one_with_args::<i64>(&sql, &[batch.into()])
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    Tick::Dispatched(n)
+}
+
+/// Exponential backoff after consecutive failures: 100 ms, 200 ms, ... up to [`MAX_BACKOFF`].
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1u64 << failures.min(16))).min(MAX_BACKOFF)
+}
+
+fn describe(payload: &Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast_ref::<CaughtError>() {
+        Some(CaughtError::PostgresError(e) | CaughtError::ErrorReport(e)) => {
+            e.message().to_string()
+        }
+        Some(CaughtError::RustPanic { ereport, .. }) => ereport.message().to_string(),
+        None => payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
+            .unwrap_or_else(|| "unknown error".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_millis(200));
+        assert_eq!(backoff(3), Duration::from_millis(800));
+        assert_eq!(backoff(40), MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Fresh-machine set-up, idempotent: Debian packages, cargo-pgrx 0.18.0, `cargo pgrx init`, and the
+# extension built and installed into the system Postgres 15. Every step checks first and skips what
+# is already done, so a second run takes seconds. Run as root on Debian 12 (the only requirement is
+# the Rust toolchain).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo redis-server)
+CARGO_PGRX_VERSION=0.18.0
+
+t0=$SECONDS
+[ "$(id -u)" = 0 ] || die "run as root (it installs Debian packages and writes to the Postgres directories)"
+
+step "Debian packages"
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  note "all present (${APT_PACKAGES[*]})"
+else
+  note "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts a default cluster and redis on install; we run our own on private ports.
+  systemctl disable --now postgresql redis-server >/dev/null 2>&1 || true
+fi
+[ -x "$PG_CONFIG" ] || die "pg_config not found at $PG_CONFIG (pgrx.toml: pg_config)"
+
+step "cargo-pgrx $CARGO_PGRX_VERSION"
+if cargo pgrx --version 2>/dev/null | grep -q "$CARGO_PGRX_VERSION"; then
+  note "already installed"
+else
+  note "cargo install cargo-pgrx --version $CARGO_PGRX_VERSION --locked (about 5 minutes)"
+  cargo install cargo-pgrx --version "$CARGO_PGRX_VERSION" --locked --quiet
+fi
+
+step "cargo pgrx init --pg$PG_VERSION"
+if grep -q "^pg$PG_VERSION = \"$PG_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
+  note "already initialised"
+else
+  cargo pgrx init "--pg$PG_VERSION" "$PG_CONFIG"
+fi
+
+step "build and install the extension (release)"
+"$ROOT/scripts/install-extension.sh"
+
+note "set-up done in $((SECONDS - t0)) s"

@@ -1,0 +1,169 @@
+-- The job queue API the worker calls: claim with a lease and a fencing token, then complete or
+-- fail in batches. Lease deadlines come from the database clock, never the worker's.
+
+-- observer.job_payload: the JSON document delivered for a job (Standard Webhooks layout: type,
+-- timestamp, data).
+CREATE FUNCTION observer.job_payload(j observer.jobs, o observer.observers, e observer.events)
+RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN jsonb_build_object(
+    'type', o.name,
+    'timestamp', e.created_at,
+    'data', jsonb_build_object(
+        'event_id', e.id,
+        'observer', o.name,
+        'table', e.table_name,
+        'op', e.op,
+        'old', e.old,
+        'new', e.new));
+
+CREATE FUNCTION observer_claim(worker text, max_jobs integer DEFAULT 100, lease interval DEFAULT '30 seconds')
+RETURNS TABLE (job_id bigint, token bigint, attempt integer, lease_until timestamptz, observer text,
+               action jsonb, idempotency_key text, payload jsonb)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    IF worker IS NULL OR worker = '' THEN
+        RAISE EXCEPTION 'worker name is required' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF max_jobs IS NULL OR max_jobs < 1 OR max_jobs > 10000 THEN
+        RAISE EXCEPTION 'max_jobs must be between 1 and 10000, not %', coalesce(max_jobs::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF lease IS NULL OR lease < '1 second' OR lease > '1 day' THEN
+        RAISE EXCEPTION 'lease must be between 1 second and 1 day, not %', coalesce(lease::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    -- A lease that expired on the job's last attempt ends the job: a job that kills its worker
+    -- every time must not be retried forever.
+    WITH dead AS (
+        UPDATE observer.jobs j
+        SET state = 'dead', finished_at = clock_timestamp(), lease_until = NULL,
+            last_error = 'lease expired on the last attempt (worker died or stalled)'
+        FROM observer.observers o
+        WHERE o.id = j.observer_id AND j.state = 'running' AND j.lease_until < clock_timestamp()
+          AND j.attempt >= o.max_attempts
+        RETURNING j.id, j.attempt, j.worker
+    )
+    INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error)
+    SELECT id, attempt, dead.worker, 'expired', 'lease expired' FROM dead
+    ON CONFLICT DO NOTHING;
+
+    RETURN QUERY
+    WITH expired AS (
+        SELECT j.id FROM observer.jobs j
+        WHERE j.state = 'running' AND j.lease_until < clock_timestamp()
+        ORDER BY j.lease_until
+        LIMIT max_jobs
+        FOR UPDATE SKIP LOCKED
+    ), ready AS (
+        SELECT j.id FROM observer.jobs j
+        WHERE j.state = 'pending' AND j.run_at <= clock_timestamp()
+        ORDER BY j.run_at, j.id
+        LIMIT max_jobs
+        FOR UPDATE SKIP LOCKED
+    ), picked AS (
+        SELECT id FROM (SELECT id FROM expired UNION ALL SELECT id FROM ready) p LIMIT max_jobs
+    ), expired_attempts AS (
+        -- The attempt whose lease ran out is recorded before the job is handed to someone else.
+        INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error)
+        SELECT j.id, j.attempt, j.worker, 'expired', 'lease expired'
+        FROM observer.jobs j WHERE j.id IN (SELECT id FROM expired) AND j.id IN (SELECT id FROM picked)
+        ON CONFLICT DO NOTHING
+    ), claimed AS (
+        UPDATE observer.jobs j
+        SET state = 'running',
+            attempt = j.attempt + 1,
+            lease_token = nextval('observer.lease_token_seq'),
+            lease_until = clock_timestamp() + lease,
+            worker = observer_claim.worker
+        FROM picked
+        WHERE j.id = picked.id
+        RETURNING j.*
+    )
+    SELECT c.id, c.lease_token, c.attempt, c.lease_until, o.name, o.action, c.idempotency_key,
+           observer.job_payload(c::observer.jobs, o, e)
+    FROM claimed c
+    JOIN observer.observers o ON o.id = c.observer_id
+    JOIN observer.events e ON e.id = c.event_id
+    ORDER BY c.id;
+END
+$$;
+
+-- observer_complete(job_ids, tokens): mark delivered jobs completed. A pair whose token no longer
+-- matches (the lease expired and another worker claimed the job) is rejected: accepted = false.
+CREATE FUNCTION observer_complete(job_ids bigint[], tokens bigint[])
+RETURNS TABLE (job_id bigint, accepted boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    IF cardinality(job_ids) IS DISTINCT FROM cardinality(tokens) THEN
+        RAISE EXCEPTION 'job_ids and tokens must have the same length'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY
+    WITH input AS (
+        SELECT * FROM unnest(job_ids, tokens) AS i(id, token)
+    ), done AS (
+        UPDATE observer.jobs j
+        SET state = 'completed', finished_at = clock_timestamp(), lease_until = NULL, last_error = NULL
+        FROM input
+        WHERE j.id = input.id AND j.lease_token = input.token AND j.state = 'running'
+        RETURNING j.id, j.attempt, j.worker
+    ), logged AS (
+        INSERT INTO observer.attempts (job_id, attempt, worker, outcome)
+        SELECT id, attempt, worker, 'completed' FROM done
+        ON CONFLICT (job_id, attempt) DO UPDATE SET outcome = excluded.outcome, finished_at = excluded.finished_at
+    )
+    SELECT input.id, EXISTS (SELECT 1 FROM done WHERE done.id = input.id) FROM input;
+END
+$$;
+
+-- observer_fail(job_ids, tokens, errors, retry_not_before): record failed attempts. Each job is
+-- retried after exponential backoff with full jitter (random between 0 and
+-- min(cap, base * 2^(attempt-1))), not before the worker-supplied time (Retry-After) if any, or
+-- goes to state 'dead' once its observer's max_attempts is used up.
+CREATE FUNCTION observer_fail(job_ids bigint[], tokens bigint[], errors text[],
+                              retry_not_before timestamptz[] DEFAULT NULL)
+RETURNS TABLE (job_id bigint, accepted boolean, state text, run_at timestamptz)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    IF cardinality(job_ids) IS DISTINCT FROM cardinality(tokens)
+       OR cardinality(job_ids) IS DISTINCT FROM cardinality(errors)
+       OR (retry_not_before IS NOT NULL AND cardinality(retry_not_before) <> cardinality(job_ids)) THEN
+        RAISE EXCEPTION 'job_ids, tokens, errors (and retry_not_before if given) must have the same length'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY
+    WITH input AS (
+        SELECT i.id, i.token, left(i.error, 2000) AS error, i.not_before
+        FROM unnest(job_ids, tokens, errors,
+                    coalesce(retry_not_before, array_fill(NULL::timestamptz, ARRAY[cardinality(job_ids)])))
+             AS i(id, token, error, not_before)
+    ), failed AS (
+        UPDATE observer.jobs j
+        SET state = CASE WHEN j.attempt >= o.max_attempts THEN 'dead' ELSE 'pending' END,
+            run_at = CASE WHEN j.attempt >= o.max_attempts THEN j.run_at ELSE greatest(
+                         clock_timestamp() + random() * least(o.backoff_cap,
+                             o.backoff_base * power(2, least(j.attempt - 1, 40))::double precision),
+                         input.not_before) END,
+            finished_at = CASE WHEN j.attempt >= o.max_attempts THEN clock_timestamp() END,
+            lease_until = NULL,
+            last_error = input.error
+        FROM input, observer.observers o
+        WHERE j.id = input.id AND j.lease_token = input.token AND j.state = 'running'
+          AND o.id = j.observer_id
+        RETURNING j.id, j.attempt, j.worker, j.state, j.run_at, input.error
+    ), logged AS (
+        INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error)
+        SELECT f.id, f.attempt, f.worker, CASE WHEN f.state = 'dead' THEN 'dead' ELSE 'retry' END, f.error
+        FROM failed f
+        ON CONFLICT (job_id, attempt) DO UPDATE SET outcome = excluded.outcome, error = excluded.error,
+                                                    finished_at = excluded.finished_at
+    )
+    SELECT input.id, f.id IS NOT NULL, f.state, f.run_at
+    FROM input LEFT JOIN failed f ON f.id = input.id;
+END
+$$;

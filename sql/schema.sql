@@ -1,0 +1,113 @@
+-- fraiseql_observers: storage. Data lives in schema "observer" (never granted to PUBLIC); the API
+-- functions live in the extension's schema so that `SELECT observer_status()` works on the default
+-- search_path. Every API function pins search_path and qualifies what it touches.
+
+CREATE SCHEMA observer;
+REVOKE ALL ON SCHEMA observer FROM PUBLIC;
+COMMENT ON SCHEMA observer IS 'fraiseql_observers storage: observers, event log, dispatch state, job queue';
+
+-- Observers: what to watch and what to do.
+CREATE TABLE observer.observers (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name           text NOT NULL UNIQUE CHECK (name ~ '^[A-Za-z_][A-Za-z0-9_.-]{0,62}$'),
+    table_oid      oid NOT NULL,
+    table_name     text NOT NULL,            -- schema-qualified, as it was at observer_create
+    events         text[] NOT NULL CHECK (events <@ ARRAY['INSERT','UPDATE','DELETE'] AND cardinality(events) > 0),
+    condition      jsonpath,                 -- SQL/JSON path predicate over {op, table, old, new}; NULL = always
+    action         jsonb NOT NULL,           -- validated by observer_validate_action()
+    key_columns    text[],                   -- primary key columns: the default ordering key
+    max_attempts   integer NOT NULL DEFAULT 8 CHECK (max_attempts BETWEEN 1 AND 1000),
+    backoff_base   interval NOT NULL DEFAULT '1 second' CHECK (backoff_base > '0'),
+    backoff_cap    interval NOT NULL DEFAULT '1 hour' CHECK (backoff_cap >= backoff_base),
+    enabled        boolean NOT NULL DEFAULT true,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX observers_table ON observer.observers (table_oid) WHERE enabled;
+
+-- The event log: one row per captured row change, written by the capture trigger in the writing
+-- transaction. `tx` is that transaction's xid8: the dispatcher reads events by transaction
+-- visibility, never by id, because ids are taken before commit and commits come out of id order.
+CREATE TABLE observer.events (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tx          xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    table_oid   oid NOT NULL,
+    table_name  text NOT NULL,
+    op          text NOT NULL,
+    old         jsonb,
+    new         jsonb,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX events_tx ON observer.events (tx);
+
+-- Dispatcher checkpoint (one row). All events of transactions visible in `done_snapshot` have been
+-- dispatched. A round targets `batch_snapshot`: the events visible in it and not in
+-- `done_snapshot` (PgQ's tick technique), paged by event id above `batch_cursor`.
+CREATE TABLE observer.dispatch_state (
+    singleton         boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    done_snapshot     pg_snapshot NOT NULL,
+    batch_snapshot    pg_snapshot,
+    batch_cursor      bigint NOT NULL DEFAULT 0,
+    rounds            bigint NOT NULL DEFAULT 0,
+    events_dispatched bigint NOT NULL DEFAULT 0,
+    jobs_created      bigint NOT NULL DEFAULT 0,
+    last_round_at     timestamptz,
+    last_event_at     timestamptz,
+    last_dispatcher   text
+);
+INSERT INTO observer.dispatch_state (done_snapshot) VALUES (pg_current_snapshot());
+
+-- Conditions that failed to evaluate on an event (bad data for the path, not a bad path: paths are
+-- validated at observer_create). Recorded, never raised: one bad row must not block the others.
+CREATE TABLE observer.condition_errors (
+    event_id     bigint NOT NULL,
+    observer_id  bigint NOT NULL REFERENCES observer.observers (id) ON DELETE CASCADE,
+    recorded_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (event_id, observer_id)
+);
+
+-- Fencing tokens: every claim takes a new, larger one, so a worker holding an older token can
+-- never overwrite the outcome written by the worker that took its expired lease over.
+CREATE SEQUENCE observer.lease_token_seq;
+
+-- The job queue. One job per (event, observer), enforced by the unique constraint so a retried
+-- dispatch round cannot double a job.
+CREATE TABLE observer.jobs (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    observer_id      bigint NOT NULL REFERENCES observer.observers (id),
+    event_id         bigint NOT NULL,
+    state            text NOT NULL DEFAULT 'pending'
+                     CHECK (state IN ('pending', 'running', 'completed', 'dead')),
+    attempt          integer NOT NULL DEFAULT 0,
+    run_at           timestamptz NOT NULL DEFAULT now(),
+    lease_token      bigint,
+    lease_until      timestamptz,
+    worker           text,
+    ordering_key     text,
+    idempotency_key  text NOT NULL,          -- the webhook-id: stable across retries and replays
+    last_error       text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    finished_at      timestamptz,
+    UNIQUE (event_id, observer_id)
+);
+CREATE INDEX jobs_ready ON observer.jobs (run_at, id) WHERE state = 'pending';
+CREATE INDEX jobs_leased ON observer.jobs (lease_until) WHERE state = 'running';
+CREATE INDEX jobs_observer_state ON observer.jobs (observer_id, state);
+
+-- One row per delivery attempt outcome reported by a worker (the seed of the audit trail).
+CREATE TABLE observer.attempts (
+    job_id       bigint NOT NULL REFERENCES observer.jobs (id) ON DELETE CASCADE,
+    attempt      integer NOT NULL,
+    worker       text,
+    outcome      text NOT NULL CHECK (outcome IN ('completed', 'retry', 'dead', 'expired')),
+    error        text,
+    finished_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, attempt)
+);
+
+-- Every object above is private to the extension owner; roles get functions, not tables.
+REVOKE ALL ON ALL TABLES IN SCHEMA observer FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA observer FROM PUBLIC;
+
+-- dump/restore: configuration tables are dumped with the extension.
+SELECT pg_catalog.pg_extension_config_dump('observer.observers', '');
