@@ -1,1 +1,288 @@
+//! Harness for the integration tests: a real PostgreSQL 15 cluster started for the test (as the
+//! `postgres` OS user, on a private port and socket directory, preloading the extension), the real
+//! `fraiseql-observers` binary, and a real HTTP sink on loopback.
+//!
+//! Each test owns its cluster, so no test depends on another's data. Requirements (met by
+//! `scripts/setup.sh`): root, the `postgres` OS user, Postgres 15 from Debian, and the extension
+//! installed into it.
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+
+pub mod sink;
+
+pub use sink::{Received, Sink};
+
+/// Directory of the Postgres 15 server binaries (read from pgrx.toml's pg_config).
+pub fn pg_bindir() -> PathBuf {
+    let toml = std::fs::read_to_string(workspace_root().join("pgrx.toml")).unwrap_or_default();
+    let pg_config = toml
+        .lines()
+        .find_map(|l| {
+            let l = l.trim();
+            l.strip_prefix("pg_config")
+                .and_then(|r| r.trim_start().strip_prefix('='))
+                .map(|v| v.trim().trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| "/usr/lib/postgresql/15/bin/pg_config".to_string());
+    Path::new(&pg_config)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+}
+
+/// The workspace root (parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released: good enough for a private test cluster).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn run_as_postgres(args: &[&str]) -> Result<std::process::Output> {
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .args(args)
+        .output()
+        .with_context(|| format!("failed to run {args:?} as postgres"))?;
+    Ok(out)
+}
+
+/// A Postgres cluster owned by one test; stopped (immediate mode) and deleted on drop.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    /// TCP port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Cluster {
+    /// initdb + start a cluster with the extension preloaded. `extra_conf` lines are appended to
+    /// postgresql.conf.
+    pub fn start(extra_conf: &[&str]) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("fo-cluster-")
+            .tempdir_in(std::env::temp_dir())?;
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status()?;
+        if !status.success() {
+            bail!("chown of the test cluster directory failed (run the tests as root)");
+        }
+        let data = dir.path().join("data");
+        let bindir = pg_bindir();
+        let out = run_as_postgres(&[
+            bindir.join("initdb").to_str().unwrap_or("initdb"),
+            "-D",
+            data.to_str().unwrap_or_default(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+        ])?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let port = free_port()?;
+        let mut conf = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             shared_preload_libraries = 'fraiseql_observers'\nfraiseql_observers.database = 'postgres'\n\
+             max_connections = 200\nlog_min_messages = warning\n",
+            dir.path().display()
+        );
+        for line in extra_conf {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        let conf_path = data.join("postgresql.conf");
+        let mut existing = std::fs::read_to_string(&conf_path)?;
+        existing.push_str(&conf);
+        std::fs::write(&conf_path, existing)?;
+        let cluster = Cluster { dir, port };
+        cluster.pg_ctl(&["-w", "-t", "60", "start"])?;
+        Ok(cluster)
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<()> {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("server.log");
+        let pg_ctl = pg_bindir().join("pg_ctl");
+        let mut full = vec![
+            pg_ctl.to_str().unwrap_or("pg_ctl"),
+            "-D",
+            data.to_str().unwrap_or_default(),
+            "-l",
+            log.to_str().unwrap_or_default(),
+        ];
+        full.extend_from_slice(args);
+        let out = run_as_postgres(&full)?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl {args:?} failed: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.server_log()
+            );
+        }
+        Ok(())
+    }
+
+    /// The server log so far (for failure messages).
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Connection URL for `dbname`.
+    pub fn url(&self, dbname: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{dbname}", self.port)
+    }
+
+    /// A client connection to `dbname`.
+    pub async fn connect(&self, dbname: &str) -> Result<tokio_postgres::Client> {
+        let (client, conn) = tokio_postgres::connect(&self.url(dbname), tokio_postgres::NoTls)
+            .await
+            .with_context(|| format!("connect to {}", self.url(dbname)))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
+    }
+}
+
+/// Path of the `fraiseql-observers` binary, built once per test process.
+pub fn worker_binary() -> Result<PathBuf> {
+    static BUILD: Once = Once::new();
+    static RESULT: Mutex<Option<std::result::Result<PathBuf, String>>> = Mutex::new(None);
+    BUILD.call_once(|| {
+        let result = (|| -> std::result::Result<PathBuf, String> {
+            if let Ok(p) = std::env::var("FRAISEQL_OBSERVERS_BIN") {
+                return Ok(PathBuf::from(p));
+            }
+            let root = workspace_root();
+            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "fraiseql-observers",
+                    "--bin",
+                    "fraiseql-observers",
+                ])
+                .current_dir(&root)
+                .status()
+                .map_err(|e| format!("cannot run cargo build: {e}"))?;
+            if !status.success() {
+                return Err("cargo build of fraiseql-observers failed".into());
+            }
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| root.join("target"));
+            Ok(target.join("debug").join("fraiseql-observers"))
+        })();
+        if let Ok(mut slot) = RESULT.lock() {
+            *slot = Some(result);
+        }
+    });
+    match RESULT.lock().ok().and_then(|s| s.clone()) {
+        Some(Ok(p)) => Ok(p),
+        Some(Err(e)) => bail!(e),
+        None => bail!("worker binary build did not run"),
+    }
+}
+
+/// A running worker process; killed on drop.
+pub struct Worker {
+    child: Child,
+    log: Arc<PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+impl Worker {
+    /// Start `fraiseql-observers run` against `database_url` with extra `FRAISEQL_OBSERVERS_*`
+    /// settings.
+    pub fn start(database_url: &str, env: &[(&str, &str)]) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("worker.log");
+        let file = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(worker_binary()?);
+        cmd.arg("run")
+            .env("FRAISEQL_OBSERVERS_DATABASE_URL", database_url)
+            .env("FRAISEQL_OBSERVERS_POLL_INTERVAL_MS", "100")
+            .env("FRAISEQL_OBSERVERS_LOG__FILTER", "info")
+            .stdout(Stdio::null())
+            .stderr(file);
+        for (k, v) in env {
+            cmd.env(format!("FRAISEQL_OBSERVERS_{k}"), v);
+        }
+        let child = cmd.spawn().context("failed to start the worker")?;
+        Ok(Self {
+            child,
+            log: Arc::new(log),
+            _dir: dir,
+        })
+    }
+
+    /// The worker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&*self.log).unwrap_or_default()
+    }
+
+    /// Send SIGTERM and wait for the exit status (None if it had to be killed after `timeout`).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        None
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `check` every 50 ms until it returns true or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,141 @@
+//! A real HTTP/1.1 server on loopback that records every request, for the integration tests.
+//! Its answer is programmable per request (e.g. fail the first attempt of every event).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// One received request.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Request method.
+    pub method: String,
+    /// Request path.
+    pub path: String,
+    /// Headers, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// Body, parsed as JSON (Null if it was not JSON).
+    pub body: serde_json::Value,
+    /// The status the sink answered.
+    pub status: u16,
+}
+
+impl Received {
+    /// First value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Decides the status for a request, given everything received before it.
+pub type Responder = Arc<dyn Fn(&Received, &[Received]) -> u16 + Send + Sync>;
+
+/// The sink: records requests, answers with the responder's status.
+#[derive(Clone)]
+pub struct Sink {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Sink {
+    /// A sink that answers 200 to everything.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(Arc::new(|_, _| 200)).await
+    }
+
+    /// A sink whose answers come from `responder`.
+    pub async fn start_with(responder: Responder) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let store = received.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let store = store.clone();
+                let responder = responder.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let store = store.clone();
+                        let responder = responder.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let bytes = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let mut r = Received {
+                                method: parts.method.to_string(),
+                                path: parts.uri.path().to_string(),
+                                headers: parts
+                                    .headers
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (
+                                            k.as_str().to_string(),
+                                            v.to_str().unwrap_or("").to_string(),
+                                        )
+                                    })
+                                    .collect(),
+                                body: serde_json::from_slice(&bytes)
+                                    .unwrap_or(serde_json::Value::Null),
+                                status: 0,
+                            };
+                            let status = {
+                                let mut all = store.lock().unwrap_or_else(|e| e.into_inner());
+                                r.status = responder(&r, &all);
+                                all.push(r.clone());
+                                r.status
+                            };
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .status(StatusCode::from_u16(status).unwrap_or(StatusCode::OK))
+                                    .body(Full::new(Bytes::from_static(b"ok")))
+                                    .unwrap_or_default(),
+                            )
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Self { addr, received })
+    }
+
+    /// URL of `path` on this sink.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Number of requests answered with 2xx so far.
+    pub fn delivered(&self) -> usize {
+        self.received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .count()
+    }
+}

@@ -1,0 +1,235 @@
+//! End to end: rows committed in a real cluster reach a real HTTP sink through the real worker
+//! binary, exactly once each when the sink answers 2xx, retried with a stable identity when it
+//! does not.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fraiseql_observers_tests::{wait_until, Cluster, Sink, Worker};
+use serde_json::Value;
+
+async fn status(client: &tokio_postgres::Client) -> Value {
+    let row = client
+        .query_one("SELECT observer_status()::text", &[])
+        .await
+        .expect("observer_status()");
+    serde_json::from_str(row.get::<_, &str>(0)).expect("status is JSON")
+}
+
+async fn setup_orders(client: &tokio_postgres::Client, sink: &Sink, options: &str) {
+    client
+        .batch_execute(&format!(
+            "CREATE EXTENSION fraiseql_observers;
+             CREATE TABLE orders (id int PRIMARY KEY, status text NOT NULL, amount numeric NOT NULL);
+             SELECT observer_create('orders_created', 'orders', ARRAY['INSERT'], NULL,
+                 '{{\"type\": \"webhook\", \"url\": \"{}\"}}', '{options}');",
+            sink.url("/hooks/orders")
+        ))
+        .await
+        .expect("create extension, table and observer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousand_committed_rows_become_exactly_thousand_posts() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let sink = Sink::start().await.expect("sink");
+    let client = cluster.connect("postgres").await.expect("connect");
+    setup_orders(&client, &sink, "{}").await;
+    let mut worker = Worker::start(&cluster.url("postgres"), &[]).expect("worker");
+
+    // 1,000 committed rows in 20 transactions of 50 from 4 concurrent sessions, interleaved with
+    // 4 rolled-back transactions whose rows must never be delivered.
+    let mut writers = Vec::new();
+    for w in 0..4i32 {
+        let c = cluster.connect("postgres").await.expect("connect writer");
+        writers.push(tokio::spawn(async move {
+            for t in 0..5i32 {
+                let first = (w * 5 + t) * 50 + 1;
+                c.batch_execute(&format!(
+                    "BEGIN;
+                     INSERT INTO orders SELECT i, 'status-' || i, i * 1.5 FROM generate_series({first}, {last}) i;
+                     COMMIT;",
+                    last = first + 49
+                ))
+                .await
+                .expect("committed insert");
+                if t == 2 {
+                    let ghost = 100_000 + w * 100;
+                    c.batch_execute(&format!(
+                        "BEGIN;
+                         INSERT INTO orders SELECT i, 'ghost', 0 FROM generate_series({ghost}, {}) i;
+                         ROLLBACK;",
+                        ghost + 9
+                    ))
+                    .await
+                    .expect("rolled-back insert");
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+
+    let all_done = wait_until(Duration::from_secs(90), || {
+        let client = &client;
+        async move { status(client).await["jobs"]["completed"] == 1000 }
+    })
+    .await;
+    assert!(
+        all_done,
+        "not all delivered: sink has {}, status {}\nworker log:\n{}",
+        sink.delivered(),
+        status(&client).await,
+        worker.log()
+    );
+    // Give a late duplicate the chance to show up before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let received = sink.received();
+    assert_eq!(received.len(), 1000, "exactly one POST per committed row");
+    let mut ids = BTreeSet::new();
+    let mut webhook_ids = BTreeSet::new();
+    for r in &received {
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.path, "/hooks/orders");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert!(r.header("webhook-timestamp").is_some());
+        webhook_ids.insert(r.header("webhook-id").expect("webhook-id").to_string());
+        let data = &r.body["data"];
+        assert_eq!(r.body["type"], "orders_created");
+        assert_eq!(data["op"], "INSERT");
+        assert_eq!(data["table"], "public.orders");
+        assert_eq!(data["old"], Value::Null);
+        let id = data["new"]["id"].as_i64().expect("new.id");
+        assert_eq!(data["new"]["status"], format!("status-{id}"));
+        assert_eq!(data["new"]["amount"].as_f64(), Some(id as f64 * 1.5));
+        ids.insert(id);
+    }
+    assert_eq!(
+        ids,
+        (1..=1000).collect::<BTreeSet<i64>>(),
+        "every committed row, no rolled-back one"
+    );
+    assert_eq!(webhook_ids.len(), 1000, "one webhook-id per job");
+
+    let s = status(&client).await;
+    assert_eq!(s["jobs"]["completed"], 1000, "{s}");
+    assert_eq!(s["jobs"]["pending"], 0, "{s}");
+    assert_eq!(s["jobs"]["running"], 0, "{s}");
+    assert_eq!(s["jobs"]["dead"], 0, "{s}");
+    assert_eq!(s["observers"][0]["name"], "orders_created", "{s}");
+    assert_eq!(s["observers"][0]["completed"], 1000, "{s}");
+    assert_eq!(s["dispatch"]["undispatched_events"], 0, "{s}");
+
+    let exit = worker.terminate(Duration::from_secs(15));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "SIGTERM ends the worker with 0, got {exit:?}\n{}",
+        worker.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_deliveries_are_retried_with_the_same_webhook_id() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    // 503 to the first request of every webhook-id, 200 to the second.
+    let sink = Sink::start_with(Arc::new(|req, before| {
+        let id = req.header("webhook-id");
+        if before.iter().any(|r| r.header("webhook-id") == id) {
+            200
+        } else {
+            503
+        }
+    }))
+    .await
+    .expect("sink");
+    let client = cluster.connect("postgres").await.expect("connect");
+    setup_orders(
+        &client,
+        &sink,
+        r#"{"max_attempts": 5, "backoff_base": "50 milliseconds"}"#,
+    )
+    .await;
+    let _worker = Worker::start(&cluster.url("postgres"), &[]).expect("worker");
+
+    client
+        .batch_execute("INSERT INTO orders SELECT i, 'n', 1 FROM generate_series(1, 20) i")
+        .await
+        .expect("insert");
+    let done = wait_until(Duration::from_secs(60), || {
+        let client = &client;
+        async move { status(client).await["jobs"]["completed"] == 20 }
+    })
+    .await;
+    assert!(done, "retries did not complete: {}", status(&client).await);
+
+    let mut per_id: HashMap<String, Vec<(u16, Value)>> = HashMap::new();
+    for r in sink.received() {
+        per_id
+            .entry(r.header("webhook-id").expect("webhook-id").to_string())
+            .or_default()
+            .push((r.status, r.body.clone()));
+    }
+    assert_eq!(per_id.len(), 20);
+    for (id, attempts) in &per_id {
+        assert_eq!(attempts.len(), 2, "{id}: one 503 then one 200");
+        assert_eq!(attempts[0].0, 503);
+        assert_eq!(attempts[1].0, 200);
+        assert_eq!(attempts[0].1, attempts[1].1, "{id}: same body on retry");
+    }
+    let retries: i64 = client
+        .query_one(
+            "SELECT count(*) FROM observer.attempts WHERE outcome = 'retry' AND error LIKE 'HTTP 503%'",
+            &[],
+        )
+        .await
+        .expect("attempts")
+        .get(0);
+    assert_eq!(retries, 20, "each first attempt is recorded with its error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_jobs_end_dead_with_the_last_error() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let sink = Sink::start_with(Arc::new(|_, _| 500)).await.expect("sink");
+    let client = cluster.connect("postgres").await.expect("connect");
+    setup_orders(
+        &client,
+        &sink,
+        r#"{"max_attempts": 3, "backoff_base": "20 milliseconds"}"#,
+    )
+    .await;
+    let _worker = Worker::start(&cluster.url("postgres"), &[]).expect("worker");
+
+    client
+        .batch_execute("INSERT INTO orders VALUES (1, 'n', 1), (2, 'n', 2)")
+        .await
+        .expect("insert");
+    let dead = wait_until(Duration::from_secs(60), || {
+        let client = &client;
+        async move { status(client).await["jobs"]["dead"] == 2 }
+    })
+    .await;
+    assert!(dead, "jobs did not die: {}", status(&client).await);
+    assert_eq!(
+        sink.received().len(),
+        6,
+        "three attempts each, then no more"
+    );
+    let rows = client
+        .query(
+            "SELECT attempt, last_error FROM observer.jobs ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("jobs");
+    for row in rows {
+        assert_eq!(row.get::<_, i32>(0), 3);
+        assert_eq!(
+            row.get::<_, Option<String>>(1).as_deref(),
+            Some("HTTP 500: ok")
+        );
+    }
+}

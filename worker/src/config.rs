@@ -1,0 +1,374 @@
+//! Worker configuration, in layers: the commented defaults compiled in (`config.default.toml`),
+//! then the user's TOML file, then `FRAISEQL_OBSERVERS_*` environment variables, then flags.
+//! [`Config::validate`] names the bad field and the fix.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The defaults, with a comment on every key.
+pub const DEFAULTS: &str = include_str!("../config.default.toml");
+
+/// Prefix of the environment variables that override config keys.
+pub const ENV_PREFIX: &str = "FRAISEQL_OBSERVERS_";
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Shape(String),
+    #[error("invalid value for `{field}`: {problem}; {fix}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+        fix: &'static str,
+    },
+}
+
+/// The validated configuration. Field meanings, units and defaults are documented in
+/// `config.default.toml`, which is the single source of the defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Connection string of the database with the extension.
+    pub database_url: String,
+    /// Name recorded on claimed jobs; empty means `<hostname>-<pid>`.
+    pub worker_id: String,
+    /// Most jobs claimed in one call.
+    pub batch_size: u32,
+    /// Most actions in flight at once.
+    pub concurrency: u32,
+    /// Lease of a claimed job, seconds.
+    pub lease_seconds: u32,
+    /// Poll interval without wake-ups, milliseconds.
+    pub poll_interval_ms: u64,
+    /// Run dispatch rounds from this worker too.
+    pub dispatch: bool,
+    /// Most events per dispatch round.
+    pub dispatch_batch: u32,
+    /// Grace period for in-flight actions at shutdown, milliseconds.
+    pub shutdown_timeout_ms: u64,
+    /// Outbound HTTP settings.
+    pub http: HttpConfig,
+    /// Logging settings.
+    pub log: LogConfig,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// User-Agent of outbound requests.
+    pub user_agent: String,
+    /// Bytes of a failed response's body kept as the error text.
+    pub error_body_bytes: usize,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// tracing-subscriber filter directive.
+    pub filter: String,
+}
+
+impl Config {
+    /// Build the configuration from all layers: defaults, `file` (if any), the environment
+    /// (`env` as name/value pairs, normally `std::env::vars()`), then `overrides` (flags, as
+    /// `key = value` TOML pairs with dotted keys).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(String, toml::Value)],
+    ) -> Result<Self, ConfigError> {
+        let mut merged = parse_toml(DEFAULTS, "<defaults>")?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            merge(&mut merged, parse_toml(&text, &path.display().to_string())?);
+        }
+        for (var, value) in env {
+            let Some(key) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let path: Vec<String> = key
+                .to_ascii_lowercase()
+                .split("__")
+                .map(str::to_string)
+                .collect();
+            let existing = lookup(&merged, &path).ok_or_else(|| ConfigError::Env {
+                var: var.clone(),
+                message: "no such setting (see config.default.toml for the keys)".to_string(),
+            })?;
+            let typed = coerce(existing, &value).map_err(|message| ConfigError::Env {
+                var: var.clone(),
+                message,
+            })?;
+            set(&mut merged, &path, typed);
+        }
+        for (key, value) in overrides {
+            let path: Vec<String> = key.split('.').map(str::to_string).collect();
+            set(&mut merged, &path, value.clone());
+        }
+        let config: Config = merged
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Shape(e.message().to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check what types cannot: ranges and relations between fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.database_url.trim().is_empty() {
+            return Err(invalid(
+                "database_url",
+                "it is empty",
+                "set it to a postgres:// URL or a libpq connection string",
+            ));
+        }
+        if self.database_url.parse::<tokio_postgres::Config>().is_err() {
+            return Err(invalid(
+                "database_url",
+                format!("{:?} is not a connection string", self.database_url),
+                "use postgres://user@host:port/dbname or \"host=... dbname=...\"",
+            ));
+        }
+        if !(1..=10_000).contains(&self.batch_size) {
+            return Err(invalid("batch_size", self.batch_size, "use 1 to 10000"));
+        }
+        if !(1..=100_000).contains(&self.concurrency) {
+            return Err(invalid("concurrency", self.concurrency, "use 1 to 100000"));
+        }
+        if !(1..=86_400).contains(&self.lease_seconds) {
+            return Err(invalid(
+                "lease_seconds",
+                self.lease_seconds,
+                "use 1 to 86400",
+            ));
+        }
+        if !(10..=3_600_000).contains(&self.poll_interval_ms) {
+            return Err(invalid(
+                "poll_interval_ms",
+                self.poll_interval_ms,
+                "use 10 to 3600000",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.dispatch_batch) {
+            return Err(invalid(
+                "dispatch_batch",
+                self.dispatch_batch,
+                "use 1 to 1000000",
+            ));
+        }
+        if self.log.format != "text" && self.log.format != "json" {
+            return Err(invalid(
+                "log.format",
+                &self.log.format,
+                "use \"text\" or \"json\"",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The worker name to record on jobs.
+    pub fn worker_name(&self) -> String {
+        if self.worker_id.is_empty() {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "worker".to_string());
+            format!("{host}-{}", std::process::id())
+        } else {
+            self.worker_id.clone()
+        }
+    }
+
+    /// [`Config::lease_seconds`] as a duration.
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(u64::from(self.lease_seconds))
+    }
+
+    /// [`Config::poll_interval_ms`] as a duration.
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+
+    /// [`Config::shutdown_timeout_ms`] as a duration.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+fn invalid(field: &'static str, problem: impl std::fmt::Display, fix: &'static str) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        problem: format!("{problem} is not allowed"),
+        fix,
+    }
+}
+
+fn parse_toml(text: &str, origin: &str) -> Result<toml::Value, ConfigError> {
+    text.parse::<toml::Table>()
+        .map(toml::Value::Table)
+        .map_err(|e| ConfigError::Syntax {
+            path: origin.to_string(),
+            message: e.message().to_string(),
+        })
+}
+
+/// Merge `top` into `base`, tables recursively, other values replaced.
+fn merge(base: &mut toml::Value, top: toml::Value) {
+    match (base, top) {
+        (toml::Value::Table(b), toml::Value::Table(t)) => {
+            for (k, v) in t {
+                match b.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, t) => *b = t,
+    }
+}
+
+fn lookup<'a>(v: &'a toml::Value, path: &[String]) -> Option<&'a toml::Value> {
+    path.iter().try_fold(v, |cur, k| cur.get(k))
+}
+
+fn set(v: &mut toml::Value, path: &[String], value: toml::Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut cur = v;
+    for k in parents {
+        let toml::Value::Table(t) = cur else { return };
+        cur = t
+            .entry(k.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    }
+    if let toml::Value::Table(t) = cur {
+        t.insert(last.clone(), value);
+    }
+}
+
+/// An environment string, typed like the default it replaces.
+fn coerce(like: &toml::Value, raw: &str) -> Result<toml::Value, String> {
+    match like {
+        toml::Value::String(_) => Ok(toml::Value::String(raw.to_string())),
+        toml::Value::Integer(_) => raw
+            .trim()
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| format!("{raw:?} is not an integer")),
+        toml::Value::Boolean(_) => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(toml::Value::Boolean(true)),
+            "false" | "0" | "no" | "off" => Ok(toml::Value::Boolean(false)),
+            _ => Err(format!("{raw:?} is not a boolean (true/false)")),
+        },
+        toml::Value::Float(_) => raw
+            .trim()
+            .parse::<f64>()
+            .map(toml::Value::Float)
+            .map_err(|_| format!("{raw:?} is not a number")),
+        _ => Err("this setting cannot be set from the environment".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = Config::load(None, env(&[]), &[]).expect("defaults are valid");
+        assert_eq!(c.batch_size, 100);
+        assert!(c.dispatch);
+        assert_eq!(c.http.user_agent, "fraiseql-observers");
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_env_flags() {
+        let dir = tempdir();
+        let file = dir.join("w.toml");
+        std::fs::write(
+            &file,
+            "batch_size = 7\nconcurrency = 9\n[http]\nuser_agent = \"file\"\n",
+        )
+        .expect("write");
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("FRAISEQL_OBSERVERS_CONCURRENCY", "11"),
+                ("FRAISEQL_OBSERVERS_HTTP__USER_AGENT", "env"),
+                ("UNRELATED", "x"),
+            ]),
+            &[("concurrency".to_string(), toml::Value::Integer(13))],
+        )
+        .expect("valid");
+        assert_eq!(c.batch_size, 7, "file beats defaults");
+        assert_eq!(c.http.user_agent, "env", "env beats file");
+        assert_eq!(c.concurrency, 13, "flags beat env");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = Config::load(None, env(&[("FRAISEQL_OBSERVERS_BATCH_SIZE", "0")]), &[])
+            .expect_err("0 is out of range");
+        assert!(e.to_string().contains("`batch_size`"), "{e}");
+        let e = Config::load(None, env(&[("FRAISEQL_OBSERVERS_BATCH_SIZE", "many")]), &[])
+            .expect_err("not a number");
+        assert!(
+            e.to_string().contains("FRAISEQL_OBSERVERS_BATCH_SIZE"),
+            "{e}"
+        );
+        let e = Config::load(None, env(&[("FRAISEQL_OBSERVERS_NOPE", "1")]), &[])
+            .expect_err("unknown key");
+        assert!(e.to_string().contains("no such setting"), "{e}");
+        let e = Config::load(None, env(&[("FRAISEQL_OBSERVERS_LOG__FORMAT", "xml")]), &[])
+            .expect_err("bad enum");
+        assert!(e.to_string().contains("`log.format`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_in_a_file_are_refused() {
+        let dir = tempdir();
+        let file = dir.join("w.toml");
+        std::fs::write(&file, "bach_size = 7\n").expect("write");
+        let e = Config::load(Some(&file), env(&[]), &[]).expect_err("typo");
+        assert!(e.to_string().contains("bach_size"), "{e}");
+    }
+
+    fn tempdir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "fo-config-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&d).expect("mkdir");
+        d
+    }
+}

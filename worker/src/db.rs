@@ -1,0 +1,211 @@
+//! The worker's side of the extension's SQL API. Every method is one call of an `observer_*`
+//! function: the queue logic (claim, fencing, backoff, dead-lettering) lives in the extension and
+//! is never re-implemented here.
+
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+/// Channel on which `observer_dispatch` announces new jobs.
+pub const JOBS_CHANNEL: &str = "fraiseql_observers_jobs";
+
+/// A database failure, with what the worker was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] tokio_postgres::Error),
+    #[error("{what} failed: {source}")]
+    Call {
+        what: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl DbError {
+    fn call(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        move |source| Self::Call { what, source }
+    }
+
+    /// True when the connection itself is gone (reconnect), false for a failed statement.
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            DbError::Connect(_) => true,
+            DbError::Call { source, .. } => source.is_closed() || source.code().is_none(),
+        }
+    }
+}
+
+/// A claimed job, as `observer_claim` returns it.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    /// `observer.jobs.id`.
+    pub job_id: i64,
+    /// Fencing token of this claim; complete/fail are rejected once it is stale.
+    pub token: i64,
+    /// 1 for the first attempt.
+    pub attempt: i32,
+    /// Observer name (a bounded label).
+    pub observer: String,
+    /// The observer's action, as JSON text.
+    pub action: String,
+    /// Stable across retries and replays: the `webhook-id`.
+    pub idempotency_key: String,
+    /// The document to deliver, as JSON text.
+    pub payload: String,
+}
+
+/// How a failed job should be retried.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The job.
+    pub job_id: i64,
+    /// Its fencing token.
+    pub token: i64,
+    /// What went wrong (stored on the job and its attempt).
+    pub error: String,
+    /// Earliest retry time demanded by the endpoint (`Retry-After`).
+    pub not_before: Option<SystemTime>,
+}
+
+/// One database session of the worker.
+pub struct Db {
+    client: Client,
+}
+
+impl Db {
+    /// Connect; asynchronous notifications on this connection (wake-ups) trigger `wake`.
+    pub async fn connect(url: &str, wake: std::sync::Arc<Notify>) -> Result<Self, DbError> {
+        let (client, mut connection) = tokio_postgres::connect(url, NoTls)
+            .await
+            .map_err(DbError::Connect)?;
+        // The connection future must be polled for the client to work; notices and
+        // notifications arrive through it.
+        tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(_)) => wake.notify_one(),
+                    Ok(AsyncMessage::Notice(n)) => {
+                        tracing::debug!(notice = %n.message(), "postgres notice")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "database connection lost");
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Self { client })
+    }
+
+    /// Subscribe this session to job wake-ups.
+    pub async fn listen(&self) -> Result<(), DbError> {
+        self.client
+            .batch_execute(&format!("LISTEN {JOBS_CHANNEL}"))
+            .await
+            .map_err(DbError::call("LISTEN"))
+    }
+
+    /// True once the connection is closed.
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// `observer_dispatch(max_events, dispatcher)`: events read this round.
+    pub async fn dispatch(&self, max_events: u32, dispatcher: &str) -> Result<i64, DbError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT observer_dispatch($1::int4, $2::text)",
+                &[&i32::try_from(max_events).unwrap_or(i32::MAX), &dispatcher],
+            )
+            .await
+            .map_err(DbError::call("observer_dispatch"))?;
+        Ok(row.get(0))
+    }
+
+    /// `observer_claim(worker, max, lease)`.
+    pub async fn claim(
+        &self,
+        worker: &str,
+        max: u32,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, DbError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT job_id, token, attempt, observer, action::text, idempotency_key, payload::text \
+                 FROM observer_claim($1::text, $2::int4, make_interval(secs => $3::float8))",
+                &[&worker, &i32::try_from(max).unwrap_or(i32::MAX), &lease.as_secs_f64()],
+            )
+            .await
+            .map_err(DbError::call("observer_claim"))?;
+        Ok(rows
+            .iter()
+            .map(|r| ClaimedJob {
+                job_id: r.get(0),
+                token: r.get(1),
+                attempt: r.get(2),
+                observer: r.get(3),
+                action: r.get(4),
+                idempotency_key: r.get(5),
+                payload: r.get(6),
+            })
+            .collect())
+    }
+
+    /// `observer_complete(ids, tokens)`: the ids whose token was stale (rejected).
+    pub async fn complete(&self, done: &[(i64, i64)]) -> Result<Vec<i64>, DbError> {
+        let (ids, tokens): (Vec<i64>, Vec<i64>) = done.iter().copied().unzip();
+        let rows = self
+            .client
+            .query(
+                "SELECT job_id FROM observer_complete($1::int8[], $2::int8[]) WHERE NOT accepted",
+                &[&ids, &tokens],
+            )
+            .await
+            .map_err(DbError::call("observer_complete"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// `observer_fail(ids, tokens, errors, not_before)`: the ids whose token was stale.
+    pub async fn fail(&self, failed: &[Failure]) -> Result<Vec<i64>, DbError> {
+        let ids: Vec<i64> = failed.iter().map(|f| f.job_id).collect();
+        let tokens: Vec<i64> = failed.iter().map(|f| f.token).collect();
+        let errors: Vec<&str> = failed.iter().map(|f| f.error.as_str()).collect();
+        // Seconds since the epoch; NULL where the endpoint set no earliest time.
+        let not_before: Vec<Option<f64>> = failed
+            .iter()
+            .map(|f| {
+                f.not_before
+                    .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs_f64())
+            })
+            .collect();
+        let rows = self
+            .client
+            .query(
+                "SELECT job_id FROM observer_fail($1::int8[], $2::int8[], $3::text[], \
+                 (SELECT array_agg(to_timestamp(t) ORDER BY o) FROM unnest($4::float8[]) WITH ORDINALITY AS u(t, o))) \
+                 WHERE NOT accepted",
+                &[&ids, &tokens, &errors, &not_before],
+            )
+            .await
+            .map_err(DbError::call("observer_fail"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// `observer_status()`, pretty-printed JSON.
+    pub async fn status(&self) -> Result<String, DbError> {
+        let row = self
+            .client
+            .query_one("SELECT jsonb_pretty(observer_status())", &[])
+            .await
+            .map_err(DbError::call("observer_status"))?;
+        Ok(row.get(0))
+    }
+}

@@ -1,0 +1,8 @@
+//! The fraiseql_observers action worker and CLI, as a library so that tests can drive it.
+//! `main.rs` only parses the command line, loads the configuration and calls in here.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod db;
+pub mod runner;
+pub mod webhook;

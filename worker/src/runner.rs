@@ -1,0 +1,241 @@
+//! The run loop (`fraiseql-observers run`): claim jobs, perform them concurrently, report the
+//! outcomes in batches, and run dispatch rounds where configured.
+//!
+//! Shape: one claim loop per database session; each claimed job runs in its own task under a
+//! global [`Semaphore`] (claims never exceed free permits, so nothing claimed waits on a permit
+//! while its lease runs); outcomes go through a channel to a reporter task that calls
+//! `observer_complete` / `observer_fail` for whole batches. On shutdown the loop stops claiming,
+//! in-flight tasks get `shutdown_timeout` to finish, and the reporter flushes. A job still
+//! running after that keeps its lease and is redelivered once the lease runs out: never lost.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fraiseql_observers_core::Action;
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::db::{ClaimedJob, Db, DbError, Failure};
+use crate::webhook::{self, Outcome};
+
+/// Most outcomes reported in one call.
+const REPORT_BATCH: usize = 1000;
+/// Longest pause between reconnection attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
+
+/// Why the worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// Shared dependencies of every task (svix's `WorkerContext`): no globals.
+struct Context {
+    config: Config,
+    worker: String,
+    http: reqwest::Client,
+    permits: Arc<Semaphore>,
+    wake: Arc<Notify>,
+    cancel: CancellationToken,
+}
+
+/// Run the worker until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let ctx = Arc::new(Context {
+        worker: config.worker_name(),
+        http: webhook::client(&config.http.user_agent)?,
+        permits: Arc::new(Semaphore::new(config.concurrency as usize)),
+        wake: Arc::new(Notify::new()),
+        cancel: CancellationToken::new(),
+        config,
+    });
+    tracing::info!(worker = %ctx.worker, concurrency = ctx.config.concurrency, "worker starting");
+
+    let cancel = ctx.cancel.clone();
+    let main = tokio::spawn(supervise(ctx.clone()));
+    shutdown.await;
+    tracing::info!("shutdown requested: no new claims; waiting for in-flight actions");
+    cancel.cancel();
+    if let Err(e) = main.await {
+        tracing::error!(error = %e, "worker task failed");
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Connect, run a session until the connection is lost, reconnect with backoff; until cancelled.
+async fn supervise(ctx: Arc<Context>) {
+    let mut delay = Duration::from_millis(100);
+    while !ctx.cancel.is_cancelled() {
+        match Db::connect(&ctx.config.database_url, ctx.wake.clone()).await {
+            Ok(db) => {
+                delay = Duration::from_millis(100);
+                session(&ctx, Arc::new(db)).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database unavailable");
+            }
+        }
+        if ctx.cancel.is_cancelled() {
+            break;
+        }
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+    }
+}
+
+/// One database session: claim loop plus its reporter.
+async fn session(ctx: &Arc<Context>, db: Arc<Db>) {
+    if let Err(e) = db.listen().await {
+        tracing::warn!(error = %e, "LISTEN failed; relying on polling");
+    }
+    tracing::info!("connected to the database");
+    let (tx, rx) = mpsc::unbounded_channel();
+    let reporter = tokio::spawn(report(db.clone(), rx));
+    let tasks = TaskTracker::new();
+
+    if let Err(e) = claim_loop(ctx, &db, &tasks, &tx).await {
+        tracing::warn!(error = %e, "database session ended");
+    }
+
+    tasks.close();
+    if tokio::time::timeout(ctx.config.shutdown_timeout(), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = tasks.len(),
+            "actions still running after the shutdown timeout; their jobs will be redelivered after the lease"
+        );
+    }
+    drop(tx);
+    let _ = reporter.await;
+}
+
+async fn claim_loop(
+    ctx: &Arc<Context>,
+    db: &Arc<Db>,
+    tasks: &TaskTracker,
+    tx: &mpsc::UnboundedSender<(ClaimedJob, Outcome)>,
+) -> Result<(), DbError> {
+    let config = &ctx.config;
+    while !ctx.cancel.is_cancelled() {
+        if db.is_closed() {
+            return Ok(());
+        }
+        if config.dispatch {
+            match db.dispatch(config.dispatch_batch, &ctx.worker).await {
+                Ok(_) => {}
+                Err(e) if e.is_connection_lost() => return Err(e),
+                Err(e) => tracing::warn!(error = %e, "dispatch round failed"),
+            }
+        }
+
+        // Claim only what can start at once, so no claimed job waits for a permit.
+        let first = tokio::select! {
+            _ = ctx.cancel.cancelled() => return Ok(()),
+            p = ctx.permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let free = (1 + ctx.permits.available_permits()).min(config.batch_size as usize);
+        drop(first);
+        let jobs = db.claim(&ctx.worker, free as u32, config.lease()).await?;
+        let claimed = jobs.len();
+        for job in jobs {
+            let permit = ctx
+                .permits
+                .clone()
+                .try_acquire_owned()
+                .expect("claims never exceed the free permits");
+            let ctx = ctx.clone();
+            let tx = tx.clone();
+            tasks.spawn(async move {
+                let outcome = perform(&ctx, &job).await;
+                drop(permit);
+                let _ = tx.send((job, outcome));
+            });
+        }
+        if claimed > 0 {
+            tracing::debug!(claimed, "claimed jobs");
+        }
+        if claimed < free {
+            // The queue is drained: sleep until a wake-up, the poll interval, or shutdown.
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => return Ok(()),
+                _ = ctx.wake.notified() => {}
+                _ = tokio::time::sleep(config.poll_interval()) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Perform one job's action.
+async fn perform(ctx: &Context, job: &ClaimedJob) -> Outcome {
+    match Action::parse(&job.action) {
+        Ok(Action::Webhook(w)) => {
+            webhook::deliver(&ctx.http, &w, job, ctx.config.http.error_body_bytes).await
+        }
+        Err(e) => Outcome::Retry {
+            error: format!("the observer's action is invalid: {e}"),
+            not_before: None,
+        },
+    }
+}
+
+/// Report outcomes in batches until the channel closes.
+async fn report(db: Arc<Db>, mut rx: mpsc::UnboundedReceiver<(ClaimedJob, Outcome)>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < REPORT_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
+        for (job, outcome) in batch {
+            match outcome {
+                Outcome::Delivered => done.push((job.job_id, job.token)),
+                Outcome::Retry { error, not_before } => {
+                    tracing::info!(job = job.job_id, observer = %job.observer, attempt = job.attempt, %error, "delivery failed");
+                    failed.push(Failure {
+                        job_id: job.job_id,
+                        token: job.token,
+                        error,
+                        not_before,
+                    });
+                }
+            }
+        }
+        if !done.is_empty() {
+            match db.complete(&done).await {
+                Ok(stale) if !stale.is_empty() => {
+                    tracing::warn!(?stale, "completions rejected: lease lost to another worker")
+                }
+                Ok(_) => tracing::debug!(completed = done.len(), "reported completions"),
+                Err(e) => {
+                    tracing::error!(error = %e, jobs = done.len(), "cannot report completions; they will be redelivered after their lease")
+                }
+            }
+        }
+        if !failed.is_empty() {
+            match db.fail(&failed).await {
+                Ok(stale) if !stale.is_empty() => {
+                    tracing::warn!(?stale, "failures rejected: lease lost to another worker")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, jobs = failed.len(), "cannot report failures; they will be redelivered after their lease")
+                }
+            }
+        }
+    }
+}

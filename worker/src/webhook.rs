@@ -1,0 +1,147 @@
+//! The `webhook` action: POST the job's payload as JSON. Redirects are never followed (a 3xx is a
+//! failure: the endpoint must be configured with its final URL), and a failed response's body is
+//! read only up to a cap.
+
+use std::time::{Duration, SystemTime};
+
+use fraiseql_observers_core::WebhookAction;
+use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+
+use crate::db::ClaimedJob;
+
+/// What became of one delivery attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// 2xx: the job is done.
+    Delivered,
+    /// Anything else: retry with the extension's backoff, not before `not_before` if set.
+    Retry {
+        error: String,
+        not_before: Option<SystemTime>,
+    },
+}
+
+/// Build the HTTP client shared by all webhook deliveries.
+pub fn client(user_agent: &str) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .user_agent(user_agent)
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+}
+
+/// Deliver one job to a webhook.
+pub async fn deliver(
+    http: &reqwest::Client,
+    action: &WebhookAction,
+    job: &ClaimedJob,
+    error_body_bytes: usize,
+) -> Outcome {
+    let timestamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut request = http
+        .post(&action.url)
+        .timeout(Duration::from_millis(action.timeout_ms))
+        .header(CONTENT_TYPE, "application/json")
+        .header("webhook-id", &job.idempotency_key)
+        .header("webhook-timestamp", timestamp.to_string())
+        .body(job.payload.clone());
+    for (name, value) in &action.headers {
+        // Names and values were validated at observer_create; a row edited by hand is refused here.
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            (Ok(n), Ok(v)) => request = request.header(n, v),
+            _ => {
+                return Outcome::Retry {
+                    error: format!("invalid header {name:?} in the observer's action"),
+                    not_before: None,
+                }
+            }
+        }
+    }
+    let response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return Outcome::Retry {
+                error: describe_send_error(&e),
+                not_before: None,
+            }
+        }
+    };
+    let status = response.status();
+    if status.is_success() {
+        return Outcome::Delivered;
+    }
+    let not_before = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let excerpt = read_capped(response, error_body_bytes).await;
+    Outcome::Retry {
+        error: if excerpt.is_empty() {
+            format!("HTTP {}", status.as_u16())
+        } else {
+            format!("HTTP {}: {excerpt}", status.as_u16())
+        },
+        not_before,
+    }
+}
+
+/// `Retry-After` as delay-seconds (the HTTP-date form is not used by webhook receivers we know
+/// of and is ignored), capped at one day.
+fn parse_retry_after(value: &str) -> Option<SystemTime> {
+    let secs: u64 = value.trim().parse().ok()?;
+    Some(SystemTime::now() + Duration::from_secs(secs.min(86_400)))
+}
+
+/// Read at most `cap` bytes of the body, lossily as UTF-8.
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < cap {
+        match response.chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk[..chunk.len().min(cap - buf.len())]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).trim().to_string()
+}
+
+fn describe_send_error(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    // The source chain carries the useful part ("Connection refused").
+    let mut text = format!("{kind}: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_are_honoured_and_capped() {
+        let now = SystemTime::now();
+        let t = parse_retry_after(" 30 ").expect("seconds");
+        assert!(t >= now + Duration::from_secs(29));
+        let capped = parse_retry_after("999999999").expect("seconds");
+        assert!(capped <= SystemTime::now() + Duration::from_secs(86_401));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+}
