@@ -4,11 +4,16 @@
 //! status are set-based work that SQL does best. Rust holds what SQL cannot do well: the GUCs, the
 //! dispatcher background worker, and validation shared with the worker (`fraiseql-observers-core`).
 
+// pgrx raises an `Err` with its own SQLSTATE only when the error type is `ErrorReport` itself,
+// by value (it downcasts): boxing it would turn every error into SQLSTATE 22000.
+#![allow(clippy::result_large_err)]
+
 use pgrx::prelude::*;
 
 mod api;
 mod gucs;
 mod pg;
+mod tests;
 
 ::pgrx::pg_module_magic!(name, version);
 

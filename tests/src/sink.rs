@@ -57,7 +57,16 @@ impl Sink {
 
     /// A sink whose answers come from `responder`.
     pub async fn start_with(responder: Responder) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on("127.0.0.1:0".parse()?, responder, None).await
+    }
+
+    /// A sink on `addr`; every request is also passed to `on_request` as it arrives.
+    pub async fn start_on(
+        addr: SocketAddr,
+        responder: Responder,
+        on_request: Option<Arc<dyn Fn(&Received) + Send + Sync>>,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let store = received.clone();
@@ -65,10 +74,12 @@ impl Sink {
             while let Ok((stream, _)) = listener.accept().await {
                 let store = store.clone();
                 let responder = responder.clone();
+                let on_request = on_request.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let store = store.clone();
                         let responder = responder.clone();
+                        let on_request = on_request.clone();
                         async move {
                             let (parts, body) = req.into_parts();
                             let bytes = body
@@ -99,6 +110,9 @@ impl Sink {
                                 all.push(r.clone());
                                 r.status
                             };
+                            if let Some(f) = &on_request {
+                                f(&r);
+                            }
                             Ok::<_, Infallible>(
                                 Response::builder()
                                     .status(StatusCode::from_u16(status).unwrap_or(StatusCode::OK))
