@@ -17,14 +17,25 @@ CREATE FUNCTION observer.dispatch_lock_key() RETURNS bigint
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
 RETURN 7460944093541646447;
 
--- observer.decide(event, observer...): the one place where an event meets an observer's condition.
--- TRUE = make a job, FALSE = condition false, NULL = the condition's result is unknown (a type
--- mismatch or a structural error on this row; recorded in observer.condition_errors).
-CREATE FUNCTION observer.decide(op text, table_name text, old jsonb, new jsonb, condition jsonpath)
+-- observer.changed(old, new): names of the columns an UPDATE changed (NULL for other operations).
+CREATE FUNCTION observer.changed(old jsonb, new jsonb) RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN old IS NULL OR new IS NULL THEN NULL
+            ELSE ARRAY(SELECT n.key FROM jsonb_each(new) n WHERE n.value IS DISTINCT FROM old -> n.key ORDER BY n.key)
+       END;
+
+-- observer.decide(event, observer...): the one place where an event meets an observer.
+-- TRUE = make a job, FALSE = no job (condition false, or none of changed_columns changed),
+-- NULL = the condition's result is unknown (a type mismatch or a structural error on this row;
+-- recorded in observer.condition_errors). The condition sees {op, table, old, new, changed}.
+CREATE FUNCTION observer.decide(op text, table_name text, old jsonb, new jsonb, changed text[],
+                                condition jsonpath, changed_columns text[])
 RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
-RETURN CASE WHEN condition IS NULL THEN true
-            ELSE jsonb_path_match(jsonb_build_object('op', op, 'table', table_name, 'old', old, 'new', new),
+RETURN CASE WHEN changed_columns IS NOT NULL AND op = 'UPDATE' AND NOT (changed && changed_columns) THEN false
+            WHEN condition IS NULL THEN true
+            ELSE jsonb_path_match(jsonb_build_object('op', op, 'table', table_name, 'old', old, 'new', new,
+                                                     'changed', to_jsonb(changed)),
                                   condition, '{}', true)
        END;
 
@@ -82,10 +93,11 @@ BEGIN
 
     BEGIN
         WITH batch AS MATERIALIZED (
-            SELECT * FROM observer.dispatch_batch(st.done_snapshot, target, st.batch_cursor, max_events)
+            SELECT e.*, CASE WHEN e.op = 'UPDATE' THEN observer.changed(e.old, e.new) END AS changed
+            FROM observer.dispatch_batch(st.done_snapshot, target, st.batch_cursor, max_events) e
         ), decisions AS MATERIALIZED (
             SELECT b.id AS event_id, o.id AS observer_id,
-                   observer.decide(b.op, b.table_name, b.old, b.new, o.condition) AS matched,
+                   observer.decide(b.op, b.table_name, b.old, b.new, b.changed, o.condition, o.changed_columns) AS matched,
                    observer.ordering_key(b.table_name, o.key_columns, b.old, b.new) AS ordering_key
             FROM batch b
             JOIN observer.observers o
@@ -114,7 +126,7 @@ BEGIN
         last_id := NULL;
         FOR d IN
             SELECT b.id AS event_id, o.id AS observer_id, b.op, b.table_name, b.old, b.new,
-                   o.condition, o.key_columns
+                   o.condition, o.changed_columns, o.key_columns
             FROM observer.dispatch_batch(st.done_snapshot, target, st.batch_cursor, max_events) b
             LEFT JOIN observer.observers o
               ON o.table_oid = b.table_oid AND o.enabled AND b.op = ANY (o.events)
@@ -126,7 +138,9 @@ BEGIN
             END IF;
             CONTINUE WHEN d.observer_id IS NULL;
             BEGIN
-                matched := observer.decide(d.op, d.table_name, d.old, d.new, d.condition);
+                matched := observer.decide(d.op, d.table_name, d.old, d.new,
+                                           CASE WHEN d.op = 'UPDATE' THEN observer.changed(d.old, d.new) END,
+                                           d.condition, d.changed_columns);
                 IF matched THEN
                     INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key)
                     VALUES (d.observer_id, d.event_id, 'evt_' || d.event_id || '_' || d.observer_id,

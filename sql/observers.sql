@@ -2,26 +2,89 @@
 -- (table, events, condition, action, options) so a definition that cannot work is refused with a
 -- clear error and SQLSTATE instead of failing later on every event.
 
--- observer.sync_capture(table): make the table's capture trigger match its observers: absent when
--- none is left, otherwise firing for exactly the union of their events.
+-- observer.sync_capture(table): make the table's triggers match its observers: absent when none
+-- is left, otherwise firing for exactly the union of their events, with the capture arguments
+-- (observed table, payload cap, columns nobody wants, key columns) derived from them. Row
+-- triggers on a partitioned table are cloned by Postgres to every partition, present and future.
 CREATE FUNCTION observer.sync_capture(target oid) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    ops text[];
+    ops       text[];
+    row_ops   text[];
+    cap       integer;
+    excluded  text[];
+    keys      text[];
+    tname     text;
+    args      text;
 BEGIN
-    SELECT array_agg(DISTINCT ev ORDER BY ev) INTO ops
-    FROM observer.observers o, unnest(o.events) ev
-    WHERE o.table_oid = target;
-
     IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = target) THEN
         RETURN;  -- the table is gone (dropped after its observers were created)
     END IF;
+    SELECT array_agg(DISTINCT ev ORDER BY ev), max(o.max_payload_bytes), min(o.table_name),
+           min(o.key_columns::text)::text[]
+    INTO ops, cap, tname, keys
+    FROM observer.observers o, unnest(o.events) ev
+    WHERE o.table_oid = target;
+
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', observer.capture_trigger_name(), target::regclass);
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', observer.truncate_trigger_name(), target::regclass);
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', observer.wake_trigger_name(), target::regclass);
     IF ops IS NULL THEN
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', observer.capture_trigger_name(), target::regclass);
-    ELSE
-        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER %s ON %s FOR EACH ROW EXECUTE FUNCTION observer.capture()',
-                       observer.capture_trigger_name(), array_to_string(ops, ' OR '), target::regclass);
+        RETURN;
     END IF;
+
+    -- Columns left out of every event: only when every observer of the table names its columns.
+    IF NOT EXISTS (SELECT 1 FROM observer.observers o WHERE o.table_oid = target AND o.columns IS NULL) THEN
+        SELECT coalesce(array_agg(a.attname::text ORDER BY a.attnum), '{}') INTO excluded
+        FROM pg_attribute a
+        WHERE a.attrelid = target AND a.attnum > 0 AND NOT a.attisdropped
+          AND a.attname::text <> ALL (SELECT unnest(o.columns) FROM observer.observers o WHERE o.table_oid = target)
+          AND a.attname::text <> ALL (coalesce(keys, '{}'));
+    END IF;
+    args := format('%L, %L, %L, %L, %L', target::text, tname, cap,
+                   coalesce(excluded, '{}')::text, coalesce(keys, '{}')::text);
+
+    row_ops := ARRAY(SELECT unnest(ops) INTERSECT SELECT unnest(ARRAY['INSERT', 'UPDATE', 'DELETE']) ORDER BY 1);
+    IF cardinality(row_ops) > 0 THEN
+        EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s FOR EACH ROW EXECUTE FUNCTION observer.capture(%s)',
+                       observer.capture_trigger_name(), array_to_string(row_ops, ' OR '), target::regclass, args);
+    END IF;
+    IF 'TRUNCATE' = ANY (ops) THEN
+        EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION observer.capture_truncate(%s)',
+                       observer.truncate_trigger_name(), target::regclass, args);
+    END IF;
+    -- Once per statement (not per row): wake the background dispatcher when the transaction commits.
+    EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.observer_wake_trigger()',
+                   observer.wake_trigger_name(), array_to_string(ops, ' OR '), target::regclass);
+END
+$$;
+
+-- observer.check_columns(table, columns, option): validate a column list option, or raise.
+CREATE FUNCTION observer.check_columns(target regclass, cols jsonb, option text) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    result text[];
+    unknown text;
+BEGIN
+    IF cols IS NULL OR jsonb_typeof(cols) = 'null' THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(cols) <> 'array' OR jsonb_array_length(cols) = 0
+       OR EXISTS (SELECT 1 FROM jsonb_array_elements(cols) c WHERE jsonb_typeof(c) <> 'string') THEN
+        RAISE EXCEPTION 'observer option "%" must be a non-empty array of column names', option
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format('For example: {"%s": ["id", "status"]}', option);
+    END IF;
+    SELECT array_agg(DISTINCT c ORDER BY c) INTO result FROM jsonb_array_elements_text(cols) c;
+    SELECT c INTO unknown FROM unnest(result) c
+    WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
+                      WHERE a.attrelid = target AND a.attname = c AND a.attnum > 0 AND NOT a.attisdropped)
+    LIMIT 1;
+    IF unknown IS NOT NULL THEN
+        RAISE EXCEPTION 'column "%" of observer option "%" does not exist in %', unknown, option, target
+            USING ERRCODE = 'undefined_column';
+    END IF;
+    RETURN result;
 END
 $$;
 
@@ -35,6 +98,13 @@ BEGIN
     IF condition IS NULL OR btrim(condition) = '' THEN
         RETURN NULL;
     END IF;
+    -- A predicate worth writing fits in 4 kB; anything larger is a mistake or an attack on the
+    -- parser (deep nesting) and on every dispatch round that would evaluate it.
+    IF octet_length(condition) > 4096 THEN
+        RAISE EXCEPTION 'observer condition is too long (% bytes)', octet_length(condition)
+            USING ERRCODE = 'program_limit_exceeded',
+                  HINT = 'Keep conditions under 4096 bytes; split the logic across observers if needed.';
+    END IF;
     BEGIN
         path := condition::jsonpath;
     EXCEPTION WHEN OTHERS THEN
@@ -42,12 +112,13 @@ BEGIN
         RAISE EXCEPTION 'invalid observer condition: %', msg
             USING ERRCODE = 'syntax_error',
                   DETAIL = format('Condition: %s', condition),
-                  HINT = 'Write a SQL/JSON path predicate over {op, table, old, new}, e.g. $.new.status == "shipped".';
+                  HINT = 'Write a SQL/JSON path predicate over {op, table, old, new, changed}, e.g. $.new.status == "shipped".';
     END;
     -- A predicate yields one boolean; a plain path such as $.new.status does not. Probe it on
     -- empty documents of every operation: a structural mistake raises here, at create time.
     BEGIN
-        PERFORM jsonb_path_match(jsonb_build_object('op', op, 'table', 'public.t', 'old', '{}'::jsonb, 'new', '{}'::jsonb), path)
+        PERFORM jsonb_path_match(jsonb_build_object('op', op, 'table', 'public.t', 'old', '{}'::jsonb,
+                                                    'new', '{}'::jsonb, 'changed', '[]'::jsonb), path)
         FROM unnest(ARRAY['INSERT', 'UPDATE', 'DELETE']) op;
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
@@ -78,6 +149,9 @@ DECLARE
     new_id     bigint;
     key_cols   text[];
     max_att    integer := 8;
+    max_payload integer := 1048576;
+    cols       text[];
+    changed_cols text[];
     base       interval := '1 second';
     cap        interval := '1 hour';
 BEGIN
@@ -108,10 +182,10 @@ BEGIN
     END IF;
 
     SELECT array_agg(DISTINCT upper(btrim(e)) ORDER BY upper(btrim(e))) INTO evs FROM unnest(events) e;
-    IF evs IS NULL OR NOT evs <@ ARRAY['INSERT', 'UPDATE', 'DELETE'] THEN
+    IF evs IS NULL OR NOT evs <@ ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE'] THEN
         RAISE EXCEPTION 'invalid observer events: %', coalesce(events::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Use a non-empty subset of {INSERT,UPDATE,DELETE}.';
+                  HINT = 'Use a non-empty subset of {INSERT,UPDATE,DELETE,TRUNCATE}.';
     END IF;
 
     path := observer.check_condition(condition);
@@ -132,17 +206,30 @@ BEGIN
                 WHEN 'max_attempts' THEN max_att := (options ->> opt_key)::integer;
                 WHEN 'backoff_base' THEN base := (options ->> opt_key)::interval;
                 WHEN 'backoff_cap' THEN cap := (options ->> opt_key)::interval;
+                WHEN 'max_payload_bytes' THEN max_payload := (options ->> opt_key)::integer;
+                WHEN 'columns' THEN cols := observer.check_columns(table_name, options -> opt_key, opt_key);
+                WHEN 'changed_columns' THEN changed_cols := observer.check_columns(table_name, options -> opt_key, opt_key);
                 ELSE
                     RAISE EXCEPTION 'unknown observer option "%"', opt_key
                         USING ERRCODE = 'invalid_parameter_value',
-                              HINT = 'Known options: max_attempts, backoff_base, backoff_cap.';
+                              HINT = 'Known options: max_attempts, backoff_base, backoff_cap, max_payload_bytes, columns, changed_columns.';
             END CASE;
-        EXCEPTION WHEN invalid_text_representation OR invalid_datetime_format OR numeric_value_out_of_range THEN
+        EXCEPTION WHEN invalid_text_representation OR invalid_datetime_format OR numeric_value_out_of_range
+                       OR datetime_field_overflow OR interval_field_overflow THEN
             RAISE EXCEPTION 'invalid value for observer option "%": %', opt_key, options -> opt_key
                 USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'max_attempts is an integer; backoff_base and backoff_cap are intervals such as "2 seconds".';
+                      HINT = 'max_attempts and max_payload_bytes are integers; backoff_base and backoff_cap are intervals such as "2 seconds".';
         END;
     END LOOP;
+    IF max_payload NOT BETWEEN 1024 AND 104857600 THEN
+        RAISE EXCEPTION 'invalid max_payload_bytes: %', max_payload
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use 1024 to 104857600 bytes; larger rows are captured as their primary key only.';
+    END IF;
+    IF changed_cols IS NOT NULL AND 'UPDATE' <> ALL (evs) THEN
+        RAISE EXCEPTION 'observer option "changed_columns" needs UPDATE in events'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF max_att NOT BETWEEN 1 AND 1000 OR base <= '0' OR cap < base THEN
         RAISE EXCEPTION 'invalid retry options: max_attempts %, backoff_base %, backoff_cap %', max_att, base, cap
             USING ERRCODE = 'invalid_parameter_value',
@@ -156,9 +243,10 @@ BEGIN
     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
     WHERE i.indrelid = table_name AND i.indisprimary;
 
-    INSERT INTO observer.observers (name, table_oid, table_name, key_columns, events, condition, action,
-                                    max_attempts, backoff_base, backoff_cap)
-    VALUES (name, table_name, table_name::text, key_cols, evs, path, act, max_att, base, cap)
+    INSERT INTO observer.observers (name, table_oid, table_name, key_columns, events, condition, columns,
+                                    changed_columns, max_payload_bytes, action, max_attempts, backoff_base, backoff_cap)
+    VALUES (name, table_name, table_name::text, key_cols, evs, path, cols, changed_cols, max_payload, act,
+            max_att, base, cap)
     RETURNING id INTO new_id;
 
     PERFORM observer.sync_capture(table_name);

@@ -1,6 +1,13 @@
 -- The job queue API the worker calls: claim with a lease and a fencing token, then complete or
 -- fail in batches. Lease deadlines come from the database clock, never the worker's.
 
+-- observer.project(row, columns): the row restricted to an observer's `columns` option.
+CREATE FUNCTION observer.project(r jsonb, cols text[]) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN r IS NULL OR cols IS NULL THEN r
+            ELSE coalesce((SELECT jsonb_object_agg(k, v) FROM jsonb_each(r) AS x(k, v) WHERE k = ANY (cols)), '{}')
+       END;
+
 -- observer.job_payload: the JSON document delivered for a job (Standard Webhooks layout: type,
 -- timestamp, data).
 CREATE FUNCTION observer.job_payload(j observer.jobs, o observer.observers, e observer.events)
@@ -14,8 +21,10 @@ RETURN jsonb_build_object(
         'observer', o.name,
         'table', e.table_name,
         'op', e.op,
-        'old', e.old,
-        'new', e.new));
+        'old', observer.project(e.old, o.columns),
+        'new', observer.project(e.new, o.columns))
+        || CASE WHEN e.oversize IS NULL THEN '{}'::jsonb
+                ELSE jsonb_build_object('oversize', jsonb_build_object('bytes', e.oversize)) END);
 
 CREATE FUNCTION observer_claim(worker text, max_jobs integer DEFAULT 100, lease interval DEFAULT '30 seconds')
 RETURNS TABLE (job_id bigint, token bigint, attempt integer, lease_until timestamptz, observer text,

@@ -12,8 +12,11 @@ CREATE TABLE observer.observers (
     name           text NOT NULL UNIQUE CHECK (name ~ '^[A-Za-z_][A-Za-z0-9_.-]{0,62}$'),
     table_oid      oid NOT NULL,
     table_name     text NOT NULL,            -- schema-qualified, as it was at observer_create
-    events         text[] NOT NULL CHECK (events <@ ARRAY['INSERT','UPDATE','DELETE'] AND cardinality(events) > 0),
-    condition      jsonpath,                 -- SQL/JSON path predicate over {op, table, old, new}; NULL = always
+    events         text[] NOT NULL CHECK (events <@ ARRAY['INSERT','UPDATE','DELETE','TRUNCATE'] AND cardinality(events) > 0),
+    condition      jsonpath,                 -- SQL/JSON path predicate over {op, table, old, new, changed}; NULL = always
+    columns        text[],                   -- payload subset (NULL = every column)
+    changed_columns text[],                  -- UPDATE matches only if one of these changed (NULL = any UPDATE)
+    max_payload_bytes integer NOT NULL DEFAULT 1048576 CHECK (max_payload_bytes BETWEEN 1024 AND 104857600),
     action         jsonb NOT NULL,           -- validated by observer_validate_action()
     key_columns    text[],                   -- primary key columns: the default ordering key
     max_attempts   integer NOT NULL DEFAULT 8 CHECK (max_attempts BETWEEN 1 AND 1000),
@@ -33,9 +36,10 @@ CREATE TABLE observer.events (
     tx          xid8 NOT NULL DEFAULT pg_current_xact_id(),
     table_oid   oid NOT NULL,
     table_name  text NOT NULL,
-    op          text NOT NULL,
+    op          text NOT NULL,               -- INSERT, UPDATE, DELETE or TRUNCATE
     old         jsonb,
     new         jsonb,
+    oversize    integer,                     -- payload bytes when over the cap (old/new then hold the key only)
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX events_tx ON observer.events (tx);

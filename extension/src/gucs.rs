@@ -13,9 +13,9 @@ static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
-/// `fraiseql_observers.dispatch_interval` (milliseconds, default 100, reload): how long the
+/// `fraiseql_observers.dispatch_interval` (milliseconds, default 1000, reload): how long the
 /// background dispatcher sleeps when a round found nothing to do.
-static DISPATCH_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
+static DISPATCH_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
 /// `fraiseql_observers.batch_size` (events, default 10000, reload): most events one dispatch
 /// round reads; a larger backlog is worked off in consecutive rounds without sleeping.
@@ -34,7 +34,7 @@ pub fn init(preloading: bool) {
     GucRegistry::define_int_guc(
         c"fraiseql_observers.dispatch_interval",
         c"Sleep between idle dispatch rounds.",
-        c"The background dispatcher sleeps this long when a round found no new events.",
+        c"The background dispatcher sleeps this long when a round found no new events; a commit that wrote events wakes it at once.",
         &DISPATCH_INTERVAL_MS,
         10,
         60_000,
@@ -81,7 +81,7 @@ pub fn database() -> String {
 
 /// See [`DISPATCH_INTERVAL_MS`].
 pub fn dispatch_interval() -> std::time::Duration {
-    std::time::Duration::from_millis(u64::try_from(DISPATCH_INTERVAL_MS.get()).unwrap_or(100))
+    std::time::Duration::from_millis(u64::try_from(DISPATCH_INTERVAL_MS.get()).unwrap_or(1000))
 }
 
 /// See [`BATCH_SIZE`].

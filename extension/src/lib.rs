@@ -26,7 +26,11 @@ extension_sql_file!(
 extension_sql_file!(
     "../../sql/observers.sql",
     name = "observers",
-    requires = ["capture", api::observer_validate_action]
+    requires = [
+        "capture",
+        api::observer_validate_action,
+        pg::wake::observer_wake_trigger
+    ]
 );
 extension_sql_file!(
     "../../sql/dispatch.sql",
@@ -54,6 +58,7 @@ pub extern "C-unwind" fn _PG_init() {
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
     gucs::init(preloading);
     if preloading {
+        pg::wake::init_shmem();
         pg::dispatcher::register();
     }
 }

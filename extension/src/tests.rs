@@ -26,10 +26,14 @@ mod tests {
     #[pg_test]
     fn create_installs_one_trigger_for_the_union_of_events_and_drop_removes_it() {
         setup();
-        Spi::run(&format!("SELECT observer_create('a', 't_orders', ARRAY['insert'], NULL, {HOOK})"))
-            .expect("create a");
-        Spi::run(&format!("SELECT observer_create('b', 't_orders', ARRAY['DELETE'], NULL, {HOOK})"))
-            .expect("create b");
+        Spi::run(&format!(
+            "SELECT observer_create('a', 't_orders', ARRAY['insert'], NULL, {HOOK})"
+        ))
+        .expect("create a");
+        Spi::run(&format!(
+            "SELECT observer_create('b', 't_orders', ARRAY['DELETE'], NULL, {HOOK})"
+        ))
+        .expect("create b");
         let def = Spi::get_one::<String>(
             "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = 't_orders'::regclass AND NOT tgisinternal",
         )
@@ -48,7 +52,10 @@ mod tests {
     #[pg_test]
     fn capture_writes_old_and_new_as_jsonb_with_the_transaction_id() {
         setup();
-        Spi::run(&format!("SELECT observer_create('a', 't_orders', action => {HOOK})")).expect("create");
+        Spi::run(&format!(
+            "SELECT observer_create('a', 't_orders', action => {HOOK})"
+        ))
+        .expect("create");
         Spi::run("INSERT INTO t_orders VALUES (1, 'new')").expect("insert");
         Spi::run("UPDATE t_orders SET status = 'shipped'").expect("update");
         Spi::run("DELETE FROM t_orders").expect("delete");
@@ -57,21 +64,33 @@ mod tests {
              FROM observer.events WHERE tx = pg_current_xact_id()",
         )
         .expect("spi");
-        assert_eq!(ops.as_deref(), Some("INSERT:->new,UPDATE:new>shipped,DELETE:shipped>-"));
+        assert_eq!(
+            ops.as_deref(),
+            Some("INSERT:->new,UPDATE:new>shipped,DELETE:shipped>-")
+        );
     }
 
     #[pg_test]
     fn invalid_definitions_are_refused_with_sqlstates() {
         setup();
         // unknown table: Postgres' own undefined_table from the regclass cast
-        expect_sqlstate(&format!("PERFORM observer_create('x', 'nope', action => {HOOK})"), "42P01");
+        expect_sqlstate(
+            &format!("PERFORM observer_create('x', 'nope', action => {HOOK})"),
+            "42P01",
+        );
         // not a table
         Spi::run("CREATE VIEW v_orders AS SELECT * FROM t_orders").expect("view");
-        expect_sqlstate(&format!("PERFORM observer_create('x', 'v_orders', action => {HOOK})"), "42809");
-        // bad name, bad events
-        expect_sqlstate(&format!("PERFORM observer_create('1x', 't_orders', action => {HOOK})"), "22023");
         expect_sqlstate(
-            &format!("PERFORM observer_create('x', 't_orders', ARRAY['TRUNCATE'], NULL, {HOOK})"),
+            &format!("PERFORM observer_create('x', 'v_orders', action => {HOOK})"),
+            "42809",
+        );
+        // bad name, bad events
+        expect_sqlstate(
+            &format!("PERFORM observer_create('1x', 't_orders', action => {HOOK})"),
+            "22023",
+        );
+        expect_sqlstate(
+            &format!("PERFORM observer_create('x', 't_orders', ARRAY['SELECT'], NULL, {HOOK})"),
             "22023",
         );
         // malformed condition, and a path that is not a predicate
@@ -91,38 +110,207 @@ mod tests {
         );
         // unknown option, bad option value
         expect_sqlstate(
-            &format!(r#"PERFORM observer_create('x', 't_orders', action => {HOOK}, options => '{{"retries": 3}}')"#),
+            &format!(
+                r#"PERFORM observer_create('x', 't_orders', action => {HOOK}, options => '{{"retries": 3}}')"#
+            ),
             "22023",
         );
         expect_sqlstate(
-            &format!(r#"PERFORM observer_create('x', 't_orders', action => {HOOK}, options => '{{"max_attempts": "lots"}}')"#),
+            &format!(
+                r#"PERFORM observer_create('x', 't_orders', action => {HOOK}, options => '{{"max_attempts": "lots"}}')"#
+            ),
             "22023",
         );
         // duplicate name, unknown name on drop
-        Spi::run(&format!("SELECT observer_create('x', 't_orders', action => {HOOK})")).expect("create");
-        expect_sqlstate(&format!("PERFORM observer_create('x', 't_orders', action => {HOOK})"), "42710");
+        Spi::run(&format!(
+            "SELECT observer_create('x', 't_orders', action => {HOOK})"
+        ))
+        .expect("create");
+        expect_sqlstate(
+            &format!("PERFORM observer_create('x', 't_orders', action => {HOOK})"),
+            "42710",
+        );
         expect_sqlstate("PERFORM observer_drop('nope')", "42704");
         // nothing half-created by the failures above
-        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM observer.observers").expect("spi"), Some(1));
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM observer.observers").expect("spi"),
+            Some(1)
+        );
+    }
+
+    /// Events written by this transaction, as "op:old>new" with `field` of each row.
+    fn events_here(field: &str) -> Option<String> {
+        Spi::get_one::<String>(&format!(
+            "SELECT string_agg(op || ':' || coalesce(old->>'{field}', '-') || '>' || coalesce(new->>'{field}', '-'), ',' ORDER BY id) \
+             FROM observer.events WHERE tx = pg_current_xact_id()"
+        ))
+        .expect("spi")
+    }
+
+    #[pg_test]
+    fn capture_is_correct_under_subtransactions_upserts_copy_and_truncate() {
+        setup();
+        Spi::run(&format!(
+            "SELECT observer_create('a', 't_orders', ARRAY['INSERT','UPDATE','DELETE','TRUNCATE'], NULL, {HOOK})"
+        ))
+        .expect("create");
+        Spi::run(
+            "INSERT INTO t_orders VALUES (1, 'a');
+             DO $$ BEGIN
+                 INSERT INTO t_orders VALUES (2, 'rolled back');
+                 RAISE EXCEPTION 'roll the subtransaction back';
+             EXCEPTION WHEN raise_exception THEN NULL;
+             END $$;
+             INSERT INTO t_orders VALUES (1, 'b') ON CONFLICT (id) DO UPDATE SET status = excluded.status;
+             INSERT INTO t_orders VALUES (1, 'c') ON CONFLICT DO NOTHING;
+             COPY t_orders FROM PROGRAM 'printf \"3\\tcopied\\n\"';
+             TRUNCATE t_orders;",
+        )
+        .expect("writes");
+        assert_eq!(
+            events_here("status").as_deref(),
+            Some("INSERT:->a,UPDATE:a>b,INSERT:->copied,TRUNCATE:->-")
+        );
+    }
+
+    #[pg_test]
+    fn partitions_attached_later_are_captured_under_the_observed_table() {
+        Spi::run(
+            "CREATE TABLE t_parts (id int, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+             CREATE TABLE t_parts_eu PARTITION OF t_parts FOR VALUES IN ('eu');",
+        )
+        .expect("partitioned table");
+        Spi::run(&format!(
+            "SELECT observer_create('p', 't_parts', action => {HOOK})"
+        ))
+        .expect("create");
+        Spi::run(
+            "CREATE TABLE t_parts_us (id int, region text, PRIMARY KEY (id, region));
+             ALTER TABLE t_parts ATTACH PARTITION t_parts_us FOR VALUES IN ('us');
+             INSERT INTO t_parts VALUES (1, 'eu'), (2, 'us');
+             INSERT INTO t_parts_us VALUES (3, 'us');",
+        )
+        .expect("writes, one straight into a partition");
+        let tables = Spi::get_one::<String>(
+            "SELECT string_agg(table_name || '#' || (new->>'id'), ',' ORDER BY id) FROM observer.events \
+             WHERE tx = pg_current_xact_id() AND table_oid = 't_parts'::regclass",
+        )
+        .expect("spi");
+        assert_eq!(
+            tables.as_deref(),
+            Some("public.t_parts#1,public.t_parts#2,public.t_parts#3")
+        );
+    }
+
+    #[pg_test]
+    fn columns_option_and_oversize_rows() {
+        Spi::run("CREATE TABLE t_wide (id int PRIMARY KEY, status text, secret text, blob text)")
+            .expect("table");
+        Spi::run(&format!(
+            r#"SELECT observer_create('w', 't_wide', action => {HOOK},
+                   options => '{{"columns": ["status", "blob"], "max_payload_bytes": 2048}}')"#
+        ))
+        .expect("create");
+        Spi::run("INSERT INTO t_wide VALUES (1, 'ok', 'hunter2', 'small'), (2, 'big', 'x', repeat('y', 100000))")
+            .expect("insert");
+        let rows = Spi::get_one::<String>(
+            "SELECT string_agg(new::text || ':' || coalesce(oversize::text, '-'), ' | ' ORDER BY id) \
+             FROM observer.events WHERE tx = pg_current_xact_id()",
+        )
+        .expect("spi");
+        // Columns nobody observes are never stored (the key is kept); the oversize row keeps
+        // its key and its size.
+        let rows = rows.expect("events");
+        assert!(
+            rows.starts_with(r#"{"id": 1, "blob": "small", "status": "ok"}:-"#),
+            "{rows}"
+        );
+        assert!(!rows.contains("hunter2"), "{rows}");
+        assert!(rows.contains(r#"{"id": 2}:"#), "{rows}");
+        // Unknown column in an option: refused.
+        expect_sqlstate(
+            &format!(
+                r#"PERFORM observer_create('w2', 't_wide', action => {HOOK}, options => '{{"columns": ["nope"]}}')"#
+            ),
+            "42703",
+        );
+    }
+
+    /// Hostile conditions are refused at creation, and nothing in them runs.
+    #[pg_test]
+    fn hostile_conditions_are_refused_and_nothing_runs() {
+        setup();
+        let hostile: &[(&str, &str)] = &[
+            ("1; DROP TABLE t_orders", "42601"),
+            ("$.new.id == 1; DROP TABLE t_orders", "42601"),
+            ("pg_sleep(10)", "42601"),
+            ("$.new.id == pg_sleep(10)", "42601"),
+            ("$.new.id == (SELECT 1)", "42601"),
+            ("$.new.id == 1) OR (true", "42601"),
+            ("'); DROP TABLE t_orders; --", "42601"),
+        ];
+        for (condition, code) in hostile {
+            let quoted = condition.replace('\'', "''");
+            expect_sqlstate(
+                &format!("PERFORM observer_create('x', 't_orders', condition => '{quoted}', action => {HOOK})"),
+                code,
+            );
+        }
+        // 1 MB expression and deep nesting: refused by the size cap before the parser sees them.
+        expect_sqlstate(
+            &format!(
+                "PERFORM observer_create('x', 't_orders', condition => '$.new.id == 1' || repeat(' || $.new.id == 1', 70000), action => {HOOK})"
+            ),
+            "54000",
+        );
+        expect_sqlstate(
+            &format!(
+                "PERFORM observer_create('x', 't_orders', condition => repeat('(', 100000) || '$.new.id == 1' || repeat(')', 100000), action => {HOOK})"
+            ),
+            "54000",
+        );
+        // Nesting that fits the cap parses or fails cleanly; it never crashes the backend.
+        Spi::run(&format!(
+            "DO $t$ BEGIN PERFORM observer_create('deep', 't_orders', condition => repeat('(', 2000) || '$.new.id == 1' || repeat(')', 2000), action => {HOOK}); \
+             EXCEPTION WHEN syntax_error OR invalid_parameter_value THEN NULL; END $t$"
+        ))
+        .expect("deep nesting is handled");
+        let table_exists =
+            Spi::get_one::<bool>("SELECT to_regclass('t_orders') IS NOT NULL").expect("spi");
+        assert_eq!(table_exists, Some(true), "no DROP ran");
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM observer.observers WHERE name = 'x'")
+                .expect("spi"),
+            Some(0)
+        );
     }
 
     #[pg_test]
     fn drop_refuses_to_discard_unfinished_jobs_unless_forced() {
         setup();
-        Spi::run(&format!("SELECT observer_create('x', 't_orders', action => {HOOK})")).expect("create");
+        Spi::run(&format!(
+            "SELECT observer_create('x', 't_orders', action => {HOOK})"
+        ))
+        .expect("create");
         Spi::run(
             "INSERT INTO observer.jobs (observer_id, event_id, idempotency_key) \
              SELECT id, 1, 'k' FROM observer.observers",
         )
         .expect("job");
         expect_sqlstate("PERFORM observer_drop('x')", "55006");
-        assert_eq!(Spi::get_one::<bool>("SELECT observer_drop('x', force => true)").expect("spi"), Some(true));
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT observer_drop('x', force => true)").expect("spi"),
+            Some(true)
+        );
     }
 
     #[pg_test]
     fn stale_tokens_cannot_complete_or_fail_a_job() {
         setup();
-        Spi::run(&format!("SELECT observer_create('x', 't_orders', action => {HOOK})")).expect("create");
+        Spi::run(&format!(
+            "SELECT observer_create('x', 't_orders', action => {HOOK})"
+        ))
+        .expect("create");
         Spi::run("INSERT INTO t_orders VALUES (1, 'new')").expect("insert");
         Spi::run(
             "INSERT INTO observer.jobs (observer_id, event_id, idempotency_key) \
@@ -133,7 +321,8 @@ mod tests {
             .expect("spi")
             .expect("claimed");
         // The lease runs out; another worker takes the job over with a new token.
-        Spi::run("UPDATE observer.jobs SET lease_until = clock_timestamp() - interval '1 second'").expect("expire");
+        Spi::run("UPDATE observer.jobs SET lease_until = clock_timestamp() - interval '1 second'")
+            .expect("expire");
         let second = Spi::get_one::<i64>("SELECT token FROM observer_claim('w2', 10, '1 minute')")
             .expect("spi")
             .expect("reclaimed");
@@ -142,7 +331,11 @@ mod tests {
             "SELECT accepted FROM observer_complete(ARRAY[(SELECT id FROM observer.jobs)], ARRAY[{first}::bigint])"
         ))
         .expect("spi");
-        assert_eq!(stale, Some(false), "the first worker's completion is rejected");
+        assert_eq!(
+            stale,
+            Some(false),
+            "the first worker's completion is rejected"
+        );
         let stale_fail = Spi::get_one::<bool>(&format!(
             "SELECT accepted FROM observer_fail(ARRAY[(SELECT id FROM observer.jobs)], ARRAY[{first}::bigint], ARRAY['x'])"
         ))

@@ -139,6 +139,13 @@ impl Cluster {
         Ok(())
     }
 
+    /// Crash-stop the server (`pg_ctl stop -m immediate`: no checkpoint, WAL recovery on the
+    /// next start) and start it again.
+    pub fn restart_immediate(&self) -> Result<()> {
+        self.pg_ctl(&["-m", "immediate", "-w", "stop"])?;
+        self.pg_ctl(&["-w", "-t", "60", "start"])
+    }
+
     /// The server log so far (for failure messages).
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()

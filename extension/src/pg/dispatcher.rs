@@ -15,6 +15,7 @@ use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
 use crate::gucs;
+use crate::pg::wake;
 
 /// Longest pause after consecutive failed rounds.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -48,6 +49,9 @@ pub extern "C-unwind" fn fraiseql_observers_dispatcher_main(_arg: pg_sys::Datum)
     let database = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     log!("fraiseql_observers dispatcher started for database \"{database}\"");
+    // SAFETY: MyProc is this process's own PGPROC, set up before a background worker's main runs.
+    let procno = unsafe { (*pg_sys::MyProc).pgprocno };
+    wake::publish_dispatcher(Some(procno));
 
     let mut failures: u32 = 0;
     let mut wait = Duration::ZERO;
@@ -95,7 +99,13 @@ pub extern "C-unwind" fn fraiseql_observers_dispatcher_main(_arg: pg_sys::Datum)
         // SAFETY: outside a transaction, as the stats collector requires.
         unsafe { pg_sys::pgstat_report_stat(false) };
     }
+    wake::publish_dispatcher(None);
     log!("fraiseql_observers dispatcher stopping");
+    // Exit code 1, not 0: the postmaster restarts a worker that exits 1 (after restart_time) and
+    // forgets one that exits 0. At server shutdown nothing is restarted anyway, while a dispatcher
+    // stopped by pg_terminate_backend() comes back by itself.
+    // SAFETY: ends this process the Postgres way, outside any transaction.
+    unsafe { pg_sys::proc_exit(1) };
 }
 
 /// One transaction: find the extension's schema, run a round.

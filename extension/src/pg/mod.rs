@@ -1,4 +1,6 @@
 //! Everything that touches Postgres internals beyond SPI calls from SQL functions: the
-//! background worker that runs dispatch rounds.
+//! background worker that runs dispatch rounds, and the shared memory that lets committing
+//! transactions wake it.
 
 pub mod dispatcher;
+pub mod wake;

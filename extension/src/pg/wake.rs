@@ -1,0 +1,74 @@
+//! Waking the dispatcher at commit. `LISTEN` is refused inside a background worker, so, as pg_net
+//! does, the dispatcher publishes its `pgprocno` in shared memory and a committing transaction
+//! that wrote events sets its latch: once per transaction, from a commit callback, so an aborted
+//! transaction wakes nobody and a 1,000-row transaction wakes it once.
+//!
+//! Without `shared_preload_libraries` there is no shared memory and no dispatcher: waking is a
+//! no-op and external workers poll.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, register_xact_callback, PgAtomic, PgXactCallbackEvent};
+
+/// `pgprocno` of the running dispatcher, or -1.
+// SAFETY: the name is unique to this extension.
+static DISPATCHER_PROCNO: PgAtomic<AtomicI32> =
+    unsafe { PgAtomic::new(c"fraiseql_observers.dispatcher_procno") };
+
+/// Set in `_PG_init` while preloading; inherited by every backend the postmaster forks. Only then
+/// does [`DISPATCHER_PROCNO`] exist.
+static SHMEM_READY: AtomicBool = AtomicBool::new(false);
+
+/// Set when this backend's current transaction has registered its commit wake-up.
+static WAKE_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// Reserve the shared memory; called from `_PG_init` while preloading.
+pub fn init_shmem() {
+    pg_shmem_init!(DISPATCHER_PROCNO = AtomicI32::new(-1));
+    SHMEM_READY.store(true, Ordering::Relaxed);
+}
+
+/// The dispatcher announces itself (its own `pgprocno`), or withdraws with `None`.
+pub fn publish_dispatcher(procno: Option<i32>) {
+    if SHMEM_READY.load(Ordering::Relaxed) {
+        DISPATCHER_PROCNO
+            .get()
+            .store(procno.unwrap_or(-1), Ordering::Release);
+    }
+}
+
+/// Arrange for the dispatcher to be woken when the current transaction commits.
+pub fn wake_at_commit() {
+    if !SHMEM_READY.load(Ordering::Relaxed) || WAKE_PENDING.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    register_xact_callback(PgXactCallbackEvent::Commit, || {
+        WAKE_PENDING.store(false, Ordering::Relaxed);
+        let procno = DISPATCHER_PROCNO.get().load(Ordering::Acquire);
+        if procno >= 0 {
+            // SAFETY: ProcSendSignal sets the latch of the PGPROC slot `procno`, which lives in
+            // shared memory for the server's lifetime; a stale number (dispatcher gone) only
+            // wakes some other process once, which latches tolerate.
+            unsafe { pg_sys::ProcSendSignal(procno) };
+        }
+    });
+    register_xact_callback(PgXactCallbackEvent::Abort, || {
+        WAKE_PENDING.store(false, Ordering::Relaxed);
+    });
+    // PREPARE TRANSACTION ends the transaction in this backend without Commit or Abort; COMMIT
+    // PREPARED (maybe in another session) wakes nobody, and the poll interval picks it up.
+    register_xact_callback(PgXactCallbackEvent::Prepare, || {
+        WAKE_PENDING.store(false, Ordering::Relaxed);
+    });
+}
+
+/// Statement-level trigger installed next to the capture trigger: `AFTER ... FOR EACH STATEMENT`
+/// on every observed table, it registers the commit wake-up once per transaction.
+#[pg_trigger]
+fn observer_wake_trigger<'a>(
+    _trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, std::convert::Infallible> {
+    wake_at_commit();
+    Ok(None)
+}
