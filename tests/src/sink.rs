@@ -41,6 +41,9 @@ impl Received {
 /// Decides the status for a request, given everything received before it.
 pub type Responder = Arc<dyn Fn(&Received, &[Received]) -> u16 + Send + Sync>;
 
+/// Called with every request as it arrives (the demo sink prints them).
+pub type Observer = Arc<dyn Fn(&Received) + Send + Sync>;
+
 /// The sink: records requests, answers with the responder's status.
 #[derive(Clone)]
 pub struct Sink {
@@ -64,7 +67,7 @@ impl Sink {
     pub async fn start_on(
         addr: SocketAddr,
         responder: Responder,
-        on_request: Option<Arc<dyn Fn(&Received) + Send + Sync>>,
+        on_request: Option<Observer>,
     ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
