@@ -27,7 +27,7 @@ RETURN CASE WHEN old IS NULL OR new IS NULL THEN NULL
 -- observer.decide(event, observer...): the one place where an event meets an observer.
 -- TRUE = make a job, FALSE = no job (condition false, or none of changed_columns changed),
 -- NULL = the condition's result is unknown (a type mismatch or a structural error on this row;
--- recorded in observer.condition_errors). The condition sees {op, table, old, new, changed}.
+-- recorded in observer.skipped). The condition sees {op, table, old, new, changed}.
 CREATE FUNCTION observer.decide(op text, table_name text, old jsonb, new jsonb, changed text[],
                                 condition jsonpath, changed_columns text[])
 RETURNS boolean
@@ -65,19 +65,73 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     LIMIT max_events
 $$;
 
+-- observer.dedup_one(event, observer): make the job for a matched event of an observer with the
+-- dedup option, or fold it into an existing one. Returns 1 if a new job was made, else 0.
+--   dedup_coalesce = false: at most one job per dedup key per window (by capture time); a later
+--     event in the window is recorded as 'deduplicated' against the job that holds the key.
+--   dedup_coalesce = true: at most one unsent job per key: a later event replaces the event of a
+--     job not yet attempted (so the latest state is sent, under the new event's webhook-id), the
+--     replaced event is recorded as 'coalesced'; once the job was attempted, a new job is made.
+CREATE FUNCTION observer.dedup_one(e observer.events, o observer.observers) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    key      text;
+    holder   bigint;
+    replaced bigint;
+BEGIN
+    key := CASE WHEN o.dedup_key IS NULL THEN observer.ordering_key(e.table_name, o.key_columns, e.old, e.new)
+                ELSE jsonb_path_query_first(jsonb_build_object('op', e.op, 'table', e.table_name, 'old', e.old, 'new', e.new),
+                                            o.dedup_key, '{}', true)::text END;
+    IF key IS NOT NULL AND o.dedup_coalesce THEN
+        WITH target AS (
+            SELECT j.id, j.event_id FROM observer.jobs j JOIN observer.events prev ON prev.id = j.event_id
+            WHERE j.observer_id = o.id AND j.dedup_key = key AND j.state = 'pending' AND j.attempt = 0
+              AND prev.created_at > e.created_at - o.dedup_window
+            ORDER BY j.id DESC LIMIT 1
+            FOR UPDATE OF j
+        )
+        UPDATE observer.jobs j
+        SET event_id = e.id, idempotency_key = 'evt_' || e.id || '_' || o.id
+        FROM target WHERE j.id = target.id
+        RETURNING j.id, target.event_id INTO holder, replaced;
+        IF holder IS NOT NULL THEN
+            INSERT INTO observer.skipped (event_id, observer_id, reason, job_id)
+            VALUES (replaced, o.id, 'coalesced', holder) ON CONFLICT DO NOTHING;
+            RETURN 0;
+        END IF;
+    ELSIF key IS NOT NULL THEN
+        SELECT j.id INTO holder FROM observer.jobs j JOIN observer.events prev ON prev.id = j.event_id
+        WHERE j.observer_id = o.id AND j.dedup_key = key AND prev.created_at > e.created_at - o.dedup_window
+        ORDER BY j.id DESC LIMIT 1;
+        IF holder IS NOT NULL THEN
+            INSERT INTO observer.skipped (event_id, observer_id, reason, job_id)
+            VALUES (e.id, o.id, 'deduplicated', holder) ON CONFLICT DO NOTHING;
+            RETURN 0;
+        END IF;
+    END IF;
+    INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, dedup_key)
+    VALUES (o.id, e.id, 'evt_' || e.id || '_' || o.id,
+            observer.ordering_key(e.table_name, o.key_columns, e.old, e.new), key)
+    ON CONFLICT (event_id, observer_id) DO NOTHING;
+    RETURN 1;
+END
+$$;
+
 CREATE FUNCTION observer_dispatch(max_events integer DEFAULT 10000, dispatcher text DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    st        observer.dispatch_state;
-    target    pg_snapshot;
-    n_events  bigint := 0;
-    n_jobs    bigint := 0;
-    last_id   bigint;
-    done      boolean;
-    msg       text;
-    d         record;
-    matched   boolean;
+    st          observer.dispatch_state;
+    target      pg_snapshot;
+    n_events    bigint := 0;
+    n_jobs      bigint := 0;
+    last_id     bigint;
+    done        boolean;
+    msg         text;
+    d           record;
+    matched     boolean;
+    dedup_ev    bigint[];
+    dedup_obs   bigint[];
 BEGIN
     IF max_events IS NULL OR max_events < 1 THEN
         RAISE EXCEPTION 'max_events must be a positive integer, not %', coalesce(max_events::text, 'NULL')
@@ -92,30 +146,40 @@ BEGIN
     target := coalesce(st.batch_snapshot, pg_current_snapshot());
 
     BEGIN
+        -- The set-based path: decide every (event, observer) pair of the page at once, make the
+        -- jobs of observers without dedup, and hand the dedup matches to dedup_one() in event order.
         WITH batch AS MATERIALIZED (
             SELECT e.*, CASE WHEN e.op = 'UPDATE' THEN observer.changed(e.old, e.new) END AS changed
             FROM observer.dispatch_batch(st.done_snapshot, target, st.batch_cursor, max_events) e
         ), decisions AS MATERIALIZED (
-            SELECT b.id AS event_id, o.id AS observer_id,
+            SELECT b.id AS event_id, o.id AS observer_id, o.dedup_window IS NOT NULL AS dedup,
                    observer.decide(b.op, b.table_name, b.old, b.new, b.changed, o.condition, o.changed_columns) AS matched,
                    observer.ordering_key(b.table_name, o.key_columns, b.old, b.new) AS ordering_key
             FROM batch b
             JOIN observer.observers o
               ON o.table_oid = b.table_oid AND o.enabled AND b.op = ANY (o.events)
-        ), errs AS (
-            INSERT INTO observer.condition_errors (event_id, observer_id)
-            SELECT event_id, observer_id FROM decisions WHERE matched IS NULL
+        ), unknown AS (
+            INSERT INTO observer.skipped (event_id, observer_id, reason)
+            SELECT event_id, observer_id, 'condition_unknown' FROM decisions WHERE matched IS NULL
             ON CONFLICT DO NOTHING
         ), made AS (
             INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key)
             SELECT observer_id, event_id, 'evt_' || event_id || '_' || observer_id, ordering_key
-            FROM decisions WHERE matched
+            FROM decisions WHERE matched AND NOT dedup
             ORDER BY event_id, observer_id
             ON CONFLICT (event_id, observer_id) DO NOTHING
             RETURNING 1
         )
-        SELECT (SELECT count(*) FROM batch), (SELECT max(id) FROM batch), (SELECT count(*) FROM made)
-        INTO n_events, last_id, n_jobs;
+        SELECT (SELECT count(*) FROM batch), (SELECT max(id) FROM batch), (SELECT count(*) FROM made),
+               (SELECT array_agg(event_id ORDER BY event_id, observer_id) FROM decisions WHERE matched AND dedup),
+               (SELECT array_agg(observer_id ORDER BY event_id, observer_id) FROM decisions WHERE matched AND dedup)
+        INTO n_events, last_id, n_jobs, dedup_ev, dedup_obs;
+
+        FOR i IN 1 .. coalesce(cardinality(dedup_ev), 0) LOOP
+            n_jobs := n_jobs + observer.dedup_one(
+                (SELECT e FROM observer.events e WHERE e.id = dedup_ev[i]),
+                (SELECT o FROM observer.observers o WHERE o.id = dedup_obs[i]));
+        END LOOP;
     EXCEPTION WHEN OTHERS THEN
         -- A condition raised despite silent mode, or a row broke the set-based path: decide
         -- event by event so that one bad event is recorded and every other one still goes on.
@@ -125,8 +189,7 @@ BEGIN
         n_jobs := 0;
         last_id := NULL;
         FOR d IN
-            SELECT b.id AS event_id, o.id AS observer_id, b.op, b.table_name, b.old, b.new,
-                   o.condition, o.changed_columns, o.key_columns
+            SELECT b AS ev, o AS obs, b.id AS event_id, o.id AS observer_id
             FROM observer.dispatch_batch(st.done_snapshot, target, st.batch_cursor, max_events) b
             LEFT JOIN observer.observers o
               ON o.table_oid = b.table_oid AND o.enabled AND b.op = ANY (o.events)
@@ -138,13 +201,15 @@ BEGIN
             END IF;
             CONTINUE WHEN d.observer_id IS NULL;
             BEGIN
-                matched := observer.decide(d.op, d.table_name, d.old, d.new,
-                                           CASE WHEN d.op = 'UPDATE' THEN observer.changed(d.old, d.new) END,
-                                           d.condition, d.changed_columns);
-                IF matched THEN
+                matched := observer.decide((d.ev).op, (d.ev).table_name, (d.ev).old, (d.ev).new,
+                                           CASE WHEN (d.ev).op = 'UPDATE' THEN observer.changed((d.ev).old, (d.ev).new) END,
+                                           (d.obs).condition, (d.obs).changed_columns);
+                IF matched AND (d.obs).dedup_window IS NOT NULL THEN
+                    n_jobs := n_jobs + observer.dedup_one(d.ev, d.obs);
+                ELSIF matched THEN
                     INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key)
                     VALUES (d.observer_id, d.event_id, 'evt_' || d.event_id || '_' || d.observer_id,
-                            observer.ordering_key(d.table_name, d.key_columns, d.old, d.new))
+                            observer.ordering_key((d.ev).table_name, (d.obs).key_columns, (d.ev).old, (d.ev).new))
                     ON CONFLICT (event_id, observer_id) DO NOTHING;
                     n_jobs := n_jobs + 1;
                 END IF;
@@ -152,8 +217,8 @@ BEGIN
                 matched := NULL;
             END;
             IF matched IS NULL THEN
-                INSERT INTO observer.condition_errors (event_id, observer_id)
-                VALUES (d.event_id, d.observer_id) ON CONFLICT DO NOTHING;
+                INSERT INTO observer.skipped (event_id, observer_id, reason)
+                VALUES (d.event_id, d.observer_id, 'condition_unknown') ON CONFLICT DO NOTHING;
             END IF;
         END LOOP;
     END;

@@ -88,6 +88,24 @@ BEGIN
 END
 $$;
 
+-- observer.check_path(path, option): parse a SQL/JSON path option (not a predicate), or raise.
+CREATE FUNCTION observer.check_path(path text, option text) RETURNS jsonpath
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    msg text;
+BEGIN
+    IF path IS NULL OR octet_length(path) > 4096 THEN
+        RAISE EXCEPTION 'observer option "%" must be a SQL/JSON path of at most 4096 bytes', option
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'For example: "$.new.customer_id".';
+    END IF;
+    RETURN path::jsonpath;
+EXCEPTION WHEN syntax_error THEN
+    GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+    RAISE EXCEPTION 'invalid SQL/JSON path in observer option "%": %', option, msg
+        USING ERRCODE = 'syntax_error', HINT = 'For example: "$.new.customer_id".';
+END
+$$;
+
 -- observer.check_condition(condition): parse and type-check a condition, or raise.
 CREATE FUNCTION observer.check_condition(condition text) RETURNS jsonpath
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -152,6 +170,9 @@ DECLARE
     max_payload integer := 1048576;
     cols       text[];
     changed_cols text[];
+    dedup_win  interval;
+    dedup_path jsonpath;
+    dedup_coal boolean := false;
     base       interval := '1 second';
     cap        interval := '1 hour';
 BEGIN
@@ -209,10 +230,13 @@ BEGIN
                 WHEN 'max_payload_bytes' THEN max_payload := (options ->> opt_key)::integer;
                 WHEN 'columns' THEN cols := observer.check_columns(table_name, options -> opt_key, opt_key);
                 WHEN 'changed_columns' THEN changed_cols := observer.check_columns(table_name, options -> opt_key, opt_key);
+                WHEN 'dedup_window' THEN dedup_win := (options ->> opt_key)::interval;
+                WHEN 'dedup_key' THEN dedup_path := observer.check_path(options ->> opt_key, opt_key);
+                WHEN 'dedup_coalesce' THEN dedup_coal := (options ->> opt_key)::boolean;
                 ELSE
                     RAISE EXCEPTION 'unknown observer option "%"', opt_key
                         USING ERRCODE = 'invalid_parameter_value',
-                              HINT = 'Known options: max_attempts, backoff_base, backoff_cap, max_payload_bytes, columns, changed_columns.';
+                              HINT = 'Known options: max_attempts, backoff_base, backoff_cap, max_payload_bytes, columns, changed_columns, dedup_window, dedup_key, dedup_coalesce.';
             END CASE;
         EXCEPTION WHEN invalid_text_representation OR invalid_datetime_format OR numeric_value_out_of_range
                        OR datetime_field_overflow OR interval_field_overflow THEN
@@ -225,6 +249,14 @@ BEGIN
         RAISE EXCEPTION 'invalid max_payload_bytes: %', max_payload
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Use 1024 to 104857600 bytes; larger rows are captured as their primary key only.';
+    END IF;
+    IF dedup_win IS NOT NULL AND dedup_win <= '0' THEN
+        RAISE EXCEPTION 'invalid dedup_window: %', dedup_win
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use a positive interval such as "10 minutes".';
+    END IF;
+    IF dedup_win IS NULL AND (dedup_path IS NOT NULL OR dedup_coal) THEN
+        RAISE EXCEPTION 'observer options "dedup_key" and "dedup_coalesce" need "dedup_window"'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Add "dedup_window": "10 minutes" (for example).';
     END IF;
     IF changed_cols IS NOT NULL AND 'UPDATE' <> ALL (evs) THEN
         RAISE EXCEPTION 'observer option "changed_columns" needs UPDATE in events'
@@ -244,9 +276,10 @@ BEGIN
     WHERE i.indrelid = table_name AND i.indisprimary;
 
     INSERT INTO observer.observers (name, table_oid, table_name, key_columns, events, condition, columns,
-                                    changed_columns, max_payload_bytes, action, max_attempts, backoff_base, backoff_cap)
-    VALUES (name, table_name, table_name::text, key_cols, evs, path, cols, changed_cols, max_payload, act,
-            max_att, base, cap)
+                                    changed_columns, max_payload_bytes, dedup_window, dedup_key, dedup_coalesce,
+                                    action, max_attempts, backoff_base, backoff_cap)
+    VALUES (name, table_name, table_name::text, key_cols, evs, path, cols, changed_cols, max_payload,
+            dedup_win, dedup_path, dedup_coal, act, max_att, base, cap)
     RETURNING id INTO new_id;
 
     PERFORM observer.sync_capture(table_name);

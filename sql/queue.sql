@@ -1,7 +1,8 @@
 -- The job queue API the worker calls: claim with a lease and a fencing token, then complete or
 -- fail in batches. Lease deadlines come from the database clock, never the worker's.
 
--- observer.project(row, columns): the row restricted to an observer's `columns` option.
+-- observer.project(row, columns): the row restricted to an observer's `columns` option (plus
+-- the primary key, which identifies the row; an oversize row is captured as its key only).
 CREATE FUNCTION observer.project(r jsonb, cols text[]) RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
 RETURN CASE WHEN r IS NULL OR cols IS NULL THEN r
@@ -21,8 +22,8 @@ RETURN jsonb_build_object(
         'observer', o.name,
         'table', e.table_name,
         'op', e.op,
-        'old', observer.project(e.old, o.columns),
-        'new', observer.project(e.new, o.columns))
+        'old', observer.project(e.old, o.columns || o.key_columns),
+        'new', observer.project(e.new, o.columns || o.key_columns))
         || CASE WHEN e.oversize IS NULL THEN '{}'::jsonb
                 ELSE jsonb_build_object('oversize', jsonb_build_object('bytes', e.oversize)) END);
 

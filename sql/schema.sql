@@ -17,6 +17,9 @@ CREATE TABLE observer.observers (
     columns        text[],                   -- payload subset (NULL = every column)
     changed_columns text[],                  -- UPDATE matches only if one of these changed (NULL = any UPDATE)
     max_payload_bytes integer NOT NULL DEFAULT 1048576 CHECK (max_payload_bytes BETWEEN 1024 AND 104857600),
+    dedup_window   interval,                 -- dedup on when set: one job per dedup key per window
+    dedup_key      jsonpath,                 -- path into {op, table, old, new}; NULL = table + primary key
+    dedup_coalesce boolean NOT NULL DEFAULT false, -- instead: fold into the key's unsent job (latest state wins)
     action         jsonb NOT NULL,           -- validated by observer_validate_action()
     key_columns    text[],                   -- primary key columns: the default ordering key
     max_attempts   integer NOT NULL DEFAULT 8 CHECK (max_attempts BETWEEN 1 AND 1000),
@@ -61,11 +64,15 @@ CREATE TABLE observer.dispatch_state (
 );
 INSERT INTO observer.dispatch_state (done_snapshot) VALUES (pg_current_snapshot());
 
--- Conditions that failed to evaluate on an event (bad data for the path, not a bad path: paths are
--- validated at observer_create). Recorded, never raised: one bad row must not block the others.
-CREATE TABLE observer.condition_errors (
+-- Decisions that made no job but must be findable: a condition whose result was unknown on this
+-- row (a type mismatch or structural error: recorded, never raised, so one bad row blocks
+-- nothing), or an event deduplicated or coalesced into another job by the observer's dedup
+-- option (job_id names that job). "Condition false" is not stored: it can be recomputed.
+CREATE TABLE observer.skipped (
     event_id     bigint NOT NULL,
     observer_id  bigint NOT NULL REFERENCES observer.observers (id) ON DELETE CASCADE,
+    reason       text NOT NULL CHECK (reason IN ('condition_unknown', 'deduplicated', 'coalesced')),
+    job_id       bigint,
     recorded_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (event_id, observer_id)
 );
@@ -88,6 +95,7 @@ CREATE TABLE observer.jobs (
     lease_until      timestamptz,
     worker           text,
     ordering_key     text,
+    dedup_key        text,                   -- set for observers with dedup
     idempotency_key  text NOT NULL,          -- the webhook-id: stable across retries and replays
     last_error       text,
     created_at       timestamptz NOT NULL DEFAULT now(),
@@ -97,6 +105,7 @@ CREATE TABLE observer.jobs (
 CREATE INDEX jobs_ready ON observer.jobs (run_at, id) WHERE state = 'pending';
 CREATE INDEX jobs_leased ON observer.jobs (lease_until) WHERE state = 'running';
 CREATE INDEX jobs_observer_state ON observer.jobs (observer_id, state);
+CREATE INDEX jobs_dedup ON observer.jobs (observer_id, dedup_key, created_at) WHERE dedup_key IS NOT NULL;
 
 -- One row per delivery attempt outcome reported by a worker (the seed of the audit trail).
 CREATE TABLE observer.attempts (

@@ -9,7 +9,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                count(j.id) FILTER (WHERE j.state = 'running')   AS running,
                count(j.id) FILTER (WHERE j.state = 'completed') AS completed,
                count(j.id) FILTER (WHERE j.state = 'dead')      AS dead,
-               (SELECT count(*) FROM observer.condition_errors ce WHERE ce.observer_id = o.id) AS condition_errors
+               (SELECT count(*) FROM observer.skipped s WHERE s.observer_id = o.id AND s.reason = 'condition_unknown') AS condition_unknown,
+               (SELECT count(*) FROM observer.skipped s WHERE s.observer_id = o.id AND s.reason IN ('deduplicated', 'coalesced')) AS deduplicated
         FROM observer.observers o
         LEFT JOIN observer.jobs j ON j.observer_id = o.id
         GROUP BY o.id
@@ -28,7 +29,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         'observers', coalesce(jsonb_agg(jsonb_build_object(
             'name', p.name, 'table', p.table_name, 'enabled', p.enabled,
             'pending', p.pending, 'running', p.running, 'completed', p.completed, 'dead', p.dead,
-            'condition_errors', p.condition_errors) ORDER BY p.name) FILTER (WHERE p.name IS NOT NULL), '[]'),
+            'condition_unknown', p.condition_unknown, 'deduplicated', p.deduplicated) ORDER BY p.name) FILTER (WHERE p.name IS NOT NULL), '[]'),
         'dispatch', (SELECT jsonb_build_object(
             'rounds', st.rounds,
             'events_dispatched', st.events_dispatched,
