@@ -3,10 +3,11 @@
 
 -- observer.project(row, columns): the row restricted to an observer's `columns` option (plus
 -- the primary key, which identifies the row; an oversize row is captured as its key only).
-CREATE FUNCTION observer.project(r jsonb, cols text[]) RETURNS jsonb
+CREATE FUNCTION observer.project(r jsonb, cols text[], keys text[]) RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
 RETURN CASE WHEN r IS NULL OR cols IS NULL THEN r
-            ELSE coalesce((SELECT jsonb_object_agg(k, v) FROM jsonb_each(r) AS x(k, v) WHERE k = ANY (cols)), '{}')
+            ELSE coalesce((SELECT jsonb_object_agg(k, v) FROM jsonb_each(r) AS x(k, v)
+                           WHERE k = ANY (cols) OR k = ANY (keys)), '{}')
        END;
 
 -- observer.job_payload: the JSON document delivered for a job (Standard Webhooks layout: type,
@@ -22,8 +23,8 @@ RETURN jsonb_build_object(
         'observer', o.name,
         'table', e.table_name,
         'op', e.op,
-        'old', observer.project(e.old, o.columns || o.key_columns),
-        'new', observer.project(e.new, o.columns || o.key_columns))
+        'old', observer.project(e.old, o.columns, o.key_columns),
+        'new', observer.project(e.new, o.columns, o.key_columns))
         || CASE WHEN e.oversize IS NULL THEN '{}'::jsonb
                 ELSE jsonb_build_object('oversize', jsonb_build_object('bytes', e.oversize)) END);
 

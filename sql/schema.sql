@@ -46,6 +46,8 @@ CREATE TABLE observer.events (
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX events_tx ON observer.events (tx);
+-- Retention deletes old events in batches: vacuum early so new events reuse the space.
+ALTER TABLE observer.events SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.05);
 
 -- Dispatcher checkpoint (one row). All events of transactions visible in `done_snapshot` have been
 -- dispatched. A round targets `batch_snapshot`: the events visible in it and not in
@@ -105,6 +107,7 @@ CREATE TABLE observer.jobs (
 CREATE INDEX jobs_ready ON observer.jobs (run_at, id) WHERE state = 'pending';
 CREATE INDEX jobs_leased ON observer.jobs (lease_until) WHERE state = 'running';
 CREATE INDEX jobs_observer_state ON observer.jobs (observer_id, state);
+ALTER TABLE observer.jobs SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.05);
 CREATE INDEX jobs_dedup ON observer.jobs (observer_id, dedup_key, created_at) WHERE dedup_key IS NOT NULL;
 
 -- One row per delivery attempt outcome reported by a worker (the seed of the audit trail).

@@ -1,5 +1,9 @@
 -- observer_status(): what an operator asks first. One jsonb document so that later additions
 -- (workers, breakers, DLQ) extend it without breaking callers.
+--   jobs        counts by state, over all observers
+--   observers   per observer: counts by state, condition_unknown and deduplicated decisions
+--   events      captured events kept, the oldest one's time, and how many are not dispatched yet
+--   dispatch    checkpoint progress, lag (age of the oldest undispatched event), dispatcher health
 
 CREATE FUNCTION observer_status() RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -17,8 +21,13 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     ), st AS (
         SELECT * FROM observer.dispatch_state
     ), undispatched AS (
+        -- Capped at a million: beyond that the exact figure does not change what to do.
         SELECT count(*) AS events, min(e.created_at) AS oldest
         FROM st, observer.dispatch_batch(st.done_snapshot, pg_current_snapshot(), st.batch_cursor, 1000000) e
+    ), bgworker AS (
+        SELECT count(*) AS running FROM pg_stat_activity WHERE backend_type = 'fraiseql_observers dispatcher'
+    ), interval_setting AS (
+        SELECT coalesce((SELECT setting::integer FROM pg_settings WHERE name = 'fraiseql_observers.dispatch_interval'), 1000) AS ms
     )
     SELECT jsonb_build_object(
         'jobs', jsonb_build_object(
@@ -29,7 +38,13 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         'observers', coalesce(jsonb_agg(jsonb_build_object(
             'name', p.name, 'table', p.table_name, 'enabled', p.enabled,
             'pending', p.pending, 'running', p.running, 'completed', p.completed, 'dead', p.dead,
-            'condition_unknown', p.condition_unknown, 'deduplicated', p.deduplicated) ORDER BY p.name) FILTER (WHERE p.name IS NOT NULL), '[]'),
+            'condition_unknown', p.condition_unknown, 'deduplicated', p.deduplicated)
+            ORDER BY p.name) FILTER (WHERE p.name IS NOT NULL), '[]'),
+        'events', (SELECT jsonb_build_object(
+            'kept', (SELECT count(*) FROM observer.events),
+            'oldest_at', (SELECT min(created_at) FROM observer.events),
+            'undispatched', u.events)
+            FROM undispatched u),
         'dispatch', (SELECT jsonb_build_object(
             'rounds', st.rounds,
             'events_dispatched', st.events_dispatched,
@@ -37,8 +52,11 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             'last_round_at', st.last_round_at,
             'last_dispatcher', st.last_dispatcher,
             'undispatched_events', u.events,
-            'oldest_undispatched_age_seconds',
-                round(extract(epoch FROM clock_timestamp() - u.oldest)::numeric, 3))
-            FROM st, undispatched u))
+            'lag_seconds', coalesce(round(extract(epoch FROM clock_timestamp() - u.oldest)::numeric, 3), 0),
+            'background_worker', b.running > 0,
+            -- Healthy: a round ran recently (rounds run at least every dispatch_interval, and
+            -- at least once a second while idle writes are throttled) or nothing waits.
+            'healthy', u.events = 0 OR st.last_round_at > clock_timestamp() - make_interval(secs => greatest(5, 3 * i.ms / 1000.0)))
+            FROM st, undispatched u, bgworker b, interval_setting i))
     FROM per_observer p
 $$;

@@ -21,6 +21,12 @@ static DISPATCH_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// round reads; a larger backlog is worked off in consecutive rounds without sleeping.
 static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
+/// `fraiseql_observers.event_retention` (seconds, default 7 days, reload): events and completed
+/// jobs older than this are pruned by `observer_prune()`, which the background dispatcher runs
+/// every minute. Undispatched events, events of unfinished or dead jobs, and dead jobs are never
+/// pruned.
+static EVENT_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
+
 /// Register the settings. Postmaster-context settings can only be defined while preloading.
 pub fn init(preloading: bool) {
     GucRegistry::define_bool_guc(
@@ -50,6 +56,16 @@ pub fn init(preloading: bool) {
         1_000_000,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"fraiseql_observers.event_retention",
+        c"Age after which events and completed jobs are pruned.",
+        c"Undispatched events, events of unfinished or dead jobs, and dead jobs are kept.",
+        &EVENT_RETENTION_S,
+        60,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
     );
     GucRegistry::define_string_guc(
         c"fraiseql_observers.database",

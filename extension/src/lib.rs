@@ -43,9 +43,14 @@ extension_sql_file!(
     requires = ["dispatch"]
 );
 extension_sql_file!(
+    "../../sql/retention.sql",
+    name = "retention",
+    requires = ["queue"]
+);
+extension_sql_file!(
     "../../sql/status.sql",
     name = "status",
-    requires = ["queue"],
+    requires = ["retention"],
     finalize
 );
 

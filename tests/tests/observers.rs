@@ -252,3 +252,71 @@ async fn without_preload_the_external_worker_dispatches() {
         "rounds ran in the external worker, got {by}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_old_finished_work_and_keeps_everything_else() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let c = cluster.connect("postgres").await.expect("connect");
+    c.batch_execute(&format!(
+        r#"CREATE EXTENSION fraiseql_observers;
+           CREATE TABLE t (id int PRIMARY KEY);
+           SELECT observer_create('t', 't', action => '{HOOK}', options => '{{"max_attempts": 1}}');
+           INSERT INTO t VALUES (1), (2), (3);"#
+    ))
+    .await
+    .expect("setup");
+    drain(&c).await;
+    // Job 1 completed, job 2 dead (its only attempt failed), job 3 still running.
+    c.batch_execute(
+        "CREATE TEMP TABLE claimed AS SELECT * FROM observer_claim('w', 10, '1 hour');
+         SELECT observer_complete(ARRAY(SELECT job_id FROM claimed WHERE payload->'data'->'new'->>'id' = '1'),
+                                  ARRAY(SELECT token FROM claimed WHERE payload->'data'->'new'->>'id' = '1'));
+         SELECT observer_fail(ARRAY(SELECT job_id FROM claimed WHERE payload->'data'->'new'->>'id' = '2'),
+                              ARRAY(SELECT token FROM claimed WHERE payload->'data'->'new'->>'id' = '2'),
+                              ARRAY['HTTP 500']);
+         UPDATE observer.events SET created_at = now() - interval '8 days';
+         UPDATE observer.jobs SET finished_at = now() - interval '8 days' WHERE finished_at IS NOT NULL;",
+    )
+    .await
+    .expect("outcomes");
+    let row = c
+        .query_one("SELECT * FROM observer_prune('7 days')", &[])
+        .await
+        .expect("prune");
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (1, 1),
+        "one event and its completed job"
+    );
+    let left: Vec<String> = c
+        .query(
+            "SELECT e.new->>'id' || ':' || j.state FROM observer.events e JOIN observer.jobs j ON j.event_id = e.id ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("left")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        left,
+        ["2:dead", "3:running"],
+        "dead and unfinished work is kept"
+    );
+    let attempts: i64 = c
+        .query_one("SELECT count(*) FROM observer.attempts", &[])
+        .await
+        .expect("attempts")
+        .get(0);
+    assert_eq!(
+        attempts, 1,
+        "the pruned job's attempt went with it; the dead job's stays"
+    );
+    let refused = c
+        .query_one("SELECT * FROM observer_prune('1 second')", &[])
+        .await;
+    assert_eq!(
+        refused.expect_err("too short").code(),
+        Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE)
+    );
+}

@@ -128,6 +128,16 @@ impl Db {
         Ok(row.get(0))
     }
 
+    /// `observer_prune()` with the server's retention setting: events deleted.
+    pub async fn prune(&self) -> Result<i64, DbError> {
+        let row = self
+            .client
+            .query_one("SELECT events_deleted FROM observer_prune()", &[])
+            .await
+            .map_err(DbError::call("observer_prune"))?;
+        Ok(row.get(0))
+    }
+
     /// `observer_claim(worker, max, lease)`.
     pub async fn claim(
         &self,

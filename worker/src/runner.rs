@@ -23,6 +23,8 @@ use crate::webhook::{self, Outcome};
 
 /// Most outcomes reported in one call.
 const REPORT_BATCH: usize = 1000;
+/// How often a worker that runs dispatch rounds also prunes old events and jobs.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Longest pause between reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
 
@@ -126,6 +128,7 @@ async fn claim_loop(
     tx: &mpsc::UnboundedSender<(ClaimedJob, Outcome)>,
 ) -> Result<(), DbError> {
     let config = &ctx.config;
+    let mut last_prune = tokio::time::Instant::now();
     while !ctx.cancel.is_cancelled() {
         if db.is_closed() {
             return Ok(());
@@ -135,6 +138,16 @@ async fn claim_loop(
                 Ok(_) => {}
                 Err(e) if e.is_connection_lost() => return Err(e),
                 Err(e) => tracing::warn!(error = %e, "dispatch round failed"),
+            }
+            // Where no background dispatcher runs, retention is this worker's job too.
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                last_prune = tokio::time::Instant::now();
+                match db.prune().await {
+                    Ok(n) if n > 0 => tracing::info!(events = n, "pruned old events"),
+                    Ok(_) => {}
+                    Err(e) if e.is_connection_lost() => return Err(e),
+                    Err(e) => tracing::warn!(error = %e, "pruning failed"),
+                }
             }
         }
 

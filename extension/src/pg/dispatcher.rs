@@ -34,6 +34,9 @@ pub fn register() {
         .load();
 }
 
+/// How often the dispatcher prunes old events and jobs (`observer_prune`).
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
 /// What one tick found.
 enum Tick {
     /// The extension is not installed in the database (yet).
@@ -55,6 +58,7 @@ pub extern "C-unwind" fn fraiseql_observers_dispatcher_main(_arg: pg_sys::Datum)
 
     let mut failures: u32 = 0;
     let mut wait = Duration::ZERO;
+    let mut last_prune = std::time::Instant::now();
     while BackgroundWorker::wait_latch(Some(wait)) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: called from the worker's main loop, outside any transaction, as Postgres'
@@ -95,6 +99,19 @@ pub extern "C-unwind" fn fraiseql_observers_dispatcher_main(_arg: pg_sys::Datum)
                 );
             }
         }
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            last_prune = std::time::Instant::now();
+            if let Err(payload) =
+                catch_unwind(AssertUnwindSafe(|| BackgroundWorker::transaction(prune)))
+            {
+                // SAFETY: as above: the failed transaction must be aborted before the next one.
+                unsafe { pg_sys::AbortCurrentTransaction() };
+                warning!(
+                    "fraiseql_observers dispatcher: pruning failed ({})",
+                    describe(&payload)
+                );
+            }
+        }
         // Background workers flush their own statistics.
         // SAFETY: outside a transaction, as the stats collector requires.
         unsafe { pg_sys::pgstat_report_stat(false) };
@@ -110,11 +127,7 @@ pub extern "C-unwind" fn fraiseql_observers_dispatcher_main(_arg: pg_sys::Datum)
 
 /// One transaction: find the extension's schema, run a round.
 fn tick(batch: i32) -> Tick {
-    let schema = Spi::get_one::<String>(
-        "SELECT n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
-         WHERE e.extname = 'fraiseql_observers'",
-    );
-    let Ok(Some(schema)) = schema else {
+    let Some(schema) = extension_schema() else {
         return Tick::NotInstalled;
     };
     let sql = format!(
@@ -126,6 +139,31 @@ fn tick(batch: i32) -> Tick {
         .flatten()
         .unwrap_or(0);
     Tick::Dispatched(n)
+}
+
+/// One transaction: delete events and completed jobs past `fraiseql_observers.event_retention`.
+fn prune() {
+    if let Some(schema) = extension_schema() {
+        let sql = format!(
+            "SELECT events_deleted FROM {}.observer_prune()",
+            spi::quote_identifier(&schema)
+        );
+        if let Ok(Some(n)) = Spi::get_one::<i64>(&sql) {
+            if n > 0 {
+                log!("fraiseql_observers dispatcher: pruned {n} events");
+            }
+        }
+    }
+}
+
+/// The schema the extension is installed in, if it is installed in this database.
+fn extension_schema() -> Option<String> {
+    Spi::get_one::<String>(
+        "SELECT n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
+         WHERE e.extname = 'fraiseql_observers'",
+    )
+    .ok()
+    .flatten()
 }
 
 /// Exponential backoff after consecutive failures: 100 ms, 200 ms, ... up to [`MAX_BACKOFF`].

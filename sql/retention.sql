@@ -1,0 +1,54 @@
+-- Retention: events and finished jobs older than the retention period are deleted in small
+-- batches (row locks only, never a table lock), so capture never waits on pruning; autovacuum
+-- is tuned on these tables (schema.sql) to reclaim the space for new rows.
+--
+-- What is never pruned: an event not yet dispatched, an event whose job is unfinished
+-- (pending, running) or dead (the dead-letter queue needs its payload), and dead jobs.
+
+CREATE FUNCTION observer_prune(retention interval DEFAULT NULL, max_rows integer DEFAULT 10000)
+RETURNS TABLE (events_deleted bigint, jobs_deleted bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    keep   interval;
+    cutoff timestamptz;
+    done   pg_snapshot;
+BEGIN
+    keep := coalesce(retention,
+                     make_interval(secs => nullif(current_setting('fraiseql_observers.event_retention', true), '')::double precision),
+                     interval '7 days');
+    IF keep < interval '1 minute' THEN
+        RAISE EXCEPTION 'retention must be at least 1 minute, not %', keep
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF max_rows IS NULL OR max_rows < 1 THEN
+        RAISE EXCEPTION 'max_rows must be a positive integer' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    cutoff := clock_timestamp() - keep;
+    SELECT s.done_snapshot INTO done FROM observer.dispatch_state s;
+
+    -- Finished jobs first (their attempts go with them), so their events become prunable.
+    WITH old AS (
+        SELECT j.id FROM observer.jobs j
+        WHERE j.state = 'completed' AND j.finished_at < cutoff
+        ORDER BY j.id LIMIT max_rows
+        FOR UPDATE SKIP LOCKED
+    )
+    DELETE FROM observer.jobs j USING old WHERE j.id = old.id;
+    GET DIAGNOSTICS jobs_deleted = ROW_COUNT;
+
+    WITH old AS (
+        SELECT e.id FROM observer.events e
+        WHERE e.created_at < cutoff
+          AND pg_visible_in_snapshot(e.tx, done)
+          AND NOT EXISTS (SELECT 1 FROM observer.jobs j WHERE j.event_id = e.id)
+        ORDER BY e.id LIMIT max_rows
+        FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM observer.events e USING old WHERE e.id = old.id RETURNING e.id
+    ), skips AS (
+        DELETE FROM observer.skipped s USING gone WHERE s.event_id = gone.id
+    )
+    SELECT count(*) INTO events_deleted FROM gone;
+    RETURN NEXT;
+END
+$$;
