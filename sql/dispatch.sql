@@ -129,9 +129,10 @@ DECLARE
     done        boolean;
     msg         text;
     d           record;
-    matched     boolean;
+    verdict     boolean;
     dedup_ev    bigint[];
     dedup_obs   bigint[];
+    fallback    boolean := false;
 BEGIN
     IF max_events IS NULL OR max_events < 1 THEN
         RAISE EXCEPTION 'max_events must be a positive integer, not %', coalesce(max_events::text, 'NULL')
@@ -185,6 +186,7 @@ BEGIN
         -- event by event so that one bad event is recorded and every other one still goes on.
         GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
         RAISE WARNING 'fraiseql_observers: dispatch batch failed (%), deciding event by event', msg;
+        fallback := true;
         n_events := 0;
         n_jobs := 0;
         last_id := NULL;
@@ -201,12 +203,12 @@ BEGIN
             END IF;
             CONTINUE WHEN d.observer_id IS NULL;
             BEGIN
-                matched := observer.decide((d.ev).op, (d.ev).table_name, (d.ev).old, (d.ev).new,
+                verdict := observer.decide((d.ev).op, (d.ev).table_name, (d.ev).old, (d.ev).new,
                                            CASE WHEN (d.ev).op = 'UPDATE' THEN observer.changed((d.ev).old, (d.ev).new) END,
                                            (d.obs).condition, (d.obs).changed_columns);
-                IF matched AND (d.obs).dedup_window IS NOT NULL THEN
+                IF verdict AND (d.obs).dedup_window IS NOT NULL THEN
                     n_jobs := n_jobs + observer.dedup_one(d.ev, d.obs);
-                ELSIF matched THEN
+                ELSIF verdict THEN
                     INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key)
                     VALUES (d.observer_id, d.event_id, 'evt_' || d.event_id || '_' || d.observer_id,
                             observer.ordering_key((d.ev).table_name, (d.obs).key_columns, (d.ev).old, (d.ev).new))
@@ -214,9 +216,9 @@ BEGIN
                     n_jobs := n_jobs + 1;
                 END IF;
             EXCEPTION WHEN OTHERS THEN
-                matched := NULL;
+                verdict := NULL;
             END;
-            IF matched IS NULL THEN
+            IF verdict IS NULL THEN
                 INSERT INTO observer.skipped (event_id, observer_id, reason)
                 VALUES (d.event_id, d.observer_id, 'condition_unknown') ON CONFLICT DO NOTHING;
             END IF;
@@ -231,6 +233,7 @@ BEGIN
         batch_snapshot    = CASE WHEN done THEN NULL ELSE target END,
         batch_cursor      = CASE WHEN done THEN 0 ELSE last_id END,
         rounds            = rounds + 1,
+        fallback_rounds   = fallback_rounds + fallback::integer,
         events_dispatched = events_dispatched + n_events,
         jobs_created      = jobs_created + n_jobs,
         last_round_at     = clock_timestamp(),

@@ -13,7 +13,9 @@ DECLARE
     row_ops   text[];
     cap       integer;
     excluded  text[];
+    non_key   text[];
     keys      text[];
+    trg       name;
     tname     text;
     args      text;
 BEGIN
@@ -26,9 +28,14 @@ BEGIN
     FROM observer.observers o, unnest(o.events) ev
     WHERE o.table_oid = target;
 
-    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', observer.capture_trigger_name(), target::regclass);
-    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', observer.truncate_trigger_name(), target::regclass);
-    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', observer.wake_trigger_name(), target::regclass);
+    -- Drop what exists (checked first: DROP TRIGGER IF EXISTS would print a NOTICE per table).
+    FOR trg IN
+        SELECT t.tgname FROM pg_trigger t
+        WHERE t.tgrelid = target AND NOT t.tgisinternal AND t.tgparentid = 0
+          AND t.tgname IN (observer.capture_trigger_name(), observer.truncate_trigger_name())
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', trg, target::regclass);
+    END LOOP;
     IF ops IS NULL THEN
         RETURN;
     END IF;
@@ -41,21 +48,23 @@ BEGIN
           AND a.attname::text <> ALL (SELECT unnest(o.columns) FROM observer.observers o WHERE o.table_oid = target)
           AND a.attname::text <> ALL (coalesce(keys, '{}'));
     END IF;
+    -- What an oversize row loses: every column but the primary key.
+    SELECT coalesce(array_agg(a.attname::text ORDER BY a.attnum), '{}') INTO non_key
+    FROM pg_attribute a
+    WHERE a.attrelid = target AND a.attnum > 0 AND NOT a.attisdropped
+      AND a.attname::text <> ALL (coalesce(keys, '{}'));
     args := format('%L, %L, %L, %L, %L', target::text, tname, cap,
-                   coalesce(excluded, '{}')::text, coalesce(keys, '{}')::text);
+                   coalesce(excluded, '{}')::text, non_key::text);
 
     row_ops := ARRAY(SELECT unnest(ops) INTERSECT SELECT unnest(ARRAY['INSERT', 'UPDATE', 'DELETE']) ORDER BY 1);
     IF cardinality(row_ops) > 0 THEN
-        EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s FOR EACH ROW EXECUTE FUNCTION observer.capture(%s)',
+        EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s FOR EACH ROW EXECUTE FUNCTION @extschema@.observer_capture(%s)',
                        observer.capture_trigger_name(), array_to_string(row_ops, ' OR '), target::regclass, args);
     END IF;
     IF 'TRUNCATE' = ANY (ops) THEN
         EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION observer.capture_truncate(%s)',
                        observer.truncate_trigger_name(), target::regclass, args);
     END IF;
-    -- Once per statement (not per row): wake the background dispatcher when the transaction commits.
-    EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.observer_wake_trigger()',
-                   observer.wake_trigger_name(), array_to_string(ops, ' OR '), target::regclass);
 END
 $$;
 

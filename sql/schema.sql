@@ -34,8 +34,11 @@ CREATE INDEX observers_table ON observer.observers (table_oid) WHERE enabled;
 -- The event log: one row per captured row change, written by the capture trigger in the writing
 -- transaction. `tx` is that transaction's xid8: the dispatcher reads events by transaction
 -- visibility, never by id, because ids are taken before commit and commits come out of id order.
+-- Written by the native capture trigger (extension/src/pg/capture.rs), which fills every column
+-- itself: keep the two in step.
+CREATE SEQUENCE observer.events_id_seq;
 CREATE TABLE observer.events (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          bigint PRIMARY KEY DEFAULT nextval('observer.events_id_seq'),
     tx          xid8 NOT NULL DEFAULT pg_current_xact_id(),
     table_oid   oid NOT NULL,
     table_name  text NOT NULL,
@@ -45,6 +48,7 @@ CREATE TABLE observer.events (
     oversize    integer,                     -- payload bytes when over the cap (old/new then hold the key only)
     created_at  timestamptz NOT NULL DEFAULT now()
 );
+ALTER SEQUENCE observer.events_id_seq OWNED BY observer.events.id;
 CREATE INDEX events_tx ON observer.events (tx);
 -- Retention deletes old events in batches: vacuum early so new events reuse the space.
 ALTER TABLE observer.events SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.05);
@@ -58,6 +62,7 @@ CREATE TABLE observer.dispatch_state (
     batch_snapshot    pg_snapshot,
     batch_cursor      bigint NOT NULL DEFAULT 0,
     rounds            bigint NOT NULL DEFAULT 0,
+    fallback_rounds   bigint NOT NULL DEFAULT 0,    -- rounds that had to decide event by event
     events_dispatched bigint NOT NULL DEFAULT 0,
     jobs_created      bigint NOT NULL DEFAULT 0,
     last_round_at     timestamptz,

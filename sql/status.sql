@@ -47,6 +47,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             FROM undispatched u),
         'dispatch', (SELECT jsonb_build_object(
             'rounds', st.rounds,
+            'fallback_rounds', st.fallback_rounds,
             'events_dispatched', st.events_dispatched,
             'jobs_created', st.jobs_created,
             'last_round_at', st.last_round_at,

@@ -29,7 +29,7 @@ extension_sql_file!(
     requires = [
         "capture",
         api::observer_validate_action,
-        pg::wake::observer_wake_trigger
+        pg::capture::observer_capture
     ]
 );
 extension_sql_file!(

@@ -240,6 +240,15 @@ async fn concurrent_writers_with_late_commits_rollbacks_and_an_open_transaction(
         .expect("doubles")
         .get(0);
     assert_eq!(doubles, 0);
+
+    // Regression: a name clash between a PL/pgSQL variable and a column made every set-based
+    // round fail into the event-by-event fallback, silently, with correct but slow results.
+    let fallbacks: i64 = admin
+        .query_one("SELECT fallback_rounds FROM observer.dispatch_state", &[])
+        .await
+        .expect("state")
+        .get(0);
+    assert_eq!(fallbacks, 0, "every round took the set-based path");
 }
 
 /// The last committed value of a row in the shared ledger (for a DELETE's old value).

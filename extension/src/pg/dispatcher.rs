@@ -70,6 +70,7 @@ pub extern "C-unwind" fn fraiseql_observers_dispatcher_main(_arg: pg_sys::Datum)
             continue;
         }
         let batch = gucs::batch_size();
+        wake::clear_wake_request();
         match catch_unwind(AssertUnwindSafe(|| {
             BackgroundWorker::transaction(|| tick(batch))
         })) {

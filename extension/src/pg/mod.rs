@@ -1,6 +1,7 @@
-//! Everything that touches Postgres internals beyond SPI calls from SQL functions: the
-//! background worker that runs dispatch rounds, and the shared memory that lets committing
+//! Everything that touches Postgres internals beyond SPI calls from SQL functions: the native
+//! capture trigger, the background worker that runs dispatch rounds, and the shared memory that lets committing
 //! transactions wake it.
 
+pub mod capture;
 pub mod dispatcher;
 pub mod wake;

@@ -16,6 +16,14 @@ use pgrx::{pg_shmem_init, register_xact_callback, PgAtomic, PgXactCallbackEvent}
 static DISPATCHER_PROCNO: PgAtomic<AtomicI32> =
     unsafe { PgAtomic::new(c"fraiseql_observers.dispatcher_procno") };
 
+/// Set by a committing transaction that signalled the dispatcher, cleared by the dispatcher just
+/// before it starts a round: while a round is pending, further commits need not signal again
+/// (their events are visible to that round), so a busy server sends about one signal per round
+/// instead of one per transaction.
+// SAFETY: the name is unique to this extension.
+static WAKE_REQUESTED: PgAtomic<AtomicBool> =
+    unsafe { PgAtomic::new(c"fraiseql_observers.wake_requested") };
+
 /// Set in `_PG_init` while preloading; inherited by every backend the postmaster forks. Only then
 /// does [`DISPATCHER_PROCNO`] exist.
 static SHMEM_READY: AtomicBool = AtomicBool::new(false);
@@ -26,6 +34,7 @@ static WAKE_PENDING: AtomicBool = AtomicBool::new(false);
 /// Reserve the shared memory; called from `_PG_init` while preloading.
 pub fn init_shmem() {
     pg_shmem_init!(DISPATCHER_PROCNO = AtomicI32::new(-1));
+    pg_shmem_init!(WAKE_REQUESTED = AtomicBool::new(false));
     SHMEM_READY.store(true, Ordering::Relaxed);
 }
 
@@ -38,6 +47,15 @@ pub fn publish_dispatcher(procno: Option<i32>) {
     }
 }
 
+/// The dispatcher is about to start a round: commits from now on must signal again. Called
+/// before the round's transaction (and so its snapshot) begins, so a commit that found the flag
+/// set is always visible to the round.
+pub fn clear_wake_request() {
+    if SHMEM_READY.load(Ordering::Relaxed) {
+        WAKE_REQUESTED.get().store(false, Ordering::Release);
+    }
+}
+
 /// Arrange for the dispatcher to be woken when the current transaction commits.
 pub fn wake_at_commit() {
     if !SHMEM_READY.load(Ordering::Relaxed) || WAKE_PENDING.swap(true, Ordering::Relaxed) {
@@ -46,7 +64,7 @@ pub fn wake_at_commit() {
     register_xact_callback(PgXactCallbackEvent::Commit, || {
         WAKE_PENDING.store(false, Ordering::Relaxed);
         let procno = DISPATCHER_PROCNO.get().load(Ordering::Acquire);
-        if procno >= 0 {
+        if procno >= 0 && !WAKE_REQUESTED.get().swap(true, Ordering::AcqRel) {
             // SAFETY: ProcSendSignal sets the latch of the PGPROC slot `procno`, which lives in
             // shared memory for the server's lifetime; a stale number (dispatcher gone) only
             // wakes some other process once, which latches tolerate.
@@ -61,14 +79,4 @@ pub fn wake_at_commit() {
     register_xact_callback(PgXactCallbackEvent::Prepare, || {
         WAKE_PENDING.store(false, Ordering::Relaxed);
     });
-}
-
-/// Statement-level trigger installed next to the capture trigger: `AFTER ... FOR EACH STATEMENT`
-/// on every observed table, it registers the commit wake-up once per transaction.
-#[pg_trigger]
-fn observer_wake_trigger<'a>(
-    _trigger: &'a pgrx::PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, std::convert::Infallible> {
-    wake_at_commit();
-    Ok(None)
 }
