@@ -55,7 +55,7 @@ CREATE FUNCTION naive_stmt() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN INSERT INTO naive_log (data) SELECT to_jsonb(n) FROM new_rows n; RETURN NULL; END $$;
 CREATE TRIGGER naive AFTER INSERT ON t_naive FOR EACH ROW EXECUTE FUNCTION naive_row();
 CREATE TRIGGER naive AFTER INSERT ON t_naive100 REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION naive_stmt();
-SELECT observer_create('bench', 't_observed', ARRAY['INSERT'], NULL, '{"type": "webhook", "url": "http://127.0.0.1:9/"}');
+SELECT FROM observer_create('bench', 't_observed', ARRAY['INSERT'], NULL, '{"type": "webhook", "url": "http://127.0.0.1:9/"}');
 SQL
 
 reset_tables() {

@@ -276,6 +276,15 @@ impl Drop for Worker {
     }
 }
 
+/// `observer_status()` as JSON.
+pub async fn observer_status(client: &tokio_postgres::Client) -> serde_json::Value {
+    let row = client
+        .query_one("SELECT observer_status()::text", &[])
+        .await
+        .expect("observer_status()");
+    serde_json::from_str(row.get::<_, &str>(0)).expect("observer_status() is JSON")
+}
+
 /// Poll `check` every 50 ms until it returns true or `timeout` passes.
 pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> bool
 where

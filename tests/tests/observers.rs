@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use fraiseql_observers_tests::{wait_until, Cluster, Sink, Worker};
+use fraiseql_observers_tests::{observer_status, wait_until, Cluster, Sink, Worker};
 use serde_json::Value;
 use tokio_postgres::Client;
 
@@ -118,13 +118,7 @@ async fn dedup_coalesce_changed_columns_and_unknown_conditions() {
     // "5" > 10 and "high" > 10 compare a string with a number: unknown, recorded, no job.
     assert!(jobs_of(&c, "score_gt", "id").await.is_empty());
     assert_eq!(skipped(&c, "score_gt", "condition_unknown").await, 2);
-    let status: Value = serde_json::from_str(
-        c.query_one("SELECT observer_status()::text", &[])
-            .await
-            .expect("status")
-            .get::<_, &str>(0),
-    )
-    .expect("json");
+    let status = observer_status(&c).await;
     let score = status["observers"]
         .as_array()
         .and_then(|a| a.iter().find(|o| o["name"] == "score_gt"))

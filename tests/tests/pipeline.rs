@@ -6,16 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fraiseql_observers_tests::{wait_until, Cluster, Sink, Worker};
+use fraiseql_observers_tests::{observer_status as status, wait_until, Cluster, Sink, Worker};
 use serde_json::Value;
 
-async fn status(client: &tokio_postgres::Client) -> Value {
-    let row = client
-        .query_one("SELECT observer_status()::text", &[])
-        .await
-        .expect("observer_status()");
-    serde_json::from_str(row.get::<_, &str>(0)).expect("status is JSON")
-}
 
 async fn setup_orders(client: &tokio_postgres::Client, sink: &Sink, options: &str) {
     client
