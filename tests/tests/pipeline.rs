@@ -9,7 +9,6 @@ use std::time::Duration;
 use fraiseql_observers_tests::{observer_status as status, wait_until, Cluster, Sink, Worker};
 use serde_json::Value;
 
-
 async fn setup_orders(client: &tokio_postgres::Client, sink: &Sink, options: &str) {
     client
         .batch_execute(&format!(
