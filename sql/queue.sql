@@ -54,7 +54,7 @@ BEGIN
             last_error = 'lease expired on the last attempt (worker died or stalled)'
         FROM observer.observers o
         WHERE o.id = j.observer_id AND j.state = 'running' AND j.lease_until < clock_timestamp()
-          AND j.attempt >= o.max_attempts
+          AND j.attempt >= coalesce(j.attempts_allowed, o.max_attempts)
         RETURNING j.id, j.attempt, j.worker
     )
     INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error)
@@ -155,12 +155,12 @@ BEGIN
              AS i(id, token, error, not_before)
     ), failed AS (
         UPDATE observer.jobs j
-        SET state = CASE WHEN j.attempt >= o.max_attempts THEN 'dead' ELSE 'pending' END,
-            run_at = CASE WHEN j.attempt >= o.max_attempts THEN j.run_at ELSE greatest(
+        SET state = CASE WHEN j.attempt >= coalesce(j.attempts_allowed, o.max_attempts) THEN 'dead' ELSE 'pending' END,
+            run_at = CASE WHEN j.attempt >= coalesce(j.attempts_allowed, o.max_attempts) THEN j.run_at ELSE greatest(
                          clock_timestamp() + random() * least(o.backoff_cap,
                              o.backoff_base * power(2, least(j.attempt - 1, 40))::double precision),
                          input.not_before) END,
-            finished_at = CASE WHEN j.attempt >= o.max_attempts THEN clock_timestamp() END,
+            finished_at = CASE WHEN j.attempt >= coalesce(j.attempts_allowed, o.max_attempts) THEN clock_timestamp() END,
             lease_until = NULL,
             last_error = input.error
         FROM input, observer.observers o

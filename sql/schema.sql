@@ -97,6 +97,7 @@ CREATE TABLE observer.jobs (
     state            text NOT NULL DEFAULT 'pending'
                      CHECK (state IN ('pending', 'running', 'completed', 'dead')),
     attempt          integer NOT NULL DEFAULT 0,
+    attempts_allowed integer,                -- set by observer_dlq_retry; NULL = the observer's max_attempts
     run_at           timestamptz NOT NULL DEFAULT now(),
     lease_token      bigint,
     lease_until      timestamptz,

@@ -42,10 +42,11 @@ extension_sql_file!(
     name = "queue",
     requires = ["dispatch"]
 );
+extension_sql_file!("../../sql/dlq.sql", name = "dlq", requires = ["queue"]);
 extension_sql_file!(
     "../../sql/retention.sql",
     name = "retention",
-    requires = ["queue"]
+    requires = ["dlq"]
 );
 extension_sql_file!(
     "../../sql/status.sql",

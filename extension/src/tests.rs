@@ -353,6 +353,107 @@ mod tests {
         assert_eq!(story.as_deref(), Some("1:expired:w1,2:completed:w2"));
     }
 
+    /// One job for a captured row of `t_orders`, claimed by `worker`: (job id, token).
+    fn claimed_job(options: &str) -> (i64, i64) {
+        setup();
+        Spi::run(&format!(
+            "SELECT observer_create('x', 't_orders', action => {HOOK}, options => '{options}')"
+        ))
+        .expect("create");
+        Spi::run("INSERT INTO t_orders VALUES (1, 'new')").expect("insert");
+        Spi::run(
+            "INSERT INTO observer.jobs (observer_id, event_id, idempotency_key) \
+             SELECT o.id, e.id, 'evt_k' FROM observer.observers o, observer.events e",
+        )
+        .expect("job");
+        let (id, token) = Spi::get_two::<i64, i64>(
+            "SELECT job_id, token FROM observer_claim('w1', 10, '1 minute')",
+        )
+        .expect("spi");
+        (id.expect("claimed"), token.expect("token"))
+    }
+
+    #[pg_test]
+    fn heartbeats_extend_live_leases_only() {
+        let (id, token) = claimed_job("{}");
+        let ok = Spi::get_one::<bool>(&format!(
+            "SELECT accepted AND lease_until > clock_timestamp() + interval '50 minutes' \
+             FROM observer_heartbeat(ARRAY[{id}::bigint], ARRAY[{token}::bigint], '1 hour')"
+        ))
+        .expect("spi");
+        assert_eq!(ok, Some(true));
+        let stale = Spi::get_one::<bool>(&format!(
+            "SELECT accepted FROM observer_heartbeat(ARRAY[{id}::bigint], ARRAY[{}::bigint])",
+            token + 1000
+        ))
+        .expect("spi");
+        assert_eq!(stale, Some(false), "a wrong token cannot extend the lease");
+        Spi::run("UPDATE observer.jobs SET lease_until = clock_timestamp() - interval '1 second'")
+            .expect("expire");
+        let expired = Spi::get_one::<bool>(&format!(
+            "SELECT accepted FROM observer_heartbeat(ARRAY[{id}::bigint], ARRAY[{token}::bigint])"
+        ))
+        .expect("spi");
+        assert_eq!(
+            expired,
+            Some(false),
+            "an expired lease is not revived: the job may be someone else's now"
+        );
+    }
+
+    #[pg_test]
+    fn dead_letters_can_be_listed_retried_with_the_same_identity_and_purged() {
+        let (id, token) = claimed_job(r#"{"max_attempts": 1}"#);
+        Spi::run(&format!(
+            "SELECT observer_fail(ARRAY[{id}::bigint], ARRAY[{token}::bigint], ARRAY['HTTP 500: boom'])"
+        ))
+        .expect("fail");
+        let listed = Spi::get_one::<String>(
+            "SELECT observer || '|' || attempts || '|' || last_error || '|' || (payload->'data'->'new'->>'status') \
+             FROM observer_dlq_list(error_like => '%boom%')",
+        )
+        .expect("spi");
+        assert_eq!(listed.as_deref(), Some("x|1|HTTP 500: boom|new"));
+        // No filter: refused, nothing touched.
+        expect_sqlstate("PERFORM observer_dlq_retry()", "22023");
+        expect_sqlstate("PERFORM observer_dlq_purge()", "22023");
+        expect_sqlstate("PERFORM observer_dlq_retry(observer => 'nope')", "42704");
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT observer_dlq_retry(observer => 'x')").expect("spi"),
+            Some(1)
+        );
+        // Redelivered as attempt 2 under the same idempotency key, with a fresh budget.
+        let (key, attempt) = Spi::get_two::<String, i32>(
+            "SELECT idempotency_key, attempt FROM observer_claim('w2', 10, '1 minute')",
+        )
+        .expect("spi");
+        assert_eq!((key.as_deref(), attempt), (Some("evt_k"), Some(2)));
+        let token2 = Spi::get_one::<i64>("SELECT lease_token FROM observer.jobs")
+            .expect("spi")
+            .expect("token");
+        Spi::run(&format!(
+            "SELECT observer_fail(ARRAY[{id}::bigint], ARRAY[{token2}::bigint], ARRAY['HTTP 500: again'])"
+        ))
+        .expect("fail again");
+        let history = Spi::get_one::<String>(
+            "SELECT string_agg(attempt || ':' || outcome, ',' ORDER BY attempt) FROM observer.attempts",
+        )
+        .expect("spi");
+        assert_eq!(
+            history.as_deref(),
+            Some("1:dead,2:dead"),
+            "no attempt record overwritten"
+        );
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT observer_dlq_purge(all_jobs => true)").expect("spi"),
+            Some(1)
+        );
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM observer.jobs").expect("spi"),
+            Some(0)
+        );
+    }
+
     #[pg_test]
     fn status_works_on_a_fresh_install() {
         let s = Spi::get_one::<pgrx::JsonB>("SELECT observer_status()")

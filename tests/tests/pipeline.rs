@@ -3,6 +3,7 @@
 //! does not.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -183,9 +184,20 @@ async fn failed_deliveries_are_retried_with_the_same_webhook_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exhausted_jobs_end_dead_with_the_last_error() {
+async fn exhausted_jobs_end_dead_and_replay_from_the_dead_letter_queue_with_the_same_webhook_id() {
     let cluster = Cluster::start(&[]).expect("cluster");
-    let sink = Sink::start_with(Arc::new(|_, _| 500)).await.expect("sink");
+    // 500 until the endpoint is "fixed", then 200.
+    let fixed = Arc::new(AtomicBool::new(false));
+    let flag = fixed.clone();
+    let sink = Sink::start_with(Arc::new(move |_, _| {
+        if flag.load(Ordering::SeqCst) {
+            200
+        } else {
+            500
+        }
+    }))
+    .await
+    .expect("sink");
     let client = cluster.connect("postgres").await.expect("connect");
     setup_orders(
         &client,
@@ -205,6 +217,7 @@ async fn exhausted_jobs_end_dead_with_the_last_error() {
     })
     .await;
     assert!(dead, "jobs did not die: {}", status(&client).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         sink.received().len(),
         6,
@@ -224,4 +237,39 @@ async fn exhausted_jobs_end_dead_with_the_last_error() {
             Some("HTTP 500: ok")
         );
     }
+
+    // The endpoint is fixed; replay the dead letters.
+    fixed.store(true, Ordering::SeqCst);
+    let requeued: i64 = client
+        .query_one(
+            "SELECT observer_dlq_retry(observer => 'orders_created')",
+            &[],
+        )
+        .await
+        .expect("dlq retry")
+        .get(0);
+    assert_eq!(requeued, 2);
+    let done = wait_until(Duration::from_secs(30), || {
+        let client = &client;
+        async move { status(client).await["jobs"]["completed"] == 2 }
+    })
+    .await;
+    assert!(
+        done,
+        "replayed jobs not delivered: {}",
+        status(&client).await
+    );
+    let received = sink.received();
+    let failed_ids: BTreeSet<String> = received
+        .iter()
+        .filter(|r| r.status == 500)
+        .filter_map(|r| r.header("webhook-id").map(str::to_string))
+        .collect();
+    let delivered_ids: BTreeSet<String> = received
+        .iter()
+        .filter(|r| r.status == 200)
+        .filter_map(|r| r.header("webhook-id").map(str::to_string))
+        .collect();
+    assert_eq!(delivered_ids.len(), 2);
+    assert_eq!(delivered_ids, failed_ids, "a replay keeps the webhook-id");
 }
