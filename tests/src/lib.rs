@@ -252,6 +252,13 @@ impl Worker {
         std::fs::read_to_string(&*self.log).unwrap_or_default()
     }
 
+    /// Send `signal` (a `kill -s` name: KILL, STOP, CONT, TERM) to the worker.
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status();
+    }
+
     /// Send SIGTERM and wait for the exit status (None if it had to be killed after `timeout`).
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let _ = Command::new("kill")

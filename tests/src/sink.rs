@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -63,11 +64,26 @@ impl Sink {
         Self::start_on("127.0.0.1:0".parse()?, responder, None).await
     }
 
+    /// A sink whose answers come from `responder`, each sent `delay` after the request arrived
+    /// (a slow endpoint: deliveries are in flight long enough to interrupt them).
+    pub async fn start_with_delay(responder: Responder, delay: Duration) -> anyhow::Result<Self> {
+        Self::spawn("127.0.0.1:0".parse()?, responder, None, delay).await
+    }
+
     /// A sink on `addr`; every request is also passed to `on_request` as it arrives.
     pub async fn start_on(
         addr: SocketAddr,
         responder: Responder,
         on_request: Option<Observer>,
+    ) -> anyhow::Result<Self> {
+        Self::spawn(addr, responder, on_request, Duration::ZERO).await
+    }
+
+    async fn spawn(
+        addr: SocketAddr,
+        responder: Responder,
+        on_request: Option<Observer>,
+        delay: Duration,
     ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -115,6 +131,9 @@ impl Sink {
                             };
                             if let Some(f) = &on_request {
                                 f(&r);
+                            }
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
                             }
                             Ok::<_, Infallible>(
                                 Response::builder()

@@ -1,0 +1,170 @@
+//! Worker faults against a slow real endpoint: a worker killed with SIGKILL in the middle of its
+//! deliveries loses nothing (every job is redelivered after its lease, with the same identity),
+//! and a worker frozen with SIGSTOP past its lease cannot change the outcome of the jobs another
+//! worker took over (fencing tokens).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fraiseql_observers_tests::{observer_status, wait_until, Cluster, Sink, Worker};
+
+async fn setup(client: &tokio_postgres::Client, sink: &Sink, options: &str) {
+    client
+        .batch_execute(&format!(
+            "CREATE EXTENSION fraiseql_observers;
+             CREATE TABLE orders (id int PRIMARY KEY);
+             SELECT observer_create('orders', 'orders', ARRAY['INSERT'], NULL,
+                 '{{\"type\": \"webhook\", \"url\": \"{}\"}}', '{options}');",
+            sink.url("/orders")
+        ))
+        .await
+        .expect("setup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_batch_loses_nothing() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let sink = Sink::start_with_delay(Arc::new(|_, _| 200), Duration::from_millis(400))
+        .await
+        .expect("sink");
+    let client = cluster.connect("postgres").await.expect("connect");
+    setup(&client, &sink, "{}").await;
+    let lease = [("LEASE_SECONDS", "2"), ("CONCURRENCY", "8")];
+    let first = Worker::start(&cluster.url("postgres"), &lease).expect("worker");
+    client
+        .batch_execute("INSERT INTO orders SELECT generate_series(1, 40)")
+        .await
+        .expect("insert");
+
+    // Kill it while deliveries are in flight (the sink answers after 400 ms).
+    let in_flight = wait_until(Duration::from_secs(20), || {
+        let sink = &sink;
+        async move { sink.received().len() >= 8 }
+    })
+    .await;
+    assert!(in_flight, "deliveries started");
+    first.signal("KILL");
+    drop(first);
+
+    let _second = Worker::start(&cluster.url("postgres"), &lease).expect("second worker");
+    let done = wait_until(Duration::from_secs(60), || {
+        let client = &client;
+        async move { observer_status(client).await["jobs"]["completed"] == 40 }
+    })
+    .await;
+    assert!(
+        done,
+        "not all delivered: {}",
+        observer_status(&client).await
+    );
+
+    // Every event reached the endpoint, each under one webhook-id however often it was sent.
+    let mut ids_per_event: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
+    for r in sink.received() {
+        let event = r.body["data"]["event_id"].as_i64().expect("event_id");
+        let id = r.header("webhook-id").expect("webhook-id").to_string();
+        ids_per_event.entry(event).or_default().insert(id);
+    }
+    assert_eq!(ids_per_event.len(), 40, "every event delivered");
+    assert!(
+        ids_per_event.values().all(|ids| ids.len() == 1),
+        "stable identity"
+    );
+    let expired: i64 = client
+        .query_one(
+            "SELECT count(*) FROM observer.attempts WHERE outcome = 'expired'",
+            &[],
+        )
+        .await
+        .expect("attempts")
+        .get(0);
+    assert!(
+        expired >= 1,
+        "the killed worker's claims were recovered through their leases"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_frozen_past_its_lease_cannot_change_the_outcome() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    // The first request for a webhook-id succeeds (but its answer reaches a frozen worker); every
+    // later one fails: the job's true outcome is decided by the worker that took it over.
+    let sink = Sink::start_with_delay(
+        Arc::new(|req, before| {
+            let id = req.header("webhook-id");
+            if before.iter().any(|r| r.header("webhook-id") == id) {
+                500
+            } else {
+                200
+            }
+        }),
+        Duration::from_millis(500),
+    )
+    .await
+    .expect("sink");
+    let client = cluster.connect("postgres").await.expect("connect");
+    setup(&client, &sink, r#"{"max_attempts": 2}"#).await;
+    let frozen = Worker::start(
+        &cluster.url("postgres"),
+        &[("LEASE_SECONDS", "1"), ("WORKER_ID", "frozen")],
+    )
+    .expect("worker");
+    client
+        .batch_execute("INSERT INTO orders SELECT generate_series(1, 5)")
+        .await
+        .expect("insert");
+    let sent = wait_until(Duration::from_secs(20), || {
+        let sink = &sink;
+        async move { sink.received().len() >= 5 }
+    })
+    .await;
+    assert!(sent, "first attempts sent");
+    frozen.signal("STOP");
+
+    // Its leases run out; another worker takes the jobs over and their second attempt fails:
+    // with max_attempts 2 they are dead.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _other = Worker::start(
+        &cluster.url("postgres"),
+        &[
+            ("LEASE_SECONDS", "5"),
+            ("WORKER_ID", "other"),
+            ("DISPATCH", "false"),
+        ],
+    )
+    .expect("second worker");
+    let dead = wait_until(Duration::from_secs(30), || {
+        let client = &client;
+        async move { observer_status(client).await["jobs"]["dead"] == 5 }
+    })
+    .await;
+    assert!(dead, "takeover failed: {}", observer_status(&client).await);
+
+    // The frozen worker wakes up holding 200s for every job and reports them: rejected.
+    frozen.signal("CONT");
+    let reported = wait_until(Duration::from_secs(10), || {
+        let frozen = &frozen;
+        async move { frozen.log().contains("completions rejected") }
+    })
+    .await;
+    assert!(reported, "stale completions are rejected\n{}", frozen.log());
+    let s = observer_status(&client).await;
+    assert_eq!(s["jobs"]["dead"], 5, "the outcome stands: {s}");
+    assert_eq!(s["jobs"]["completed"], 0, "{s}");
+    let story: Vec<String> = client
+        .query(
+            "SELECT string_agg(attempt || ':' || outcome || ':' || worker, ',' ORDER BY attempt)
+             FROM observer.attempts GROUP BY job_id ORDER BY job_id",
+            &[],
+        )
+        .await
+        .expect("attempts")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(story.len(), 5);
+    for s in story {
+        assert_eq!(s, "1:expired:frozen,2:dead:other");
+    }
+}
