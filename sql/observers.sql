@@ -182,6 +182,8 @@ DECLARE
     dedup_win  interval;
     dedup_path jsonpath;
     dedup_coal boolean := false;
+    fifo_mode  text;
+    fifo_policy text;
     base       interval := '1 second';
     cap        interval := '1 hour';
 BEGIN
@@ -242,10 +244,12 @@ BEGIN
                 WHEN 'dedup_window' THEN dedup_win := (options ->> opt_key)::interval;
                 WHEN 'dedup_key' THEN dedup_path := observer.check_path(options ->> opt_key, opt_key);
                 WHEN 'dedup_coalesce' THEN dedup_coal := (options ->> opt_key)::boolean;
+                WHEN 'fifo' THEN fifo_mode := CASE WHEN (options ->> opt_key)::boolean THEN coalesce(fifo_mode, 'block') END;
+                WHEN 'fifo_on_failure' THEN fifo_policy := options ->> opt_key;
                 ELSE
                     RAISE EXCEPTION 'unknown observer option "%"', opt_key
                         USING ERRCODE = 'invalid_parameter_value',
-                              HINT = 'Known options: max_attempts, backoff_base, backoff_cap, max_payload_bytes, columns, changed_columns, dedup_window, dedup_key, dedup_coalesce.';
+                              HINT = 'Known options: max_attempts, backoff_base, backoff_cap, max_payload_bytes, columns, changed_columns, dedup_window, dedup_key, dedup_coalesce, fifo, fifo_on_failure.';
             END CASE;
         EXCEPTION WHEN invalid_text_representation OR invalid_datetime_format OR numeric_value_out_of_range
                        OR datetime_field_overflow OR interval_field_overflow THEN
@@ -259,6 +263,16 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Use 1024 to 104857600 bytes; larger rows are captured as their primary key only.';
     END IF;
+    IF fifo_policy IS NOT NULL AND fifo_policy NOT IN ('block', 'park') THEN
+        RAISE EXCEPTION 'invalid fifo_on_failure: %', fifo_policy
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = '"block" holds the key until the failed job is retried or purged; "park" sets it aside and lets later jobs go.';
+    END IF;
+    IF fifo_policy IS NOT NULL AND fifo_mode IS NULL THEN
+        RAISE EXCEPTION 'observer option "fifo_on_failure" needs "fifo": true'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    fifo_mode := CASE WHEN fifo_mode IS NOT NULL THEN coalesce(fifo_policy, 'block') END;
     IF dedup_win IS NOT NULL AND dedup_win <= '0' THEN
         RAISE EXCEPTION 'invalid dedup_window: %', dedup_win
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Use a positive interval such as "10 minutes".';
@@ -286,9 +300,9 @@ BEGIN
 
     INSERT INTO observer.observers (name, table_oid, table_name, key_columns, events, condition, columns,
                                     changed_columns, max_payload_bytes, dedup_window, dedup_key, dedup_coalesce,
-                                    action, max_attempts, backoff_base, backoff_cap)
+                                    fifo, action, max_attempts, backoff_base, backoff_cap)
     VALUES (name, table_name, table_name::text, key_cols, evs, path, cols, changed_cols, max_payload,
-            dedup_win, dedup_path, dedup_coal, act, max_att, base, cap)
+            dedup_win, dedup_path, dedup_coal, fifo_mode, act, max_att, base, cap)
     RETURNING id INTO new_id;
 
     PERFORM observer.sync_capture(table_name);

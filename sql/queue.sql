@@ -69,11 +69,19 @@ BEGIN
         LIMIT max_jobs
         FOR UPDATE SKIP LOCKED
     ), ready AS (
-        SELECT j.id FROM observer.jobs j
+        -- Per-key FIFO (observer option fifo): only the oldest unfinished job of a key is
+        -- claimable; a dead one still holds the key under policy 'block', not under 'park'.
+        -- Job ids follow commit order for a key (dispatch reads batches in commit order and each
+        -- batch in event id order), so "oldest" is "first committed".
+        SELECT j.id FROM observer.jobs j JOIN observer.observers o ON o.id = j.observer_id
         WHERE j.state = 'pending' AND j.run_at <= clock_timestamp()
+          AND (o.fifo IS NULL OR j.ordering_key IS NULL OR NOT EXISTS (
+                SELECT 1 FROM observer.jobs p
+                WHERE p.observer_id = j.observer_id AND p.ordering_key = j.ordering_key AND p.id < j.id
+                  AND (p.state IN ('pending', 'running') OR (p.state = 'dead' AND o.fifo = 'block'))))
         ORDER BY j.run_at, j.id
         LIMIT max_jobs
-        FOR UPDATE SKIP LOCKED
+        FOR UPDATE OF j SKIP LOCKED
     ), picked AS (
         SELECT id FROM (SELECT id FROM expired UNION ALL SELECT id FROM ready) p LIMIT max_jobs
     ), expired_attempts AS (

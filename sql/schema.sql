@@ -22,6 +22,7 @@ CREATE TABLE observer.observers (
     dedup_coalesce boolean NOT NULL DEFAULT false, -- instead: fold into the key's unsent job (latest state wins)
     action         jsonb NOT NULL,           -- validated by observer_validate_action()
     key_columns    text[],                   -- primary key columns: the default ordering key
+    fifo           text CHECK (fifo IN ('block', 'park')), -- per-key FIFO on failure policy; NULL = unordered
     max_attempts   integer NOT NULL DEFAULT 8 CHECK (max_attempts BETWEEN 1 AND 1000),
     backoff_base   interval NOT NULL DEFAULT '1 second' CHECK (backoff_base > '0'),
     backoff_cap    interval NOT NULL DEFAULT '1 hour' CHECK (backoff_cap >= backoff_base),
@@ -114,6 +115,9 @@ CREATE INDEX jobs_ready ON observer.jobs (run_at, id) WHERE state = 'pending';
 CREATE INDEX jobs_leased ON observer.jobs (lease_until) WHERE state = 'running';
 CREATE INDEX jobs_observer_state ON observer.jobs (observer_id, state);
 ALTER TABLE observer.jobs SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.05);
+-- Per-key FIFO: "is there an earlier unfinished job of this key?" (observer_claim).
+CREATE INDEX jobs_key_order ON observer.jobs (observer_id, ordering_key, id)
+    WHERE state IN ('pending', 'running', 'dead');
 CREATE INDEX jobs_dedup ON observer.jobs (observer_id, dedup_key, created_at) WHERE dedup_key IS NOT NULL;
 
 -- One row per delivery attempt outcome reported by a worker (the seed of the audit trail).

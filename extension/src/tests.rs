@@ -454,6 +454,92 @@ mod tests {
         );
     }
 
+    /// Jobs claimable now, as "key:id" of the captured rows (claims them).
+    fn claim_keys() -> Vec<String> {
+        let v = Spi::get_one::<Vec<String>>(
+            "SELECT coalesce(array_agg((payload->'data'->'new'->>'status') ORDER BY job_id), '{}') \
+             FROM observer_claim('w', 100, '1 minute')",
+        )
+        .expect("spi");
+        v.unwrap_or_default()
+    }
+
+    /// Finish the running job of row status `label` with `outcome` ("complete" or "fail").
+    fn finish(label: &str, outcome: &str) {
+        let sql = format!(
+            "SELECT observer_{outcome}(ARRAY[j.id], ARRAY[j.lease_token]{}) FROM observer.jobs j \
+             JOIN observer.events e ON e.id = j.event_id WHERE e.new->>'status' = '{label}' AND j.state = 'running'",
+            if outcome == "fail" { ", ARRAY['boom']" } else { "" }
+        );
+        Spi::run(&sql).expect("finish");
+    }
+
+    fn fifo_setup(options: &str) {
+        Spi::run("CREATE TABLE t_fifo (id serial PRIMARY KEY, k int, status text)").expect("table");
+        Spi::run(&format!(
+            "SELECT observer_create('f', 't_fifo', ARRAY['INSERT','UPDATE'], NULL, {HOOK}, '{options}')"
+        ))
+        .expect("create");
+        // Key a: three changes of row 1; key b: one change of row 2. Jobs in commit order.
+        Spi::run(
+            "INSERT INTO t_fifo (k, status) VALUES (1, 'a1'), (2, 'b1');
+             UPDATE t_fifo SET status = 'a2' WHERE id = 1;
+             UPDATE t_fifo SET status = 'a3' WHERE id = 1;
+             INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key)
+             SELECT o.id, e.id, 'k' || e.id, observer.ordering_key(e.table_name, o.key_columns, e.old, e.new)
+             FROM observer.observers o, observer.events e ORDER BY e.id;
+             UPDATE observer.jobs SET run_at = clock_timestamp() - interval '1 second';",
+        )
+        .expect("jobs");
+    }
+
+    #[pg_test]
+    fn fifo_delivers_one_job_per_key_in_order_and_blocks_on_failure() {
+        fifo_setup(r#"{"fifo": true, "max_attempts": 1}"#);
+        assert_eq!(
+            claim_keys(),
+            ["a1", "b1"],
+            "heads of both keys, nothing behind them"
+        );
+        assert!(claim_keys().is_empty());
+        finish("a1", "complete");
+        assert_eq!(claim_keys(), ["a2"], "the next job of key a");
+        finish("a2", "fail");
+        assert!(
+            claim_keys().is_empty(),
+            "policy block: the dead job holds its key"
+        );
+        finish("b1", "complete");
+        Spi::run("SELECT observer_dlq_retry(all_jobs => true)").expect("retry");
+        assert_eq!(claim_keys(), ["a2"], "the retried job goes first");
+        finish("a2", "complete");
+        assert_eq!(claim_keys(), ["a3"]);
+    }
+
+    #[pg_test]
+    fn fifo_park_sets_a_failed_job_aside_and_lets_the_key_go_on() {
+        fifo_setup(r#"{"fifo": true, "fifo_on_failure": "park", "max_attempts": 1}"#);
+        assert_eq!(claim_keys(), ["a1", "b1"]);
+        finish("a1", "fail");
+        assert_eq!(
+            claim_keys(),
+            ["a2"],
+            "parked: later jobs of the key continue"
+        );
+        expect_sqlstate(
+            &format!(
+                r#"PERFORM observer_create('g', 't_fifo', action => {HOOK}, options => '{{"fifo_on_failure": "park"}}')"#
+            ),
+            "22023",
+        );
+        expect_sqlstate(
+            &format!(
+                r#"PERFORM observer_create('g', 't_fifo', action => {HOOK}, options => '{{"fifo": true, "fifo_on_failure": "skip"}}')"#
+            ),
+            "22023",
+        );
+    }
+
     #[pg_test]
     fn status_works_on_a_fresh_install() {
         let s = Spi::get_one::<pgrx::JsonB>("SELECT observer_status()")
