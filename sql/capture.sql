@@ -29,3 +29,7 @@ RETURN 'fraiseql_observers_capture';
 CREATE FUNCTION observer.truncate_trigger_name() RETURNS name
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
 RETURN 'fraiseql_observers_truncate';
+
+-- Only observer_create() attaches the capture triggers: nobody else may (CREATE TRIGGER needs
+-- EXECUTE on the function), so nobody can forge events for another table.
+REVOKE EXECUTE ON FUNCTION observer.capture_truncate() FROM PUBLIC;

@@ -28,11 +28,14 @@ RETURN CASE WHEN old IS NULL OR new IS NULL THEN NULL
 -- TRUE = make a job, FALSE = no job (condition false, or none of changed_columns changed),
 -- NULL = the condition's result is unknown (a type mismatch or a structural error on this row;
 -- recorded in observer.skipped). The condition sees {op, table, old, new, changed}.
+-- An oversize event (captured as its key only) cannot be tested: it matches, and its payload says
+-- "oversize" so the receiver fetches the row and decides; dropping it would be silent loss.
 CREATE FUNCTION observer.decide(op text, table_name text, old jsonb, new jsonb, changed text[],
-                                condition jsonpath, changed_columns text[])
+                                condition jsonpath, changed_columns text[], oversize integer)
 RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
-RETURN CASE WHEN changed_columns IS NOT NULL AND op = 'UPDATE' AND NOT (changed && changed_columns) THEN false
+RETURN CASE WHEN oversize IS NOT NULL THEN true
+            WHEN changed_columns IS NOT NULL AND op = 'UPDATE' AND NOT (changed && changed_columns) THEN false
             WHEN condition IS NULL THEN true
             ELSE jsonb_path_match(jsonb_build_object('op', op, 'table', table_name, 'old', old, 'new', new,
                                                      'changed', to_jsonb(changed)),
@@ -48,6 +51,28 @@ RETURN CASE WHEN key_columns IS NULL THEN NULL
             ELSE table_name || ':' || (SELECT jsonb_agg(coalesce(new, old) -> k ORDER BY ord)::text
                                        FROM unnest(key_columns) WITH ORDINALITY AS c(k, ord))
        END;
+
+-- observer.snapshot_excluding_self(): pg_current_snapshot(), with the calling transaction added
+-- to the in-progress list. A snapshot never lists its own transaction as in progress, so a round
+-- run by a transaction that already has an xid (it wrote something, or pgrx's SPI assigned one)
+-- would count that transaction as done, and skip its events written before or after the round.
+-- Counted as in progress, they are dispatched by a round after it commits.
+CREATE FUNCTION observer.snapshot_excluding_self() RETURNS pg_snapshot
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    snap pg_snapshot := pg_current_snapshot();
+    own  xid8 := pg_current_xact_id_if_assigned();
+BEGIN
+    IF own IS NULL OR own >= pg_snapshot_xmax(snap) OR own = ANY (ARRAY(SELECT pg_snapshot_xip(snap))) THEN
+        RETURN snap;
+    END IF;
+    -- The text form is xmin:xmax:xip,... with the in-progress list in ascending order.
+    RETURN format('%s:%s:%s',
+                  least(pg_snapshot_xmin(snap), own), pg_snapshot_xmax(snap),
+                  (SELECT string_agg(x::text, ',' ORDER BY x)
+                   FROM (SELECT pg_snapshot_xip(snap) AS x UNION SELECT own) xs))::pg_snapshot;
+END
+$$;
 
 -- observer.dispatch_batch: one page of the batch between `done` and `target`, in event id order.
 -- Within a batch, id order is commit order for any one row: a second writer of a row waits for
@@ -144,7 +169,7 @@ BEGIN
     END IF;
 
     SELECT * INTO STRICT st FROM observer.dispatch_state FOR UPDATE;
-    target := coalesce(st.batch_snapshot, pg_current_snapshot());
+    target := coalesce(st.batch_snapshot, observer.snapshot_excluding_self());
 
     BEGIN
         -- The set-based path: decide every (event, observer) pair of the page at once, make the
@@ -154,7 +179,7 @@ BEGIN
             FROM observer.dispatch_batch(st.done_snapshot, target, st.batch_cursor, max_events) e
         ), decisions AS MATERIALIZED (
             SELECT b.id AS event_id, o.id AS observer_id, o.dedup_window IS NOT NULL AS dedup,
-                   observer.decide(b.op, b.table_name, b.old, b.new, b.changed, o.condition, o.changed_columns) AS matched,
+                   observer.decide(b.op, b.table_name, b.old, b.new, b.changed, o.condition, o.changed_columns, b.oversize) AS matched,
                    observer.ordering_key(b.table_name, o.key_columns, b.old, b.new) AS ordering_key
             FROM batch b
             JOIN observer.observers o
@@ -205,7 +230,7 @@ BEGIN
             BEGIN
                 verdict := observer.decide((d.ev).op, (d.ev).table_name, (d.ev).old, (d.ev).new,
                                            CASE WHEN (d.ev).op = 'UPDATE' THEN observer.changed((d.ev).old, (d.ev).new) END,
-                                           (d.obs).condition, (d.obs).changed_columns);
+                                           (d.obs).condition, (d.obs).changed_columns, (d.ev).oversize);
                 IF verdict AND (d.obs).dedup_window IS NOT NULL THEN
                     n_jobs := n_jobs + observer.dedup_one(d.ev, d.obs);
                 ELSIF verdict THEN

@@ -95,7 +95,7 @@ BEGIN
     SET state = 'pending', run_at = clock_timestamp(), finished_at = NULL, lease_until = NULL,
         attempts_allowed = j.attempt + o.max_attempts
     FROM observer.observers o
-    WHERE o.id = j.observer_id
+    WHERE o.id = j.observer_id AND j.state = 'dead'  -- rechecked: a concurrent retry or purge may have won
       AND j.id IN (SELECT observer.dlq_match(job_ids, observer, since, until, error_like, all_jobs));
     GET DIAGNOSTICS n = ROW_COUNT;
     IF n > 0 THEN
@@ -115,7 +115,8 @@ DECLARE
     n bigint;
 BEGIN
     DELETE FROM observer.jobs j
-    WHERE j.id IN (SELECT observer.dlq_match(job_ids, observer, since, until, error_like, all_jobs));
+    WHERE j.state = 'dead'  -- rechecked: a concurrent retry may have requeued it
+      AND j.id IN (SELECT observer.dlq_match(job_ids, observer, since, until, error_like, all_jobs));
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END

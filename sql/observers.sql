@@ -40,12 +40,17 @@ BEGIN
         RETURN;
     END IF;
 
-    -- Columns left out of every event: only when every observer of the table names its columns.
-    IF NOT EXISTS (SELECT 1 FROM observer.observers o WHERE o.table_oid = target AND o.columns IS NULL) THEN
+    -- Columns left out of every event: only when every observer of the table names its columns
+    -- and none has a condition or dedup key (a path may read any column); columns named in
+    -- changed_columns are kept too, so that filters always see what they test.
+    IF NOT EXISTS (SELECT 1 FROM observer.observers o
+                   WHERE o.table_oid = target
+                     AND (o.columns IS NULL OR o.condition IS NOT NULL OR o.dedup_key IS NOT NULL)) THEN
         SELECT coalesce(array_agg(a.attname::text ORDER BY a.attnum), '{}') INTO excluded
         FROM pg_attribute a
         WHERE a.attrelid = target AND a.attnum > 0 AND NOT a.attisdropped
-          AND a.attname::text <> ALL (SELECT unnest(o.columns) FROM observer.observers o WHERE o.table_oid = target)
+          AND a.attname::text <> ALL (SELECT unnest(o.columns || coalesce(o.changed_columns, '{}'))
+                                      FROM observer.observers o WHERE o.table_oid = target)
           AND a.attname::text <> ALL (coalesce(keys, '{}'));
     END IF;
     -- What an oversize row loses: every column but the primary key.
@@ -67,6 +72,9 @@ BEGIN
     END IF;
 END
 $$;
+
+-- Only observer_create() attaches the native capture trigger (see capture.sql).
+REVOKE EXECUTE ON FUNCTION @extschema@.observer_capture() FROM PUBLIC;
 
 -- observer.check_columns(table, columns, option): validate a column list option, or raise.
 CREATE FUNCTION observer.check_columns(target regclass, cols jsonb, option text) RETURNS text[]

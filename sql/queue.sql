@@ -63,11 +63,14 @@ BEGIN
 
     RETURN QUERY
     WITH expired AS (
-        SELECT j.id FROM observer.jobs j
+        -- Never past the attempt budget: a lease that ran out between the statement above and
+        -- this one is ended by the next claim instead.
+        SELECT j.id FROM observer.jobs j JOIN observer.observers o ON o.id = j.observer_id
         WHERE j.state = 'running' AND j.lease_until < clock_timestamp()
+          AND j.attempt < coalesce(j.attempts_allowed, o.max_attempts)
         ORDER BY j.lease_until
         LIMIT max_jobs
-        FOR UPDATE SKIP LOCKED
+        FOR UPDATE OF j SKIP LOCKED
     ), ready AS (
         -- Per-key FIFO (observer option fifo): only the oldest unfinished job of a key is
         -- claimable; a dead one still holds the key under policy 'block', not under 'park'.
@@ -164,9 +167,12 @@ BEGIN
     ), failed AS (
         UPDATE observer.jobs j
         SET state = CASE WHEN j.attempt >= coalesce(j.attempts_allowed, o.max_attempts) THEN 'dead' ELSE 'pending' END,
+            -- In seconds as double precision: base * 2^(attempt-1) overflows an interval for
+            -- large attempt numbers.
             run_at = CASE WHEN j.attempt >= coalesce(j.attempts_allowed, o.max_attempts) THEN j.run_at ELSE greatest(
-                         clock_timestamp() + random() * least(o.backoff_cap,
-                             o.backoff_base * power(2, least(j.attempt - 1, 40))::double precision),
+                         clock_timestamp() + make_interval(secs => random() * least(
+                             extract(epoch FROM o.backoff_cap)::double precision,
+                             extract(epoch FROM o.backoff_base)::double precision * power(2::double precision, least(j.attempt - 1, 60)))),
                          input.not_before) END,
             finished_at = CASE WHEN j.attempt >= coalesce(j.attempts_allowed, o.max_attempts) THEN clock_timestamp() END,
             lease_until = NULL,

@@ -13,8 +13,11 @@ DECLARE
     cutoff timestamptz;
     done   pg_snapshot;
 BEGIN
+    -- pg_settings.setting is the raw value in the setting's unit (seconds); current_setting()
+    -- would say '7d'.
     keep := coalesce(retention,
-                     make_interval(secs => nullif(current_setting('fraiseql_observers.event_retention', true), '')::double precision),
+                     (SELECT make_interval(secs => setting::double precision) FROM pg_settings
+                      WHERE name = 'fraiseql_observers.event_retention'),
                      interval '7 days');
     IF keep < interval '1 minute' THEN
         RAISE EXCEPTION 'retention must be at least 1 minute, not %', keep

@@ -540,6 +540,68 @@ mod tests {
         );
     }
 
+    /// Regression (review): a round run by a transaction that already had an xid counted that
+    /// transaction as done. The snapshot it stores must list the caller as in progress.
+    #[pg_test]
+    fn a_dispatching_transaction_counts_itself_as_in_progress() {
+        setup(); // DDL: this transaction has an xid now
+        Spi::run("SELECT observer_dispatch()").expect("dispatch");
+        let in_progress = Spi::get_one::<bool>(
+            "SELECT NOT pg_visible_in_snapshot(pg_current_xact_id(), done_snapshot) FROM observer.dispatch_state",
+        )
+        .expect("spi");
+        assert_eq!(in_progress, Some(true));
+    }
+
+    /// Regression (review): the `columns` option stripped columns that a condition or a
+    /// changed_columns filter reads, so those observers silently never matched.
+    #[pg_test]
+    fn column_subsets_never_hide_what_filters_read() {
+        Spi::run("CREATE TABLE t_sub (id int PRIMARY KEY, status text, plan text, note text)")
+            .expect("table");
+        Spi::run(&format!(
+            r#"SELECT observer_create('cond', 't_sub', ARRAY['INSERT','UPDATE'], '$.new.status == "x"', {HOOK},
+                   '{{"columns": ["note"]}}')"#
+        ))
+        .expect("create");
+        Spi::run(&format!(
+            r#"SELECT observer_create('chg', 't_sub', ARRAY['UPDATE'], NULL, {HOOK},
+                   '{{"columns": ["note"], "changed_columns": ["plan"]}}')"#
+        ))
+        .expect("create");
+        Spi::run("INSERT INTO t_sub VALUES (1, 'x', 'free', 'n')").expect("insert");
+        let captured = Spi::get_one::<pgrx::JsonB>("SELECT new FROM observer.events")
+            .expect("spi")
+            .expect("event");
+        assert_eq!(
+            captured.0["status"], "x",
+            "the condition's column is captured"
+        );
+        assert_eq!(
+            captured.0["plan"], "free",
+            "the changed_columns column is captured"
+        );
+    }
+
+    /// Regression (review): attached by hand as a statement trigger, the capture function read a
+    /// missing row and crashed the server; now it refuses with an error.
+    #[pg_test]
+    fn capture_refuses_to_run_as_a_statement_trigger() {
+        setup();
+        Spi::run(
+            "CREATE TRIGGER by_hand AFTER INSERT ON t_orders FOR EACH STATEMENT \
+             EXECUTE FUNCTION observer_capture('1', 'x', '1000', '{}', '{}')",
+        )
+        .expect("attach");
+        Spi::run(
+            "DO $t$ BEGIN INSERT INTO t_orders VALUES (1, 'x'); RAISE EXCEPTION 'no error'; \
+             EXCEPTION WHEN OTHERS THEN \
+                 IF SQLERRM NOT LIKE '%must be an AFTER ... FOR EACH ROW trigger%' THEN RAISE; END IF; \
+             END $t$",
+        )
+        .expect("the insert fails with a clear error, and the backend survives");
+    }
+
     #[pg_test]
     fn status_works_on_a_fresh_install() {
         let s = Spi::get_one::<pgrx::JsonB>("SELECT observer_status()")

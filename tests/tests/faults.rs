@@ -168,3 +168,41 @@ async fn a_worker_frozen_past_its_lease_cannot_change_the_outcome() {
         assert_eq!(s, "1:expired:frozen,2:dead:other");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_slower_than_the_lease_keep_it_through_heartbeats() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    // Each answer takes 2.5 s; the lease is 1 s: without heartbeats every job would be reclaimed
+    // and sent again while its first delivery is still running.
+    let sink = Sink::start_with_delay(Arc::new(|_, _| 200), Duration::from_millis(2500))
+        .await
+        .expect("sink");
+    let client = cluster.connect("postgres").await.expect("connect");
+    setup(&client, &sink, "{}").await;
+    let _worker =
+        Worker::start(&cluster.url("postgres"), &[("LEASE_SECONDS", "1")]).expect("worker");
+    client
+        .batch_execute("INSERT INTO orders SELECT generate_series(1, 3)")
+        .await
+        .expect("insert");
+    let done = wait_until(Duration::from_secs(30), || {
+        let client = &client;
+        async move { observer_status(client).await["jobs"]["completed"] == 3 }
+    })
+    .await;
+    assert!(done, "{}", observer_status(&client).await);
+    assert_eq!(
+        sink.received().len(),
+        3,
+        "one request per job: the leases held"
+    );
+    let expired: i64 = client
+        .query_one(
+            "SELECT count(*) FROM observer.attempts WHERE outcome = 'expired'",
+            &[],
+        )
+        .await
+        .expect("attempts")
+        .get(0);
+    assert_eq!(expired, 0);
+}

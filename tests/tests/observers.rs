@@ -306,11 +306,48 @@ async fn retention_prunes_old_finished_work_and_keeps_everything_else() {
         attempts, 1,
         "the pruned job's attempt went with it; the dead job's stays"
     );
+    // Regression (review): the default retention was read as '7d' and failed to cast, so
+    // pruning without an argument (as the dispatcher runs it) always failed.
+    c.query_one("SELECT * FROM observer_prune()", &[])
+        .await
+        .expect("prune with the server's retention setting");
     let refused = c
         .query_one("SELECT * FROM observer_prune('1 second')", &[])
         .await;
     assert_eq!(
         refused.expect_err("too short").code(),
         Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE)
+    );
+}
+
+/// Regression (review): `BEGIN; INSERT; SELECT observer_dispatch(); INSERT; COMMIT` lost the
+/// second insert's event (the round's snapshot counted the caller as done).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_inside_a_writing_transaction_skips_none_of_its_events() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let c = cluster.connect("postgres").await.expect("connect");
+    c.batch_execute(&format!(
+        r#"CREATE EXTENSION fraiseql_observers;
+           CREATE TABLE t (id int PRIMARY KEY);
+           SELECT observer_create('t', 't', action => '{HOOK}');"#
+    ))
+    .await
+    .expect("setup");
+    // A committed transaction started after ours, so that ours is below the snapshot's xmax.
+    let other = cluster.connect("postgres").await.expect("connect");
+    c.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .expect("first write");
+    other
+        .batch_execute("INSERT INTO t VALUES (100)")
+        .await
+        .expect("other commit");
+    c.batch_execute("SELECT observer_dispatch(); INSERT INTO t VALUES (2); COMMIT")
+        .await
+        .expect("round inside, second write, commit");
+    drain(&c).await;
+    assert_eq!(
+        jobs_of(&c, "t", "id").await,
+        ["INSERT:1", "INSERT:100", "INSERT:2"]
     );
 }

@@ -168,6 +168,25 @@ impl Db {
             .collect())
     }
 
+    /// `observer_heartbeat(ids, tokens, lease)`: the ids whose lease was lost (rejected).
+    pub async fn heartbeat(
+        &self,
+        jobs: &[(i64, i64)],
+        lease: Duration,
+    ) -> Result<Vec<i64>, DbError> {
+        let (ids, tokens): (Vec<i64>, Vec<i64>) = jobs.iter().copied().unzip();
+        let rows = self
+            .client
+            .query(
+                "SELECT job_id FROM observer_heartbeat($1::int8[], $2::int8[], make_interval(secs => $3::float8)) \
+                 WHERE NOT accepted",
+                &[&ids, &tokens, &lease.as_secs_f64()],
+            )
+            .await
+            .map_err(DbError::call("observer_heartbeat"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// `observer_complete(ids, tokens)`: the ids whose token was stale (rejected).
     pub async fn complete(&self, done: &[(i64, i64)]) -> Result<Vec<i64>, DbError> {
         let (ids, tokens): (Vec<i64>, Vec<i64>) = done.iter().copied().unzip();

@@ -43,6 +43,8 @@ struct Context {
     permits: Arc<Semaphore>,
     wake: Arc<Notify>,
     cancel: CancellationToken,
+    /// Jobs being performed now (job id → fencing token), for heartbeats.
+    in_flight: std::sync::Mutex<std::collections::HashMap<i64, i64>>,
 }
 
 /// Run the worker until `shutdown` resolves.
@@ -53,6 +55,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         permits: Arc::new(Semaphore::new(config.concurrency as usize)),
         wake: Arc::new(Notify::new()),
         cancel: CancellationToken::new(),
+        in_flight: std::sync::Mutex::default(),
         config,
     });
     tracing::info!(worker = %ctx.worker, concurrency = ctx.config.concurrency, "worker starting");
@@ -101,6 +104,7 @@ async fn session(ctx: &Arc<Context>, db: Arc<Db>) {
     tracing::info!("connected to the database");
     let (tx, rx) = mpsc::unbounded_channel();
     let reporter = tokio::spawn(report(db.clone(), rx));
+    let heartbeats = tokio::spawn(heartbeat(ctx.clone(), db.clone()));
     let tasks = TaskTracker::new();
 
     if let Err(e) = claim_loop(ctx, &db, &tasks, &tx).await {
@@ -117,8 +121,38 @@ async fn session(ctx: &Arc<Context>, db: Arc<Db>) {
             "actions still running after the shutdown timeout; their jobs will be redelivered after the lease"
         );
     }
+    heartbeats.abort();
     drop(tx);
     let _ = reporter.await;
+}
+
+/// Extend the leases of in-flight jobs every third of the lease, so that an action slower than
+/// the lease (webhook timeouts go up to 5 minutes) is not redelivered while it runs.
+async fn heartbeat(ctx: Arc<Context>, db: Arc<Db>) {
+    let lease = ctx.config.lease();
+    let mut every = tokio::time::interval((lease / 3).max(Duration::from_millis(500)));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let jobs: Vec<(i64, i64)> = match ctx.in_flight.lock() {
+            Ok(map) => map.iter().map(|(id, token)| (*id, *token)).collect(),
+            Err(_) => return,
+        };
+        if jobs.is_empty() {
+            continue;
+        }
+        match db.heartbeat(&jobs, lease).await {
+            Ok(lost) if !lost.is_empty() => {
+                tracing::warn!(
+                    ?lost,
+                    "leases lost: these jobs may be redelivered by another worker"
+                )
+            }
+            Ok(_) => tracing::debug!(jobs = jobs.len(), "leases extended"),
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
 }
 
 async fn claim_loop(
@@ -168,8 +202,14 @@ async fn claim_loop(
                 .expect("claims never exceed the free permits");
             let ctx = ctx.clone();
             let tx = tx.clone();
+            if let Ok(mut map) = ctx.in_flight.lock() {
+                map.insert(job.job_id, job.token);
+            }
             tasks.spawn(async move {
                 let outcome = perform(&ctx, &job).await;
+                if let Ok(mut map) = ctx.in_flight.lock() {
+                    map.remove(&job.job_id);
+                }
                 drop(permit);
                 let _ = tx.send((job, outcome));
             });

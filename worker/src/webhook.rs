@@ -109,7 +109,11 @@ async fn read_capped(mut response: reqwest::Response, cap: usize) -> String {
             _ => break,
         }
     }
-    String::from_utf8_lossy(&buf).trim().to_string()
+    // Postgres text cannot hold NUL: one such byte would fail the whole batch of failure reports.
+    String::from_utf8_lossy(&buf)
+        .replace('\0', "")
+        .trim()
+        .to_string()
 }
 
 fn describe_send_error(e: &reqwest::Error) -> String {
@@ -134,6 +138,19 @@ fn describe_send_error(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: a NUL byte in an endpoint's error body made Postgres reject the whole batch
+    /// of failure reports.
+    #[tokio::test]
+    async fn error_excerpts_never_carry_nul_bytes() {
+        let response = reqwest::Response::from(
+            http::Response::builder()
+                .status(500)
+                .body("bad\0body")
+                .expect("response"),
+        );
+        assert_eq!(read_capped(response, 100).await, "badbody");
+    }
 
     #[test]
     fn retry_after_seconds_are_honoured_and_capped() {

@@ -28,7 +28,7 @@ unsafe extern "C-unwind" {
 
 /// Why a row could not be captured (raised as an ERROR: the user's write fails rather than
 /// commit without its event).
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum CaptureError {
     #[error("fraiseql_observers capture trigger called with {0} arguments; recreate the observer")]
     Arguments(usize),
@@ -36,6 +36,8 @@ pub enum CaptureError {
     BadArgument(usize, String),
     #[error("fraiseql_observers capture trigger fired for {0}; it captures row INSERT, UPDATE and DELETE only")]
     UnsupportedEvent(String),
+    #[error("fraiseql_observers capture trigger must be an AFTER ... FOR EACH ROW trigger; use observer_create()")]
+    NotAfterRow,
     #[error("relation observer.{0} does not exist; is the extension installed?")]
     MissingRelation(&'static str),
     #[error(
@@ -44,6 +46,13 @@ pub enum CaptureError {
     UnexpectedColumn(String),
     #[error(transparent)]
     Trigger(#[from] pgrx::PgTriggerError),
+}
+
+/// pgrx reports a trigger's error with `{:?}`: make that the readable message.
+impl std::fmt::Debug for CaptureError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 thread_local! {
@@ -56,6 +65,13 @@ thread_local! {
 fn observer_capture<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, CaptureError> {
+    // Only observer.sync_capture() attaches this function (EXECUTE is revoked from PUBLIC), and
+    // always as AFTER ... FOR EACH ROW; refuse anything else rather than read a missing row.
+    if !matches!(trigger.level(), pgrx::PgTriggerLevel::Row)
+        || !matches!(trigger.when()?, pgrx::PgTriggerWhen::After)
+    {
+        return Err(CaptureError::NotAfterRow);
+    }
     let args = trigger.extra_args()?;
     if args.len() != 5 {
         return Err(CaptureError::Arguments(args.len()));

@@ -59,11 +59,21 @@ pub extern "C-unwind" fn fraiseql_observers_dispatcher_main(_arg: pg_sys::Datum)
     let mut failures: u32 = 0;
     let mut wait = Duration::ZERO;
     let mut last_prune = std::time::Instant::now();
+    let mut backoff_until: Option<std::time::Instant> = None;
     while BackgroundWorker::wait_latch(Some(wait)) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: called from the worker's main loop, outside any transaction, as Postgres'
             // own background workers do after their SIGHUP handler set the flag.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        // After a failed round, wait out the backoff even if commits keep setting the latch.
+        if let Some(until) = backoff_until {
+            let now = std::time::Instant::now();
+            if now < until {
+                wait = until - now;
+                continue;
+            }
+            backoff_until = None;
         }
         if !gucs::enabled() {
             wait = gucs::dispatch_interval().max(Duration::from_secs(1));
@@ -93,6 +103,7 @@ pub extern "C-unwind" fn fraiseql_observers_dispatcher_main(_arg: pg_sys::Datum)
                 unsafe { pg_sys::AbortCurrentTransaction() };
                 failures = failures.saturating_add(1);
                 wait = backoff(failures);
+                backoff_until = Some(std::time::Instant::now() + wait);
                 warning!(
                     "fraiseql_observers dispatcher: round failed ({}); retrying in {} ms",
                     describe(&payload),
