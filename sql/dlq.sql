@@ -13,14 +13,8 @@ RETURNS TABLE (job_id bigint, accepted boolean, lease_until timestamptz)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
-    IF cardinality(job_ids) IS DISTINCT FROM cardinality(tokens) THEN
-        RAISE EXCEPTION 'job_ids and tokens must have the same length'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF lease IS NULL OR lease < '1 second' OR lease > '1 day' THEN
-        RAISE EXCEPTION 'lease must be between 1 second and 1 day, not %', coalesce(lease::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM observer.check_pairs(job_ids, tokens);
+    PERFORM observer.check_lease(lease);
     RETURN QUERY
     WITH input AS (
         SELECT * FROM unnest(job_ids, tokens) AS i(id, token)

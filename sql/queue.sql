@@ -28,6 +28,27 @@ RETURN jsonb_build_object(
         || CASE WHEN e.oversize IS NULL THEN '{}'::jsonb
                 ELSE jsonb_build_object('oversize', jsonb_build_object('bytes', e.oversize)) END);
 
+-- Argument checks shared by the queue functions (claim, complete, fail, heartbeat).
+CREATE FUNCTION observer.check_lease(lease interval) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF lease IS NULL OR lease < '1 second' OR lease > '1 day' THEN
+        RAISE EXCEPTION 'lease must be between 1 second and 1 day, not %', coalesce(lease::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION observer.check_pairs(job_ids bigint[], tokens bigint[]) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF cardinality(job_ids) IS DISTINCT FROM cardinality(tokens) THEN
+        RAISE EXCEPTION 'job_ids and tokens must have the same length'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
 CREATE FUNCTION observer_claim(worker text, max_jobs integer DEFAULT 100, lease interval DEFAULT '30 seconds')
 RETURNS TABLE (job_id bigint, token bigint, attempt integer, lease_until timestamptz, observer text,
                action jsonb, idempotency_key text, payload jsonb)
@@ -41,10 +62,7 @@ BEGIN
         RAISE EXCEPTION 'max_jobs must be between 1 and 10000, not %', coalesce(max_jobs::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF lease IS NULL OR lease < '1 second' OR lease > '1 day' THEN
-        RAISE EXCEPTION 'lease must be between 1 second and 1 day, not %', coalesce(lease::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM observer.check_lease(lease);
 
     -- A lease that expired on the job's last attempt ends the job: a job that kills its worker
     -- every time must not be retried forever.
@@ -120,10 +138,7 @@ RETURNS TABLE (job_id bigint, accepted boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
-    IF cardinality(job_ids) IS DISTINCT FROM cardinality(tokens) THEN
-        RAISE EXCEPTION 'job_ids and tokens must have the same length'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM observer.check_pairs(job_ids, tokens);
     RETURN QUERY
     WITH input AS (
         SELECT * FROM unnest(job_ids, tokens) AS i(id, token)
@@ -152,10 +167,10 @@ RETURNS TABLE (job_id bigint, accepted boolean, state text, run_at timestamptz)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
-    IF cardinality(job_ids) IS DISTINCT FROM cardinality(tokens)
-       OR cardinality(job_ids) IS DISTINCT FROM cardinality(errors)
+    PERFORM observer.check_pairs(job_ids, tokens);
+    IF cardinality(job_ids) IS DISTINCT FROM cardinality(errors)
        OR (retry_not_before IS NOT NULL AND cardinality(retry_not_before) <> cardinality(job_ids)) THEN
-        RAISE EXCEPTION 'job_ids, tokens, errors (and retry_not_before if given) must have the same length'
+        RAISE EXCEPTION 'errors (and retry_not_before if given) must have the same length as job_ids'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     RETURN QUERY

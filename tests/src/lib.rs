@@ -16,7 +16,7 @@ use anyhow::{bail, Context as _, Result};
 
 pub mod sink;
 
-pub use sink::{Received, Sink};
+pub use sink::{first_attempt_then, Received, Sink};
 
 /// Directory of the Postgres 15 server binaries (read from pgrx.toml's pg_config).
 pub fn pg_bindir() -> PathBuf {
@@ -290,6 +290,19 @@ pub async fn observer_status(client: &tokio_postgres::Client) -> serde_json::Val
         .await
         .expect("observer_status()");
     serde_json::from_str(row.get::<_, &str>(0)).expect("observer_status() is JSON")
+}
+
+/// Wait until `observer_status()` counts `n` jobs in `state` (pending, running, completed, dead).
+pub async fn wait_for_jobs(
+    client: &tokio_postgres::Client,
+    state: &str,
+    n: i64,
+    timeout: Duration,
+) -> bool {
+    wait_until(timeout, || async move {
+        observer_status(client).await["jobs"][state] == n
+    })
+    .await
 }
 
 /// Poll `check` every 50 ms until it returns true or `timeout` passes.

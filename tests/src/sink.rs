@@ -42,6 +42,19 @@ impl Received {
 /// Decides the status for a request, given everything received before it.
 pub type Responder = Arc<dyn Fn(&Received, &[Received]) -> u16 + Send + Sync>;
 
+/// A responder that answers `first` to the first request of each webhook-id and `later` to every
+/// later one (a flaky endpoint, or one that fails a takeover).
+pub fn first_attempt_then(first: u16, later: u16) -> Responder {
+    Arc::new(move |req, before| {
+        let id = req.header("webhook-id");
+        if before.iter().any(|r| r.header("webhook-id") == id) {
+            later
+        } else {
+            first
+        }
+    })
+}
+
 /// Called with every request as it arrives (the demo sink prints them).
 pub type Observer = Arc<dyn Fn(&Received) + Send + Sync>;
 

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fraiseql_observers_tests::{observer_status, wait_until, Cluster, Sink, Worker};
+use fraiseql_observers_tests::{
+    first_attempt_then, observer_status, wait_for_jobs, wait_until, Cluster, Sink, Worker,
+};
 
 async fn setup(client: &tokio_postgres::Client, sink: &Sink, options: &str) {
     client
@@ -48,11 +50,7 @@ async fn a_worker_killed_mid_batch_loses_nothing() {
     drop(first);
 
     let _second = Worker::start(&cluster.url("postgres"), &lease).expect("second worker");
-    let done = wait_until(Duration::from_secs(60), || {
-        let client = &client;
-        async move { observer_status(client).await["jobs"]["completed"] == 40 }
-    })
-    .await;
+    let done = wait_for_jobs(&client, "completed", 40, Duration::from_secs(60)).await;
     assert!(
         done,
         "not all delivered: {}",
@@ -90,19 +88,9 @@ async fn a_worker_frozen_past_its_lease_cannot_change_the_outcome() {
     let cluster = Cluster::start(&[]).expect("cluster");
     // The first request for a webhook-id succeeds (but its answer reaches a frozen worker); every
     // later one fails: the job's true outcome is decided by the worker that took it over.
-    let sink = Sink::start_with_delay(
-        Arc::new(|req, before| {
-            let id = req.header("webhook-id");
-            if before.iter().any(|r| r.header("webhook-id") == id) {
-                500
-            } else {
-                200
-            }
-        }),
-        Duration::from_millis(500),
-    )
-    .await
-    .expect("sink");
+    let sink = Sink::start_with_delay(first_attempt_then(200, 500), Duration::from_millis(500))
+        .await
+        .expect("sink");
     let client = cluster.connect("postgres").await.expect("connect");
     setup(&client, &sink, r#"{"max_attempts": 2}"#).await;
     let frozen = Worker::start(
@@ -134,11 +122,7 @@ async fn a_worker_frozen_past_its_lease_cannot_change_the_outcome() {
         ],
     )
     .expect("second worker");
-    let dead = wait_until(Duration::from_secs(30), || {
-        let client = &client;
-        async move { observer_status(client).await["jobs"]["dead"] == 5 }
-    })
-    .await;
+    let dead = wait_for_jobs(&client, "dead", 5, Duration::from_secs(30)).await;
     assert!(dead, "takeover failed: {}", observer_status(&client).await);
 
     // The frozen worker wakes up holding 200s for every job and reports them: rejected.
@@ -185,11 +169,7 @@ async fn actions_slower_than_the_lease_keep_it_through_heartbeats() {
         .batch_execute("INSERT INTO orders SELECT generate_series(1, 3)")
         .await
         .expect("insert");
-    let done = wait_until(Duration::from_secs(30), || {
-        let client = &client;
-        async move { observer_status(client).await["jobs"]["completed"] == 3 }
-    })
-    .await;
+    let done = wait_for_jobs(&client, "completed", 3, Duration::from_secs(30)).await;
     assert!(done, "{}", observer_status(&client).await);
     assert_eq!(
         sink.received().len(),

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fraiseql_observers_tests::{observer_status as status, wait_until, Cluster, Sink, Worker};
+use fraiseql_observers_tests::{
+    first_attempt_then, observer_status as status, wait_for_jobs, Cluster, Sink, Worker,
+};
 use serde_json::Value;
 
 async fn setup_orders(client: &tokio_postgres::Client, sink: &Sink, options: &str) {
@@ -65,11 +67,7 @@ async fn thousand_committed_rows_become_exactly_thousand_posts() {
         w.await.expect("writer");
     }
 
-    let all_done = wait_until(Duration::from_secs(90), || {
-        let client = &client;
-        async move { status(client).await["jobs"]["completed"] == 1000 }
-    })
-    .await;
+    let all_done = wait_for_jobs(&client, "completed", 1000, Duration::from_secs(90)).await;
     assert!(
         all_done,
         "not all delivered: sink has {}, status {}\nworker log:\n{}",
@@ -128,16 +126,9 @@ async fn thousand_committed_rows_become_exactly_thousand_posts() {
 async fn failed_deliveries_are_retried_with_the_same_webhook_id() {
     let cluster = Cluster::start(&[]).expect("cluster");
     // 503 to the first request of every webhook-id, 200 to the second.
-    let sink = Sink::start_with(Arc::new(|req, before| {
-        let id = req.header("webhook-id");
-        if before.iter().any(|r| r.header("webhook-id") == id) {
-            200
-        } else {
-            503
-        }
-    }))
-    .await
-    .expect("sink");
+    let sink = Sink::start_with(first_attempt_then(503, 200))
+        .await
+        .expect("sink");
     let client = cluster.connect("postgres").await.expect("connect");
     setup_orders(
         &client,
@@ -151,11 +142,7 @@ async fn failed_deliveries_are_retried_with_the_same_webhook_id() {
         .batch_execute("INSERT INTO orders SELECT i, 'n', 1 FROM generate_series(1, 20) i")
         .await
         .expect("insert");
-    let done = wait_until(Duration::from_secs(60), || {
-        let client = &client;
-        async move { status(client).await["jobs"]["completed"] == 20 }
-    })
-    .await;
+    let done = wait_for_jobs(&client, "completed", 20, Duration::from_secs(60)).await;
     assert!(done, "retries did not complete: {}", status(&client).await);
 
     let mut per_id: HashMap<String, Vec<(u16, Value)>> = HashMap::new();
@@ -211,11 +198,7 @@ async fn exhausted_jobs_end_dead_and_replay_from_the_dead_letter_queue_with_the_
         .batch_execute("INSERT INTO orders VALUES (1, 'n', 1), (2, 'n', 2)")
         .await
         .expect("insert");
-    let dead = wait_until(Duration::from_secs(60), || {
-        let client = &client;
-        async move { status(client).await["jobs"]["dead"] == 2 }
-    })
-    .await;
+    let dead = wait_for_jobs(&client, "dead", 2, Duration::from_secs(60)).await;
     assert!(dead, "jobs did not die: {}", status(&client).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -249,11 +232,7 @@ async fn exhausted_jobs_end_dead_and_replay_from_the_dead_letter_queue_with_the_
         .expect("dlq retry")
         .get(0);
     assert_eq!(requeued, 2);
-    let done = wait_until(Duration::from_secs(30), || {
-        let client = &client;
-        async move { status(client).await["jobs"]["completed"] == 2 }
-    })
-    .await;
+    let done = wait_for_jobs(&client, "completed", 2, Duration::from_secs(30)).await;
     assert!(
         done,
         "replayed jobs not delivered: {}",
