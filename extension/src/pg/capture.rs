@@ -14,8 +14,9 @@
 use std::cell::Cell;
 use std::ffi::CStr;
 
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
-use pgrx::{pg_sys, IntoDatum, PgTrigger, PgTriggerOperation};
+use pgrx::{pg_sys, IntoDatum, PgLogLevel, PgSqlErrorCode, PgTrigger, PgTriggerOperation};
 
 use crate::pg::wake;
 
@@ -48,7 +49,7 @@ pub enum CaptureError {
     Trigger(#[from] pgrx::PgTriggerError),
 }
 
-/// pgrx reports a trigger's error with `{:?}`: make that the readable message.
+/// pgrx's trigger wrapper formats an error with `{:?}`: keep that the readable message too.
 impl std::fmt::Debug for CaptureError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Display::fmt(self, f)
@@ -65,6 +66,26 @@ thread_local! {
 fn observer_capture<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, CaptureError> {
+    match capture(trigger) {
+        Ok(()) => Ok(None),
+        // Raised here with a real SQLSTATE: pgrx would report a trigger's Err as XX000.
+        Err(e) => {
+            let code = match e {
+                CaptureError::MissingRelation(_) | CaptureError::UnexpectedColumn(_) => {
+                    PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+                }
+                _ => PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+            };
+            ErrorReport::new(code, e.to_string(), function_name!())
+                .set_hint("Observed tables get their triggers from observer_create(); recreate the observer.")
+                .report(PgLogLevel::ERROR);
+            unreachable!("an ERROR report does not return")
+        }
+    }
+}
+
+/// Capture the row change that fired `trigger`.
+fn capture(trigger: &PgTrigger<'_>) -> Result<(), CaptureError> {
     // Only observer.sync_capture() attaches this function (EXECUTE is revoked from PUBLIC), and
     // always as AFTER ... FOR EACH ROW; refuse anything else rather than read a missing row.
     if !matches!(trigger.level(), pgrx::PgTriggerLevel::Row)
@@ -133,7 +154,7 @@ fn observer_capture<'a>(
         )?;
     }
     wake::wake_at_commit();
-    Ok(None)
+    Ok(())
 }
 
 /// `to_jsonb(row)` for a heap tuple of `tupdesc`.
