@@ -45,8 +45,7 @@ BEGIN
                   HINT = 'Pass job_ids, observer, since, until or error_like, or all_jobs => true for every dead job.';
     END IF;
     IF observer IS NOT NULL AND NOT EXISTS (SELECT 1 FROM observer.observers o WHERE o.name = dlq_match.observer) THEN
-        RAISE EXCEPTION 'observer "%" does not exist', observer
-            USING ERRCODE = 'undefined_object', HINT = 'See observer_list() for the observers that exist.';
+        PERFORM observer.unknown_observer(observer);
     END IF;
     RETURN QUERY
     SELECT j.id FROM observer.jobs j JOIN observer.observers o ON o.id = j.observer_id

@@ -73,6 +73,15 @@ BEGIN
 END
 $$;
 
+-- observer.unknown_observer(name): the one "no such observer" error (SQLSTATE 42704).
+CREATE FUNCTION observer.unknown_observer(name text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'observer "%" does not exist', name
+        USING ERRCODE = 'undefined_object', HINT = 'See observer_list() for the observers that exist.';
+END
+$$;
+
 -- Only observer_create() attaches the native capture trigger (see capture.sql).
 REVOKE EXECUTE ON FUNCTION @extschema@.observer_capture() FROM PUBLIC;
 
@@ -326,8 +335,7 @@ DECLARE
 BEGIN
     SELECT * INTO obs FROM observer.observers o WHERE o.name = observer_drop.name FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'observer "%" does not exist', name
-            USING ERRCODE = 'undefined_object', HINT = 'See observer_list() for the observers that exist.';
+        PERFORM observer.unknown_observer(name);
     END IF;
     SELECT count(*) INTO unfinished FROM observer.jobs j
     WHERE j.observer_id = obs.id AND j.state IN ('pending', 'running');
@@ -352,8 +360,7 @@ BEGIN
     UPDATE observer.observers o SET enabled = set_enabled.enabled, updated_at = now()
     WHERE o.name = set_enabled.name;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'observer "%" does not exist', name
-            USING ERRCODE = 'undefined_object', HINT = 'See observer_list() for the observers that exist.';
+        PERFORM observer.unknown_observer(name);
     END IF;
     RETURN enabled;
 END

@@ -178,6 +178,11 @@ impl Sink {
             .clone()
     }
 
+    /// Wait until at least `n` requests have arrived, or `timeout` passes.
+    pub async fn wait_received(&self, n: usize, timeout: Duration) -> bool {
+        crate::wait_until(timeout, || async move { self.received().len() >= n }).await
+    }
+
     /// Number of requests answered with 2xx so far.
     pub fn delivered(&self) -> usize {
         self.received

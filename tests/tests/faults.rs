@@ -40,11 +40,7 @@ async fn a_worker_killed_mid_batch_loses_nothing() {
         .expect("insert");
 
     // Kill it while deliveries are in flight (the sink answers after 400 ms).
-    let in_flight = wait_until(Duration::from_secs(20), || {
-        let sink = &sink;
-        async move { sink.received().len() >= 8 }
-    })
-    .await;
+    let in_flight = sink.wait_received(8, Duration::from_secs(20)).await;
     assert!(in_flight, "deliveries started");
     first.signal("KILL");
     drop(first);
@@ -102,11 +98,7 @@ async fn a_worker_frozen_past_its_lease_cannot_change_the_outcome() {
         .batch_execute("INSERT INTO orders SELECT generate_series(1, 5)")
         .await
         .expect("insert");
-    let sent = wait_until(Duration::from_secs(20), || {
-        let sink = &sink;
-        async move { sink.received().len() >= 5 }
-    })
-    .await;
+    let sent = sink.wait_received(5, Duration::from_secs(20)).await;
     assert!(sent, "first attempts sent");
     frozen.signal("STOP");
 
