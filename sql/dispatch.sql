@@ -74,20 +74,79 @@ BEGIN
 END
 $$;
 
--- observer.dispatch_batch: one page of the batch between `done` and `target`, in event id order.
+-- Events as rows. Inlinable SQL functions (no SET clause: everything is schema-qualified and
+-- pg_catalog comes first on any search_path), so the planner folds them into their callers.
+
+-- observer.event_log_id(event_id): the event_log row holding an event (ids come in blocks of 1024).
+CREATE FUNCTION observer.event_log_id(event_id bigint) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN event_id - event_id % 1024;
+
+-- observer.event_rows(log row): the events of one event_log row, in id order (a batch's rows are
+-- converted to JSON here, by the server's to_jsonb).
+CREATE FUNCTION observer.event_rows(l observer.event_log) RETURNS SETOF observer.event
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT l.id, l.tx, l.table_oid, l.table_name, l.op, l.old, l.new, l.oversize, l.created_at
+    WHERE l.nrows IS NULL
+    UNION ALL
+    SELECT l.id + d.ord - 1, l.tx, l.table_oid, l.table_name, l.op, d.old, d.new, NULL::integer, l.created_at
+    FROM ROWS FROM (@extschema@.observer_decode_rows(l.cols, l.col_types, l.old_rows),
+                    @extschema@.observer_decode_rows(l.cols, l.col_types, l.new_rows))
+         WITH ORDINALITY AS d(old, new, ord)
+    WHERE l.nrows IS NOT NULL
+$$;
+
+-- observer.event(event_id): one event, reading only its own row of a batch (the queue builds
+-- payloads with it). No row when the event does not exist (or was pruned).
+CREATE FUNCTION observer.event(event_id bigint) RETURNS SETOF observer.event
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT event_id, l.tx, l.table_oid, l.table_name, l.op,
+           CASE WHEN l.nrows IS NULL THEN l.old
+                ELSE @extschema@.observer_decode_row(l.cols, l.col_types, l.old_rows, (event_id - l.id)::integer) END,
+           CASE WHEN l.nrows IS NULL THEN l.new
+                ELSE @extschema@.observer_decode_row(l.cols, l.col_types, l.new_rows, (event_id - l.id)::integer) END,
+           l.oversize, l.created_at
+    FROM observer.event_log l
+    WHERE l.id = observer.event_log_id(event_id) AND event_id - l.id < coalesce(l.nrows, 1)
+$$;
+
+-- observer.events: every event kept, one row per row change (for operators and tests; code that
+-- knows an id uses observer.event(id), which does not convert a whole batch).
+CREATE VIEW observer.events AS
+    SELECT e.* FROM observer.event_log l, LATERAL observer.event_rows(l) e;
+REVOKE ALL ON observer.events FROM PUBLIC;
+
+-- observer.batch_logs: the event_log rows of the batch between `done` and `target` after the
+-- cursor, in id order, at most max_logs of them.
 -- Within a batch, id order is commit order for any one row: a second writer of a row waits for
 -- the first one's commit before its own trigger runs and takes a later id.
-CREATE FUNCTION observer.dispatch_batch(done pg_snapshot, target pg_snapshot, after_id bigint, max_events integer)
-RETURNS SETOF observer.events
+CREATE FUNCTION observer.batch_logs(done pg_snapshot, target pg_snapshot, after_id bigint, max_logs integer)
+RETURNS SETOF observer.event_log
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT l.*
+    FROM observer.event_log l
+    WHERE ((l.tx >= pg_snapshot_xmax(done) AND l.tx < pg_snapshot_xmax(target))
+           OR l.tx = ANY (ARRAY(SELECT pg_snapshot_xip(done))))
+      AND pg_visible_in_snapshot(l.tx, target)
+      AND l.id > after_id
+    ORDER BY l.id
+    LIMIT max_logs
+$$;
+
+-- observer.dispatch_batch: one page of the batch between `done` and `target`: the events of
+-- whole event_log rows, in id order, about max_events of them (a page ends at the first log row
+-- that reaches the limit, so it may hold up to 1023 more).
+CREATE FUNCTION observer.dispatch_batch(done pg_snapshot, target pg_snapshot, after_id bigint, max_events integer)
+RETURNS SETOF observer.event
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH logs AS (
+        SELECT l, sum(coalesce(l.nrows, 1)) OVER (ORDER BY l.id) - coalesce(l.nrows, 1) AS before
+        FROM observer.batch_logs(done, target, after_id, max_events) l
+    )
     SELECT e.*
-    FROM observer.events e
-    WHERE ((e.tx >= pg_snapshot_xmax(done) AND e.tx < pg_snapshot_xmax(target))
-           OR e.tx = ANY (ARRAY(SELECT pg_snapshot_xip(done))))
-      AND pg_visible_in_snapshot(e.tx, target)
-      AND e.id > after_id
+    FROM logs, LATERAL observer.event_rows(logs.l) e
+    WHERE logs.before < max_events
     ORDER BY e.id
-    LIMIT max_events
 $$;
 
 -- observer.dedup_one(event, observer): make the job for a matched event of an observer with the
@@ -97,7 +156,7 @@ $$;
 --   dedup_coalesce = true: at most one unsent job per key: a later event replaces the event of a
 --     job not yet attempted (so the latest state is sent, under the new event's webhook-id), the
 --     replaced event is recorded as 'coalesced'; once the job was attempted, a new job is made.
-CREATE FUNCTION observer.dedup_one(e observer.events, o observer.observers) RETURNS integer
+CREATE FUNCTION observer.dedup_one(e observer.event, o observer.observers) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     key      text;
@@ -109,7 +168,7 @@ BEGIN
                                             o.dedup_key, '{}', true)::text END;
     IF key IS NOT NULL AND o.dedup_coalesce THEN
         WITH target AS (
-            SELECT j.id, j.event_id FROM observer.jobs j JOIN observer.events prev ON prev.id = j.event_id
+            SELECT j.id, j.event_id FROM observer.jobs j JOIN observer.event_log prev ON prev.id = observer.event_log_id(j.event_id)
             WHERE j.observer_id = o.id AND j.dedup_key = key AND j.state = 'pending' AND j.attempt = 0
               AND prev.created_at > e.created_at - o.dedup_window
             ORDER BY j.id DESC LIMIT 1
@@ -125,7 +184,7 @@ BEGIN
             RETURN 0;
         END IF;
     ELSIF key IS NOT NULL THEN
-        SELECT j.id INTO holder FROM observer.jobs j JOIN observer.events prev ON prev.id = j.event_id
+        SELECT j.id INTO holder FROM observer.jobs j JOIN observer.event_log prev ON prev.id = observer.event_log_id(j.event_id)
         WHERE j.observer_id = o.id AND j.dedup_key = key AND prev.created_at > e.created_at - o.dedup_window
         ORDER BY j.id DESC LIMIT 1;
         IF holder IS NOT NULL THEN
@@ -203,7 +262,7 @@ BEGIN
 
         FOR i IN 1 .. coalesce(cardinality(dedup_ev), 0) LOOP
             n_jobs := n_jobs + observer.dedup_one(
-                (SELECT e FROM observer.events e WHERE e.id = dedup_ev[i]),
+                (SELECT e FROM observer.event(dedup_ev[i]) e),
                 (SELECT o FROM observer.observers o WHERE o.id = dedup_obs[i]));
         END LOOP;
     EXCEPTION WHEN OTHERS THEN

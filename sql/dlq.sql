@@ -69,7 +69,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     FROM observer.dlq_match(NULL, observer, since, until, error_like, true) m
     JOIN observer.jobs j ON j.id = m
     JOIN observer.observers o ON o.id = j.observer_id
-    LEFT JOIN observer.events e ON e.id = j.event_id
+    LEFT JOIN LATERAL observer.event(j.event_id) e ON true
     ORDER BY j.finished_at DESC, j.id DESC
     LIMIT max_rows
 $$;

@@ -4,8 +4,11 @@
 
 -- observer.sync_capture(table): make the table's triggers match its observers: absent when none
 -- is left, otherwise firing for exactly the union of their events, with the capture arguments
--- (observed table, payload cap, columns nobody wants, key columns) derived from them. Row
--- triggers on a partitioned table are cloned by Postgres to every partition, present and future.
+-- (observed table, payload cap, columns nobody wants, key columns) derived from them.
+-- Plain tables get statement-level triggers with transition tables (one per operation: a trigger
+-- with transition tables fires on one operation only); partitioned tables, partitions and tables
+-- in an inheritance tree get the row-level trigger, which Postgres clones to every partition,
+-- present and future, and which fires for rows written through a parent.
 CREATE FUNCTION observer.sync_capture(target oid) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -18,6 +21,8 @@ DECLARE
     trg       name;
     tname     text;
     args      text;
+    per_row   boolean;
+    op        text;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = target) THEN
         RETURN;  -- the table is gone (dropped after its observers were created)
@@ -32,7 +37,8 @@ BEGIN
     FOR trg IN
         SELECT t.tgname FROM pg_trigger t
         WHERE t.tgrelid = target AND NOT t.tgisinternal AND t.tgparentid = 0
-          AND t.tgname IN (observer.capture_trigger_name(), observer.truncate_trigger_name())
+          AND (t.tgname IN (observer.capture_trigger_name(), observer.truncate_trigger_name())
+               OR t.tgname::text LIKE observer.capture_trigger_name() || '\_%')
     LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', trg, target::regclass);
     END LOOP;
@@ -62,9 +68,22 @@ BEGIN
                    coalesce(excluded, '{}')::text, non_key::text);
 
     row_ops := ARRAY(SELECT unnest(ops) INTERSECT SELECT unnest(ARRAY['INSERT', 'UPDATE', 'DELETE']) ORDER BY 1);
-    IF cardinality(row_ops) > 0 THEN
+    SELECT c.relkind <> 'r' OR c.relispartition
+           OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = target OR i.inhparent = target)
+    INTO per_row
+    FROM pg_class c WHERE c.oid = target;
+    IF per_row AND cardinality(row_ops) > 0 THEN
         EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s FOR EACH ROW EXECUTE FUNCTION @extschema@.observer_capture(%s)',
                        observer.capture_trigger_name(), array_to_string(row_ops, ' OR '), target::regclass, args);
+    ELSIF cardinality(row_ops) > 0 THEN
+        FOREACH op IN ARRAY row_ops LOOP
+            EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s REFERENCING %s FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.observer_capture_rows(%s)',
+                           observer.capture_trigger_name() || '_' || lower(op), op, target::regclass,
+                           CASE op WHEN 'INSERT' THEN 'NEW TABLE AS fraiseql_observers_new'
+                                   WHEN 'UPDATE' THEN 'OLD TABLE AS fraiseql_observers_old NEW TABLE AS fraiseql_observers_new'
+                                   ELSE 'OLD TABLE AS fraiseql_observers_old' END,
+                           args);
+        END LOOP;
     END IF;
     IF 'TRUNCATE' = ANY (ops) THEN
         EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION observer.capture_truncate(%s)',
@@ -82,8 +101,9 @@ BEGIN
 END
 $$;
 
--- Only observer_create() attaches the native capture trigger (see capture.sql).
+-- Only observer_create() attaches the native capture triggers (see capture.sql).
 REVOKE EXECUTE ON FUNCTION @extschema@.observer_capture() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.observer_capture_rows() FROM PUBLIC;
 
 -- observer.check_columns(table, columns, option): validate a column list option, or raise.
 CREATE FUNCTION observer.check_columns(target regclass, cols jsonb, option text) RETURNS text[]

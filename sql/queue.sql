@@ -12,7 +12,7 @@ RETURN CASE WHEN r IS NULL OR cols IS NULL THEN r
 
 -- observer.job_payload: the JSON document delivered for a job (Standard Webhooks layout: type,
 -- timestamp, data).
-CREATE FUNCTION observer.job_payload(j observer.jobs, o observer.observers, e observer.events)
+CREATE FUNCTION observer.job_payload(j observer.jobs, o observer.observers, e observer.event)
 RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 RETURN jsonb_build_object(
@@ -126,7 +126,7 @@ BEGIN
            observer.job_payload(c::observer.jobs, o, e)
     FROM claimed c
     JOIN observer.observers o ON o.id = c.observer_id
-    JOIN observer.events e ON e.id = c.event_id
+    CROSS JOIN LATERAL observer.event(c.event_id) e
     ORDER BY c.id;
 END
 $$;

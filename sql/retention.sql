@@ -39,19 +39,20 @@ BEGIN
     DELETE FROM observer.jobs j USING old WHERE j.id = old.id;
     GET DIAGNOSTICS jobs_deleted = ROW_COUNT;
 
+    -- An event_log row goes when none of its events (ids id .. id + 1023) has a job left.
     WITH old AS (
-        SELECT e.id FROM observer.events e
-        WHERE e.created_at < cutoff
-          AND pg_visible_in_snapshot(e.tx, done)
-          AND NOT EXISTS (SELECT 1 FROM observer.jobs j WHERE j.event_id = e.id)
-        ORDER BY e.id LIMIT max_rows
+        SELECT l.id FROM observer.event_log l
+        WHERE l.created_at < cutoff
+          AND pg_visible_in_snapshot(l.tx, done)
+          AND NOT EXISTS (SELECT 1 FROM observer.jobs j WHERE j.event_id >= l.id AND j.event_id < l.id + 1024)
+        ORDER BY l.id LIMIT max_rows
         FOR UPDATE SKIP LOCKED
     ), gone AS (
-        DELETE FROM observer.events e USING old WHERE e.id = old.id RETURNING e.id
+        DELETE FROM observer.event_log l USING old WHERE l.id = old.id RETURNING l.id, coalesce(l.nrows, 1) AS n
     ), skips AS (
-        DELETE FROM observer.skipped s USING gone WHERE s.event_id = gone.id
+        DELETE FROM observer.skipped s USING gone WHERE s.event_id >= gone.id AND s.event_id < gone.id + 1024
     )
-    SELECT count(*) INTO events_deleted FROM gone;
+    SELECT coalesce(sum(n), 0) INTO events_deleted FROM gone;
     RETURN NEXT;
 END
 $$;

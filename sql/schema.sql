@@ -32,13 +32,22 @@ CREATE TABLE observer.observers (
 );
 CREATE INDEX observers_table ON observer.observers (table_oid) WHERE enabled;
 
--- The event log: one row per captured row change, written by the capture trigger in the writing
--- transaction. `tx` is that transaction's xid8: the dispatcher reads events by transaction
--- visibility, never by id, because ids are taken before commit and commits come out of id order.
--- Written by the native capture trigger (extension/src/pg/capture.rs), which fills every column
--- itself: keep the two in step.
-CREATE SEQUENCE observer.events_id_seq;
-CREATE TABLE observer.events (
+-- The event log, written by the capture triggers in the writing transaction. `tx` is that
+-- transaction's xid8: the dispatcher reads events by transaction visibility, never by id, because
+-- ids are taken before commit and commits come out of id order.
+--
+-- An event is one captured row change, with its own id. Ids come in blocks of 1024
+-- (events_id_seq): a row of event_log holds either
+--   - one row change as jsonb (`old`, `new`; nrows NULL): row-level capture, oversize rows, TRUNCATE;
+--   - a batch of up to 1024 row changes of one statement in binary form (`nrows`, `cols`,
+--     `col_types`, `old_rows`, `new_rows`, see extension/src/pg/rows.rs): statement-level capture.
+--     Row i of the batch is event `id + i`; the dispatcher converts rows to JSON.
+-- observer.events (a view, dispatch.sql) shows every event as a row; observer.event(id) finds one.
+-- Written by the native capture triggers (extension/src/pg/capture.rs), which fill every column
+-- themselves: keep the two in step. They insert with CatalogTupleInsert, which maintains plain
+-- btree indexes only: keep it that way (no expression, partial or exclusion indexes here).
+CREATE SEQUENCE observer.events_id_seq START WITH 1024 INCREMENT BY 1024 MINVALUE 1024;
+CREATE TABLE observer.event_log (
     id          bigint PRIMARY KEY DEFAULT nextval('observer.events_id_seq'),
     tx          xid8 NOT NULL DEFAULT pg_current_xact_id(),
     table_oid   oid NOT NULL,
@@ -47,12 +56,35 @@ CREATE TABLE observer.events (
     old         jsonb,
     new         jsonb,
     oversize    integer,                     -- payload bytes when over the cap (old/new then hold the key only)
-    created_at  timestamptz NOT NULL DEFAULT now()
+    nrows       integer,                     -- batch: number of row changes (NULL: a single jsonb event)
+    cols        text[],                      -- batch: names of the stored columns
+    col_types   oid[],                       -- batch: their types at capture time
+    old_rows    bytea,                       -- batch: OLD rows (UPDATE, DELETE)
+    new_rows    bytea,                       -- batch: NEW rows (INSERT, UPDATE)
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    CHECK (nrows IS NULL OR nrows BETWEEN 1 AND 1024)
 );
-ALTER SEQUENCE observer.events_id_seq OWNED BY observer.events.id;
-CREATE INDEX events_tx ON observer.events (tx);
+ALTER SEQUENCE observer.events_id_seq OWNED BY observer.event_log.id;
+-- Batches stay uncompressed when moved out of line, so reading one row of a large batch reads
+-- only the chunks that hold it (observer.event(id) at claim time).
+ALTER TABLE observer.event_log ALTER COLUMN old_rows SET STORAGE EXTERNAL,
+                               ALTER COLUMN new_rows SET STORAGE EXTERNAL;
+CREATE INDEX event_log_tx ON observer.event_log (tx);
 -- Retention deletes old events in batches: vacuum early so new events reuse the space.
-ALTER TABLE observer.events SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.05);
+ALTER TABLE observer.event_log SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.05);
+
+-- One event (one row change) as the dispatcher, the queue and operators see it.
+CREATE TYPE observer.event AS (
+    id          bigint,
+    tx          xid8,
+    table_oid   oid,
+    table_name  text,
+    op          text,
+    old         jsonb,
+    new         jsonb,
+    oversize    integer,
+    created_at  timestamptz
+);
 
 -- Dispatcher checkpoint (one row). All events of transactions visible in `done_snapshot` have been
 -- dispatched. A round targets `batch_snapshot`: the events visible in it and not in

@@ -22,8 +22,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         SELECT * FROM observer.dispatch_state
     ), undispatched AS (
         -- Capped at a million: beyond that the exact figure does not change what to do.
-        SELECT count(*) AS events, min(e.created_at) AS oldest
-        FROM st, observer.dispatch_batch(st.done_snapshot, pg_current_snapshot(), st.batch_cursor, 1000000) e
+        SELECT coalesce(sum(coalesce(l.nrows, 1)), 0) AS events, min(l.created_at) AS oldest
+        FROM st, observer.batch_logs(st.done_snapshot, pg_current_snapshot(), st.batch_cursor, 1000000) l
     ), bgworker AS (
         SELECT count(*) AS running FROM pg_stat_activity WHERE backend_type = 'fraiseql_observers dispatcher'
     ), interval_setting AS (
@@ -41,8 +41,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             'condition_unknown', p.condition_unknown, 'deduplicated', p.deduplicated)
             ORDER BY p.name) FILTER (WHERE p.name IS NOT NULL), '[]'),
         'events', (SELECT jsonb_build_object(
-            'kept', (SELECT count(*) FROM observer.events),
-            'oldest_at', (SELECT min(created_at) FROM observer.events),
+            'kept', (SELECT coalesce(sum(coalesce(l.nrows, 1)), 0) FROM observer.event_log l),
+            'oldest_at', (SELECT min(l.created_at) FROM observer.event_log l),
             'undispatched', u.events)
             FROM undispatched u),
         'dispatch', (SELECT jsonb_build_object(

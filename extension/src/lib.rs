@@ -29,13 +29,18 @@ extension_sql_file!(
     requires = [
         "capture",
         api::observer_validate_action,
-        pg::capture::observer_capture
+        pg::capture::observer_capture,
+        pg::capture::observer_capture_rows
     ]
 );
 extension_sql_file!(
     "../../sql/dispatch.sql",
     name = "dispatch",
-    requires = ["observers"]
+    requires = [
+        "observers",
+        pg::rows::observer_decode_rows,
+        pg::rows::observer_decode_row
+    ]
 );
 extension_sql_file!(
     "../../sql/queue.sql",

@@ -34,12 +34,50 @@ mod tests {
             "SELECT observer_create('b', 't_orders', ARRAY['DELETE'], NULL, {HOOK})"
         ))
         .expect("create b");
+        // A plain table: one statement-level trigger per operation, with its transition table.
+        let defs = Spi::get_one::<String>(
+            "SELECT string_agg(pg_get_triggerdef(oid), E'\n' ORDER BY tgname) FROM pg_trigger \
+             WHERE tgrelid = 't_orders'::regclass AND NOT tgisinternal",
+        )
+        .expect("spi")
+        .expect("triggers");
+        let defs: Vec<&str> = defs.lines().collect();
+        assert_eq!(defs.len(), 2, "{defs:?}");
+        assert!(
+            defs[0].contains("fraiseql_observers_capture_delete AFTER DELETE"),
+            "{defs:?}"
+        );
+        assert!(
+            defs[0].contains("REFERENCING OLD TABLE AS fraiseql_observers_old FOR EACH STATEMENT"),
+            "{defs:?}"
+        );
+        assert!(
+            defs[1].contains("fraiseql_observers_capture_insert AFTER INSERT"),
+            "{defs:?}"
+        );
+        assert!(
+            defs[1].contains("REFERENCING NEW TABLE AS fraiseql_observers_new FOR EACH STATEMENT"),
+            "{defs:?}"
+        );
+        // A partitioned table: one row-level trigger for the union (cloned to partitions).
+        Spi::run("CREATE TABLE t_pt (id int PRIMARY KEY) PARTITION BY RANGE (id)").expect("table");
+        Spi::run(&format!(
+            "SELECT observer_create('p1', 't_pt', ARRAY['INSERT'], NULL, {HOOK})"
+        ))
+        .expect("p1");
+        Spi::run(&format!(
+            "SELECT observer_create('p2', 't_pt', ARRAY['UPDATE'], NULL, {HOOK})"
+        ))
+        .expect("p2");
         let def = Spi::get_one::<String>(
-            "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = 't_orders'::regclass AND NOT tgisinternal",
+            "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = 't_pt'::regclass AND NOT tgisinternal",
         )
         .expect("spi")
         .expect("a trigger");
-        assert!(def.contains("AFTER INSERT OR DELETE"), "{def}");
+        assert!(
+            def.contains("AFTER INSERT OR UPDATE ON public.t_pt FOR EACH ROW"),
+            "{def}"
+        );
         Spi::run("SELECT observer_drop('a')").expect("drop a");
         Spi::run("SELECT observer_drop('b')").expect("drop b");
         let n = Spi::get_one::<i64>(
@@ -170,6 +208,96 @@ mod tests {
         assert_eq!(
             events_here("status").as_deref(),
             Some("INSERT:->a,UPDATE:a>b,INSERT:->copied,TRUNCATE:->-")
+        );
+    }
+
+    /// Statement-level capture: one event log row per statement (per 1024 rows), one event per
+    /// row, ids `log id + row number`, rows converted to the same JSON as row-level capture.
+    #[pg_test]
+    fn statements_are_captured_as_batches_with_one_event_per_row() {
+        setup();
+        Spi::run(&format!(
+            "SELECT observer_create('a', 't_orders', ARRAY['INSERT','UPDATE','DELETE'], NULL, {HOOK})"
+        ))
+        .expect("create");
+        Spi::run(
+            "INSERT INTO t_orders SELECT i, 'new' FROM generate_series(1, 2500) i;
+             UPDATE t_orders SET status = 'paid' WHERE id IN (7, 8);
+             WITH d AS (DELETE FROM t_orders WHERE id = 9 RETURNING id) SELECT count(*) FROM d;",
+        )
+        .expect("writes");
+        // 2500 rows: batches of 1024 + 1024 + 452; then one UPDATE batch, one DELETE batch.
+        let logs = Spi::get_one::<String>(
+            "SELECT string_agg(op || ':' || nrows, ',' ORDER BY id) FROM observer.event_log WHERE tx = pg_current_xact_id()",
+        )
+        .expect("spi");
+        assert_eq!(
+            logs.as_deref(),
+            Some("INSERT:1024,INSERT:1024,INSERT:452,UPDATE:2,DELETE:1")
+        );
+        // Every row has its event, in statement order, with distinct ids.
+        let check = Spi::get_one::<bool>(
+            "SELECT count(*) = 2500 AND count(DISTINCT id) = 2500
+                    AND array_agg((new->>'id')::int ORDER BY id) = ARRAY(SELECT generate_series(1, 2500))
+             FROM observer.events WHERE op = 'INSERT' AND tx = pg_current_xact_id()",
+        )
+        .expect("spi");
+        assert_eq!(check, Some(true));
+        let changes = Spi::get_one::<String>(
+            "SELECT string_agg(op || ':' || coalesce(old->>'id', '-') || ':' || coalesce(old->>'status', '-') || '>' || coalesce(new->>'status', '-'), ',' ORDER BY id)
+             FROM observer.events WHERE op <> 'INSERT' AND tx = pg_current_xact_id()",
+        )
+        .expect("spi");
+        assert_eq!(
+            changes.as_deref(),
+            Some("UPDATE:7:new>paid,UPDATE:8:new>paid,DELETE:9:new>-")
+        );
+        // observer.event(id) reads one row of a batch and agrees with the view; ids past a
+        // batch's last row do not exist.
+        let agree = Spi::get_one::<bool>(
+            "SELECT bool_and(e = (SELECT x FROM observer.event(e.id) x)) FROM observer.events e WHERE tx = pg_current_xact_id()",
+        )
+        .expect("spi");
+        assert_eq!(agree, Some(true));
+        let past_end = Spi::get_one::<i64>(
+            "SELECT count(*) FROM observer.event_log l, observer.event(l.id + l.nrows) e WHERE l.tx = pg_current_xact_id() AND l.nrows < 1024",
+        )
+        .expect("spi");
+        assert_eq!(past_end, Some(0));
+    }
+
+    /// Rows are stored with the column names and types of their capture: a column dropped,
+    /// added (with a default, rows stored before it) or retyped later never misreads them.
+    #[pg_test]
+    fn batches_survive_schema_changes_after_capture() {
+        Spi::run(
+            "CREATE TABLE t_evolve (id int PRIMARY KEY, gone text, amount int, note text);
+             INSERT INTO t_evolve VALUES (1, 'x', 10, 'before');
+             ALTER TABLE t_evolve DROP COLUMN gone;
+             ALTER TABLE t_evolve ADD COLUMN flag text NOT NULL DEFAULT 'dflt';",
+        )
+        .expect("table");
+        Spi::run(&format!(
+            "SELECT observer_create('e', 't_evolve', ARRAY['INSERT','UPDATE'], NULL, {HOOK})"
+        ))
+        .expect("create");
+        // The old row was stored before ADD COLUMN: its `flag` comes from the default.
+        Spi::run(
+            "UPDATE t_evolve SET note = 'after'; INSERT INTO t_evolve VALUES (2, 20, 'two', 'f2');",
+        )
+        .expect("writes");
+        Spi::run("ALTER TABLE t_evolve ALTER COLUMN amount TYPE numeric(10,2) USING amount / 3.0")
+            .expect("retype");
+        let rows = Spi::get_one::<String>(
+            "SELECT string_agg(coalesce(old::text, '-') || ' > ' || new::text, ' | ' ORDER BY id) FROM observer.events",
+        )
+        .expect("spi");
+        assert_eq!(
+            rows.as_deref(),
+            Some(concat!(
+                r#"{"id": 1, "flag": "dflt", "note": "before", "amount": 10} > {"id": 1, "flag": "dflt", "note": "after", "amount": 10}"#,
+                r#" | - > {"id": 2, "flag": "f2", "note": "two", "amount": 20}"#
+            ))
         );
     }
 
@@ -584,17 +712,26 @@ mod tests {
     }
 
     /// Regression (review): attached by hand as a statement trigger, the capture function read a
-    /// missing row and crashed the server; now it refuses with an error.
+    /// missing row and crashed the server; now it refuses with an error. Likewise the statement
+    /// capture function attached as a row trigger or without its transition table.
     #[pg_test]
-    fn capture_refuses_to_run_as_a_statement_trigger() {
+    fn capture_functions_refuse_to_run_as_the_wrong_kind_of_trigger() {
         setup();
-        Spi::run(
-            "CREATE TRIGGER by_hand AFTER INSERT ON t_orders FOR EACH STATEMENT \
-             EXECUTE FUNCTION observer_capture('1', 'x', '1000', '{}', '{}')",
-        )
-        .expect("attach");
-        // trigger_protocol_violated, with a clear message; the backend survives.
-        expect_sqlstate("INSERT INTO t_orders VALUES (1, 'x')", "39P01");
+        let attach = [
+            "AFTER INSERT ON t_orders FOR EACH STATEMENT EXECUTE FUNCTION observer_capture",
+            "AFTER INSERT ON t_orders FOR EACH ROW EXECUTE FUNCTION observer_capture_rows",
+            "AFTER INSERT ON t_orders FOR EACH STATEMENT EXECUTE FUNCTION observer_capture_rows",
+            "BEFORE INSERT ON t_orders FOR EACH STATEMENT EXECUTE FUNCTION observer_capture_rows",
+        ];
+        for (i, how) in attach.iter().enumerate() {
+            Spi::run(&format!(
+                "CREATE TRIGGER by_hand_{i} {how}('1', 'x', '1000', '{{}}', '{{}}')"
+            ))
+            .expect("attach");
+            // trigger_protocol_violated, with a clear message; the backend survives.
+            expect_sqlstate("INSERT INTO t_orders VALUES (1, 'x')", "39P01");
+            Spi::run(&format!("DROP TRIGGER by_hand_{i} ON t_orders")).expect("detach");
+        }
     }
 
     #[pg_test]

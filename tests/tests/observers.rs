@@ -255,7 +255,9 @@ async fn retention_prunes_old_finished_work_and_keeps_everything_else() {
         r#"CREATE EXTENSION fraiseql_observers;
            CREATE TABLE t (id int PRIMARY KEY);
            SELECT observer_create('t', 't', action => '{HOOK}', options => '{{"max_attempts": 1}}');
-           INSERT INTO t VALUES (1), (2), (3);"#
+           -- One statement each: an event log row (a statement's batch) goes only once none
+           -- of its events has a job left.
+           INSERT INTO t VALUES (1); INSERT INTO t VALUES (2); INSERT INTO t VALUES (3);"#
     ))
     .await
     .expect("setup");
@@ -268,7 +270,7 @@ async fn retention_prunes_old_finished_work_and_keeps_everything_else() {
          SELECT observer_fail(ARRAY(SELECT job_id FROM claimed WHERE payload->'data'->'new'->>'id' = '2'),
                               ARRAY(SELECT token FROM claimed WHERE payload->'data'->'new'->>'id' = '2'),
                               ARRAY['HTTP 500']);
-         UPDATE observer.events SET created_at = now() - interval '8 days';
+         UPDATE observer.event_log SET created_at = now() - interval '8 days';
          UPDATE observer.jobs SET finished_at = now() - interval '8 days' WHERE finished_at IS NOT NULL;",
     )
     .await
@@ -317,6 +319,39 @@ async fn retention_prunes_old_finished_work_and_keeps_everything_else() {
     assert_eq!(
         refused.expect_err("too short").code(),
         Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE)
+    );
+
+    // A two-row statement is one batch: it stays while either of its jobs is unfinished, and
+    // goes with both of its events once both are done.
+    c.batch_execute("INSERT INTO t VALUES (10), (11)")
+        .await
+        .expect("batch");
+    drain(&c).await;
+    c.batch_execute("CREATE TEMP TABLE cb AS SELECT * FROM observer_claim('w', 10, '1 hour')")
+        .await
+        .expect("claim");
+    let finish = |id: i32| {
+        format!(
+            "CREATE TEMP TABLE c{id} AS SELECT * FROM cb WHERE payload->'data'->'new'->>'id' = '{id}';
+             SELECT observer_complete(ARRAY(SELECT job_id FROM c{id}), ARRAY(SELECT token FROM c{id}));
+             UPDATE observer.event_log SET created_at = now() - interval '8 days';
+             UPDATE observer.jobs SET finished_at = now() - interval '8 days' WHERE finished_at IS NOT NULL;"
+        )
+    };
+    let prune = || async {
+        let row = c
+            .query_one("SELECT * FROM observer_prune('7 days')", &[])
+            .await
+            .expect("prune");
+        (row.get::<_, i64>(0), row.get::<_, i64>(1))
+    };
+    c.batch_execute(&finish(10)).await.expect("finish 10");
+    assert_eq!(prune().await, (0, 1), "the batch waits for its other job");
+    c.batch_execute(&finish(11)).await.expect("finish 11");
+    assert_eq!(
+        prune().await,
+        (2, 1),
+        "both events of the batch go together"
     );
 }
 

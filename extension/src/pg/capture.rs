@@ -1,9 +1,15 @@
-//! The capture trigger, native: `observer.capture()` runs for every captured row, so it is
-//! written against the server's C API instead of PL/pgSQL. It converts OLD/NEW with the server's
-//! own `to_jsonb`, and appends the event with a heap insert plus index inserts
-//! (`CatalogTupleInsert`, as pg_cron does for its own tables), skipping the executor start-up and
-//! SPI round trip a PL/pgSQL `INSERT` pays per row. It also registers the dispatcher wake-up
-//! for the transaction's commit (`pg::wake`).
+//! The capture triggers, native: they run inside every write to an observed table, so they are
+//! written against the server's C API instead of PL/pgSQL. Both append events with a heap insert
+//! plus index inserts (`CatalogTupleInsert`, as pg_cron does for its own tables), skipping the
+//! executor start-up and SPI round trip a PL/pgSQL `INSERT` pays, and register the dispatcher
+//! wake-up for the transaction's commit (`pg::wake`).
+//!
+//! - `observer_capture_rows()`, statement-level with transition tables (plain tables): one event
+//!   per statement (per batch of up to 1,024 rows), rows copied in binary form (`pg::rows`) and
+//!   converted to JSON later by the dispatcher. A 100-row INSERT costs one event, not 100.
+//! - `observer_capture()`, row-level (partitioned tables and inheritance, where statement
+//!   triggers would miss writes addressed to a partition): one event per row, converted with the
+//!   server's own `to_jsonb` at once.
 //!
 //! Trigger arguments, written by `observer.sync_capture()` (see `sql/observers.sql`) and copied
 //! by Postgres to every partition:
@@ -18,6 +24,7 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, IntoDatum, PgLogLevel, PgSqlErrorCode, PgTrigger, PgTriggerOperation};
 
+use crate::pg::rows::BatchBuilder;
 use crate::pg::wake;
 
 unsafe extern "C-unwind" {
@@ -37,8 +44,14 @@ pub enum CaptureError {
     BadArgument(usize, String),
     #[error("fraiseql_observers capture trigger fired for {0}; it captures row INSERT, UPDATE and DELETE only")]
     UnsupportedEvent(String),
-    #[error("fraiseql_observers capture trigger must be an AFTER ... FOR EACH ROW trigger; use observer_create()")]
-    NotAfterRow,
+    #[error("fraiseql_observers capture trigger must be an AFTER ... FOR EACH {0} trigger; use observer_create()")]
+    WrongKind(&'static str),
+    #[error("fraiseql_observers statement capture trigger fired without its transition table; use observer_create()")]
+    NoTransitionTable,
+    #[error(
+        "fraiseql_observers statement capture saw {0} old rows and {1} new rows for one UPDATE"
+    )]
+    UnpairedRows(usize, usize),
     #[error("relation observer.{0} does not exist; is the extension installed?")]
     MissingRelation(&'static str),
     #[error(
@@ -66,51 +79,99 @@ thread_local! {
 fn observer_capture<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, CaptureError> {
-    match capture(trigger) {
-        Ok(()) => Ok(None),
-        // Raised here with a real SQLSTATE: pgrx would report a trigger's Err as XX000.
-        Err(e) => {
-            let code = match e {
-                CaptureError::MissingRelation(_) | CaptureError::UnexpectedColumn(_) => {
-                    PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
-                }
-                _ => PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
-            };
-            ErrorReport::new(code, e.to_string(), function_name!())
-                .set_hint("Observed tables get their triggers from observer_create(); recreate the observer.")
-                .report(PgLogLevel::ERROR);
-            unreachable!("an ERROR report does not return")
+    capture(trigger).unwrap_or_else(|e| raise(e));
+    Ok(None)
+}
+
+#[pg_trigger]
+fn observer_capture_rows<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, CaptureError> {
+    capture_statement(trigger).unwrap_or_else(|e| raise(e));
+    Ok(None)
+}
+
+/// Raise a capture error with a real SQLSTATE (pgrx would report a trigger's Err as XX000).
+fn raise(e: CaptureError) -> ! {
+    let code = match e {
+        CaptureError::MissingRelation(_) | CaptureError::UnexpectedColumn(_) => {
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
         }
+        _ => PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+    };
+    ErrorReport::new(code, e.to_string(), function_name!())
+        .set_hint(
+            "Observed tables get their triggers from observer_create(); recreate the observer.",
+        )
+        .report(PgLogLevel::ERROR);
+    unreachable!("an ERROR report does not return")
+}
+
+/// The trigger arguments (see the module documentation).
+struct Args {
+    table_oid: pg_sys::Oid,
+    table_name: String,
+    cap: usize,
+    excluded: String,
+    non_key: String,
+}
+
+impl Args {
+    /// Check that the trigger is the kind `sync_capture()` attaches (EXECUTE on the functions is
+    /// revoked from PUBLIC, so nobody else can), and read its arguments.
+    fn of(trigger: &PgTrigger<'_>, row_level: bool) -> Result<(Args, &'static str), CaptureError> {
+        let level_ok = matches!(trigger.level(), pgrx::PgTriggerLevel::Row) == row_level;
+        if !level_ok || !matches!(trigger.when()?, pgrx::PgTriggerWhen::After) {
+            return Err(CaptureError::WrongKind(if row_level {
+                "ROW"
+            } else {
+                "STATEMENT"
+            }));
+        }
+        let mut args = trigger.extra_args()?;
+        if args.len() != 5 {
+            return Err(CaptureError::Arguments(args.len()));
+        }
+        let table_oid: u32 = args[0]
+            .parse()
+            .map_err(|_| CaptureError::BadArgument(0, args[0].clone()))?;
+        let cap: usize = args[2]
+            .parse()
+            .map_err(|_| CaptureError::BadArgument(2, args[2].clone()))?;
+        let op = match trigger.op()? {
+            PgTriggerOperation::Insert => "INSERT",
+            PgTriggerOperation::Update => "UPDATE",
+            PgTriggerOperation::Delete => "DELETE",
+            PgTriggerOperation::Truncate => {
+                return Err(CaptureError::UnsupportedEvent("TRUNCATE".into()))
+            }
+        };
+        let non_key = args.pop().unwrap_or_default();
+        let excluded = args.pop().unwrap_or_default();
+        let parsed = Args {
+            table_oid: pg_sys::Oid::from(table_oid),
+            table_name: std::mem::take(&mut args[1]),
+            cap,
+            excluded,
+            non_key,
+        };
+        Ok((parsed, op))
+    }
+
+    fn excluded(&self) -> Result<Vec<String>, CaptureError> {
+        parse_text_array(&self.excluded)
+            .ok_or_else(|| CaptureError::BadArgument(3, self.excluded.clone()))
+    }
+
+    fn non_key(&self) -> Result<Vec<String>, CaptureError> {
+        parse_text_array(&self.non_key)
+            .ok_or_else(|| CaptureError::BadArgument(4, self.non_key.clone()))
     }
 }
 
-/// Capture the row change that fired `trigger`.
+/// Capture the row change that fired `trigger` (row-level).
 fn capture(trigger: &PgTrigger<'_>) -> Result<(), CaptureError> {
-    // Only observer.sync_capture() attaches this function (EXECUTE is revoked from PUBLIC), and
-    // always as AFTER ... FOR EACH ROW; refuse anything else rather than read a missing row.
-    if !matches!(trigger.level(), pgrx::PgTriggerLevel::Row)
-        || !matches!(trigger.when()?, pgrx::PgTriggerWhen::After)
-    {
-        return Err(CaptureError::NotAfterRow);
-    }
-    let args = trigger.extra_args()?;
-    if args.len() != 5 {
-        return Err(CaptureError::Arguments(args.len()));
-    }
-    let table_oid: u32 = args[0]
-        .parse()
-        .map_err(|_| CaptureError::BadArgument(0, args[0].clone()))?;
-    let cap: usize = args[2]
-        .parse()
-        .map_err(|_| CaptureError::BadArgument(2, args[2].clone()))?;
-    let op = match trigger.op()? {
-        PgTriggerOperation::Insert => "INSERT",
-        PgTriggerOperation::Update => "UPDATE",
-        PgTriggerOperation::Delete => "DELETE",
-        PgTriggerOperation::Truncate => {
-            return Err(CaptureError::UnsupportedEvent("TRUNCATE".into()))
-        }
-    };
+    let (args, op) = Args::of(trigger, true)?;
     let data = trigger.trigger_data();
 
     // SAFETY: inside a row-level AFTER trigger call: tg_relation, tg_trigtuple and (for UPDATE)
@@ -124,9 +185,8 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), CaptureError> {
             "UPDATE" => (Some(row(data.tg_trigtuple)), Some(row(data.tg_newtuple))),
             _ => (Some(row(data.tg_trigtuple)), None),
         };
-        if args[3] != "{}" {
-            let excluded = parse_text_array(&args[3])
-                .ok_or_else(|| CaptureError::BadArgument(3, args[3].clone()))?;
+        if args.excluded != "{}" {
+            let excluded = args.excluded()?;
             old = old.map(|j| jsonb_delete_keys(j, &excluded));
             new = new.map(|j| jsonb_delete_keys(j, &excluded));
         }
@@ -135,26 +195,281 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), CaptureError> {
             .flatten()
             .map(|d| pgrx::varsize_any(d.cast_mut_ptr()))
             .sum();
-        let oversize = if size > cap {
-            let non_key = parse_text_array(&args[4])
-                .ok_or_else(|| CaptureError::BadArgument(4, args[4].clone()))?;
+        let oversize = if size > args.cap {
+            let non_key = args.non_key()?;
             old = old.map(|j| jsonb_delete_keys(j, &non_key));
             new = new.map(|j| jsonb_delete_keys(j, &non_key));
             Some(i32::try_from(size).unwrap_or(i32::MAX))
         } else {
             None
         };
-        insert_event(
-            pg_sys::Oid::from(table_oid),
-            &args[1],
-            op,
+        insert_event(&Event {
             old,
             new,
             oversize,
-        )?;
+            ..Event::new(&args, op)
+        })?;
     }
     wake::wake_at_commit();
     Ok(())
+}
+
+/// Capture the rows of the statement that fired `trigger` (statement-level, transition tables).
+fn capture_statement(trigger: &PgTrigger<'_>) -> Result<(), CaptureError> {
+    let (args, op) = Args::of(trigger, false)?;
+    let data = trigger.trigger_data();
+    let (old_store, new_store) = match op {
+        "INSERT" => (std::ptr::null_mut(), data.tg_newtable),
+        "UPDATE" => (data.tg_oldtable, data.tg_newtable),
+        _ => (data.tg_oldtable, std::ptr::null_mut()),
+    };
+    if (op != "INSERT" && old_store.is_null()) || (op != "DELETE" && new_store.is_null()) {
+        return Err(CaptureError::NoTransitionTable);
+    }
+    let excluded = args.excluded()?;
+    let mut captured = false;
+    // SAFETY: inside a statement-level AFTER trigger call: tg_relation and the transition
+    // tuplestores are valid for the duration of the call. Each store is read through a read
+    // pointer of our own (as a transition-table scan does), so other triggers reading the same
+    // store are not disturbed. Per-row memory lives in `scratch`, reset after every row and
+    // every flushed batch; the batch itself is built in Rust memory.
+    unsafe {
+        let reldesc = (*data.tg_relation).rd_att;
+        let layout = Layout::new(reldesc, &excluded);
+        let mut old_rows = Reader::new(old_store, reldesc);
+        let mut new_rows = Reader::new(new_store, reldesc);
+        let scratch = pg_sys::AllocSetContextCreateInternal(
+            pg_sys::CurrentMemoryContext,
+            c"fraiseql_observers capture".as_ptr(),
+            0,
+            8 * 1024,
+            8 * 1024 * 1024,
+        );
+        let caller = pg_sys::MemoryContextSwitchTo(scratch);
+        let (mut old_batch, mut new_batch) = (BatchBuilder::default(), BatchBuilder::default());
+        loop {
+            let old = old_rows.as_mut().and_then(|r| r.next());
+            let new = new_rows.as_mut().and_then(|r| r.next());
+            match (old, new) {
+                (None, None) => break,
+                (Some(_), None) if op == "UPDATE" => {
+                    return Err(CaptureError::UnpairedRows(1, 0));
+                }
+                (None, Some(_)) if op == "UPDATE" => {
+                    return Err(CaptureError::UnpairedRows(0, 1));
+                }
+                _ => {}
+            }
+            let old_datum = old.map(|t| layout.datum(t));
+            let new_datum = new.map(|t| layout.datum(t));
+            let size: usize = [old_datum, new_datum]
+                .iter()
+                .flatten()
+                .map(|d| pgrx::varsize_any(d.cast_mut_ptr()))
+                .sum();
+            if size > args.cap {
+                // Too big for the payload cap: an event of its own holding the row's key only,
+                // after the rows before it (a statement's events keep the statement's row order).
+                flush(&args, op, &layout, &mut old_batch, &mut new_batch)?;
+                let non_key = args.non_key()?;
+                let key_only =
+                    |t: pg_sys::HeapTuple| jsonb_delete_keys(row_to_jsonb(t, reldesc), &non_key);
+                insert_event(&Event {
+                    old: old.map(key_only),
+                    new: new.map(key_only),
+                    oversize: Some(i32::try_from(size).unwrap_or(i32::MAX)),
+                    ..Event::new(&args, op)
+                })?;
+                captured = true;
+            } else {
+                for (datum, batch) in [(old_datum, &mut old_batch), (new_datum, &mut new_batch)] {
+                    if let Some(d) = datum {
+                        let p = d.cast_mut_ptr::<u8>();
+                        batch.push(std::slice::from_raw_parts(p, pgrx::varsize_any(p.cast())));
+                    }
+                }
+            }
+            pg_sys::MemoryContextReset(scratch);
+            if old_batch.is_full() || new_batch.is_full() {
+                captured |= flush(&args, op, &layout, &mut old_batch, &mut new_batch)?;
+                pg_sys::MemoryContextReset(scratch);
+            }
+        }
+        captured |= flush(&args, op, &layout, &mut old_batch, &mut new_batch)?;
+        pg_sys::MemoryContextSwitchTo(caller);
+        pg_sys::MemoryContextDelete(scratch);
+        for reader in [old_rows, new_rows].into_iter().flatten() {
+            reader.close();
+        }
+    }
+    if captured {
+        wake::wake_at_commit();
+    }
+    Ok(())
+}
+
+/// Write the rows gathered so far as one batch event; false when there were none.
+unsafe fn flush(
+    args: &Args,
+    op: &'static str,
+    layout: &Layout,
+    old_batch: &mut BatchBuilder,
+    new_batch: &mut BatchBuilder,
+) -> Result<bool, CaptureError> {
+    let rows = old_batch.rows().max(new_batch.rows());
+    if rows == 0 {
+        return Ok(false);
+    }
+    let batch = |b: &mut BatchBuilder| {
+        (b.rows() > 0)
+            .then(|| b.take().as_slice().into_datum())
+            .flatten()
+    };
+    let event = Event {
+        nrows: i32::try_from(rows).ok(),
+        cols: layout.cols.clone().into_datum(),
+        col_types: layout.types.clone().into_datum(),
+        old_rows: batch(old_batch),
+        new_rows: batch(new_batch),
+        ..Event::new(args, op)
+    };
+    // SAFETY: every datum above matches its event_log column's type.
+    unsafe { insert_event(&event)? };
+    Ok(true)
+}
+
+/// Which columns of the observed table a batch keeps, and how a row becomes a stored datum.
+struct Layout {
+    reldesc: pg_sys::TupleDesc,
+    /// The descriptor of stored rows: the table's own when every column is kept, else one of
+    /// the kept columns only.
+    desc: pg_sys::TupleDesc,
+    keep: Vec<usize>,
+    rebuild: bool,
+    cols: Vec<String>,
+    types: Vec<pg_sys::Oid>,
+}
+
+impl Layout {
+    /// Keep every live column not excluded by every observer.
+    unsafe fn new(reldesc: pg_sys::TupleDesc, excluded: &[String]) -> Layout {
+        // SAFETY: `reldesc` is the trigger relation's descriptor, valid during the call.
+        unsafe {
+            let natts = usize::try_from((*reldesc).natts).unwrap_or(0);
+            let attrs = (*reldesc).attrs.as_slice(natts);
+            let (mut keep, mut cols, mut types) = (Vec::new(), Vec::new(), Vec::new());
+            for (i, attr) in attrs.iter().enumerate() {
+                let name = CStr::from_ptr(attr.attname.data.as_ptr())
+                    .to_string_lossy()
+                    .into_owned();
+                if attr.attisdropped || excluded.contains(&name) {
+                    continue;
+                }
+                keep.push(i);
+                cols.push(name);
+                types.push(attr.atttypid);
+            }
+            let rebuild = keep.len() != natts;
+            let desc = if rebuild {
+                let desc = pg_sys::CreateTemplateTupleDesc(i32::try_from(keep.len()).unwrap_or(0));
+                for (j, &i) in keep.iter().enumerate() {
+                    let attr = &attrs[i];
+                    pg_sys::TupleDescInitEntry(
+                        desc,
+                        i16::try_from(j + 1).unwrap_or(i16::MAX),
+                        attr.attname.data.as_ptr(),
+                        attr.atttypid,
+                        attr.atttypmod,
+                        attr.attndims,
+                    );
+                }
+                desc
+            } else {
+                reldesc
+            };
+            Layout {
+                reldesc,
+                desc,
+                keep,
+                rebuild,
+                cols,
+                types,
+            }
+        }
+    }
+
+    /// The row as a composite datum of `desc`, every TOASTed value inlined. Rows stored before
+    /// an `ADD COLUMN` (fewer attributes than the table) are rebuilt too, so the added columns
+    /// get their defaults, as `SELECT` would show them.
+    unsafe fn datum(&self, tuple: pg_sys::HeapTuple) -> pg_sys::Datum {
+        // SAFETY: `tuple` is a row of `reldesc`; `values`/`nulls` have one slot per attribute.
+        unsafe {
+            let natts = self.keep.len();
+            let tuple_natts =
+                usize::from((*(*tuple).t_data).t_infomask2 & pg_sys::HEAP_NATTS_MASK as u16);
+            let all = usize::try_from((*self.reldesc).natts).unwrap_or(0);
+            if !self.rebuild && tuple_natts >= all {
+                return pg_sys::heap_copy_tuple_as_datum(tuple, self.desc);
+            }
+            let mut values = vec![pg_sys::Datum::from(0); all];
+            let mut nulls = vec![true; all];
+            pg_sys::heap_deform_tuple(tuple, self.reldesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            let mut kv: Vec<pg_sys::Datum> = self.keep.iter().map(|&i| values[i]).collect();
+            let mut kn: Vec<bool> = self.keep.iter().map(|&i| nulls[i]).collect();
+            debug_assert_eq!(kv.len(), natts);
+            let rebuilt = pg_sys::heap_form_tuple(self.desc, kv.as_mut_ptr(), kn.as_mut_ptr());
+            pg_sys::heap_copy_tuple_as_datum(rebuilt, self.desc)
+        }
+    }
+}
+
+/// Reads one transition table, in order, through a read pointer of its own.
+struct Reader {
+    store: *mut pg_sys::Tuplestorestate,
+    slot: *mut pg_sys::TupleTableSlot,
+    pointer: i32,
+}
+
+impl Reader {
+    unsafe fn new(store: *mut pg_sys::Tuplestorestate, desc: pg_sys::TupleDesc) -> Option<Reader> {
+        if store.is_null() {
+            return None;
+        }
+        // SAFETY: a transition tuplestore of the firing statement, rewindable by construction.
+        unsafe {
+            let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsMinimalTuple);
+            let pointer =
+                pg_sys::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
+            pg_sys::tuplestore_select_read_pointer(store, pointer);
+            pg_sys::tuplestore_rescan(store);
+            Some(Reader {
+                store,
+                slot,
+                pointer,
+            })
+        }
+    }
+
+    /// The next row as a heap tuple in the current memory context.
+    unsafe fn next(&mut self) -> Option<pg_sys::HeapTuple> {
+        // SAFETY: the slot was made for this store's descriptor; the heap tuple is a copy.
+        unsafe {
+            pg_sys::tuplestore_select_read_pointer(self.store, self.pointer);
+            if !pg_sys::tuplestore_gettupleslot(self.store, true, false, self.slot) {
+                return None;
+            }
+            Some(pg_sys::ExecFetchSlotHeapTuple(
+                self.slot,
+                false,
+                std::ptr::null_mut(),
+            ))
+        }
+    }
+
+    unsafe fn close(self) {
+        // SAFETY: the slot is ours and no longer used.
+        unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.slot) }
+    }
 }
 
 /// `to_jsonb(row)` for a heap tuple of `tupdesc`.
@@ -165,8 +480,8 @@ unsafe fn row_to_jsonb(tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> 
     }
 }
 
-/// The cached `to_jsonb` call info, built on first use.
-unsafe fn to_jsonb_fn() -> *mut pg_sys::FmgrInfo {
+/// The cached `to_jsonb(record)` call info, built on first use.
+pub(crate) unsafe fn to_jsonb_fn() -> *mut pg_sys::FmgrInfo {
     TO_JSONB.with(|cell| {
         if cell.get().is_null() {
             // SAFETY: allocations in TopMemoryContext live as long as the backend, which is
@@ -256,24 +571,50 @@ fn parse_text_array(literal: &str) -> Option<Vec<String>> {
     }
 }
 
-/// Append one row to observer.events: heap insert plus its index entries.
-unsafe fn insert_event(
+/// One row of observer.event_log: a row-level event (old/new jsonb) or a batch (binary rows).
+struct Event<'a> {
     table_oid: pg_sys::Oid,
-    table_name: &str,
-    op: &str,
+    table_name: &'a str,
+    op: &'static str,
     old: Option<pg_sys::Datum>,
     new: Option<pg_sys::Datum>,
     oversize: Option<i32>,
-) -> Result<(), CaptureError> {
+    nrows: Option<i32>,
+    cols: Option<pg_sys::Datum>,
+    col_types: Option<pg_sys::Datum>,
+    old_rows: Option<pg_sys::Datum>,
+    new_rows: Option<pg_sys::Datum>,
+}
+
+impl<'a> Event<'a> {
+    fn new(args: &'a Args, op: &'static str) -> Event<'a> {
+        Event {
+            table_oid: args.table_oid,
+            table_name: &args.table_name,
+            op,
+            old: None,
+            new: None,
+            oversize: None,
+            nrows: None,
+            cols: None,
+            col_types: None,
+            old_rows: None,
+            new_rows: None,
+        }
+    }
+}
+
+/// Append one row to observer.event_log: heap insert plus its index entries.
+unsafe fn insert_event(event: &Event<'_>) -> Result<(), CaptureError> {
     // SAFETY: catalog lookups and a relation opened with RowExclusiveLock for this
     // transaction, as any INSERT would; the tuple is formed from datums of the right types
     // for each named column, and every column of the table is set or explicitly NULL.
     unsafe {
         let nsp = pg_sys::get_namespace_oid(c"observer".as_ptr(), true);
-        let events = pg_sys::get_relname_relid(c"events".as_ptr(), nsp);
+        let events = pg_sys::get_relname_relid(c"event_log".as_ptr(), nsp);
         let seq = pg_sys::get_relname_relid(c"events_id_seq".as_ptr(), nsp);
         if events == pg_sys::InvalidOid {
-            return Err(CaptureError::MissingRelation("events"));
+            return Err(CaptureError::MissingRelation("event_log"));
         }
         if seq == pg_sys::InvalidOid {
             return Err(CaptureError::MissingRelation("events_id_seq"));
@@ -296,12 +637,17 @@ unsafe fn insert_event(
                     pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| nextval_internal(seq, false)),
                 )),
                 "tx" => Some(pg_sys::Datum::from(pg_sys::GetTopFullTransactionId().value)),
-                "table_oid" => table_oid.into_datum(),
-                "table_name" => table_name.into_datum(),
-                "op" => op.into_datum(),
-                "old" => old,
-                "new" => new,
-                "oversize" => oversize.and_then(|n| n.into_datum()),
+                "table_oid" => event.table_oid.into_datum(),
+                "table_name" => event.table_name.into_datum(),
+                "op" => event.op.into_datum(),
+                "old" => event.old,
+                "new" => event.new,
+                "oversize" => event.oversize.and_then(|n| n.into_datum()),
+                "nrows" => event.nrows.and_then(|n| n.into_datum()),
+                "cols" => event.cols,
+                "col_types" => event.col_types,
+                "old_rows" => event.old_rows,
+                "new_rows" => event.new_rows,
                 "created_at" => Some(pg_sys::Datum::from(
                     pg_sys::GetCurrentTransactionStartTimestamp(),
                 )),

@@ -4,4 +4,5 @@
 
 pub mod capture;
 pub mod dispatcher;
+pub mod rows;
 pub mod wake;

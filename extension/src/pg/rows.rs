@@ -1,0 +1,311 @@
+//! Row batches: how statement-level capture stores the rows of one statement in one event.
+//!
+//! Converting a row to JSON costs about as much as inserting it, so the capture trigger does not:
+//! it copies each row in the server's binary tuple form into a batch, and the dispatcher and the
+//! queue convert rows to JSON later, off the writer's path (`observer_decode_rows`,
+//! `observer_decode_row`). A batch is a `bytea`:
+//!
+//! ```text
+//! u32 n | u32 end[0] .. u32 end[n-1] | row 0 | row 1 | ... | row n-1      (native byte order)
+//! ```
+//!
+//! where row i spans `[end[i-1], end[i])` (row 0 starts after the header) and is a composite datum
+//! (a varlena holding a heap tuple header and the row's data) with every TOASTed value inlined,
+//! so it does not depend on the table's storage. The column names and types of the tuples are
+//! stored next to the batch (`event_log.cols`, `event_log.col_types`): decoding builds the tuple
+//! descriptor from them, so a column added, dropped or retyped between capture and decoding cannot
+//! misread a row. The header lets the queue read one row of a large batch without reading the rest
+//! (`pg_detoast_datum_slice` on an out-of-line, uncompressed value reads only the chunks needed).
+
+use std::ffi::CString;
+
+use pgrx::callconv::{BoxRet, FcInfo};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::{AnyElement, PgSqlErrorCode};
+
+/// Rows per batch at most (event ids are allocated in blocks of this size: row i of the event
+/// whose id is `b` has event id `b + i`; see `observer.events_id_seq`).
+pub const MAX_ROWS: usize = 1024;
+/// Bytes of row data after which a batch is closed (a statement writes several events).
+pub const MAX_BYTES: usize = 256 * 1024;
+
+/// The rows of one batch being built.
+#[derive(Default)]
+pub struct BatchBuilder {
+    ends: Vec<u32>,
+    data: Vec<u8>,
+}
+
+impl BatchBuilder {
+    pub fn push(&mut self, row: &[u8]) {
+        self.data.extend_from_slice(row);
+        self.ends
+            .push(u32::try_from(self.data.len()).unwrap_or(u32::MAX));
+    }
+
+    pub fn rows(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.ends.len() >= MAX_ROWS || self.data.len() >= MAX_BYTES
+    }
+
+    /// The batch in its stored form; the builder is left empty.
+    pub fn take(&mut self) -> Vec<u8> {
+        let header = 4 * (1 + self.ends.len());
+        let mut out = Vec::with_capacity(header + self.data.len());
+        let n = u32::try_from(self.ends.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&n.to_ne_bytes());
+        for end in &self.ends {
+            let end = u32::try_from(header)
+                .unwrap_or(u32::MAX)
+                .saturating_add(*end);
+            out.extend_from_slice(&end.to_ne_bytes());
+        }
+        out.extend_from_slice(&self.data);
+        self.ends.clear();
+        self.data.clear();
+        out
+    }
+}
+
+/// Why a batch cannot be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error(
+        "row batch is malformed ({0}); the event log was written by another version or damaged"
+    )]
+    Malformed(&'static str),
+    #[error("column {0:?} of a captured row has type oid {1}, which no longer exists")]
+    MissingType(String, u32),
+    #[error("row batch describes {0} column names and {1} column types")]
+    Descriptor(usize, usize),
+}
+
+impl From<DecodeError> for ErrorReport {
+    fn from(e: DecodeError) -> Self {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            e.to_string(),
+            "fraiseql_observers row batch",
+        )
+    }
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
+    let raw: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+    usize::try_from(u32::from_ne_bytes(raw)).ok()
+}
+
+/// The byte span of every row of a whole batch, checked against its length.
+pub fn spans(batch: &[u8]) -> Result<Vec<(usize, usize)>, DecodeError> {
+    let n = read_u32(batch, 0).ok_or(DecodeError::Malformed("no header"))?;
+    let mut start = 4 + 4 * n;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let end = read_u32(batch, 4 + 4 * i).ok_or(DecodeError::Malformed("short header"))?;
+        if end < start || end > batch.len() {
+            return Err(DecodeError::Malformed("row offsets out of range"));
+        }
+        out.push((start, end));
+        start = end;
+    }
+    Ok(out)
+}
+
+/// The span of row `k` from a prefix of the batch holding at least `4 * (k + 2)` bytes, or None
+/// when the batch has no row `k`.
+pub fn span_of(prefix: &[u8], k: usize) -> Result<Option<(usize, usize)>, DecodeError> {
+    let n = read_u32(prefix, 0).ok_or(DecodeError::Malformed("no header"))?;
+    if k >= n {
+        return Ok(None);
+    }
+    let start = if k == 0 {
+        4 + 4 * n
+    } else {
+        read_u32(prefix, 4 * k).ok_or(DecodeError::Malformed("short header"))?
+    };
+    let end = read_u32(prefix, 4 * (k + 1)).ok_or(DecodeError::Malformed("short header"))?;
+    if end < start {
+        return Err(DecodeError::Malformed("row offsets out of range"));
+    }
+    Ok(Some((start, end)))
+}
+
+/// A jsonb datum made by the server, returned as is (pgrx's `JsonB` would round-trip it through
+/// serde_json).
+pub struct RawJsonb(pg_sys::Datum);
+
+pgrx::impl_sql_translatable!(RawJsonb, "jsonb");
+
+// SAFETY: the datum is a jsonb value allocated in the function's memory context, which is what
+// the caller expects back.
+unsafe impl BoxRet for RawJsonb {
+    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
+        // SAFETY: see the impl.
+        unsafe { fcinfo.return_raw_datum(self.0) }
+    }
+}
+
+/// A blessed (registered) record descriptor for the stored column names and types.
+fn descriptor(cols: &[String], types: &[pg_sys::Oid]) -> Result<pg_sys::TupleDesc, DecodeError> {
+    if cols.len() != types.len() {
+        return Err(DecodeError::Descriptor(cols.len(), types.len()));
+    }
+    let natts =
+        i32::try_from(cols.len()).map_err(|_| DecodeError::Malformed("too many columns"))?;
+    // SAFETY: a template descriptor of `natts` entries, each initialised below from a type that
+    // exists (checked first, since TupleDescInitEntry raises on a missing type).
+    unsafe {
+        let desc = pg_sys::CreateTemplateTupleDesc(natts);
+        for (i, (name, typ)) in cols.iter().zip(types).enumerate() {
+            if pg_sys::get_typlen(*typ) == 0 {
+                return Err(DecodeError::MissingType(name.clone(), typ.to_u32()));
+            }
+            let cname =
+                CString::new(name.as_str()).map_err(|_| DecodeError::Malformed("column name"))?;
+            let attnum =
+                i16::try_from(i + 1).map_err(|_| DecodeError::Malformed("too many columns"))?;
+            pg_sys::TupleDescInitEntry(desc, attnum, cname.as_ptr(), *typ, -1, 0);
+        }
+        Ok(pg_sys::BlessTupleDesc(desc))
+    }
+}
+
+/// The length in a 4-byte (uncompressed, inline) varlena header, as `VARSIZE_4B` reads it.
+fn varsize_4b(header: usize) -> Option<usize> {
+    if cfg!(target_endian = "little") {
+        (header & 3 == 0).then_some(header >> 2)
+    } else {
+        (header >> 30 == 0).then_some(header & 0x3FFF_FFFF)
+    }
+}
+
+/// One stored row as jsonb, through the server's `to_jsonb(record)`.
+fn row_to_jsonb(row: &[u8], desc: pg_sys::TupleDesc) -> Result<pg_sys::Datum, DecodeError> {
+    let header = std::mem::size_of::<pg_sys::HeapTupleHeaderData>();
+    let stated = read_u32(row, 0).and_then(varsize_4b);
+    if row.len() < header || stated != Some(row.len()) {
+        return Err(DecodeError::Malformed("row length"));
+    }
+    // SAFETY: the copy is palloc'd (MAXALIGNed, as tuple data must be) with the row's exact
+    // length, checked above to cover a tuple header. heap_copy_tuple_as_datum makes it a record
+    // of the blessed type (type id, typmod and whatever else the server stamps on a composite
+    // datum for its descriptor), so no header field is written by hand here.
+    unsafe {
+        let copy = pg_sys::palloc(row.len()).cast::<u8>();
+        std::ptr::copy_nonoverlapping(row.as_ptr(), copy, row.len());
+        let header = copy.cast::<pg_sys::HeapTupleHeaderData>();
+        if usize::from((*header).t_hoff) > row.len() {
+            return Err(DecodeError::Malformed("tuple header"));
+        }
+        let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+        tuple.t_len = u32::try_from(row.len()).map_err(|_| DecodeError::Malformed("row length"))?;
+        tuple.t_data = header;
+        let record = pg_sys::heap_copy_tuple_as_datum(&mut tuple, desc);
+        pg_sys::pfree(copy.cast());
+        Ok(pg_sys::FunctionCall1Coll(
+            crate::pg::capture::to_jsonb_fn(),
+            pg_sys::InvalidOid,
+            record,
+        ))
+    }
+}
+
+/// `observer_decode_rows(cols text[], col_types oid[], rows anyelement) RETURNS SETOF jsonb`:
+/// every row of a batch as jsonb, in order. Internal (the dispatcher's); not granted to PUBLIC.
+#[pg_extern(stable, parallel_safe)]
+pub fn observer_decode_rows(
+    cols: Vec<String>,
+    col_types: Vec<pg_sys::Oid>,
+    rows: AnyElement,
+) -> Result<SetOfIterator<'static, RawJsonb>, ErrorReport> {
+    let desc = descriptor(&cols, &col_types)?;
+    // SAFETY: `rows` is a bytea datum (the SQL callers pass event_log columns); detoasting
+    // gives a 4-byte-header varlena whose data is copied out before anything else runs.
+    let batch: Vec<u8> = unsafe {
+        let v = pg_sys::pg_detoast_datum(rows.datum().cast_mut_ptr());
+        let len = pgrx::varsize(v) - pg_sys::VARHDRSZ;
+        std::slice::from_raw_parts(pgrx::vardata_any(v).cast::<u8>(), len).to_vec()
+    };
+    let spans = spans(&batch)?;
+    Ok(SetOfIterator::new(spans.into_iter().map(
+        move |(s, e)| match row_to_jsonb(&batch[s..e], desc) {
+            Ok(d) => RawJsonb(d),
+            Err(err) => {
+                ErrorReport::from(err).report(PgLogLevel::ERROR);
+                unreachable!("an ERROR report does not return")
+            }
+        },
+    )))
+}
+
+/// `observer_decode_row(cols text[], col_types oid[], rows anyelement, k integer) RETURNS jsonb`:
+/// row `k` (from 0) of a batch, reading only its header and that row; NULL when there is no such
+/// row. Internal (the queue's); not granted to PUBLIC.
+#[pg_extern(stable, parallel_safe)]
+pub fn observer_decode_row(
+    cols: Vec<String>,
+    col_types: Vec<pg_sys::Oid>,
+    rows: AnyElement,
+    k: i32,
+) -> Result<Option<RawJsonb>, ErrorReport> {
+    let Ok(k) = usize::try_from(k) else {
+        return Ok(None);
+    };
+    let slice = |offset: usize, len: usize| -> Result<Vec<u8>, DecodeError> {
+        let off = i32::try_from(offset).map_err(|_| DecodeError::Malformed("offset"))?;
+        let len = i32::try_from(len).map_err(|_| DecodeError::Malformed("length"))?;
+        // SAFETY: a slice of a bytea datum; the result is a 4-byte-header varlena holding at
+        // most `len` bytes, copied out at once.
+        unsafe {
+            let v = pg_sys::pg_detoast_datum_slice(rows.datum().cast_mut_ptr(), off, len);
+            let got = pgrx::varsize(v) - pg_sys::VARHDRSZ;
+            Ok(std::slice::from_raw_parts(pgrx::vardata_any(v).cast::<u8>(), got).to_vec())
+        }
+    };
+    let prefix = slice(0, 4 * (k + 2))?;
+    let Some((start, end)) = span_of(&prefix, k)? else {
+        return Ok(None);
+    };
+    let row = slice(start, end - start)?;
+    if row.len() != end - start {
+        return Err(DecodeError::Malformed("row beyond the end of the batch").into());
+    }
+    let desc = descriptor(&cols, &col_types)?;
+    Ok(Some(RawJsonb(row_to_jsonb(&row, desc)?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_round_trip_their_row_spans() {
+        let mut b = BatchBuilder::default();
+        b.push(b"aaaa");
+        b.push(b"");
+        b.push(b"cc");
+        assert_eq!(b.rows(), 3);
+        let batch = b.take();
+        assert_eq!(b.rows(), 0);
+        let s = spans(&batch).expect("well-formed");
+        let rows: Vec<&[u8]> = s.iter().map(|&(a, e)| &batch[a..e]).collect();
+        assert_eq!(rows, vec![&b"aaaa"[..], b"", b"cc"]);
+        for (k, span) in s.iter().enumerate() {
+            assert_eq!(span_of(&batch, k).expect("row k"), Some(*span));
+        }
+        assert_eq!(span_of(&batch, 3).expect("header"), None);
+    }
+
+    #[test]
+    fn malformed_batches_are_refused() {
+        assert!(spans(&[]).is_err());
+        let mut bad = 2u32.to_ne_bytes().to_vec();
+        bad.extend_from_slice(&100u32.to_ne_bytes());
+        bad.extend_from_slice(&4u32.to_ne_bytes());
+        assert!(spans(&bad).is_err());
+    }
+}
