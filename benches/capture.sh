@@ -59,7 +59,7 @@ SELECT FROM observer_create('bench', 't_observed', ARRAY['INSERT'], NULL, '{"typ
 SQL
 
 reset_tables() {
-  psql -c "TRUNCATE t_plain, t_naive, t_naive100, t_observed, naive_log; TRUNCATE observer.events CASCADE; CHECKPOINT;" >/dev/null
+  psql -c "TRUNCATE t_plain, t_naive, t_naive100, t_observed, naive_log; TRUNCATE observer.event_log, observer.jobs, observer.skipped CASCADE; CHECKPOINT;" >/dev/null
 }
 
 # run_one TABLE ROWS SYNC -> TPS
@@ -108,16 +108,27 @@ for sync in off on; do
   done
 done
 
-# Dispatch throughput: a backlog of BACKLOG events, drained by observer_dispatch(10000) rounds.
+# Dispatch throughput: a backlog of BACKLOG events, drained by observer_dispatch(10000) rounds, in
+# two shapes: captured by one big INSERT (batches of 1024 rows per event log row) and by BACKLOG
+# single-row INSERT statements (one event log row each).
+dispatch_rate() {
+  psql -c "VACUUM ANALYZE observer.event_log" >/dev/null
+  local start end jobs
+  start=$(date +%s.%N)
+  while [ "$(command psql -X -A -t -c "SELECT observer_dispatch(10000, 'bench')")" != 0 ]; do :; done
+  end=$(date +%s.%N)
+  jobs="$(command psql -X -A -t -c "SELECT count(*) FROM observer.jobs")"
+  printf '| %s | %s | %s | %.2f | **%.0f** |\n' "$1" "$BACKLOG" "$jobs" "$(echo "$end - $start" | bc -l)" \
+    "$(echo "$BACKLOG / ($end - $start)" | bc -l)"
+}
+echo
+echo "### Dispatch throughput (one observer, no condition, rounds of 10,000)"
+echo
+echo "| backlog captured by | events | jobs | seconds | events/s |"
+echo "|---|---|---|---|---|"
 reset_tables
 psql -c "INSERT INTO t_observed (a, b) SELECT i, 'a short text payload of the row' FROM generate_series(1, $BACKLOG) i" >/dev/null
-psql -c "VACUUM ANALYZE observer.events" >/dev/null
-start=$(date +%s.%N)
-while [ "$(command psql -X -A -t -c "SELECT observer_dispatch(10000, 'bench')")" != 0 ]; do :; done
-end=$(date +%s.%N)
-jobs="$(command psql -X -A -t -c "SELECT count(*) FROM observer.jobs")"
-echo
-echo "### Dispatch throughput"
-echo
-printf '%s events -> %s jobs in %.2f s: **%.0f events/s** (one observer, no condition, rounds of 10,000)\n' \
-  "$BACKLOG" "$jobs" "$(echo "$end - $start" | bc -l)" "$(echo "$BACKLOG / ($end - $start)" | bc -l)"
+dispatch_rate "one $BACKLOG-row INSERT"
+reset_tables
+psql -c "DO \$\$ BEGIN FOR i IN 1..$BACKLOG LOOP INSERT INTO t_observed (a, b) VALUES (i, 'a short text payload of the row'); END LOOP; END \$\$" >/dev/null
+dispatch_rate "$BACKLOG single-row INSERTs"

@@ -220,8 +220,11 @@ mod tests {
             "SELECT observer_create('a', 't_orders', ARRAY['INSERT','UPDATE','DELETE'], NULL, {HOOK})"
         ))
         .expect("create");
+        // A small work_mem makes the transition tables spill to disk (regression: reading a
+        // spilled store crashed the server).
         Spi::run(
-            "INSERT INTO t_orders SELECT i, 'new' FROM generate_series(1, 2500) i;
+            "SET LOCAL work_mem = '64kB';
+             INSERT INTO t_orders SELECT i, 'new' FROM generate_series(1, 2500) i;
              UPDATE t_orders SET status = 'paid' WHERE id IN (7, 8);
              WITH d AS (DELETE FROM t_orders WHERE id = 9 RETURNING id) SELECT count(*) FROM d;",
         )

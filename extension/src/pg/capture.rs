@@ -428,6 +428,10 @@ struct Reader {
     store: *mut pg_sys::Tuplestorestate,
     slot: *mut pg_sys::TupleTableSlot,
     pointer: i32,
+    /// The trigger call's context. A store spilled to disk reads each tuple into memory
+    /// allocated in the current context and owned by the slot (freed when the next one comes):
+    /// it must not be the per-row context that capture resets.
+    cxt: pg_sys::MemoryContext,
 }
 
 impl Reader {
@@ -446,16 +450,21 @@ impl Reader {
                 store,
                 slot,
                 pointer,
+                cxt: pg_sys::CurrentMemoryContext,
             })
         }
     }
 
-    /// The next row as a heap tuple in the current memory context.
+    /// The next row as a heap tuple (a copy) in the current memory context.
     unsafe fn next(&mut self) -> Option<pg_sys::HeapTuple> {
-        // SAFETY: the slot was made for this store's descriptor; the heap tuple is a copy.
+        // SAFETY: the slot was made for this store's descriptor; the store's tuple is read in
+        // the call's context (see `cxt`), the heap tuple copied in the caller's.
         unsafe {
+            let caller = pg_sys::MemoryContextSwitchTo(self.cxt);
             pg_sys::tuplestore_select_read_pointer(self.store, self.pointer);
-            if !pg_sys::tuplestore_gettupleslot(self.store, true, false, self.slot) {
+            let more = pg_sys::tuplestore_gettupleslot(self.store, true, false, self.slot);
+            pg_sys::MemoryContextSwitchTo(caller);
+            if !more {
                 return None;
             }
             Some(pg_sys::ExecFetchSlotHeapTuple(

@@ -15,7 +15,7 @@
 //! stored next to the batch (`event_log.cols`, `event_log.col_types`): decoding builds the tuple
 //! descriptor from them, so a column added, dropped or retyped between capture and decoding cannot
 //! misread a row. The header lets the queue read one row of a large batch without reading the rest
-//! (`pg_detoast_datum_slice` on an out-of-line, uncompressed value reads only the chunks needed).
+//! (`pg_detoast_datum_slice` decompresses a compressed batch only up to the end of the slice).
 
 use std::ffi::CString;
 
