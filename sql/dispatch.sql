@@ -193,9 +193,9 @@ BEGIN
             RETURN 0;
         END IF;
     END IF;
-    INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, dedup_key)
+    INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, dedup_key, priority)
     VALUES (o.id, e.id, 'evt_' || e.id || '_' || o.id,
-            observer.ordering_key(e.table_name, o.key_columns, e.old, e.new), key)
+            observer.ordering_key(e.table_name, o.key_columns, e.old, e.new), key, o.priority)
     ON CONFLICT (event_id, observer_id) DO NOTHING;
     RETURN 1;
 END
@@ -237,7 +237,7 @@ BEGIN
             SELECT e.*, CASE WHEN e.op = 'UPDATE' THEN observer.changed(e.old, e.new) END AS changed
             FROM observer.dispatch_batch(st.done_snapshot, target, st.batch_cursor, max_events) e
         ), decisions AS MATERIALIZED (
-            SELECT b.id AS event_id, o.id AS observer_id, o.dedup_window IS NOT NULL AS dedup,
+            SELECT b.id AS event_id, o.id AS observer_id, o.dedup_window IS NOT NULL AS dedup, o.priority,
                    observer.decide(b.op, b.table_name, b.old, b.new, b.changed, o.condition, o.changed_columns, b.oversize) AS matched,
                    observer.ordering_key(b.table_name, o.key_columns, b.old, b.new) AS ordering_key
             FROM batch b
@@ -248,8 +248,8 @@ BEGIN
             SELECT event_id, observer_id, 'condition_unknown' FROM decisions WHERE matched IS NULL
             ON CONFLICT DO NOTHING
         ), made AS (
-            INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key)
-            SELECT observer_id, event_id, 'evt_' || event_id || '_' || observer_id, ordering_key
+            INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, priority)
+            SELECT observer_id, event_id, 'evt_' || event_id || '_' || observer_id, ordering_key, priority
             FROM decisions WHERE matched AND NOT dedup
             ORDER BY event_id, observer_id
             ON CONFLICT (event_id, observer_id) DO NOTHING
@@ -293,9 +293,10 @@ BEGIN
                 IF verdict AND (d.obs).dedup_window IS NOT NULL THEN
                     n_jobs := n_jobs + observer.dedup_one(d.ev, d.obs);
                 ELSIF verdict THEN
-                    INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key)
+                    INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, priority)
                     VALUES (d.observer_id, d.event_id, 'evt_' || d.event_id || '_' || d.observer_id,
-                            observer.ordering_key((d.ev).table_name, (d.obs).key_columns, (d.ev).old, (d.ev).new))
+                            observer.ordering_key((d.ev).table_name, (d.obs).key_columns, (d.ev).old, (d.ev).new),
+                            (d.obs).priority)
                     ON CONFLICT (event_id, observer_id) DO NOTHING;
                     n_jobs := n_jobs + 1;
                 END IF;

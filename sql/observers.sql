@@ -223,6 +223,7 @@ DECLARE
     fifo_policy text;
     base       interval := '1 second';
     cap        interval := '1 hour';
+    prio       smallint := 0;
 BEGIN
     IF name IS NULL OR name !~ '^[A-Za-z_][A-Za-z0-9_.-]{0,62}$' THEN
         RAISE EXCEPTION 'invalid observer name: %', coalesce(quote_literal(name), 'NULL')
@@ -235,29 +236,41 @@ BEGIN
                   HINT = 'Choose another name, or drop it first with observer_drop().';
     END IF;
 
+    -- No table: a job queue, fed by observer_enqueue() instead of row changes.
     IF table_name IS NULL THEN
-        RAISE EXCEPTION 'observer table must not be NULL' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    SELECT c.relkind, c.relpersistence INTO rel FROM pg_class c WHERE c.oid = table_name;
-    IF rel.relkind NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION '"%" is not a table', table_name
-            USING ERRCODE = 'wrong_object_type',
-                  HINT = 'Observers watch ordinary or partitioned tables, not views, foreign tables or sequences.';
-    END IF;
-    IF rel.relpersistence = 't' THEN
-        RAISE EXCEPTION 'cannot observe temporary table "%"', table_name
-            USING ERRCODE = 'wrong_object_type',
-                  DETAIL = 'Its rows are invisible to the dispatcher, which runs in another session.';
-    END IF;
+        IF condition IS NOT NULL THEN
+            RAISE EXCEPTION 'a job queue (observer without a table) takes no condition'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Decide before observer_enqueue(), or observe a table.';
+        END IF;
+        IF options ?| ARRAY['columns', 'changed_columns', 'max_payload_bytes', 'dedup_window', 'dedup_key', 'dedup_coalesce'] THEN
+            RAISE EXCEPTION 'a job queue (observer without a table) takes no row options'
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'columns, changed_columns, max_payload_bytes and dedup_* apply to captured rows.',
+                      HINT = 'Use an idempotency key in observer_enqueue() for unique jobs.';
+        END IF;
+    ELSE
+        SELECT c.relkind, c.relpersistence INTO rel FROM pg_class c WHERE c.oid = table_name;
+        IF rel.relkind NOT IN ('r', 'p') THEN
+            RAISE EXCEPTION '"%" is not a table', table_name
+                USING ERRCODE = 'wrong_object_type',
+                      HINT = 'Observers watch ordinary or partitioned tables, not views, foreign tables or sequences.';
+        END IF;
+        IF rel.relpersistence = 't' THEN
+            RAISE EXCEPTION 'cannot observe temporary table "%"', table_name
+                USING ERRCODE = 'wrong_object_type',
+                      DETAIL = 'Its rows are invisible to the dispatcher, which runs in another session.';
+        END IF;
 
-    SELECT array_agg(DISTINCT upper(btrim(e)) ORDER BY upper(btrim(e))) INTO evs FROM unnest(events) e;
-    IF evs IS NULL OR NOT evs <@ ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE'] THEN
-        RAISE EXCEPTION 'invalid observer events: %', coalesce(events::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Use a non-empty subset of {INSERT,UPDATE,DELETE,TRUNCATE}.';
-    END IF;
+        SELECT array_agg(DISTINCT upper(btrim(e)) ORDER BY upper(btrim(e))) INTO evs FROM unnest(events) e;
+        IF evs IS NULL OR NOT evs <@ ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE'] THEN
+            RAISE EXCEPTION 'invalid observer events: %', coalesce(events::text, 'NULL')
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Use a non-empty subset of {INSERT,UPDATE,DELETE,TRUNCATE}.';
+        END IF;
 
-    path := observer.check_condition(condition);
+        path := observer.check_condition(condition);
+    END IF;
 
     IF action IS NULL THEN
         RAISE EXCEPTION 'observer action is required'
@@ -283,16 +296,17 @@ BEGIN
                 WHEN 'dedup_coalesce' THEN dedup_coal := (options ->> opt_key)::boolean;
                 WHEN 'fifo' THEN fifo_mode := CASE WHEN (options ->> opt_key)::boolean THEN coalesce(fifo_mode, 'block') END;
                 WHEN 'fifo_on_failure' THEN fifo_policy := options ->> opt_key;
+                WHEN 'priority' THEN prio := (options ->> opt_key)::smallint;
                 ELSE
                     RAISE EXCEPTION 'unknown observer option "%"', opt_key
                         USING ERRCODE = 'invalid_parameter_value',
-                              HINT = 'Known options: max_attempts, backoff_base, backoff_cap, max_payload_bytes, columns, changed_columns, dedup_window, dedup_key, dedup_coalesce, fifo, fifo_on_failure.';
+                              HINT = 'Known options: max_attempts, backoff_base, backoff_cap, max_payload_bytes, columns, changed_columns, dedup_window, dedup_key, dedup_coalesce, fifo, fifo_on_failure, priority.';
             END CASE;
         EXCEPTION WHEN invalid_text_representation OR invalid_datetime_format OR numeric_value_out_of_range
                        OR datetime_field_overflow OR interval_field_overflow THEN
             RAISE EXCEPTION 'invalid value for observer option "%": %', opt_key, options -> opt_key
                 USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'max_attempts and max_payload_bytes are integers; backoff_base and backoff_cap are intervals such as "2 seconds".';
+                      HINT = 'max_attempts, max_payload_bytes and priority (-32768 to 32767) are integers; backoff_base and backoff_cap are intervals such as "2 seconds".';
         END;
     END LOOP;
     IF max_payload NOT BETWEEN 1024 AND 104857600 THEN
@@ -337,9 +351,9 @@ BEGIN
 
     INSERT INTO observer.observers (name, table_oid, table_name, key_columns, events, condition, columns,
                                     changed_columns, max_payload_bytes, dedup_window, dedup_key, dedup_coalesce,
-                                    fifo, action, max_attempts, backoff_base, backoff_cap)
+                                    fifo, action, max_attempts, backoff_base, backoff_cap, priority)
     VALUES (name, table_name, table_name::text, key_cols, evs, path, cols, changed_cols, max_payload,
-            dedup_win, dedup_path, dedup_coal, fifo_mode, act, max_att, base, cap)
+            dedup_win, dedup_path, dedup_coal, fifo_mode, act, max_att, base, cap, prio)
     RETURNING id INTO new_id;
 
     PERFORM observer.sync_capture(table_name);

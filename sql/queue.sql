@@ -11,11 +11,13 @@ RETURN CASE WHEN r IS NULL OR cols IS NULL THEN r
        END;
 
 -- observer.job_payload: the JSON document delivered for a job (Standard Webhooks layout: type,
--- timestamp, data).
+-- timestamp, data). An enqueued job delivers its own payload as `data`.
 CREATE FUNCTION observer.job_payload(j observer.jobs, o observer.observers, e observer.event)
 RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-RETURN jsonb_build_object(
+RETURN CASE WHEN j.event_id IS NULL THEN
+    jsonb_build_object('type', o.name, 'timestamp', j.created_at, 'data', j.payload)
+ELSE jsonb_build_object(
     'type', o.name,
     'timestamp', e.created_at,
     'data', jsonb_build_object(
@@ -26,7 +28,8 @@ RETURN jsonb_build_object(
         'old', observer.project(e.old, o.columns, o.key_columns),
         'new', observer.project(e.new, o.columns, o.key_columns))
         || CASE WHEN e.oversize IS NULL THEN '{}'::jsonb
-                ELSE jsonb_build_object('oversize', jsonb_build_object('bytes', e.oversize)) END);
+                ELSE jsonb_build_object('oversize', jsonb_build_object('bytes', e.oversize)) END)
+END;
 
 -- Argument checks shared by the queue functions (claim, complete, fail, heartbeat).
 CREATE FUNCTION observer.check_lease(lease interval) RETURNS void
@@ -100,7 +103,7 @@ BEGIN
                 SELECT 1 FROM observer.jobs p
                 WHERE p.observer_id = j.observer_id AND p.ordering_key = j.ordering_key AND p.id < j.id
                   AND (p.state IN ('pending', 'running') OR (p.state = 'dead' AND o.fifo = 'block'))))
-        ORDER BY j.run_at, j.id
+        ORDER BY j.priority DESC, j.run_at, j.id
         LIMIT max_jobs
         FOR UPDATE OF j SKIP LOCKED
     ), picked AS (
@@ -126,7 +129,7 @@ BEGIN
            observer.job_payload(c::observer.jobs, o, e)
     FROM claimed c
     JOIN observer.observers o ON o.id = c.observer_id
-    CROSS JOIN LATERAL observer.event(c.event_id) e
+    LEFT JOIN LATERAL observer.event(c.event_id) e ON true
     ORDER BY c.id;
 END
 $$;
@@ -207,3 +210,164 @@ BEGIN
     FROM input LEFT JOIN failed f ON f.id = input.id;
 END
 $$;
+
+-- Outcomes that use no attempt, or end the job at once.
+CREATE FUNCTION observer.check_reasons(job_ids bigint[], reasons anyarray, what text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF reasons IS NOT NULL AND cardinality(reasons) <> cardinality(job_ids) THEN
+        RAISE EXCEPTION '% must have the same length as job_ids', what
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- observer_snooze(job_ids, tokens, until, reasons): put running jobs back without using an
+-- attempt (circuit open, rate limited): pending again, due at `until` (now when NULL). The
+-- attempt the claim counted is given back; `snoozes` counts these.
+CREATE FUNCTION observer_snooze(job_ids bigint[], tokens bigint[], until timestamptz[],
+                                reasons text[] DEFAULT NULL)
+RETURNS TABLE (job_id bigint, accepted boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM observer.check_pairs(job_ids, tokens);
+    IF until IS NULL THEN
+        RAISE EXCEPTION 'until must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Pass the time each job may run again, e.g. ARRAY[now() + interval ''30 seconds''].';
+    END IF;
+    PERFORM observer.check_reasons(job_ids, until, 'until');
+    PERFORM observer.check_reasons(job_ids, reasons, 'reasons');
+    RETURN QUERY
+    WITH input AS (
+        SELECT i.id, i.token, i.until, left(i.reason, 2000) AS reason
+        FROM unnest(job_ids, tokens, until,
+                    coalesce(reasons, array_fill(NULL::text, ARRAY[cardinality(job_ids)])))
+             AS i(id, token, until, reason)
+    ), snoozed AS (
+        UPDATE observer.jobs j
+        SET state = 'pending', attempt = j.attempt - 1, snoozes = j.snoozes + 1,
+            run_at = greatest(coalesce(input.until, clock_timestamp()), clock_timestamp()),
+            lease_until = NULL,
+            last_error = 'snoozed: ' || coalesce(input.reason, 'no reason given')
+        FROM input
+        WHERE j.id = input.id AND j.lease_token = input.token AND j.state = 'running'
+        RETURNING j.id
+    )
+    SELECT input.id, EXISTS (SELECT 1 FROM snoozed WHERE snoozed.id = input.id) FROM input;
+END
+$$;
+
+-- observer_discard(job_ids, tokens, reasons): end running jobs at once (the receiver said the
+-- endpoint is gone, e.g. HTTP 410): state 'dead', in the dead-letter queue with the reason, so
+-- nothing is lost and observer_dlq_retry() can replay it.
+CREATE FUNCTION observer_discard(job_ids bigint[], tokens bigint[], reasons text[])
+RETURNS TABLE (job_id bigint, accepted boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM observer.check_pairs(job_ids, tokens);
+    IF reasons IS NULL THEN
+        RAISE EXCEPTION 'reasons must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM observer.check_reasons(job_ids, reasons, 'reasons');
+    RETURN QUERY
+    WITH input AS (
+        SELECT i.id, i.token, left(coalesce(i.reason, 'no reason given'), 2000) AS reason
+        FROM unnest(job_ids, tokens, reasons) AS i(id, token, reason)
+    ), discarded AS (
+        UPDATE observer.jobs j
+        SET state = 'dead', finished_at = clock_timestamp(), lease_until = NULL,
+            last_error = 'discarded: ' || input.reason
+        FROM input
+        WHERE j.id = input.id AND j.lease_token = input.token AND j.state = 'running'
+        RETURNING j.id, j.attempt, j.worker, input.reason
+    ), logged AS (
+        INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error)
+        SELECT id, attempt, worker, 'discarded', reason FROM discarded
+        ON CONFLICT (job_id, attempt) DO UPDATE SET outcome = excluded.outcome, error = excluded.error,
+                                                    finished_at = excluded.finished_at
+    )
+    SELECT input.id, EXISTS (SELECT 1 FROM discarded WHERE discarded.id = input.id) FROM input;
+END
+$$;
+
+-- observer_enqueue_many(queue, payloads, idempotency_keys, ordering_keys, run_at): add jobs to a
+-- job queue (an observer created with no table); they get the same claim, lease, retry, FIFO and
+-- dead-letter handling as jobs made from row changes. A job with an idempotency key is unique in
+-- its queue while it is kept: enqueueing the key again returns the existing job (created =
+-- false). Without a key the job's webhook-id is job_<id>. Returns one row per payload, in order.
+CREATE FUNCTION observer_enqueue_many(queue text, payloads jsonb[], idempotency_keys text[] DEFAULT NULL,
+                                      ordering_keys text[] DEFAULT NULL, run_at timestamptz DEFAULT NULL)
+RETURNS TABLE (job_id bigint, created boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    q observer.observers;
+    n integer := coalesce(cardinality(payloads), 0);
+BEGIN
+    SELECT * INTO q FROM observer.observers o WHERE o.name = queue;
+    IF NOT FOUND THEN
+        PERFORM observer.unknown_observer(queue);
+    END IF;
+    IF q.table_oid IS NOT NULL THEN
+        RAISE EXCEPTION 'observer "%" watches table %: jobs can only be enqueued to a job queue', queue, q.table_name
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = 'Create a queue with observer_create(name, NULL, action => ...).';
+    END IF;
+    IF NOT q.enabled THEN
+        RAISE EXCEPTION 'job queue "%" is disabled', queue
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Enable it with observer_enable().';
+    END IF;
+    IF array_position(payloads, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'payloads must not contain NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF (idempotency_keys IS NOT NULL AND cardinality(idempotency_keys) <> n)
+       OR (ordering_keys IS NOT NULL AND cardinality(ordering_keys) <> n) THEN
+        RAISE EXCEPTION 'idempotency_keys and ordering_keys (when given) must have the same length as payloads'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF n = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH input AS (
+        SELECT i.payload, nullif(i.key, '') AS key, i.okey, i.ord
+        FROM unnest(payloads,
+                    coalesce(idempotency_keys, array_fill(NULL::text, ARRAY[n])),
+                    coalesce(ordering_keys, array_fill(NULL::text, ARRAY[n])))
+             WITH ORDINALITY AS i(payload, key, okey, ord)
+    ), numbered AS MATERIALIZED (
+        SELECT nextval('observer.jobs_id_seq') AS id, input.* FROM input ORDER BY input.ord
+    ), made AS (
+        INSERT INTO observer.jobs (id, observer_id, payload, idempotency_key, ordering_key, run_at, priority)
+        OVERRIDING SYSTEM VALUE
+        SELECT nb.id, q.id, nb.payload, coalesce(nb.key, 'job_' || nb.id), nb.okey,
+               coalesce(observer_enqueue_many.run_at, clock_timestamp()), q.priority
+        FROM numbered nb ORDER BY nb.ord
+        ON CONFLICT (observer_id, idempotency_key) WHERE event_id IS NULL DO NOTHING
+        RETURNING id, idempotency_key
+    )
+    SELECT coalesce(m.id,
+                    (SELECT m2.id FROM made m2 WHERE m2.idempotency_key = nb.key),
+                    (SELECT j.id FROM observer.jobs j
+                     WHERE j.observer_id = q.id AND j.event_id IS NULL AND j.idempotency_key = nb.key)),
+           m.id IS NOT NULL
+    FROM numbered nb LEFT JOIN made m ON m.id = nb.id
+    ORDER BY nb.ord;
+    -- One wake-up per transaction: Postgres folds identical notifications.
+    PERFORM pg_notify('fraiseql_observers_jobs', '');
+END
+$$;
+
+-- observer_enqueue(queue, payload, ...): one job; returns its id (the existing job's id when the
+-- idempotency key is already queued).
+CREATE FUNCTION observer_enqueue(queue text, payload jsonb, idempotency_key text DEFAULT NULL,
+                                 ordering_key text DEFAULT NULL, run_at timestamptz DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT e.job_id FROM observer_enqueue_many(queue, ARRAY[payload],
+        CASE WHEN idempotency_key IS NULL THEN NULL ELSE ARRAY[idempotency_key] END,
+        CASE WHEN ordering_key IS NULL THEN NULL ELSE ARRAY[ordering_key] END, run_at) e;
+END;

@@ -10,9 +10,9 @@ COMMENT ON SCHEMA observer IS 'fraiseql_observers storage: observers, event log,
 CREATE TABLE observer.observers (
     id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name           text NOT NULL UNIQUE CHECK (name ~ '^[A-Za-z_][A-Za-z0-9_.-]{0,62}$'),
-    table_oid      oid NOT NULL,
-    table_name     text NOT NULL,            -- schema-qualified, as it was at observer_create
-    events         text[] NOT NULL CHECK (events <@ ARRAY['INSERT','UPDATE','DELETE','TRUNCATE'] AND cardinality(events) > 0),
+    table_oid      oid,                      -- NULL: a job queue, fed by observer_enqueue()
+    table_name     text,                     -- schema-qualified, as it was at observer_create
+    events         text[] CHECK (events <@ ARRAY['INSERT','UPDATE','DELETE','TRUNCATE'] AND cardinality(events) > 0),
     condition      jsonpath,                 -- SQL/JSON path predicate over {op, table, old, new, changed}; NULL = always
     columns        text[],                   -- payload subset (NULL = every column)
     changed_columns text[],                  -- UPDATE matches only if one of these changed (NULL = any UPDATE)
@@ -23,12 +23,14 @@ CREATE TABLE observer.observers (
     action         jsonb NOT NULL,           -- validated by observer_validate_action()
     key_columns    text[],                   -- primary key columns: the default ordering key
     fifo           text CHECK (fifo IN ('block', 'park')), -- per-key FIFO on failure policy; NULL = unordered
+    priority       smallint NOT NULL DEFAULT 0, -- claimed first: higher priority, then due time
     max_attempts   integer NOT NULL DEFAULT 8 CHECK (max_attempts BETWEEN 1 AND 1000),
     backoff_base   interval NOT NULL DEFAULT '1 second' CHECK (backoff_base > '0'),
     backoff_cap    interval NOT NULL DEFAULT '1 hour' CHECK (backoff_cap >= backoff_base),
     enabled        boolean NOT NULL DEFAULT true,
     created_at     timestamptz NOT NULL DEFAULT now(),
-    updated_at     timestamptz NOT NULL DEFAULT now()
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    CHECK ((table_oid IS NULL) = (events IS NULL) AND (table_oid IS NULL) = (table_name IS NULL))
 );
 CREATE INDEX observers_table ON observer.observers (table_oid) WHERE enabled;
 
@@ -131,11 +133,15 @@ CREATE TABLE observer.skipped (
 CREATE SEQUENCE observer.lease_token_seq;
 
 -- The job queue. One job per (event, observer), enforced by the unique constraint so a retried
--- dispatch round cannot double a job.
+-- dispatch round cannot double a job. Jobs enqueued by observer_enqueue() have no event: they
+-- carry their own payload, and their idempotency key is unique per queue (jobs_enqueued_key).
 CREATE TABLE observer.jobs (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     observer_id      bigint NOT NULL REFERENCES observer.observers (id),
-    event_id         bigint NOT NULL,
+    event_id         bigint,                 -- NULL for enqueued jobs
+    payload          jsonb,                  -- enqueued jobs: what the action receives as `data`
+    priority         smallint NOT NULL DEFAULT 0, -- the observer's, at job creation
+    snoozes          integer NOT NULL DEFAULT 0,  -- times put back without using an attempt
     state            text NOT NULL DEFAULT 'pending'
                      CHECK (state IN ('pending', 'running', 'completed', 'dead')),
     attempt          integer NOT NULL DEFAULT 0,
@@ -150,9 +156,11 @@ CREATE TABLE observer.jobs (
     last_error       text,
     created_at       timestamptz NOT NULL DEFAULT now(),
     finished_at      timestamptz,
-    UNIQUE (event_id, observer_id)
+    UNIQUE (event_id, observer_id),
+    CHECK ((event_id IS NULL) <> (payload IS NULL))
 );
-CREATE INDEX jobs_ready ON observer.jobs (run_at, id) WHERE state = 'pending';
+CREATE UNIQUE INDEX jobs_enqueued_key ON observer.jobs (observer_id, idempotency_key) WHERE event_id IS NULL;
+CREATE INDEX jobs_ready ON observer.jobs (priority DESC, run_at, id) WHERE state = 'pending';
 CREATE INDEX jobs_leased ON observer.jobs (lease_until) WHERE state = 'running';
 CREATE INDEX jobs_observer_state ON observer.jobs (observer_id, state);
 ALTER TABLE observer.jobs SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.05);
@@ -166,7 +174,7 @@ CREATE TABLE observer.attempts (
     job_id       bigint NOT NULL REFERENCES observer.jobs (id) ON DELETE CASCADE,
     attempt      integer NOT NULL,
     worker       text,
-    outcome      text NOT NULL CHECK (outcome IN ('completed', 'retry', 'dead', 'expired')),
+    outcome      text NOT NULL CHECK (outcome IN ('completed', 'retry', 'dead', 'expired', 'discarded')),
     error        text,
     finished_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (job_id, attempt)

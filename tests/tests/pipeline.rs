@@ -252,3 +252,64 @@ async fn exhausted_jobs_end_dead_and_replay_from_the_dead_letter_queue_with_the_
     assert_eq!(delivered_ids.len(), 2);
     assert_eq!(delivered_ids, failed_ids, "a replay keeps the webhook-id");
 }
+
+/// A 410 Gone ends the job at once (no retries), in the dead-letter queue with the reason; jobs
+/// enqueued to a job queue are delivered by the same worker with their own payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_endpoints_discard_at_once_and_enqueued_jobs_are_delivered() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let sink = Sink::start_with(Arc::new(
+        |r: &fraiseql_observers_tests::Received, _: &[_]| {
+            if r.path.ends_with("/gone") {
+                410
+            } else {
+                200
+            }
+        },
+    ))
+    .await
+    .expect("sink");
+    let client = cluster.connect("postgres").await.expect("connect");
+    client
+        .batch_execute(&format!(
+            "CREATE EXTENSION fraiseql_observers;
+             SELECT observer_create('gone', NULL, action => '{{\"type\": \"webhook\", \"url\": \"{}\"}}',
+                                    options => '{{\"max_attempts\": 5}}');
+             SELECT observer_create('mail', NULL, action => '{{\"type\": \"webhook\", \"url\": \"{}\"}}');
+             SELECT observer_enqueue('gone', '{{\"n\": 1}}');
+             SELECT observer_enqueue('mail', '{{\"to\": \"ada@example.com\"}}', idempotency_key => 'welcome-1');",
+            sink.url("/gone"),
+            sink.url("/mail")
+        ))
+        .await
+        .expect("queues");
+    let _worker = Worker::start(&cluster.url("postgres"), &[]).expect("worker");
+    assert!(
+        wait_for_jobs(&client, "dead", 1, Duration::from_secs(30)).await
+            && wait_for_jobs(&client, "completed", 1, Duration::from_secs(30)).await,
+        "{}",
+        status(&client).await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let received = sink.received();
+    assert_eq!(received.len(), 2, "one attempt each, no retry of the 410");
+    let mail = received
+        .iter()
+        .find(|r| r.path.ends_with("/mail"))
+        .expect("mail delivered");
+    assert_eq!(mail.header("webhook-id"), Some("welcome-1"));
+    assert_eq!(
+        mail.body["data"],
+        serde_json::json!({"to": "ada@example.com"})
+    );
+    let row = client
+        .query_one(
+            "SELECT j.attempt, j.last_error, a.outcome FROM observer.jobs j JOIN observer.attempts a ON a.job_id = j.id WHERE j.state = 'dead'",
+            &[],
+        )
+        .await
+        .expect("dead job");
+    assert_eq!(row.get::<_, i32>(0), 1);
+    assert_eq!(row.get::<_, String>(1), "discarded: HTTP 410: ok");
+    assert_eq!(row.get::<_, String>(2), "discarded");
+}

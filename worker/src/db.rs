@@ -228,6 +228,23 @@ impl Db {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    /// `observer_discard` for (job, token, reason) triples; returns the jobs whose token was
+    /// stale.
+    pub async fn discard(&self, items: &[(i64, i64, String)]) -> Result<Vec<i64>, DbError> {
+        let ids: Vec<i64> = items.iter().map(|i| i.0).collect();
+        let tokens: Vec<i64> = items.iter().map(|i| i.1).collect();
+        let reasons: Vec<&str> = items.iter().map(|i| i.2.as_str()).collect();
+        let rows = self
+            .client
+            .query(
+                "SELECT job_id FROM observer_discard($1::int8[], $2::int8[], $3::text[]) WHERE NOT accepted",
+                &[&ids, &tokens, &reasons],
+            )
+            .await
+            .map_err(DbError::call("observer_discard"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// `observer_status()`, pretty-printed JSON.
     pub async fn status(&self) -> Result<String, DbError> {
         let row = self

@@ -254,6 +254,7 @@ async fn report(db: Arc<Db>, mut rx: mpsc::UnboundedReceiver<(ClaimedJob, Outcom
         }
         let mut done = Vec::new();
         let mut failed = Vec::new();
+        let mut discarded = Vec::new();
         for (job, outcome) in batch {
             match outcome {
                 Outcome::Delivered => done.push((job.job_id, job.token)),
@@ -266,6 +267,10 @@ async fn report(db: Arc<Db>, mut rx: mpsc::UnboundedReceiver<(ClaimedJob, Outcom
                         not_before,
                     });
                 }
+                Outcome::Discard { error } => {
+                    tracing::warn!(job = job.job_id, observer = %job.observer, %error, "endpoint gone: job discarded to the dead-letter queue");
+                    discarded.push((job.job_id, job.token, error));
+                }
             }
         }
         if !done.is_empty() {
@@ -276,6 +281,17 @@ async fn report(db: Arc<Db>, mut rx: mpsc::UnboundedReceiver<(ClaimedJob, Outcom
                 Ok(_) => tracing::debug!(completed = done.len(), "reported completions"),
                 Err(e) => {
                     tracing::error!(error = %e, jobs = done.len(), "cannot report completions; they will be redelivered after their lease")
+                }
+            }
+        }
+        if !discarded.is_empty() {
+            match db.discard(&discarded).await {
+                Ok(stale) if !stale.is_empty() => {
+                    tracing::warn!(?stale, "discards rejected: lease lost to another worker")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, jobs = discarded.len(), "cannot report discards; they will be redelivered after their lease")
                 }
             }
         }

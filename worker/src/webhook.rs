@@ -19,6 +19,9 @@ pub enum Outcome {
         error: String,
         not_before: Option<SystemTime>,
     },
+    /// 410 Gone: the receiver says the endpoint will never take it; end the job at once (it goes
+    /// to the dead-letter queue with the reason, replayable).
+    Discard { error: String },
 }
 
 /// Build the HTTP client shared by all webhook deliveries.
@@ -83,14 +86,15 @@ pub async fn deliver(
         .and_then(|v| v.to_str().ok())
         .and_then(parse_retry_after);
     let excerpt = read_capped(response, error_body_bytes).await;
-    Outcome::Retry {
-        error: if excerpt.is_empty() {
-            format!("HTTP {}", status.as_u16())
-        } else {
-            format!("HTTP {}: {excerpt}", status.as_u16())
-        },
-        not_before,
+    let error = if excerpt.is_empty() {
+        format!("HTTP {}", status.as_u16())
+    } else {
+        format!("HTTP {}: {excerpt}", status.as_u16())
+    };
+    if status == reqwest::StatusCode::GONE {
+        return Outcome::Discard { error };
     }
+    Outcome::Retry { error, not_before }
 }
 
 /// `Retry-After` as delay-seconds (the HTTP-date form is not used by webhook receivers we know
