@@ -59,8 +59,8 @@ ours_enqueue() {
 # ours_process: WORKERS sessions claim and complete until the queue is empty; prints jobs/s.
 ours_process() {
   cat >"$work/proc.sql" <<'PGB'
-SELECT coalesce(array_agg(job_id), '{}') AS ids, coalesce(array_agg(token), '{}') AS toks FROM observer_claim('bench-:client_id', 500, '60 seconds') \gset
-SELECT count(*) FROM observer_complete(:'ids', :'toks');
+SELECT coalesce(string_agg(job_id::text, ','), '') AS ids, coalesce(string_agg(token::text, ','), '') AS toks FROM observer_claim('bench-:client_id', 500, '60 seconds') \gset
+SELECT count(*) FROM observer_complete(ARRAY[:ids]::bigint[], ARRAY[:toks]::bigint[]);
 PGB
   local start end done
   start=$(now)

@@ -195,8 +195,9 @@ BEGIN
     END IF;
     INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, dedup_key, priority)
     VALUES (o.id, e.id, 'evt_' || e.id || '_' || o.id,
-            observer.ordering_key(e.table_name, o.key_columns, e.old, e.new), key, o.priority)
-    ON CONFLICT (event_id, observer_id) DO NOTHING;
+            CASE WHEN o.fifo IS NOT NULL THEN observer.ordering_key(e.table_name, o.key_columns, e.old, e.new) END,
+            key, o.priority)
+    ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING;
     RETURN 1;
 END
 $$;
@@ -239,7 +240,8 @@ BEGIN
         ), decisions AS MATERIALIZED (
             SELECT b.id AS event_id, o.id AS observer_id, o.dedup_window IS NOT NULL AS dedup, o.priority,
                    observer.decide(b.op, b.table_name, b.old, b.new, b.changed, o.condition, o.changed_columns, b.oversize) AS matched,
-                   observer.ordering_key(b.table_name, o.key_columns, b.old, b.new) AS ordering_key
+                   CASE WHEN o.fifo IS NOT NULL
+                        THEN observer.ordering_key(b.table_name, o.key_columns, b.old, b.new) END AS ordering_key
             FROM batch b
             JOIN observer.observers o
               ON o.table_oid = b.table_oid AND o.enabled AND b.op = ANY (o.events)
@@ -252,7 +254,7 @@ BEGIN
             SELECT observer_id, event_id, 'evt_' || event_id || '_' || observer_id, ordering_key, priority
             FROM decisions WHERE matched AND NOT dedup
             ORDER BY event_id, observer_id
-            ON CONFLICT (event_id, observer_id) DO NOTHING
+            ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING
             RETURNING 1
         )
         SELECT (SELECT count(*) FROM batch), (SELECT max(id) FROM batch), (SELECT count(*) FROM made),
@@ -295,9 +297,10 @@ BEGIN
                 ELSIF verdict THEN
                     INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, priority)
                     VALUES (d.observer_id, d.event_id, 'evt_' || d.event_id || '_' || d.observer_id,
-                            observer.ordering_key((d.ev).table_name, (d.obs).key_columns, (d.ev).old, (d.ev).new),
+                            CASE WHEN (d.obs).fifo IS NOT NULL
+                                 THEN observer.ordering_key((d.ev).table_name, (d.obs).key_columns, (d.ev).old, (d.ev).new) END,
                             (d.obs).priority)
-                    ON CONFLICT (event_id, observer_id) DO NOTHING;
+                    ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING;
                     n_jobs := n_jobs + 1;
                 END IF;
             EXCEPTION WHEN OTHERS THEN

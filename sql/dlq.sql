@@ -22,7 +22,7 @@ BEGIN
         UPDATE observer.jobs j
         SET lease_until = clock_timestamp() + observer_heartbeat.lease
         FROM input
-        WHERE j.id = input.id AND j.lease_token = input.token AND j.state = 'running'
+        WHERE j.id = input.id AND j.lease_token = input.token AND observer.is_running(j.state)
           AND j.lease_until >= clock_timestamp()
         RETURNING j.id, j.lease_until
     )
@@ -65,7 +65,8 @@ RETURNS TABLE (job_id bigint, observer text, event_id bigint, attempts integer, 
                failed_at timestamptz, idempotency_key text, payload jsonb)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT j.id, o.name, j.event_id, j.attempt, j.last_error, j.finished_at, j.idempotency_key,
-           observer.job_payload(j, o, e)
+           observer.job_payload(o.name, o.columns, o.key_columns, j.event_id, j.payload, j.created_at,
+                                e.id, e.created_at, e.table_name, e.op, e.old, e.new, e.oversize)
     FROM observer.dlq_match(NULL, observer, since, until, error_like, true) m
     JOIN observer.jobs j ON j.id = m
     JOIN observer.observers o ON o.id = j.observer_id

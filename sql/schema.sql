@@ -134,7 +134,8 @@ CREATE SEQUENCE observer.lease_token_seq;
 
 -- The job queue. One job per (event, observer), enforced by the unique constraint so a retried
 -- dispatch round cannot double a job. Jobs enqueued by observer_enqueue() have no event: they
--- carry their own payload, and their idempotency key is unique per queue (jobs_enqueued_key).
+-- carry their own payload, and an idempotency key given by the enqueuer is unique per queue
+-- (unique_key, jobs_unique_key).
 CREATE TABLE observer.jobs (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     observer_id      bigint NOT NULL REFERENCES observer.observers (id),
@@ -150,23 +151,27 @@ CREATE TABLE observer.jobs (
     lease_token      bigint,
     lease_until      timestamptz,
     worker           text,
-    ordering_key     text,
+    ordering_key     text,                   -- per-key FIFO key (FIFO observers and enqueuers only)
     dedup_key        text,                   -- set for observers with dedup
     idempotency_key  text NOT NULL,          -- the webhook-id: stable across retries and replays
+    unique_key       text,                   -- enqueued jobs: the enqueuer's idempotency key (unique per queue)
     last_error       text,
     created_at       timestamptz NOT NULL DEFAULT now(),
     finished_at      timestamptz,
-    UNIQUE (event_id, observer_id),
     CHECK ((event_id IS NULL) <> (payload IS NULL))
 );
-CREATE UNIQUE INDEX jobs_enqueued_key ON observer.jobs (observer_id, idempotency_key) WHERE event_id IS NULL;
+-- Every index below is paid for on each state change (pending -> running -> completed cannot be
+-- HOT updates: state is in the partial indexes' predicates), so each one is partial where it can
+-- be and none is kept for convenience; claim throughput depends on it (docs/benchmarks.md).
+CREATE UNIQUE INDEX jobs_event_observer ON observer.jobs (event_id, observer_id) WHERE event_id IS NOT NULL;
+CREATE UNIQUE INDEX jobs_unique_key ON observer.jobs (observer_id, unique_key) WHERE unique_key IS NOT NULL;
 CREATE INDEX jobs_ready ON observer.jobs (priority DESC, run_at, id) WHERE state = 'pending';
 CREATE INDEX jobs_leased ON observer.jobs (lease_until) WHERE state = 'running';
-CREATE INDEX jobs_observer_state ON observer.jobs (observer_id, state);
 ALTER TABLE observer.jobs SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.05);
--- Per-key FIFO: "is there an earlier unfinished job of this key?" (observer_claim).
+-- Per-key FIFO: "is there an earlier unfinished job of this key?" (observer_claim). Jobs carry an
+-- ordering key only when their observer is FIFO (or the enqueuer gave one).
 CREATE INDEX jobs_key_order ON observer.jobs (observer_id, ordering_key, id)
-    WHERE state IN ('pending', 'running', 'dead');
+    WHERE ordering_key IS NOT NULL AND state IN ('pending', 'running', 'dead');
 CREATE INDEX jobs_dedup ON observer.jobs (observer_id, dedup_key, created_at) WHERE dedup_key IS NOT NULL;
 
 -- One row per delivery attempt outcome reported by a worker (the seed of the audit trail).
