@@ -110,10 +110,14 @@ BEGIN
         -- claimable; a dead one still holds the key under policy 'block', not under 'park'.
         -- Job ids follow commit order for a key (dispatch reads batches in commit order and each
         -- batch in event id order), so "oldest" is "first committed".
-        SELECT j.id FROM observer.jobs j JOIN observer.observers o ON o.id = j.observer_id
+        -- A job has an ordering key only if its observer is FIFO. No join here: the scan must
+        -- stay in jobs_ready order and stop at max_jobs whatever the statistics say (joined,
+        -- with statistics taken while the queue was empty, the planner sorted every pending job
+        -- on each claim).
+        SELECT j.id FROM observer.jobs j
         WHERE j.state = 'pending' AND j.run_at <= clock_timestamp()
-          AND (o.fifo IS NULL OR j.ordering_key IS NULL OR NOT EXISTS (
-                SELECT 1 FROM observer.jobs p
+          AND (j.ordering_key IS NULL OR NOT EXISTS (
+                SELECT 1 FROM observer.jobs p JOIN observer.observers o ON o.id = p.observer_id
                 WHERE p.observer_id = j.observer_id AND p.ordering_key = j.ordering_key AND p.id < j.id
                   AND (p.state IN ('pending', 'running') OR (p.state = 'dead' AND o.fifo = 'block'))))
         ORDER BY j.priority DESC, j.run_at, j.id
@@ -360,7 +364,8 @@ BEGIN
     ), made AS (
         INSERT INTO observer.jobs (id, observer_id, payload, idempotency_key, unique_key, ordering_key, run_at, priority)
         OVERRIDING SYSTEM VALUE
-        SELECT nb.id, q.id, nb.payload, coalesce(nb.key, 'job_' || nb.id), nb.key, nb.okey,
+        SELECT nb.id, q.id, nb.payload, coalesce(nb.key, 'job_' || nb.id), nb.key,
+               CASE WHEN q.fifo IS NOT NULL THEN nb.okey END,
                coalesce(observer_enqueue_many.run_at, clock_timestamp()), q.priority
         FROM numbered nb ORDER BY nb.ord
         ON CONFLICT (observer_id, unique_key) WHERE unique_key IS NOT NULL DO NOTHING

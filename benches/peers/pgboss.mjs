@@ -1,5 +1,5 @@
-// pg-boss, tuned for throughput: bulk insert, WORKERS workers each fetching batches of 100,
-// polling every 0.5 s. Usage: node pgboss.mjs URL JOBS WORKERS
+// pg-boss, tuned for throughput: bulk insert, WORKERS loops each fetching and completing
+// batches of 500 (its best setting here; 100 gave a third of the throughput). Usage: node pgboss.mjs URL JOBS WORKERS
 // Prints "enqueue_rate process_rate" (jobs/s).
 import { PgBoss } from "pg-boss";
 
@@ -21,17 +21,21 @@ for (let done = 0; done < jobs; ) {
 }
 const enqueueRate = jobs / ((performance.now() - start) / 1000);
 
-let processed = 0;
-let finish;
-const finished = new Promise((resolve) => (finish = resolve));
+// Process: WORKERS loops fetching batches of 500 and completing them in one call each (faster
+// than boss.work(), whose workers wait a polling interval between batches).
 start = performance.now();
-for (let w = 0; w < workers; w++) {
-  await boss.work("bench", { batchSize: 100, pollingIntervalSeconds: 0.5 }, async (got) => {
-    processed += got.length;
-    if (processed >= jobs) finish();
-  });
-}
-await finished;
+let processed = 0;
+await Promise.all(
+  Array.from({ length: workers }, async () => {
+    for (;;) {
+      const got = await boss.fetch("bench", { batchSize: Number(process.env.BOSS_BATCH ?? 500) });
+      if (!got || got.length === 0) break;
+      await boss.complete("bench", got.map((j) => j.id));
+      processed += got.length;
+    }
+  }),
+);
+if (processed !== jobs) console.error(`processed ${processed} of ${jobs}`);
 const processRate = jobs / ((performance.now() - start) / 1000);
 await boss.stop({ graceful: false, wait: false });
 console.log(`${enqueueRate.toFixed(0)} ${processRate.toFixed(0)}`);

@@ -19,5 +19,5 @@ printf '| Graphile Worker %s | %s runners x 24 jobs, local queue 500, batched co
   "$(cd "$here" && node -p 'require("./node_modules/graphile-worker/package.json").version')" "$workers" "$e" "$p"
 command psql -X -q -c "CHECKPOINT" >/dev/null
 read -r e p < <(cd "$here" && node pgboss.mjs "$(url boss)" "$jobs" "$workers" 2>/dev/null | tail -n1)
-printf '| pg-boss %s | %s workers, batches of 100, polling 0.5 s | %.0f | %.0f |\n' \
+printf '| pg-boss %s | %s loops of fetch(500) + complete(500) | %.0f | %.0f |\n' \
   "$(cd "$here" && node -p 'require("./node_modules/pg-boss/package.json").version')" "$workers" "$e" "$p"
