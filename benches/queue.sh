@@ -10,7 +10,8 @@
 # after a warm-up pass, then ours again with HISTORY finished jobs kept in the table (target:
 # within 10%).
 # Prints a Markdown table. Settings (environment): JOBS (default 200000), WORKERS (default 4),
-# HISTORY (default 10000000; 0 skips that step), PEERS (default 1; 0 skips the npm peers).
+# HISTORY (default 10000000; 0 skips that step), PEERS (default 1; 0 skips the npm peers),
+# PEER_WORKERS (default 2).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
@@ -18,6 +19,9 @@ JOBS="${JOBS:-200000}"
 WORKERS="${WORKERS:-4}"
 HISTORY="${HISTORY:-10000000}"
 PEERS="${PEERS:-1}"
+# Workers for the peers: their best count on this machine kind (2 cores), found by a sweep of 1, 2
+# and 4 (docs/benchmarks.md).
+PEER_WORKERS="${PEER_WORKERS:-2}"
 PORT="$(pgrx_toml_get bench_queue_port)"
 
 "$ROOT/scripts/setup.sh" >/dev/null
@@ -85,7 +89,7 @@ note "ours: enqueue $e jobs/s, process $p jobs/s"
 
 # The peers run before the history is added, on the same (warm) cluster.
 if [ "$PEERS" = 1 ]; then
-  "$ROOT/benches/peers/run.sh" "$JOBS" "$WORKERS" >>"$results"
+  "$ROOT/benches/peers/run.sh" "$JOBS" "$PEER_WORKERS" >>"$results"
 fi
 
 if [ "$HISTORY" -gt 0 ]; then
