@@ -6,7 +6,9 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo redis-server)
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo redis-server python3 python3-venv)
+# Independent implementations the tests check our wire formats against (PyPI, pinned).
+PY_PACKAGES=(standardwebhooks==1.1.0)
 CARGO_PGRX_VERSION=0.18.0
 
 t0=$SECONDS
@@ -42,6 +44,15 @@ if grep -q "^pg$PG_VERSION = \"$PG_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.t
   note "already initialised"
 else
   cargo pgrx init "--pg$PG_VERSION" "$PG_CONFIG"
+fi
+
+step "test tools in .venv (${PY_PACKAGES[*]})"
+venv="$ROOT/.venv"
+if "$venv/bin/python" -c "import standardwebhooks" 2>/dev/null; then
+  note "already installed"
+else
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
 fi
 
 step "build and install the extension (release)"

@@ -46,6 +46,11 @@ pub struct WebhookAction {
     /// Per-request timeout in milliseconds (default 10,000, at most 300,000).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Name of the signing secret in the worker's configuration (`[secrets]`): requests then
+    /// carry a Standard Webhooks `webhook-signature`. Only the name is stored in the database,
+    /// never the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -72,6 +77,8 @@ pub enum ActionError {
     ReservedHeader(String),
     #[error("action.timeout_ms {0} is out of range")]
     BadTimeout(u64),
+    #[error("action.secret {0:?} is not a secret name")]
+    BadSecretName(String),
 }
 
 impl ActionError {
@@ -98,6 +105,7 @@ impl ActionError {
                 RESERVED_HEADERS.join(", ")
             ),
             Self::BadTimeout(_) => format!("Use a timeout between 1 and {MAX_TIMEOUT_MS} ms."),
+            Self::BadSecretName(_) => "Name a secret of the worker's [secrets] table: 1 to 64 letters, digits, _ or -; never the secret itself.".to_string(),
         }
     }
 }
@@ -167,8 +175,23 @@ impl WebhookAction {
         if self.timeout_ms == 0 || self.timeout_ms > MAX_TIMEOUT_MS {
             return Err(ActionError::BadTimeout(self.timeout_ms));
         }
+        if let Some(name) = &self.secret {
+            if !is_secret_name(name) {
+                return Err(ActionError::BadSecretName(name.clone()));
+            }
+        }
         Ok(())
     }
+}
+
+/// A signing secret's name: 1 to 64 of `[A-Za-z0-9_-]` (it is also an environment variable
+/// suffix, `FRAISEQL_OBSERVERS_SECRETS__<NAME>`). A `whsec_` value is refused by this rule too.
+pub fn is_secret_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && !name.starts_with("whsec_")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// RFC 9110 `tchar`.
@@ -253,6 +276,23 @@ mod tests {
             err(r#"{"type":"webhook","url":"https://a.b","headers":{"HOST":"evil"}}"#),
             ActionError::ReservedHeader("HOST".into())
         );
+    }
+
+    #[test]
+    fn secrets_are_named_never_given() {
+        let ok =
+            Action::parse(r#"{"type":"webhook","url":"https://e.com/h","secret":"orders-v2"}"#)
+                .expect("a secret name");
+        let Action::Webhook(w) = ok;
+        assert_eq!(w.secret.as_deref(), Some("orders-v2"));
+        for bad in ["", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "a b", "x/y"] {
+            let json = format!(r#"{{"type":"webhook","url":"https://e.com/h","secret":{bad:?}}}"#);
+            assert_eq!(
+                err(&json),
+                ActionError::BadSecretName(bad.to_string()),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

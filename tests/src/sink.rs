@@ -25,6 +25,8 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     /// Body, parsed as JSON (Null if it was not JSON).
     pub body: serde_json::Value,
+    /// Body, as received (signatures are over these bytes).
+    pub raw: Vec<u8>,
     /// The status the sink answered.
     pub status: u16,
 }
@@ -134,6 +136,7 @@ impl Sink {
                                     .collect(),
                                 body: serde_json::from_slice(&bytes)
                                     .unwrap_or(serde_json::Value::Null),
+                                raw: bytes.to_vec(),
                                 status: 0,
                             };
                             let status = {

@@ -2,8 +2,11 @@
 //! then the user's TOML file, then `FRAISEQL_OBSERVERS_*` environment variables, then flags.
 //! [`Config::validate`] names the bad field and the fix.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
+
+use crate::signing::SigningKey;
 
 use serde::Deserialize;
 
@@ -62,6 +65,10 @@ pub struct Config {
     pub http: HttpConfig,
     /// Logging settings.
     pub log: LogConfig,
+    /// Signing secrets by name (lowercase), newest first: `whsec_<base64>` each. Actions name
+    /// them (`"secret": "orders"`); the database never holds a secret.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Vec<String>>,
 }
 
 /// `[http]`
@@ -110,6 +117,18 @@ impl Config {
                 .split("__")
                 .map(str::to_string)
                 .collect();
+            // FRAISEQL_OBSERVERS_SECRETS__<NAME>="whsec_new whsec_old": names are free-form.
+            if let [table, _name] = path.as_slice() {
+                if table == "secrets" {
+                    let values: Vec<toml::Value> = value
+                        .split([' ', ','])
+                        .filter(|v| !v.is_empty())
+                        .map(|v| toml::Value::String(v.to_string()))
+                        .collect();
+                    set(&mut merged, &path, toml::Value::Array(values));
+                    continue;
+                }
+            }
             let existing = lookup(&merged, &path).ok_or_else(|| ConfigError::Env {
                 var: var.clone(),
                 message: "no such setting (see config.default.toml for the keys)".to_string(),
@@ -124,9 +143,14 @@ impl Config {
             let path: Vec<String> = key.split('.').map(str::to_string).collect();
             set(&mut merged, &path, value.clone());
         }
-        let config: Config = merged
+        let mut config: Config = merged
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Shape(e.message().to_string()))?;
+        // Secret names are case-insensitive (environment variables are upper case).
+        config.secrets = std::mem::take(&mut config.secrets)
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
         config.validate()?;
         Ok(config)
     }
@@ -174,6 +198,29 @@ impl Config {
                 "use 1 to 1000000",
             ));
         }
+        for (name, values) in &self.secrets {
+            if !fraiseql_observers_core::action::is_secret_name(name) {
+                return Err(ConfigError::Invalid {
+                    field: "secrets",
+                    problem: format!("the name {name:?} is not allowed"),
+                    fix: "name secrets with 1 to 64 letters, digits, _ or -",
+                });
+            }
+            if values.is_empty() {
+                return Err(ConfigError::Invalid {
+                    field: "secrets",
+                    problem: format!("secret {name:?} has no value"),
+                    fix: "give at least one whsec_<base64> value (the newest first while rotating)",
+                });
+            }
+            for v in values {
+                SigningKey::parse(v).map_err(|e| ConfigError::Invalid {
+                    field: "secrets",
+                    problem: format!("a value of secret {name:?} is not usable: {e}"),
+                    fix: "use whsec_ followed by the base64 of 24 to 64 random bytes",
+                })?;
+            }
+        }
         if self.log.format != "text" && self.log.format != "json" {
             return Err(invalid(
                 "log.format",
@@ -196,6 +243,12 @@ impl Config {
         } else {
             self.worker_id.clone()
         }
+    }
+
+    /// The signing keys of the secret `name` (case-insensitive), or None if it is not configured.
+    pub fn signing_keys(&self, name: &str) -> Option<Vec<SigningKey>> {
+        let values = self.secrets.get(&name.to_ascii_lowercase())?;
+        values.iter().map(|v| SigningKey::parse(v).ok()).collect()
     }
 
     /// [`Config::lease_seconds`] as a duration.

@@ -233,7 +233,31 @@ async fn claim_loop(
 async fn perform(ctx: &Context, job: &ClaimedJob) -> Outcome {
     match Action::parse(&job.action) {
         Ok(Action::Webhook(w)) => {
-            webhook::deliver(&ctx.http, &w, job, ctx.config.http.error_body_bytes).await
+            let keys = match &w.secret {
+                None => None,
+                Some(name) => match ctx.config.signing_keys(name) {
+                    Some(keys) => Some(keys),
+                    // Not sent unsigned: retried (then dead-lettered, replayable) until the
+                    // operator configures the secret.
+                    None => {
+                        return Outcome::Retry {
+                            error: format!(
+                                "signing secret {name:?} is not configured in this worker ([secrets] or FRAISEQL_OBSERVERS_SECRETS__{})",
+                                name.to_ascii_uppercase()
+                            ),
+                            not_before: None,
+                        }
+                    }
+                },
+            };
+            webhook::deliver(
+                &ctx.http,
+                &w,
+                job,
+                keys.as_deref(),
+                ctx.config.http.error_body_bytes,
+            )
+            .await
         }
         Err(e) => Outcome::Retry {
             error: format!("the observer's action is invalid: {e}"),

@@ -8,6 +8,7 @@ use fraiseql_observers_core::WebhookAction;
 use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 
 use crate::db::ClaimedJob;
+use crate::signing::{self, SigningKey};
 
 /// What became of one delivery attempt.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +40,7 @@ pub async fn deliver(
     http: &reqwest::Client,
     action: &WebhookAction,
     job: &ClaimedJob,
+    keys: Option<&[SigningKey]>,
     error_body_bytes: usize,
 ) -> Outcome {
     let timestamp = SystemTime::now()
@@ -50,8 +52,19 @@ pub async fn deliver(
         .timeout(Duration::from_millis(action.timeout_ms))
         .header(CONTENT_TYPE, "application/json")
         .header("webhook-id", &job.idempotency_key)
-        .header("webhook-timestamp", timestamp.to_string())
-        .body(job.payload.clone());
+        .header("webhook-timestamp", timestamp.to_string());
+    if let Some(keys) = keys {
+        request = request.header(
+            "webhook-signature",
+            signing::signature(
+                keys,
+                &job.idempotency_key,
+                timestamp,
+                job.payload.as_bytes(),
+            ),
+        );
+    }
+    let mut request = request.body(job.payload.clone());
     for (name, value) in &action.headers {
         // Names and values were validated at observer_create; a row edited by hand is refused here.
         match (
