@@ -34,6 +34,7 @@ step "start the sink on http://$SINK_ADDR and the worker"
 "$BIN/demo-sink" "$SINK_ADDR" >"$RUN/received.jsonl" 2>"$RUN/sink.log" &
 pids+=($!)
 FRAISEQL_OBSERVERS_DATABASE_URL="$DB_URL" FRAISEQL_OBSERVERS_POLL_INTERVAL_MS=200 \
+  FRAISEQL_OBSERVERS_HTTP__ALLOW_NETWORKS=127.0.0.0/8 \
   "$BIN/fraiseql-observers" run --worker-id demo-worker >"$RUN/worker.log" 2>&1 &
 pids+=($!)
 

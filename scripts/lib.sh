@@ -47,6 +47,9 @@ listen_addresses = '127.0.0.1'
 unix_socket_directories = '$dir/run'
 shared_preload_libraries = 'fraiseql_observers'
 fraiseql_observers.database = 'postgres'
+# The demo and benchmarks deliver to sinks on this machine, which the SSRF guard refuses unless
+# allowed (the demo's worker gets the same list: FRAISEQL_OBSERVERS_HTTP__ALLOW_NETWORKS).
+fraiseql_observers.allowed_networks = '127.0.0.0/8'
 CONF
   fi
   if as_postgres "$PG_BINDIR/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then

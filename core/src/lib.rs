@@ -4,5 +4,6 @@
 #![forbid(unsafe_code)]
 
 pub mod action;
+pub mod net;
 
 pub use action::{Action, ActionError, WebhookAction};

@@ -27,6 +27,11 @@ static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 /// pruned.
 static EVENT_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
 
+/// `fraiseql_observers.allowed_networks`: address blocks that action URLs written as literal
+/// addresses may point into although the network policy refuses them (loopback, private, ...).
+/// Comma-separated CIDRs; empty by default. The worker has its own list (`http.allow_networks`).
+static ALLOWED_NETWORKS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
 /// Register the settings. Postmaster-context settings can only be defined while preloading.
 pub fn init(preloading: bool) {
     GucRegistry::define_bool_guc(
@@ -68,6 +73,14 @@ pub fn init(preloading: bool) {
         GucFlags::UNIT_S,
     );
     GucRegistry::define_string_guc(
+        c"fraiseql_observers.allowed_networks",
+        c"Address blocks action URLs may point into although the network policy refuses them.",
+        c"Comma-separated CIDRs, e.g. 127.0.0.0/8 for local test sinks. Checked at observer_create for URLs written as literal addresses; workers check every resolved address against their own http.allow_networks.",
+        &ALLOWED_NETWORKS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
         c"fraiseql_observers.database",
         c"Database served by the background dispatcher.",
         c"The dispatcher connects to this database at server start.",
@@ -103,4 +116,12 @@ pub fn dispatch_interval() -> std::time::Duration {
 /// See [`BATCH_SIZE`].
 pub fn batch_size() -> i32 {
     BATCH_SIZE.get()
+}
+
+/// See [`ALLOWED_NETWORKS`]: the raw list.
+pub fn allowed_networks() -> String {
+    ALLOWED_NETWORKS
+        .get()
+        .and_then(|s| s.into_string().ok())
+        .unwrap_or_default()
 }

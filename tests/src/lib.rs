@@ -45,6 +45,10 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released: good enough for a private test cluster).
+/// The address blocks the tests' sinks live in: allowed explicitly in every test cluster
+/// (`fraiseql_observers.allowed_networks`) and worker (`http.allow_networks`).
+pub const LOOPBACK: &str = "127.0.0.0/8,::1/128";
+
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -100,7 +104,8 @@ impl Cluster {
         let mut conf = format!(
             "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
              shared_preload_libraries = 'fraiseql_observers'\nfraiseql_observers.database = 'postgres'\n\
-             max_connections = 200\nlog_min_messages = warning\n",
+             max_connections = 200\nlog_min_messages = warning\n\
+             fraiseql_observers.allowed_networks = '{LOOPBACK}'\n",
             dir.path().display()
         );
         for line in extra_conf {
@@ -234,6 +239,8 @@ impl Worker {
             .env("FRAISEQL_OBSERVERS_DATABASE_URL", database_url)
             .env("FRAISEQL_OBSERVERS_POLL_INTERVAL_MS", "100")
             .env("FRAISEQL_OBSERVERS_LOG__FILTER", "info")
+            // The sinks listen on loopback, which the SSRF guard refuses unless allowed.
+            .env("FRAISEQL_OBSERVERS_HTTP__ALLOW_NETWORKS", LOOPBACK)
             .stdout(Stdio::null())
             .stderr(file);
         for (k, v) in env {

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use fraiseql_observers_core::net;
+
 use crate::signing::SigningKey;
 
 use serde::Deserialize;
@@ -79,6 +81,8 @@ pub struct HttpConfig {
     pub user_agent: String,
     /// Bytes of a failed response's body kept as the error text.
     pub error_body_bytes: usize,
+    /// Address blocks (CIDR) deliveries may reach although the network policy refuses them.
+    pub allow_networks: Vec<String>,
 }
 
 /// `[log]`
@@ -198,6 +202,15 @@ impl Config {
                 "use 1 to 1000000",
             ));
         }
+        for block in &self.http.allow_networks {
+            if let Err(e) = block.parse::<net::Cidr>() {
+                return Err(ConfigError::Invalid {
+                    field: "http.allow_networks",
+                    problem: e.to_string(),
+                    fix: "list address blocks such as \"127.0.0.0/8\" or \"::1/128\"",
+                });
+            }
+        }
         for (name, values) in &self.secrets {
             if !fraiseql_observers_core::action::is_secret_name(name) {
                 return Err(ConfigError::Invalid {
@@ -249,6 +262,15 @@ impl Config {
     pub fn signing_keys(&self, name: &str) -> Option<Vec<SigningKey>> {
         let values = self.secrets.get(&name.to_ascii_lowercase())?;
         values.iter().map(|v| SigningKey::parse(v).ok()).collect()
+    }
+
+    /// The parsed [`HttpConfig::allow_networks`] (validated by [`Config::validate`]).
+    pub fn allow_networks(&self) -> Vec<net::Cidr> {
+        self.http
+            .allow_networks
+            .iter()
+            .filter_map(|b| b.parse().ok())
+            .collect()
     }
 
     /// [`Config::lease_seconds`] as a duration.
@@ -340,6 +362,13 @@ fn coerce(like: &toml::Value, raw: &str) -> Result<toml::Value, String> {
             .parse::<f64>()
             .map(toml::Value::Float)
             .map_err(|_| format!("{raw:?} is not a number")),
+        // Lists of strings: comma- or space-separated.
+        toml::Value::Array(_) => Ok(toml::Value::Array(
+            raw.split([',', ' '])
+                .filter(|v| !v.is_empty())
+                .map(|v| toml::Value::String(v.to_string()))
+                .collect(),
+        )),
         _ => Err("this setting cannot be set from the environment".to_string()),
     }
 }

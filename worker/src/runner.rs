@@ -40,6 +40,9 @@ struct Context {
     config: Config,
     worker: String,
     http: reqwest::Client,
+    /// Address blocks allowed despite the network policy (literal-address URLs are checked with
+    /// it; the client's resolver checks host names).
+    allow: Vec<fraiseql_observers_core::net::Cidr>,
     permits: Arc<Semaphore>,
     wake: Arc<Notify>,
     cancel: CancellationToken,
@@ -51,7 +54,8 @@ struct Context {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let ctx = Arc::new(Context {
         worker: config.worker_name(),
-        http: webhook::client(&config.http.user_agent)?,
+        http: webhook::client(&config.http.user_agent, config.allow_networks())?,
+        allow: config.allow_networks(),
         permits: Arc::new(Semaphore::new(config.concurrency as usize)),
         wake: Arc::new(Notify::new()),
         cancel: CancellationToken::new(),
@@ -255,6 +259,7 @@ async fn perform(ctx: &Context, job: &ClaimedJob) -> Outcome {
                 &w,
                 job,
                 keys.as_deref(),
+                &ctx.allow,
                 ctx.config.http.error_body_bytes,
             )
             .await

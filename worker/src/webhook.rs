@@ -7,6 +7,12 @@ use std::time::{Duration, SystemTime};
 use fraiseql_observers_core::WebhookAction;
 use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use fraiseql_observers_core::net;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
 use crate::db::ClaimedJob;
 use crate::signing::{self, SigningKey};
 
@@ -25,10 +31,53 @@ pub enum Outcome {
     Discard { error: String },
 }
 
+/// Resolves host names for the HTTP client and keeps only the addresses the network policy
+/// allows (SSRF guard): the check happens on the very addresses the connection will use, so a
+/// DNS answer that changes between two lookups (rebinding) cannot get past it.
+struct GuardedResolver {
+    allow: Arc<Vec<net::Cidr>>,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let allow = self.allow.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut refused = None;
+            let allowed: Vec<SocketAddr> = addrs
+                .into_iter()
+                .filter(|a| match net::check(a.ip(), &allow) {
+                    Ok(()) => true,
+                    Err(reason) => {
+                        refused = Some((a.ip(), reason));
+                        false
+                    }
+                })
+                .collect();
+            if allowed.is_empty() {
+                let why = match refused {
+                    Some((ip, reason)) => format!(
+                        "{host} resolves to {ip}, a {reason} address: refused by the network policy (http.allow_networks)"
+                    ),
+                    None => format!("{host} has no address"),
+                };
+                return Err(why.into());
+            }
+            let addrs: Addrs = Box::new(allowed.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
 /// Build the HTTP client shared by all webhook deliveries.
-pub fn client(user_agent: &str) -> Result<reqwest::Client, reqwest::Error> {
+pub fn client(user_agent: &str, allow: Vec<net::Cidr>) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .user_agent(user_agent)
+        .dns_resolver(Arc::new(GuardedResolver {
+            allow: Arc::new(allow),
+        }))
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(60))
@@ -41,8 +90,20 @@ pub async fn deliver(
     action: &WebhookAction,
     job: &ClaimedJob,
     keys: Option<&[SigningKey]>,
+    allow: &[net::Cidr],
     error_body_bytes: usize,
 ) -> Outcome {
+    // A literal address never reaches the resolver: check it here.
+    if let Some(ip) = net::literal_host_of(&action.url) {
+        if let Err(reason) = net::check(ip, allow) {
+            return Outcome::Retry {
+                error: format!(
+                    "{ip} is a {reason} address: refused by the network policy (http.allow_networks)"
+                ),
+                not_before: None,
+            };
+        }
+    }
     let timestamp = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -1,7 +1,7 @@
 //! The `#[pg_extern]` functions written in Rust. Each is a thin wrapper: parse, call the shared
 //! logic, map the error to an explicit SQLSTATE with DETAIL and HINT.
 
-use fraiseql_observers_core::{Action, ActionError};
+use fraiseql_observers_core::{net, Action, ActionError};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
@@ -9,9 +9,10 @@ use pgrx::{JsonB, PgSqlErrorCode};
 /// `observer_validate_action(action jsonb) RETURNS jsonb`: the action in its normalised form
 /// (defaults filled in), or SQLSTATE 22023 naming the bad field and the fix. `observer_create`
 /// calls it, so a definition the worker cannot perform never reaches the table.
-#[pg_extern(immutable, parallel_safe)]
+#[pg_extern(stable, parallel_safe)]
 pub fn observer_validate_action(action: JsonB) -> Result<JsonB, ErrorReport> {
     let parsed = Action::from_value(action.0).map_err(action_error)?;
+    check_network(&parsed)?;
     let normalised = serde_json::to_value(parsed).map_err(|e| {
         ErrorReport::new(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
@@ -20,6 +21,32 @@ pub fn observer_validate_action(action: JsonB) -> Result<JsonB, ErrorReport> {
         )
     })?;
     Ok(JsonB(normalised))
+}
+
+/// A URL written as a literal address must pass the network policy (the worker checks every
+/// address again at delivery, including those a host name resolves to).
+fn check_network(action: &Action) -> Result<(), ErrorReport> {
+    let Action::Webhook(w) = action;
+    let Some(ip) = net::literal_host_of(&w.url) else {
+        return Ok(());
+    };
+    let allow = net::parse_allowlist(&crate::gucs::allowed_networks()).map_err(|e| {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("fraiseql_observers.allowed_networks is invalid: {e}"),
+            function_name!(),
+        )
+    })?;
+    net::check(ip, &allow).map_err(|reason| {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid observer action: action.url points to {ip}, a {reason} address"),
+            function_name!(),
+        )
+        .set_hint(
+            "Workers refuse such targets (SSRF guard). Use a public address or host name, or allow the block in fraiseql_observers.allowed_networks and in the workers' http.allow_networks.",
+        )
+    })
 }
 
 fn action_error(e: ActionError) -> ErrorReport {
@@ -45,6 +72,44 @@ mod tests {
         .expect("not null");
         assert_eq!(v.0["timeout_ms"], 10_000);
         assert_eq!(v.0["type"], "webhook");
+    }
+
+    /// Every SSRF form written as a literal address is refused at creation, with the reason;
+    /// an allowlisted block is accepted.
+    #[pg_test]
+    fn validate_action_refuses_forbidden_literal_addresses() {
+        for url in [
+            "http://127.0.0.1:8080/",
+            "http://127.1/",
+            "http://2130706433/",
+            "http://0x7f.0.0.1/",
+            "http://[::1]/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://10.0.0.5/",
+            "http://100.64.0.1/",
+            "http://[fd00:ec2::254]/",
+            "http://[64:ff9b::a9fe:a9fe]/",
+            "http://[2002:7f00:1::]/",
+            "http://0.0.0.0/",
+            "http://224.0.0.1/",
+        ] {
+            let sql = format!(
+                r#"DO $t$ BEGIN PERFORM observer_validate_action('{{"type":"webhook","url":"{url}"}}');
+                   RAISE EXCEPTION 'accepted'; EXCEPTION WHEN invalid_parameter_value THEN NULL; END $t$"#
+            );
+            Spi::run(&sql).unwrap_or_else(|e| panic!("{url} was not refused: {e:?}"));
+        }
+        Spi::run("SET LOCAL fraiseql_observers.allowed_networks = '127.0.0.0/8, ::1/128'")
+            .expect("set");
+        Spi::run(
+            r#"SELECT observer_validate_action('{"type":"webhook","url":"http://127.1:9/"}')"#,
+        )
+        .expect("allowlisted");
+        Spi::run(
+            r#"SELECT observer_validate_action('{"type":"webhook","url":"https://example.com/"}')"#,
+        )
+        .expect("host names are checked by the worker at delivery");
     }
 
     #[pg_test(error = "invalid observer action: action.url scheme \"ftp\" is not supported")]
