@@ -47,12 +47,18 @@ listen_addresses = '127.0.0.1'
 unix_socket_directories = '$dir/run'
 shared_preload_libraries = 'fraiseql_observers'
 fraiseql_observers.database = 'postgres'
-# The demo and benchmarks deliver to sinks on this machine, which the SSRF guard refuses unless
-# allowed (the demo's worker gets the same list: FRAISEQL_OBSERVERS_HTTP__ALLOW_NETWORKS).
-fraiseql_observers.allowed_networks = '127.0.0.0/8'
 CONF
   fi
+  # The demo and benchmarks deliver to sinks on this machine, which the SSRF guard refuses unless
+  # allowed (the demo's worker gets the same list: FRAISEQL_OBSERVERS_HTTP__ALLOW_NETWORKS).
+  # Added here, not only at initdb, so clusters made by earlier versions get it too.
+  local added=0
+  if ! grep -q "^fraiseql_observers.allowed_networks" "$dir/data/postgresql.conf"; then
+    echo "fraiseql_observers.allowed_networks = '127.0.0.0/8'" >>"$dir/data/postgresql.conf"
+    added=1
+  fi
   if as_postgres "$PG_BINDIR/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+    [ "$added" = 0 ] || as_postgres "$PG_BINDIR/pg_ctl" -D "$dir/data" reload >/dev/null
     note "cluster $name already running on port $port"
   else
     as_postgres "$PG_BINDIR/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null \
