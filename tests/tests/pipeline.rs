@@ -313,3 +313,72 @@ async fn gone_endpoints_discard_at_once_and_enqueued_jobs_are_delivered() {
     assert_eq!(row.get::<_, String>(1), "discarded: HTTP 410: ok");
     assert_eq!(row.get::<_, String>(2), "discarded");
 }
+
+/// A slow endpoint does not starve a fast one: with two slots per endpoint, jobs for the slow
+/// endpoint beyond its two go back to the queue (no attempt used) instead of holding the
+/// worker's four slots, so the fast endpoint's jobs, enqueued after, all finish first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_does_not_starve_the_others() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let slow = Sink::start_with_delay(Arc::new(|_, _| 200), Duration::from_millis(1000))
+        .await
+        .expect("slow sink");
+    let fast = Sink::start_with(Arc::new(|_, _| 200))
+        .await
+        .expect("fast sink");
+    let client = cluster.connect("postgres").await.expect("connect");
+    client
+        .batch_execute(&format!(
+            "CREATE EXTENSION fraiseql_observers;
+             SELECT observer_create('slow', NULL, action => '{{\"type\": \"webhook\", \"url\": \"{}\", \"timeout_ms\": 10000}}',
+                                    options => '{{\"max_attempts\": 1}}');
+             SELECT observer_create('fast', NULL, action => '{{\"type\": \"webhook\", \"url\": \"{}\"}}',
+                                    options => '{{\"max_attempts\": 1}}');
+             SELECT observer_enqueue_many('slow', ARRAY(SELECT jsonb_build_object('n', i) FROM generate_series(1, 8) i));
+             SELECT observer_enqueue_many('fast', ARRAY(SELECT jsonb_build_object('n', i) FROM generate_series(1, 12) i));",
+            slow.url("/slow"),
+            fast.url("/fast")
+        ))
+        .await
+        .expect("setup");
+    let _worker = Worker::start(
+        &cluster.url("postgres"),
+        &[
+            ("CONCURRENCY", "4"),
+            ("HTTP__MAX_IN_FLIGHT_PER_ENDPOINT", "2"),
+            ("HTTP__ENDPOINT_RETRY_MS", "200"),
+        ],
+    )
+    .expect("worker");
+    assert!(
+        fast.wait_received(12, Duration::from_secs(30)).await,
+        "fast jobs starved: {}",
+        status(&client).await
+    );
+    assert!(
+        slow.delivered() < 8,
+        "the fast endpoint's jobs finished while slow ones were still waiting"
+    );
+    assert!(
+        wait_for_jobs(&client, "completed", 20, Duration::from_secs(60)).await,
+        "{}",
+        status(&client).await
+    );
+    let attempts: Vec<i32> = client
+        .query("SELECT DISTINCT attempt FROM observer.jobs", &[])
+        .await
+        .expect("attempts")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(attempts, [1], "snoozes used no attempt (max_attempts is 1)");
+    let snoozed: i64 = client
+        .query_one("SELECT sum(snoozes) FROM observer.jobs WHERE observer_id = (SELECT id FROM observer.observers WHERE name = 'slow')", &[])
+        .await
+        .expect("snoozes")
+        .get(0);
+    assert!(
+        snoozed > 0,
+        "slow jobs waited in the queue, not in the worker"
+    );
+}

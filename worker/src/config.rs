@@ -83,6 +83,17 @@ pub struct HttpConfig {
     pub error_body_bytes: usize,
     /// Address blocks (CIDR) deliveries may reach although the network policy refuses them.
     pub allow_networks: Vec<String>,
+    /// Most deliveries in flight to one endpoint (scheme://host:port) from this worker.
+    pub max_in_flight_per_endpoint: u32,
+    /// Delay before a job refused by that limit is due again, milliseconds.
+    pub endpoint_retry_ms: u64,
+}
+
+impl HttpConfig {
+    /// [`HttpConfig::endpoint_retry_ms`] as a duration.
+    pub fn endpoint_retry(&self) -> Duration {
+        Duration::from_millis(self.endpoint_retry_ms)
+    }
 }
 
 /// `[log]`
@@ -200,6 +211,20 @@ impl Config {
                 "dispatch_batch",
                 self.dispatch_batch,
                 "use 1 to 1000000",
+            ));
+        }
+        if !(1..=100_000).contains(&self.http.max_in_flight_per_endpoint) {
+            return Err(invalid(
+                "http.max_in_flight_per_endpoint",
+                self.http.max_in_flight_per_endpoint,
+                "use 1 to 100000",
+            ));
+        }
+        if !(10..=3_600_000).contains(&self.http.endpoint_retry_ms) {
+            return Err(invalid(
+                "http.endpoint_retry_ms",
+                self.http.endpoint_retry_ms,
+                "use 10 to 3600000",
             ));
         }
         for block in &self.http.allow_networks {

@@ -228,6 +228,35 @@ impl Db {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    /// `observer_snooze` for (job, token, until, reason); returns the jobs whose token was stale.
+    pub async fn snooze(
+        &self,
+        items: &[(i64, i64, SystemTime, String)],
+    ) -> Result<Vec<i64>, DbError> {
+        let ids: Vec<i64> = items.iter().map(|i| i.0).collect();
+        let tokens: Vec<i64> = items.iter().map(|i| i.1).collect();
+        let until: Vec<f64> = items
+            .iter()
+            .map(|i| {
+                i.2.duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0)
+            })
+            .collect();
+        let reasons: Vec<&str> = items.iter().map(|i| i.3.as_str()).collect();
+        let rows = self
+            .client
+            .query(
+                "SELECT job_id FROM observer_snooze($1::int8[], $2::int8[], \
+                 (SELECT array_agg(to_timestamp(t) ORDER BY o) FROM unnest($3::float8[]) WITH ORDINALITY AS u(t, o)), \
+                 $4::text[]) WHERE NOT accepted",
+                &[&ids, &tokens, &until, &reasons],
+            )
+            .await
+            .map_err(DbError::call("observer_snooze"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// `observer_discard` for (job, token, reason) triples; returns the jobs whose token was
     /// stale.
     pub async fn discard(&self, items: &[(i64, i64, String)]) -> Result<Vec<i64>, DbError> {

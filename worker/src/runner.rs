@@ -43,6 +43,8 @@ struct Context {
     /// Address blocks allowed despite the network policy (literal-address URLs are checked with
     /// it; the client's resolver checks host names).
     allow: Vec<fraiseql_observers_core::net::Cidr>,
+    /// In-flight deliveries per endpoint (scheme://host:port).
+    endpoints: EndpointSlots,
     permits: Arc<Semaphore>,
     wake: Arc<Notify>,
     cancel: CancellationToken,
@@ -56,6 +58,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         worker: config.worker_name(),
         http: webhook::client(&config.http.user_agent, config.allow_networks())?,
         allow: config.allow_networks(),
+        endpoints: EndpointSlots::new(config.http.max_in_flight_per_endpoint),
         permits: Arc::new(Semaphore::new(config.concurrency as usize)),
         wake: Arc::new(Notify::new()),
         cancel: CancellationToken::new(),
@@ -237,6 +240,19 @@ async fn claim_loop(
 async fn perform(ctx: &Context, job: &ClaimedJob) -> Outcome {
     match Action::parse(&job.action) {
         Ok(Action::Webhook(w)) => {
+            // Per-endpoint limit: a job whose endpoint is saturated goes back to the queue (no
+            // attempt used) instead of holding one of the global slots while it waits, so a slow
+            // endpoint cannot starve the others.
+            let endpoint = webhook::endpoint(&w.url);
+            let Some(_slot) = ctx.endpoints.try_enter(&endpoint) else {
+                return Outcome::Snooze {
+                    until: std::time::SystemTime::now() + ctx.config.http.endpoint_retry(),
+                    reason: format!(
+                        "{endpoint} has {} deliveries in flight (http.max_in_flight_per_endpoint)",
+                        ctx.config.http.max_in_flight_per_endpoint
+                    ),
+                };
+            };
             let keys = match &w.secret {
                 None => None,
                 Some(name) => match ctx.config.signing_keys(name) {
@@ -284,6 +300,7 @@ async fn report(db: Arc<Db>, mut rx: mpsc::UnboundedReceiver<(ClaimedJob, Outcom
         let mut done = Vec::new();
         let mut failed = Vec::new();
         let mut discarded = Vec::new();
+        let mut snoozed = Vec::new();
         for (job, outcome) in batch {
             match outcome {
                 Outcome::Delivered => done.push((job.job_id, job.token)),
@@ -295,6 +312,10 @@ async fn report(db: Arc<Db>, mut rx: mpsc::UnboundedReceiver<(ClaimedJob, Outcom
                         error,
                         not_before,
                     });
+                }
+                Outcome::Snooze { until, reason } => {
+                    tracing::debug!(job = job.job_id, %reason, "job snoozed");
+                    snoozed.push((job.job_id, job.token, until, reason));
                 }
                 Outcome::Discard { error } => {
                     tracing::warn!(job = job.job_id, observer = %job.observer, %error, "endpoint gone: job discarded to the dead-letter queue");
@@ -310,6 +331,17 @@ async fn report(db: Arc<Db>, mut rx: mpsc::UnboundedReceiver<(ClaimedJob, Outcom
                 Ok(_) => tracing::debug!(completed = done.len(), "reported completions"),
                 Err(e) => {
                     tracing::error!(error = %e, jobs = done.len(), "cannot report completions; they will be redelivered after their lease")
+                }
+            }
+        }
+        if !snoozed.is_empty() {
+            match db.snooze(&snoozed).await {
+                Ok(stale) if !stale.is_empty() => {
+                    tracing::warn!(?stale, "snoozes rejected: lease lost to another worker")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, jobs = snoozed.len(), "cannot report snoozes; they will be redelivered after their lease")
                 }
             }
         }
@@ -335,5 +367,68 @@ async fn report(db: Arc<Db>, mut rx: mpsc::UnboundedReceiver<(ClaimedJob, Outcom
                 }
             }
         }
+    }
+}
+
+/// Counts of in-flight deliveries per endpoint, with a limit.
+struct EndpointSlots {
+    limit: u32,
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+}
+
+/// One delivery's place in its endpoint's count; released on drop.
+struct EndpointSlot {
+    endpoint: String,
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+}
+
+impl EndpointSlots {
+    fn new(limit: u32) -> Self {
+        EndpointSlots {
+            limit,
+            counts: Arc::default(),
+        }
+    }
+
+    /// A slot for `endpoint`, or None when it is at the limit.
+    fn try_enter(&self, endpoint: &str) -> Option<EndpointSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(endpoint.to_string()).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(EndpointSlot {
+            endpoint: endpoint.to_string(),
+            counts: self.counts.clone(),
+        })
+    }
+}
+
+impl Drop for EndpointSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.endpoint) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.endpoint);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::EndpointSlots;
+
+    #[test]
+    fn slots_are_limited_per_endpoint_and_released_on_drop() {
+        let slots = EndpointSlots::new(2);
+        let a1 = slots.try_enter("http://a:80").expect("first");
+        let _a2 = slots.try_enter("http://a:80").expect("second");
+        assert!(slots.try_enter("http://a:80").is_none(), "a is full");
+        assert!(slots.try_enter("http://b:80").is_some(), "b is not");
+        drop(a1);
+        assert!(slots.try_enter("http://a:80").is_some(), "a has room again");
     }
 }

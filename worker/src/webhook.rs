@@ -29,6 +29,22 @@ pub enum Outcome {
     /// 410 Gone: the receiver says the endpoint will never take it; end the job at once (it goes
     /// to the dead-letter queue with the reason, replayable).
     Discard { error: String },
+    /// Not attempted (the endpoint is at its in-flight limit): back to the queue, due at
+    /// `until`, without using an attempt.
+    Snooze { until: SystemTime, reason: String },
+}
+
+/// The endpoint of a URL, as limits are kept: `scheme://host:port` (bounded: no path or query).
+pub fn endpoint(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}:{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port_or_known_default().unwrap_or(0)
+        ),
+        Err(_) => url.to_string(),
+    }
 }
 
 /// Resolves host names for the HTTP client and keeps only the addresses the network policy
