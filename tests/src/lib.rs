@@ -241,6 +241,8 @@ impl Worker {
             .env("FRAISEQL_OBSERVERS_LOG__FILTER", "info")
             // The sinks listen on loopback, which the SSRF guard refuses unless allowed.
             .env("FRAISEQL_OBSERVERS_HTTP__ALLOW_NETWORKS", LOOPBACK)
+            // Circuits open for 300 ms instead of 30 s, so tests of retries do not wait on them.
+            .env("FRAISEQL_OBSERVERS_BREAKER__OPEN_MS", "300")
             .stdout(Stdio::null())
             .stderr(file);
         for (k, v) in env {

@@ -382,3 +382,79 @@ async fn a_slow_endpoint_does_not_starve_the_others() {
         "slow jobs waited in the queue, not in the worker"
     );
 }
+
+/// A failing endpoint opens its circuit: its jobs wait in the queue without using attempts
+/// instead of burning their retries; a probe after the open period closes it once the endpoint
+/// is back, and everything is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_circuit_opens_on_a_failing_endpoint_and_closes_when_it_recovers() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let up = Arc::new(AtomicBool::new(false));
+    let flag = up.clone();
+    let sink = Sink::start_with(Arc::new(move |_, _| {
+        if flag.load(Ordering::SeqCst) {
+            200
+        } else {
+            500
+        }
+    }))
+    .await
+    .expect("sink");
+    let client = cluster.connect("postgres").await.expect("connect");
+    client
+        .batch_execute(&format!(
+            "CREATE EXTENSION fraiseql_observers;
+             SELECT observer_create('flaky', NULL, action => '{{\"type\": \"webhook\", \"url\": \"{}\"}}',
+                                    options => '{{\"max_attempts\": 5, \"backoff_base\": \"200 milliseconds\", \"backoff_cap\": \"200 milliseconds\"}}');
+             SELECT observer_enqueue_many('flaky', ARRAY(SELECT jsonb_build_object('n', i) FROM generate_series(1, 10) i));",
+            sink.url("/flaky")
+        ))
+        .await
+        .expect("setup");
+    let mut worker = Worker::start(
+        &cluster.url("postgres"),
+        &[
+            ("HTTP__MAX_IN_FLIGHT_PER_ENDPOINT", "1"),
+            ("BREAKER__FAILURE_THRESHOLD", "3"),
+            ("BREAKER__OPEN_MS", "1500"),
+        ],
+    )
+    .expect("worker");
+    assert!(sink.wait_received(3, Duration::from_secs(30)).await);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        sink.received().len(),
+        3,
+        "open after three faults: nothing more is sent"
+    );
+    up.store(true, Ordering::SeqCst);
+    assert!(
+        wait_for_jobs(&client, "completed", 10, Duration::from_secs(30)).await,
+        "{}",
+        status(&client).await
+    );
+    let failures = sink.received().iter().filter(|r| r.status == 500).count();
+    assert_eq!(
+        failures, 3,
+        "no delivery was attempted while the circuit was open"
+    );
+    let row = client
+        .query_one("SELECT sum(attempt), sum(snoozes) FROM observer.jobs", &[])
+        .await
+        .expect("jobs");
+    assert_eq!(
+        row.get::<_, i64>(0),
+        13,
+        "attempts used: ten successes and the three faults, none while the circuit was open"
+    );
+    assert!(
+        row.get::<_, i64>(1) > 0,
+        "jobs waited, snoozed, while the circuit was open"
+    );
+    worker.terminate(Duration::from_secs(10));
+    let log = worker.log();
+    assert!(
+        log.contains("circuit open") && log.contains("circuit closed"),
+        "{log}"
+    );
+}

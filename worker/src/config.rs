@@ -67,6 +67,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Logging settings.
     pub log: LogConfig,
+    /// Circuit breaker settings.
+    pub breaker: BreakerConfig,
     /// Signing secrets by name (lowercase), newest first: `whsec_<base64>` each. Actions name
     /// them (`"secret": "orders"`); the database never holds a secret.
     #[serde(default)]
@@ -94,6 +96,16 @@ impl HttpConfig {
     pub fn endpoint_retry(&self) -> Duration {
         Duration::from_millis(self.endpoint_retry_ms)
     }
+}
+
+/// `[breaker]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive endpoint faults that open an endpoint's circuit.
+    pub failure_threshold: u32,
+    /// How long a circuit stays open before one probe is sent, milliseconds.
+    pub open_ms: u64,
 }
 
 /// `[log]`
@@ -225,6 +237,20 @@ impl Config {
                 "http.endpoint_retry_ms",
                 self.http.endpoint_retry_ms,
                 "use 10 to 3600000",
+            ));
+        }
+        if !(1..=10_000).contains(&self.breaker.failure_threshold) {
+            return Err(invalid(
+                "breaker.failure_threshold",
+                self.breaker.failure_threshold,
+                "use 1 to 10000",
+            ));
+        }
+        if !(100..=86_400_000).contains(&self.breaker.open_ms) {
+            return Err(invalid(
+                "breaker.open_ms",
+                self.breaker.open_ms,
+                "use 100 to 86400000",
             ));
         }
         for block in &self.http.allow_networks {

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::breaker;
 use crate::config::Config;
 use crate::db::{ClaimedJob, Db, DbError, Failure};
 use crate::webhook::{self, Outcome};
@@ -45,6 +46,8 @@ struct Context {
     allow: Vec<fraiseql_observers_core::net::Cidr>,
     /// In-flight deliveries per endpoint (scheme://host:port).
     endpoints: EndpointSlots,
+    /// Circuit breakers per endpoint.
+    breakers: breaker::Breakers,
     permits: Arc<Semaphore>,
     wake: Arc<Notify>,
     cancel: CancellationToken,
@@ -59,6 +62,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         http: webhook::client(&config.http.user_agent, config.allow_networks())?,
         allow: config.allow_networks(),
         endpoints: EndpointSlots::new(config.http.max_in_flight_per_endpoint),
+        breakers: breaker::Breakers::new(
+            config.breaker.failure_threshold,
+            Duration::from_millis(config.breaker.open_ms),
+        ),
         permits: Arc::new(Semaphore::new(config.concurrency as usize)),
         wake: Arc::new(Notify::new()),
         cancel: CancellationToken::new(),
@@ -244,7 +251,16 @@ async fn perform(ctx: &Context, job: &ClaimedJob) -> Outcome {
             // attempt used) instead of holding one of the global slots while it waits, so a slow
             // endpoint cannot starve the others.
             let endpoint = webhook::endpoint(&w.url);
+            if let breaker::Decision::Reject(until) = ctx.breakers.before(&endpoint) {
+                return Outcome::Snooze {
+                    until,
+                    reason: format!("circuit open for {endpoint}"),
+                };
+            }
             let Some(_slot) = ctx.endpoints.try_enter(&endpoint) else {
+                // Not attempted: neither a success nor a fault for the breaker (a probe that is
+                // not sent leaves the breaker to probe again).
+                ctx.breakers.after(&endpoint, None);
                 return Outcome::Snooze {
                     until: std::time::SystemTime::now() + ctx.config.http.endpoint_retry(),
                     reason: format!(
@@ -266,11 +282,12 @@ async fn perform(ctx: &Context, job: &ClaimedJob) -> Outcome {
                                 name.to_ascii_uppercase()
                             ),
                             not_before: None,
+                            endpoint_fault: false,
                         }
                     }
                 },
             };
-            webhook::deliver(
+            let outcome = webhook::deliver(
                 &ctx.http,
                 &w,
                 job,
@@ -278,11 +295,19 @@ async fn perform(ctx: &Context, job: &ClaimedJob) -> Outcome {
                 &ctx.allow,
                 ctx.config.http.error_body_bytes,
             )
-            .await
+            .await;
+            let verdict = match &outcome {
+                Outcome::Delivered => Some(true),
+                Outcome::Retry { endpoint_fault, .. } => (*endpoint_fault).then_some(false),
+                Outcome::Discard { .. } | Outcome::Snooze { .. } => None,
+            };
+            ctx.breakers.after(&endpoint, verdict);
+            outcome
         }
         Err(e) => Outcome::Retry {
             error: format!("the observer's action is invalid: {e}"),
             not_before: None,
+            endpoint_fault: false,
         },
     }
 }
@@ -304,7 +329,9 @@ async fn report(db: Arc<Db>, mut rx: mpsc::UnboundedReceiver<(ClaimedJob, Outcom
         for (job, outcome) in batch {
             match outcome {
                 Outcome::Delivered => done.push((job.job_id, job.token)),
-                Outcome::Retry { error, not_before } => {
+                Outcome::Retry {
+                    error, not_before, ..
+                } => {
                     tracing::info!(job = job.job_id, observer = %job.observer, attempt = job.attempt, %error, "delivery failed");
                     failed.push(Failure {
                         job_id: job.job_id,

@@ -22,9 +22,13 @@ pub enum Outcome {
     /// 2xx: the job is done.
     Delivered,
     /// Anything else: retry with the extension's backoff, not before `not_before` if set.
+    /// `endpoint_fault`: the endpoint itself failed (connection, timeout, 5xx, 429, 408), which
+    /// counts towards its circuit breaker; a refusal of this request (other 4xx) or a problem on
+    /// our side does not.
     Retry {
         error: String,
         not_before: Option<SystemTime>,
+        endpoint_fault: bool,
     },
     /// 410 Gone: the receiver says the endpoint will never take it; end the job at once (it goes
     /// to the dead-letter queue with the reason, replayable).
@@ -117,6 +121,7 @@ pub async fn deliver(
                     "{ip} is a {reason} address: refused by the network policy (http.allow_networks)"
                 ),
                 not_before: None,
+                endpoint_fault: false,
             };
         }
     }
@@ -153,6 +158,7 @@ pub async fn deliver(
                 return Outcome::Retry {
                     error: format!("invalid header {name:?} in the observer's action"),
                     not_before: None,
+                    endpoint_fault: false,
                 }
             }
         }
@@ -163,6 +169,7 @@ pub async fn deliver(
             return Outcome::Retry {
                 error: describe_send_error(&e),
                 not_before: None,
+                endpoint_fault: true,
             }
         }
     };
@@ -184,7 +191,14 @@ pub async fn deliver(
     if status == reqwest::StatusCode::GONE {
         return Outcome::Discard { error };
     }
-    Outcome::Retry { error, not_before }
+    let endpoint_fault = status.is_server_error()
+        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        || status == reqwest::StatusCode::REQUEST_TIMEOUT;
+    Outcome::Retry {
+        error,
+        not_before,
+        endpoint_fault,
+    }
 }
 
 /// `Retry-After` as delay-seconds (the HTTP-date form is not used by webhook receivers we know

@@ -1,0 +1,164 @@
+//! Per-endpoint circuit breakers (in this worker process): Closed → Open after
+//! `failure_threshold` consecutive endpoint faults → Half-open after `open_ms` (one probe
+//! delivery) → Closed on its success, Open again on its failure. While a breaker is open (or its
+//! probe is out), jobs for the endpoint are snoozed back to the queue without using an attempt,
+//! so a dead endpoint burns no retries and holds no delivery slots.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+/// A breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen,
+}
+
+/// What to do with a delivery to an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Deliver.
+    Allow,
+    /// Deliver: it is the half-open probe.
+    Probe,
+    /// Do not deliver; the job may run again at this time.
+    Reject(SystemTime),
+}
+
+/// The breakers of every endpoint this worker delivers to.
+pub struct Breakers {
+    threshold: u32,
+    open_for: Duration,
+    states: Mutex<HashMap<String, State>>,
+}
+
+impl Breakers {
+    pub fn new(threshold: u32, open_for: Duration) -> Self {
+        Breakers {
+            threshold,
+            open_for,
+            states: Mutex::default(),
+        }
+    }
+
+    /// Before a delivery to `endpoint`.
+    pub fn before(&self, endpoint: &str) -> Decision {
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let state = states
+            .entry(endpoint.to_string())
+            .or_insert(State::Closed { failures: 0 });
+        match *state {
+            State::Closed { .. } => Decision::Allow,
+            State::Open { until } if Instant::now() < until => {
+                Decision::Reject(SystemTime::now() + (until - Instant::now()))
+            }
+            State::Open { .. } => {
+                *state = State::HalfOpen;
+                tracing::info!(endpoint, "circuit half-open: sending one probe");
+                Decision::Probe
+            }
+            // The probe is out: the others wait for its verdict.
+            State::HalfOpen => {
+                Decision::Reject(SystemTime::now() + self.open_for.min(Duration::from_secs(1)))
+            }
+        }
+    }
+
+    /// After a delivery to `endpoint`: `Some(true)` success, `Some(false)` an endpoint fault,
+    /// `None` neither (e.g. a 400: the endpoint is up, it refused this request).
+    pub fn after(&self, endpoint: &str, verdict: Option<bool>) {
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let state = states
+            .entry(endpoint.to_string())
+            .or_insert(State::Closed { failures: 0 });
+        let next = match (*state, verdict) {
+            (_, Some(true)) => State::Closed { failures: 0 },
+            (State::HalfOpen, Some(false)) => State::Open {
+                until: Instant::now() + self.open_for,
+            },
+            (State::Closed { failures }, Some(false)) if failures + 1 >= self.threshold => {
+                State::Open {
+                    until: Instant::now() + self.open_for,
+                }
+            }
+            (State::Closed { failures }, Some(false)) => State::Closed {
+                failures: failures + 1,
+            },
+            // A probe that was neither (None) leaves the breaker half-open for the next probe.
+            (State::HalfOpen, None) => State::Open {
+                until: Instant::now(),
+            },
+            (s, _) => s,
+        };
+        match (*state, next) {
+            (State::Closed { .. }, State::Open { .. }) => tracing::warn!(
+                endpoint,
+                seconds = self.open_for.as_secs_f64(),
+                "circuit open: endpoint failing, its jobs wait without using attempts"
+            ),
+            (State::HalfOpen, State::Open { .. }) if verdict == Some(false) => {
+                tracing::warn!(endpoint, "circuit open again: probe failed")
+            }
+            (State::HalfOpen, State::Closed { .. }) => {
+                tracing::info!(endpoint, "circuit closed: probe succeeded")
+            }
+            _ => {}
+        }
+        *state = next;
+    }
+
+    /// Every endpoint's state, for reporting.
+    pub fn snapshot(&self) -> Vec<(String, State)> {
+        let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<(String, State)> = states.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_after_the_threshold_probes_and_closes() {
+        let b = Breakers::new(3, Duration::from_millis(50));
+        let e = "http://x:80";
+        for _ in 0..2 {
+            assert_eq!(b.before(e), Decision::Allow);
+            b.after(e, Some(false));
+        }
+        b.after(e, None); // a 4xx neither opens nor resets
+        assert_eq!(b.before(e), Decision::Allow);
+        b.after(e, Some(false)); // third fault: open
+        assert!(matches!(b.before(e), Decision::Reject(_)));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(b.before(e), Decision::Probe);
+        assert!(
+            matches!(b.before(e), Decision::Reject(_)),
+            "one probe at a time"
+        );
+        b.after(e, Some(false)); // probe failed: open again
+        assert!(matches!(b.before(e), Decision::Reject(_)));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(b.before(e), Decision::Probe);
+        b.after(e, Some(true)); // probe succeeded: closed
+        assert_eq!(b.before(e), Decision::Allow);
+        assert_eq!(
+            b.snapshot(),
+            vec![(e.to_string(), State::Closed { failures: 0 })]
+        );
+    }
+
+    #[test]
+    fn a_success_resets_the_count() {
+        let b = Breakers::new(2, Duration::from_secs(60));
+        let e = "http://y:80";
+        b.after(e, Some(false));
+        b.after(e, Some(true));
+        b.after(e, Some(false));
+        assert_eq!(b.before(e), Decision::Allow, "faults must be consecutive");
+    }
+}
