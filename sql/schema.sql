@@ -185,6 +185,18 @@ CREATE TABLE observer.attempts (
     PRIMARY KEY (job_id, attempt)
 );
 
+-- Circuit breakers as each worker last reported them (observer_report_breakers), shown by
+-- observer_status(). A worker replaces all of its rows at each report.
+CREATE TABLE observer.breakers (
+    worker      text NOT NULL,
+    endpoint    text NOT NULL,               -- scheme://host:port
+    state       text NOT NULL CHECK (state IN ('closed', 'open', 'half_open')),
+    failures    integer NOT NULL DEFAULT 0,  -- consecutive endpoint faults (closed)
+    open_until  timestamptz,                 -- open: when the next probe goes out
+    reported_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (worker, endpoint)
+);
+
 -- Every object above is private to the extension owner; roles get functions, not tables.
 REVOKE ALL ON ALL TABLES IN SCHEMA observer FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA observer FROM PUBLIC;

@@ -4,6 +4,31 @@
 --   observers   per observer: counts by state, condition_unknown and deduplicated decisions
 --   events      captured events kept, the oldest one's time, and how many are not dispatched yet
 --   dispatch    checkpoint progress, lag (age of the oldest undispatched event), dispatcher health
+--   breakers    each worker's circuit breakers, as last reported
+
+-- observer_report_breakers(worker, endpoints, states, failures, open_until): a worker's circuit
+-- breakers, replacing what it reported before.
+CREATE FUNCTION observer_report_breakers(worker text, endpoints text[], states text[],
+                                         failures integer[], open_until timestamptz[])
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    IF worker IS NULL OR worker = '' THEN
+        RAISE EXCEPTION 'worker name is required' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF cardinality(endpoints) IS DISTINCT FROM cardinality(states)
+       OR cardinality(endpoints) IS DISTINCT FROM cardinality(failures)
+       OR cardinality(endpoints) IS DISTINCT FROM cardinality(open_until) THEN
+        RAISE EXCEPTION 'endpoints, states, failures and open_until must have the same length'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    DELETE FROM observer.breakers b WHERE b.worker = observer_report_breakers.worker;
+    INSERT INTO observer.breakers (worker, endpoint, state, failures, open_until)
+    SELECT observer_report_breakers.worker, u.e, u.s, u.f, u.o
+    FROM unnest(endpoints, states, failures, open_until) AS u(e, s, f, o);
+END
+$$;
 
 CREATE FUNCTION observer_status() RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -40,6 +65,10 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             'pending', p.pending, 'running', p.running, 'completed', p.completed, 'dead', p.dead,
             'condition_unknown', p.condition_unknown, 'deduplicated', p.deduplicated)
             ORDER BY p.name) FILTER (WHERE p.name IS NOT NULL), '[]'),
+        'breakers', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                'worker', b.worker, 'endpoint', b.endpoint, 'state', b.state, 'failures', b.failures,
+                'open_until', b.open_until, 'reported_at', b.reported_at) ORDER BY b.endpoint, b.worker), '[]')
+            FROM observer.breakers b),
         'events', (SELECT jsonb_build_object(
             'kept', (SELECT coalesce(sum(coalesce(l.nrows, 1)), 0) FROM observer.event_log l),
             'oldest_at', (SELECT min(l.created_at) FROM observer.event_log l),

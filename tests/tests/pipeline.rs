@@ -421,7 +421,13 @@ async fn the_circuit_opens_on_a_failing_endpoint_and_closes_when_it_recovers() {
     )
     .expect("worker");
     assert!(sink.wait_received(3, Duration::from_secs(30)).await);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Within the 1.5 s open period: the open circuit is visible in observer_status(), and
+    // nothing more is sent.
+    let visible = fraiseql_observers_tests::wait_until(Duration::from_millis(1000), || async {
+        status(&client).await["breakers"][0]["state"] == "open"
+    })
+    .await;
+    assert!(visible, "{}\n{}", status(&client).await, worker.log());
     assert_eq!(
         sink.received().len(),
         3,
@@ -431,6 +437,14 @@ async fn the_circuit_opens_on_a_failing_endpoint_and_closes_when_it_recovers() {
     assert!(
         wait_for_jobs(&client, "completed", 10, Duration::from_secs(30)).await,
         "{}",
+        status(&client).await
+    );
+    assert!(
+        fraiseql_observers_tests::wait_until(Duration::from_secs(5), || async {
+            status(&client).await["breakers"][0]["state"] == "closed"
+        })
+        .await,
+        "the closed circuit is reported: {}",
         status(&client).await
     );
     let failures = sink.received().iter().filter(|r| r.status == 500).count();

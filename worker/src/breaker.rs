@@ -109,6 +109,30 @@ impl Breakers {
         *state = next;
     }
 
+    /// Every endpoint's state as reported to the database: (endpoint, state name, failures,
+    /// open until).
+    pub fn report(&self) -> Vec<(String, &'static str, i32, Option<SystemTime>)> {
+        let now = Instant::now();
+        self.snapshot()
+            .into_iter()
+            .map(|(endpoint, state)| match state {
+                State::Closed { failures } => (
+                    endpoint,
+                    "closed",
+                    i32::try_from(failures).unwrap_or(i32::MAX),
+                    None,
+                ),
+                State::Open { until } => (
+                    endpoint,
+                    "open",
+                    0,
+                    Some(SystemTime::now() + until.saturating_duration_since(now)),
+                ),
+                State::HalfOpen => (endpoint, "half_open", 0, None),
+            })
+            .collect()
+    }
+
     /// Every endpoint's state, for reporting.
     pub fn snapshot(&self) -> Vec<(String, State)> {
         let states = self.states.lock().unwrap_or_else(|e| e.into_inner());

@@ -274,6 +274,33 @@ impl Db {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    /// `observer_report_breakers`: (endpoint, state, failures, open until) of this worker.
+    pub async fn report_breakers(
+        &self,
+        worker: &str,
+        breakers: &[(String, &'static str, i32, Option<SystemTime>)],
+    ) -> Result<(), DbError> {
+        let endpoints: Vec<&str> = breakers.iter().map(|b| b.0.as_str()).collect();
+        let states: Vec<&str> = breakers.iter().map(|b| b.1).collect();
+        let failures: Vec<i32> = breakers.iter().map(|b| b.2).collect();
+        let until: Vec<Option<f64>> = breakers
+            .iter()
+            .map(|b| {
+                b.3.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs_f64())
+            })
+            .collect();
+        self.client
+            .execute(
+                "SELECT observer_report_breakers($1, $2::text[], $3::text[], $4::int4[], \
+                 (SELECT coalesce(array_agg(to_timestamp(t) ORDER BY o), '{}') FROM unnest($5::float8[]) WITH ORDINALITY AS u(t, o)))",
+                &[&worker, &endpoints, &states, &failures, &until],
+            )
+            .await
+            .map_err(DbError::call("observer_report_breakers"))?;
+        Ok(())
+    }
+
     /// `observer_status()`, pretty-printed JSON.
     pub async fn status(&self) -> Result<String, DbError> {
         let row = self

@@ -119,6 +119,7 @@ async fn session(ctx: &Arc<Context>, db: Arc<Db>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let reporter = tokio::spawn(report(db.clone(), rx));
     let heartbeats = tokio::spawn(heartbeat(ctx.clone(), db.clone()));
+    let breaker_reports = tokio::spawn(report_breakers(ctx.clone(), db.clone()));
     let tasks = TaskTracker::new();
 
     if let Err(e) = claim_loop(ctx, &db, &tasks, &tx).await {
@@ -136,8 +137,30 @@ async fn session(ctx: &Arc<Context>, db: Arc<Db>) {
         );
     }
     heartbeats.abort();
+    breaker_reports.abort();
     drop(tx);
     let _ = reporter.await;
+}
+
+/// Report this worker's circuit breakers to the database when they change (checked four times a
+/// second; a report is one statement, sent only on change), for `observer_status()`.
+async fn report_breakers(ctx: Arc<Context>, db: Arc<Db>) {
+    let mut every = tokio::time::interval(Duration::from_millis(250));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<Vec<(String, &'static str, i32)>> = None;
+    loop {
+        every.tick().await;
+        let report = ctx.breakers.report();
+        let shape: Vec<(String, &'static str, i32)> =
+            report.iter().map(|b| (b.0.clone(), b.1, b.2)).collect();
+        if last.as_ref() == Some(&shape) {
+            continue;
+        }
+        match db.report_breakers(&ctx.worker, &report).await {
+            Ok(()) => last = Some(shape),
+            Err(e) => tracing::warn!(error = %e, "cannot report circuit breakers"),
+        }
+    }
 }
 
 /// Extend the leases of in-flight jobs every third of the lease, so that an action slower than
