@@ -69,6 +69,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Circuit breaker settings.
     pub breaker: BreakerConfig,
+    /// Prometheus metrics settings.
+    pub metrics: MetricsConfig,
     /// Signing secrets by name (lowercase), newest first: `whsec_<base64>` each. Actions name
     /// them (`"secret": "orders"`); the database never holds a secret.
     #[serde(default)]
@@ -96,6 +98,14 @@ impl HttpConfig {
     pub fn endpoint_retry(&self) -> Duration {
         Duration::from_millis(self.endpoint_retry_ms)
     }
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `address:port` to serve `/metrics` on; empty = off.
+    pub listen: String,
 }
 
 /// `[breaker]`
@@ -252,6 +262,15 @@ impl Config {
                 self.breaker.open_ms,
                 "use 100 to 86400000",
             ));
+        }
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::Invalid {
+                field: "metrics.listen",
+                problem: format!("{:?} is not an address:port", self.metrics.listen),
+                fix: "use e.g. \"127.0.0.1:9187\", or \"\" to turn metrics off",
+            });
         }
         for block in &self.http.allow_networks {
             if let Err(e) = block.parse::<net::Cidr>() {

@@ -301,6 +301,19 @@ impl Db {
         Ok(())
     }
 
+    /// Jobs by state, from `observer_status()`.
+    pub async fn job_counts(&self) -> Result<Vec<(String, i64)>, DbError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT key, value::text::bigint FROM jsonb_each(observer_status()->'jobs')",
+                &[],
+            )
+            .await
+            .map_err(DbError::call("observer_status"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// `observer_status()`, pretty-printed JSON.
     pub async fn status(&self) -> Result<String, DbError> {
         let row = self

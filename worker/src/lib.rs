@@ -5,6 +5,7 @@
 pub mod breaker;
 pub mod config;
 pub mod db;
+pub mod metrics;
 pub mod runner;
 pub mod signing;
 pub mod webhook;

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::breaker;
 use crate::config::Config;
 use crate::db::{ClaimedJob, Db, DbError, Failure};
+use crate::metrics::{self, Metrics};
 use crate::webhook::{self, Outcome};
 
 /// Most outcomes reported in one call.
@@ -34,6 +35,8 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
 pub enum RunError {
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
 }
 
 /// Shared dependencies of every task (svix's `WorkerContext`): no globals.
@@ -48,6 +51,7 @@ struct Context {
     endpoints: EndpointSlots,
     /// Circuit breakers per endpoint.
     breakers: breaker::Breakers,
+    metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
     wake: Arc<Notify>,
     cancel: CancellationToken,
@@ -70,9 +74,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         wake: Arc::new(Notify::new()),
         cancel: CancellationToken::new(),
         in_flight: std::sync::Mutex::default(),
+        metrics: Metrics::new()?,
         config,
     });
     tracing::info!(worker = %ctx.worker, concurrency = ctx.config.concurrency, "worker starting");
+    let metrics_server = if ctx.config.metrics.listen.is_empty() {
+        None
+    } else {
+        let listener = Metrics::bind(&ctx.config.metrics.listen).await?;
+        tracing::info!(listen = %ctx.config.metrics.listen, "serving Prometheus metrics at /metrics");
+        Some(tokio::spawn(ctx.metrics.clone().serve(listener)))
+    };
 
     let cancel = ctx.cancel.clone();
     let main = tokio::spawn(supervise(ctx.clone()));
@@ -81,6 +93,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     cancel.cancel();
     if let Err(e) = main.await {
         tracing::error!(error = %e, "worker task failed");
+    }
+    if let Some(server) = metrics_server {
+        server.abort();
     }
     tracing::info!("worker stopped");
     Ok(())
@@ -148,9 +163,25 @@ async fn report_breakers(ctx: Arc<Context>, db: Arc<Db>) {
     let mut every = tokio::time::interval(Duration::from_millis(250));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<Vec<(String, &'static str, i32)>> = None;
+    let mut tick: u64 = 0;
     loop {
         every.tick().await;
         let report = ctx.breakers.report();
+        ctx.metrics.open_circuits.set(
+            i64::try_from(report.iter().filter(|b| b.1 != "closed").count()).unwrap_or(i64::MAX),
+        );
+        tick = tick.wrapping_add(1);
+        if tick % 20 == 1 && !ctx.config.metrics.listen.is_empty() {
+            // Queue depth and dead-letter size, every 5 s (observer_status() counts the table).
+            if let Ok(jobs) = db.job_counts().await {
+                for (state, n) in jobs {
+                    ctx.metrics
+                        .queue_jobs
+                        .with_label_values(&[state.as_str()])
+                        .set(n as f64);
+                }
+            }
+        }
         let shape: Vec<(String, &'static str, i32)> =
             report.iter().map(|b| (b.0.clone(), b.1, b.2)).collect();
         if last.as_ref() == Some(&shape) {
@@ -230,6 +261,10 @@ async fn claim_loop(
         let free = (1 + ctx.permits.available_permits()).min(config.batch_size as usize);
         drop(first);
         let jobs = db.claim(&ctx.worker, free as u32, config.lease()).await?;
+        ctx.metrics.contact();
+        for job in &jobs {
+            ctx.metrics.job(&job.observer, "webhook", "claimed");
+        }
         let claimed = jobs.len();
         for job in jobs {
             let permit = ctx
@@ -243,7 +278,21 @@ async fn claim_loop(
                 map.insert(job.job_id, job.token);
             }
             tasks.spawn(async move {
+                ctx.metrics.in_flight.inc();
+                let started = std::time::Instant::now();
                 let outcome = perform(&ctx, &job).await;
+                ctx.metrics.in_flight.dec();
+                let label = match &outcome {
+                    Outcome::Delivered => "delivered",
+                    Outcome::Retry { .. } => "retried",
+                    Outcome::Discard { .. } => "discarded",
+                    Outcome::Snooze { .. } => "snoozed",
+                };
+                ctx.metrics.job(&job.observer, "webhook", label);
+                if !matches!(outcome, Outcome::Snooze { .. }) {
+                    ctx.metrics
+                        .delivery(&job.observer, "webhook", started.elapsed());
+                }
                 if let Ok(mut map) = ctx.in_flight.lock() {
                     map.remove(&job.job_id);
                 }
