@@ -11,6 +11,23 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 /// Channel on which `observer_dispatch` announces new jobs.
 pub const JOBS_CHANNEL: &str = "fraiseql_observers_jobs";
 
+/// Seconds since the Unix epoch, as the statements below send times (float8, then
+/// `to_timestamp`): tokio-postgres has no timestamptz mapping without an extra feature.
+fn epoch_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// SQL turning the float8[] parameter `$n` (epoch seconds, NULL for none) into a timestamptz[]
+/// of the same order and length.
+fn timestamps_param(n: u8) -> String {
+    format!(
+        "(SELECT coalesce(array_agg(to_timestamp(t) ORDER BY o), '{{}}') \
+         FROM unnest(${n}::float8[]) WITH ORDINALITY AS u(t, o))"
+    )
+}
+
 /// A database failure, with what the worker was doing.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -209,18 +226,16 @@ impl Db {
         // Seconds since the epoch; NULL where the endpoint set no earliest time.
         let not_before: Vec<Option<f64>> = failed
             .iter()
-            .map(|f| {
-                f.not_before
-                    .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-                    .map(|d| d.as_secs_f64())
-            })
+            .map(|f| f.not_before.map(epoch_seconds))
             .collect();
         let rows = self
             .client
             .query(
-                "SELECT job_id FROM observer_fail($1::int8[], $2::int8[], $3::text[], \
-                 (SELECT array_agg(to_timestamp(t) ORDER BY o) FROM unnest($4::float8[]) WITH ORDINALITY AS u(t, o))) \
-                 WHERE NOT accepted",
+                &format!(
+                    "SELECT job_id FROM observer_fail($1::int8[], $2::int8[], $3::text[], {}) \
+                     WHERE NOT accepted",
+                    timestamps_param(4)
+                ),
                 &[&ids, &tokens, &errors, &not_before],
             )
             .await
@@ -235,21 +250,16 @@ impl Db {
     ) -> Result<Vec<i64>, DbError> {
         let ids: Vec<i64> = items.iter().map(|i| i.0).collect();
         let tokens: Vec<i64> = items.iter().map(|i| i.1).collect();
-        let until: Vec<f64> = items
-            .iter()
-            .map(|i| {
-                i.2.duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_secs_f64())
-                    .unwrap_or(0.0)
-            })
-            .collect();
+        let until: Vec<f64> = items.iter().map(|i| epoch_seconds(i.2)).collect();
         let reasons: Vec<&str> = items.iter().map(|i| i.3.as_str()).collect();
         let rows = self
             .client
             .query(
-                "SELECT job_id FROM observer_snooze($1::int8[], $2::int8[], \
-                 (SELECT array_agg(to_timestamp(t) ORDER BY o) FROM unnest($3::float8[]) WITH ORDINALITY AS u(t, o)), \
-                 $4::text[]) WHERE NOT accepted",
+                &format!(
+                    "SELECT job_id FROM observer_snooze($1::int8[], $2::int8[], {}, $4::text[]) \
+                     WHERE NOT accepted",
+                    timestamps_param(3)
+                ),
                 &[&ids, &tokens, &until, &reasons],
             )
             .await
@@ -283,17 +293,13 @@ impl Db {
         let endpoints: Vec<&str> = breakers.iter().map(|b| b.0.as_str()).collect();
         let states: Vec<&str> = breakers.iter().map(|b| b.1).collect();
         let failures: Vec<i32> = breakers.iter().map(|b| b.2).collect();
-        let until: Vec<Option<f64>> = breakers
-            .iter()
-            .map(|b| {
-                b.3.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-                    .map(|d| d.as_secs_f64())
-            })
-            .collect();
+        let until: Vec<Option<f64>> = breakers.iter().map(|b| b.3.map(epoch_seconds)).collect();
         self.client
             .execute(
-                "SELECT observer_report_breakers($1, $2::text[], $3::text[], $4::int4[], \
-                 (SELECT coalesce(array_agg(to_timestamp(t) ORDER BY o), '{}') FROM unnest($5::float8[]) WITH ORDINALITY AS u(t, o)))",
+                &format!(
+                    "SELECT observer_report_breakers($1, $2::text[], $3::text[], $4::int4[], {})",
+                    timestamps_param(5)
+                ),
                 &[&worker, &endpoints, &states, &failures, &until],
             )
             .await

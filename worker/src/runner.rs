@@ -384,6 +384,23 @@ async fn perform(ctx: &Context, job: &ClaimedJob) -> Outcome {
     }
 }
 
+/// Log what became of one batch of outcome reports (`what`: "completions", "failures", ...):
+/// the stale ones were refused because another worker holds the job now; a failed call leaves
+/// the jobs to be redelivered after their lease.
+fn log_report(what: &str, jobs: usize, result: Result<Vec<i64>, crate::db::DbError>) {
+    match result {
+        Ok(stale) if !stale.is_empty() => {
+            tracing::warn!(?stale, "{what} rejected: lease lost to another worker")
+        }
+        Ok(_) => tracing::debug!(jobs, "reported {what}"),
+        Err(e) => tracing::error!(
+            error = %e,
+            jobs,
+            "cannot report {what}; they will be redelivered after their lease"
+        ),
+    }
+}
+
 /// Report outcomes in batches until the channel closes.
 async fn report(db: Arc<Db>, mut rx: mpsc::UnboundedReceiver<(ClaimedJob, Outcome)>) {
     while let Some(first) = rx.recv().await {
@@ -423,48 +440,16 @@ async fn report(db: Arc<Db>, mut rx: mpsc::UnboundedReceiver<(ClaimedJob, Outcom
             }
         }
         if !done.is_empty() {
-            match db.complete(&done).await {
-                Ok(stale) if !stale.is_empty() => {
-                    tracing::warn!(?stale, "completions rejected: lease lost to another worker")
-                }
-                Ok(_) => tracing::debug!(completed = done.len(), "reported completions"),
-                Err(e) => {
-                    tracing::error!(error = %e, jobs = done.len(), "cannot report completions; they will be redelivered after their lease")
-                }
-            }
+            log_report("completions", done.len(), db.complete(&done).await);
         }
         if !snoozed.is_empty() {
-            match db.snooze(&snoozed).await {
-                Ok(stale) if !stale.is_empty() => {
-                    tracing::warn!(?stale, "snoozes rejected: lease lost to another worker")
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, jobs = snoozed.len(), "cannot report snoozes; they will be redelivered after their lease")
-                }
-            }
+            log_report("snoozes", snoozed.len(), db.snooze(&snoozed).await);
         }
         if !discarded.is_empty() {
-            match db.discard(&discarded).await {
-                Ok(stale) if !stale.is_empty() => {
-                    tracing::warn!(?stale, "discards rejected: lease lost to another worker")
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, jobs = discarded.len(), "cannot report discards; they will be redelivered after their lease")
-                }
-            }
+            log_report("discards", discarded.len(), db.discard(&discarded).await);
         }
         if !failed.is_empty() {
-            match db.fail(&failed).await {
-                Ok(stale) if !stale.is_empty() => {
-                    tracing::warn!(?stale, "failures rejected: lease lost to another worker")
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, jobs = failed.len(), "cannot report failures; they will be redelivered after their lease")
-                }
-            }
+            log_report("failures", failed.len(), db.fail(&failed).await);
         }
     }
 }
