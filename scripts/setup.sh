@@ -8,7 +8,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo redis-server python3 python3-venv)
 # Independent implementations the tests check our wire formats against (PyPI, pinned).
-PY_PACKAGES=(standardwebhooks==1.1.0)
+PY_PACKAGES=(standardwebhooks==1.1.0 aiosmtpd==1.4.6)
 CARGO_PGRX_VERSION=0.18.0
 
 t0=$SECONDS
@@ -48,7 +48,7 @@ fi
 
 step "test tools in .venv (${PY_PACKAGES[*]})"
 venv="$ROOT/.venv"
-if "$venv/bin/python" -c "import standardwebhooks" 2>/dev/null; then
+if "$venv/bin/python" -c "import standardwebhooks, aiosmtpd" 2>/dev/null; then
   note "already installed"
 else
   python3 -m venv "$venv"

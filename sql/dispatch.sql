@@ -156,6 +156,12 @@ $$;
 --   dedup_coalesce = true: at most one unsent job per key: a later event replaces the event of a
 --     job not yet attempted (so the latest state is sent, under the new event's webhook-id), the
 --     replaced event is recorded as 'coalesced'; once the job was attempted, a new job is made.
+-- observer.due_at(paused_at): when a new job of an observer is due: now, or never while the
+-- observer is paused (observer_resume() makes its held jobs due). Inlined (no SET clause).
+CREATE FUNCTION observer.due_at(paused_at timestamptz) RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN CASE WHEN paused_at IS NULL THEN pg_catalog.now() ELSE 'infinity'::timestamptz END;
+
 CREATE FUNCTION observer.dedup_one(e observer.event, o observer.observers) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -193,10 +199,10 @@ BEGIN
             RETURN 0;
         END IF;
     END IF;
-    INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, dedup_key, priority)
+    INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, dedup_key, priority, run_at)
     VALUES (o.id, e.id, 'evt_' || e.id || '_' || o.id,
             CASE WHEN o.fifo IS NOT NULL THEN observer.ordering_key(e.table_name, o.key_columns, e.old, e.new) END,
-            key, o.priority)
+            key, o.priority, observer.due_at(o.paused_at))
     ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING;
     RETURN 1;
 END
@@ -239,6 +245,7 @@ BEGIN
             FROM observer.dispatch_batch(st.done_snapshot, target, st.batch_cursor, max_events) e
         ), decisions AS MATERIALIZED (
             SELECT b.id AS event_id, o.id AS observer_id, o.dedup_window IS NOT NULL AS dedup, o.priority,
+                   observer.due_at(o.paused_at) AS run_at,
                    observer.decide(b.op, b.table_name, b.old, b.new, b.changed, o.condition, o.changed_columns, b.oversize) AS matched,
                    CASE WHEN o.fifo IS NOT NULL
                         THEN observer.ordering_key(b.table_name, o.key_columns, b.old, b.new) END AS ordering_key
@@ -250,8 +257,8 @@ BEGIN
             SELECT event_id, observer_id, 'condition_unknown' FROM decisions WHERE matched IS NULL
             ON CONFLICT DO NOTHING
         ), made AS (
-            INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, priority)
-            SELECT observer_id, event_id, 'evt_' || event_id || '_' || observer_id, ordering_key, priority
+            INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, priority, run_at)
+            SELECT observer_id, event_id, 'evt_' || event_id || '_' || observer_id, ordering_key, priority, run_at
             FROM decisions WHERE matched AND NOT dedup
             ORDER BY event_id, observer_id
             ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING
@@ -295,11 +302,11 @@ BEGIN
                 IF verdict AND (d.obs).dedup_window IS NOT NULL THEN
                     n_jobs := n_jobs + observer.dedup_one(d.ev, d.obs);
                 ELSIF verdict THEN
-                    INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, priority)
+                    INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, priority, run_at)
                     VALUES (d.observer_id, d.event_id, 'evt_' || d.event_id || '_' || d.observer_id,
                             CASE WHEN (d.obs).fifo IS NOT NULL
                                  THEN observer.ordering_key((d.ev).table_name, (d.obs).key_columns, (d.ev).old, (d.ev).new) END,
-                            (d.obs).priority)
+                            (d.obs).priority, observer.due_at((d.obs).paused_at))
                     ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING;
                     n_jobs := n_jobs + 1;
                 END IF;

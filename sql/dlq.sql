@@ -75,8 +75,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     LIMIT max_rows
 $$;
 
--- observer_dlq_retry(...): dead jobs back to the queue, due now, with the same webhook-id and a
--- fresh budget of their observer's max_attempts. Returns the number of jobs requeued.
+-- observer_dlq_retry(...): dead jobs back to the queue, due now (held if their observer is
+-- paused, until observer_resume), with the same webhook-id and a fresh budget of their
+-- observer's max_attempts. Returns the number of jobs requeued.
 CREATE FUNCTION observer_dlq_retry(job_ids bigint[] DEFAULT NULL, observer text DEFAULT NULL,
                                    since timestamptz DEFAULT NULL, until timestamptz DEFAULT NULL,
                                    error_like text DEFAULT NULL, all_jobs boolean DEFAULT false)
@@ -86,7 +87,8 @@ DECLARE
     n bigint;
 BEGIN
     UPDATE observer.jobs j
-    SET state = 'pending', run_at = clock_timestamp(), finished_at = NULL, lease_until = NULL,
+    SET state = 'pending', run_at = CASE WHEN o.paused_at IS NULL THEN clock_timestamp() ELSE 'infinity' END,
+        finished_at = NULL, lease_until = NULL,
         attempts_allowed = j.attempt + o.max_attempts
     FROM observer.observers o
     WHERE o.id = j.observer_id AND j.state = 'dead'  -- rechecked: a concurrent retry or purge may have won

@@ -412,11 +412,59 @@ BEGIN ATOMIC
     SELECT observer.set_enabled(name, false);
 END;
 
+-- observer_pause(name, reason) / observer_resume(name): hold an observer's deliveries without
+-- losing any. While paused, events still make jobs (and enqueued jobs are accepted), but they
+-- wait; resume makes every held job due at once. A worker pauses an observer itself when its
+-- endpoint answers 410 Gone (the reason says so). Each returns the number of jobs held/released.
+CREATE FUNCTION observer_pause(name text, reason text DEFAULT 'paused by an operator') RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    oid_ bigint;
+    n    bigint;
+BEGIN
+    IF reason IS NULL OR reason = '' THEN
+        RAISE EXCEPTION 'a reason is required' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    UPDATE observer.observers o SET paused_at = coalesce(o.paused_at, clock_timestamp()),
+                                    paused_reason = left(observer_pause.reason, 2000), updated_at = now()
+    WHERE o.name = observer_pause.name RETURNING o.id INTO oid_;
+    IF NOT FOUND THEN
+        PERFORM observer.unknown_observer(name);
+    END IF;
+    UPDATE observer.jobs j SET run_at = 'infinity'
+    WHERE j.observer_id = oid_ AND j.state = 'pending' AND j.run_at <> 'infinity';
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+CREATE FUNCTION observer_resume(name text) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    oid_ bigint;
+    n    bigint;
+BEGIN
+    UPDATE observer.observers o SET paused_at = NULL, paused_reason = NULL, updated_at = now()
+    WHERE o.name = observer_resume.name RETURNING o.id INTO oid_;
+    IF NOT FOUND THEN
+        PERFORM observer.unknown_observer(name);
+    END IF;
+    UPDATE observer.jobs j SET run_at = clock_timestamp()
+    WHERE j.observer_id = oid_ AND j.state = 'pending' AND j.run_at = 'infinity';
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM pg_notify('fraiseql_observers_jobs', '');
+    END IF;
+    RETURN n;
+END
+$$;
+
 CREATE FUNCTION observer_list()
 RETURNS TABLE (name text, table_name text, events text[], condition text, action jsonb,
-               max_attempts integer, enabled boolean, created_at timestamptz)
+               max_attempts integer, enabled boolean, created_at timestamptz, paused_reason text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT o.name, o.table_name, o.events, o.condition::text, o.action, o.max_attempts, o.enabled, o.created_at
+    SELECT o.name, o.table_name, o.events, o.condition::text, o.action, o.max_attempts, o.enabled, o.created_at,
+           o.paused_reason
     FROM observer.observers o
     ORDER BY o.name
 $$;

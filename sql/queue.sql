@@ -74,7 +74,7 @@ $$;
 -- the claim cost 650 ms per call.
 CREATE FUNCTION observer_claim(worker text, max_jobs integer DEFAULT 100, lease interval DEFAULT '30 seconds')
 RETURNS TABLE (job_id bigint, token bigint, attempt integer, lease_until timestamptz, observer text,
-               action jsonb, idempotency_key text, payload jsonb)
+               action jsonb, idempotency_key text, payload jsonb, event_at timestamptz)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET enable_sort = off SET enable_bitmapscan = off SET jit = off AS $$
 #variable_conflict use_column
 BEGIN
@@ -152,7 +152,10 @@ BEGIN
     )
     SELECT c.id, c.lease_token, c.attempt, c.lease_until, o.name, o.action, c.idempotency_key,
            observer.job_payload(o.name, o.columns, o.key_columns, c.event_id, c.payload, c.created_at,
-                                e.id, e.created_at, e.table_name, e.op, e.old, e.new, e.oversize)
+                                e.id, e.created_at, e.table_name, e.op, e.old, e.new, e.oversize),
+           -- When the change was captured (its transaction's start) or the job enqueued: the
+           -- worker's event-to-delivery lag is measured from it.
+           coalesce(e.created_at, c.created_at)
     FROM claimed c
     JOIN observer.observers o ON o.id = c.observer_id
     LEFT JOIN LATERAL observer.event(c.event_id) e ON true
@@ -286,10 +289,12 @@ BEGIN
 END
 $$;
 
--- observer_discard(job_ids, tokens, reasons): end running jobs at once (the receiver said the
--- endpoint is gone, e.g. HTTP 410): state 'dead', in the dead-letter queue with the reason, so
--- nothing is lost and observer_dlq_retry() can replay it.
-CREATE FUNCTION observer_discard(job_ids bigint[], tokens bigint[], reasons text[])
+-- observer_discard(job_ids, tokens, reasons, pause): end running jobs at once (the receiver
+-- said the endpoint is gone, e.g. HTTP 410, or refused the message for good): state 'dead', in
+-- the dead-letter queue with the reason, so nothing is lost and observer_dlq_retry() can replay
+-- it. Where pause[i] is true (HTTP 410 Gone), the job's observer is also paused with the reason:
+-- its pending and future jobs are held, not sent to a gone endpoint, until observer_resume().
+CREATE FUNCTION observer_discard(job_ids bigint[], tokens bigint[], reasons text[], pause boolean[] DEFAULT NULL)
 RETURNS TABLE (job_id bigint, accepted boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -299,17 +304,31 @@ BEGIN
         RAISE EXCEPTION 'reasons must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
     PERFORM observer.check_reasons(job_ids, reasons, 'reasons');
+    IF pause IS NOT NULL AND cardinality(pause) IS DISTINCT FROM cardinality(job_ids) THEN
+        RAISE EXCEPTION 'pause (when given) must have the same length as job_ids'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     RETURN QUERY
     WITH input AS (
-        SELECT i.id, i.token, left(coalesce(i.reason, 'no reason given'), 2000) AS reason
-        FROM unnest(job_ids, tokens, reasons) AS i(id, token, reason)
+        SELECT i.id, i.token, left(coalesce(i.reason, 'no reason given'), 2000) AS reason, coalesce(i.pause, false) AS pause
+        FROM unnest(job_ids, tokens, reasons, coalesce(pause, array_fill(false, ARRAY[cardinality(job_ids)])))
+             AS i(id, token, reason, pause)
     ), discarded AS (
         UPDATE observer.jobs j
         SET state = 'dead', finished_at = clock_timestamp(), lease_until = NULL,
             last_error = 'discarded: ' || input.reason
         FROM input
         WHERE j.id = input.id AND j.lease_token = input.token AND observer.is_running(j.state)
-        RETURNING j.id, j.attempt, j.worker, input.reason
+        RETURNING j.id, j.attempt, j.worker, j.observer_id, input.reason, input.pause
+    ), paused AS (
+        UPDATE observer.observers o
+        SET paused_at = clock_timestamp(), paused_reason = 'endpoint gone: ' || d.reason, updated_at = now()
+        FROM (SELECT DISTINCT ON (observer_id) observer_id, reason FROM discarded WHERE pause ORDER BY observer_id, id) d
+        WHERE o.id = d.observer_id AND o.paused_at IS NULL
+        RETURNING o.id
+    ), held AS (
+        UPDATE observer.jobs j SET run_at = 'infinity'
+        FROM paused WHERE j.observer_id = paused.id AND j.state = 'pending'
     ), logged AS (
         INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error)
         SELECT id, attempt, worker, 'discarded', reason FROM discarded
@@ -373,7 +392,8 @@ BEGIN
         OVERRIDING SYSTEM VALUE
         SELECT nb.id, q.id, nb.payload, coalesce(nb.key, 'job_' || nb.id), nb.key,
                CASE WHEN q.fifo IS NOT NULL THEN nb.okey END,
-               coalesce(observer_enqueue_many.run_at, clock_timestamp()), q.priority
+               CASE WHEN q.paused_at IS NULL THEN coalesce(observer_enqueue_many.run_at, clock_timestamp())
+                    ELSE 'infinity' END, q.priority
         FROM numbered nb ORDER BY nb.ord
         ON CONFLICT (observer_id, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
         RETURNING id, unique_key

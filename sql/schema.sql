@@ -28,9 +28,14 @@ CREATE TABLE observer.observers (
     backoff_base   interval NOT NULL DEFAULT '1 second' CHECK (backoff_base > '0'),
     backoff_cap    interval NOT NULL DEFAULT '1 hour' CHECK (backoff_cap >= backoff_base),
     enabled        boolean NOT NULL DEFAULT true,
+    -- Deliveries held: jobs are still made (nothing is lost) but wait, due at 'infinity', until
+    -- observer_resume(). Set by observer_pause() or by a worker whose endpoint answered 410 Gone.
+    paused_at      timestamptz,
+    paused_reason  text,
     created_at     timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now(),
-    CHECK ((table_oid IS NULL) = (events IS NULL) AND (table_oid IS NULL) = (table_name IS NULL))
+    CHECK ((table_oid IS NULL) = (events IS NULL) AND (table_oid IS NULL) = (table_name IS NULL)),
+    CHECK ((paused_at IS NULL) = (paused_reason IS NULL))
 );
 CREATE INDEX observers_table ON observer.observers (table_oid) WHERE enabled;
 

@@ -33,7 +33,7 @@ $$;
 CREATE FUNCTION observer_status() RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH per_observer AS (
-        SELECT o.name, o.table_name, o.enabled,
+        SELECT o.name, o.table_name, o.enabled, o.paused_at, o.paused_reason,
                count(j.id) FILTER (WHERE j.state = 'pending')   AS pending,
                count(j.id) FILTER (WHERE j.state = 'running')   AS running,
                count(j.id) FILTER (WHERE j.state = 'completed') AS completed,
@@ -62,6 +62,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             'dead',      coalesce(sum(p.dead), 0)),
         'observers', coalesce(jsonb_agg(jsonb_build_object(
             'name', p.name, 'table', p.table_name, 'enabled', p.enabled,
+            'paused_at', p.paused_at, 'paused_reason', p.paused_reason,
             'pending', p.pending, 'running', p.running, 'completed', p.completed, 'dead', p.dead,
             'condition_unknown', p.condition_unknown, 'deduplicated', p.deduplicated)
             ORDER BY p.name) FILTER (WHERE p.name IS NOT NULL), '[]'),

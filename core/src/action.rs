@@ -1,10 +1,18 @@
 //! Observer actions: what the worker does with a job. The extension stores an action as jsonb and
 //! validates it with [`Action::parse`] at `observer_create`, so a definition the worker cannot
-//! perform is refused with a clear error before any event is captured.
+//! perform (a bad URL, a template that does not compile, an address that is not one) is refused
+//! with a clear error before any event is captured.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::template;
+
+/// Most recipients of one e-mail action.
+pub const MAX_RECIPIENTS: usize = 50;
+/// Longest template source accepted (each of `text`, `subject`, `body`, a block string).
+pub const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
 
 /// Default per-request timeout of a webhook, in milliseconds.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
@@ -31,6 +39,10 @@ const RESERVED_HEADERS: &[&str] = &[
 pub enum Action {
     /// POST the event as JSON to a URL.
     Webhook(WebhookAction),
+    /// Post a message rendered from a template to a Slack incoming webhook.
+    Slack(SlackAction),
+    /// Send an e-mail rendered from templates through the worker's SMTP server.
+    Email(EmailAction),
 }
 
 /// `{"type": "webhook", "url": "...", "headers": {...}, "timeout_ms": 10000}`.
@@ -51,6 +63,42 @@ pub struct WebhookAction {
     /// never the secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+}
+
+/// `{"type": "slack", "url": "https://hooks.slack.com/services/...", "text": "Order {{ new.id }} shipped"}`:
+/// an incoming-webhook message. `text` is a template (see [`crate::template`]; values are escaped
+/// as Slack requires); `blocks`, when given, is a Block Kit array whose string values are
+/// templates too (`text` is then the notification fallback).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackAction {
+    /// The incoming-webhook URL (`http` or `https`).
+    pub url: String,
+    /// Message text template (Slack mrkdwn).
+    pub text: String,
+    /// Optional Block Kit blocks (a JSON array); every string in it is a template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<serde_json::Value>,
+    /// Per-request timeout in milliseconds (default 10,000, at most 300,000).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// `{"type": "email", "to": ["ops@example.com"], "subject": "...", "body": "..."}`: a plain-text
+/// e-mail sent through the worker's SMTP server (`[smtp]` in its configuration). `subject`,
+/// `body` and each recipient are templates (`"{{ new.email }}"` mails the row's address).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailAction {
+    /// Recipients: addresses (`a@b.c` or `Name <a@b.c>`) or templates rendering to one.
+    pub to: Vec<String>,
+    /// Sender; default the worker's `smtp.from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Subject template (rendered to one line).
+    pub subject: String,
+    /// Body template (plain text).
+    pub body: String,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -79,6 +127,14 @@ pub enum ActionError {
     BadTimeout(u64),
     #[error("action.secret {0:?} is not a secret name")]
     BadSecretName(String),
+    #[error("action.{field} is not a valid template: {reason}")]
+    BadTemplate { field: String, reason: String },
+    #[error("action.blocks must be a JSON array of Block Kit blocks")]
+    BadBlocks,
+    #[error("action.{field} {address:?} is not an e-mail address")]
+    BadAddress { field: String, address: String },
+    #[error("action.to must list 1 to {MAX_RECIPIENTS} recipients, not {0}")]
+    BadRecipients(usize),
 }
 
 impl ActionError {
@@ -106,6 +162,18 @@ impl ActionError {
             ),
             Self::BadTimeout(_) => format!("Use a timeout between 1 and {MAX_TIMEOUT_MS} ms."),
             Self::BadSecretName(_) => "Name a secret of the worker's [secrets] table: 1 to 64 letters, digits, _ or -; never the secret itself.".to_string(),
+            Self::BadTemplate { .. } => format!(
+                "Templates use Jinja syntax over the event: {{{{ new.column }}}}, {{{{ old.column }}}}, {{{{ op }}}}, {{{{ table }}}}, {{% if ... %}}...{{% endif %}}; at most {MAX_TEMPLATE_BYTES} bytes."
+            ),
+            Self::BadBlocks => {
+                r#"Give Slack blocks as an array, e.g. [{"type": "section", "text": {"type": "mrkdwn", "text": "*{{ new.id }}* shipped"}}]."#
+                    .to_string()
+            }
+            Self::BadAddress { .. } => {
+                "Write one address per entry, as name@example.com or \"Name <name@example.com>\", or a template such as {{ new.email }}."
+                    .to_string()
+            }
+            Self::BadRecipients(_) => format!("List between 1 and {MAX_RECIPIENTS} recipients in action.to."),
         }
     }
 }
@@ -131,35 +199,174 @@ impl Action {
     pub fn validate(&self) -> Result<(), ActionError> {
         match self {
             Action::Webhook(w) => w.validate(),
+            Action::Slack(s) => s.validate(),
+            Action::Email(e) => e.validate(),
         }
     }
 
-    /// The action type as the bounded metric/audit label (`"webhook"`).
+    /// The action type as the bounded metric/audit label.
     pub fn kind(&self) -> &'static str {
         match self {
             Action::Webhook(_) => "webhook",
+            Action::Slack(_) => "slack",
+            Action::Email(_) => "email",
+        }
+    }
+
+    /// The URL the action sends to, for the actions that have one (checked against the network
+    /// policy at `observer_create` and at delivery).
+    pub fn url(&self) -> Option<&str> {
+        match self {
+            Action::Webhook(w) => Some(&w.url),
+            Action::Slack(s) => Some(&s.url),
+            Action::Email(_) => None,
         }
     }
 }
 
+/// An absolute `http`/`https` URL with a host and no credentials.
+fn validate_url(raw: &str) -> Result<(), ActionError> {
+    let url = url::Url::parse(raw).map_err(|e| ActionError::BadUrl {
+        url: raw.to_string(),
+        reason: e.to_string(),
+    })?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(ActionError::BadScheme(url.scheme().to_string()));
+    }
+    if url.host().is_none() {
+        return Err(ActionError::BadUrl {
+            url: raw.to_string(),
+            reason: "no host".to_string(),
+        });
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ActionError::UrlCredentials);
+    }
+    Ok(())
+}
+
+fn validate_timeout(timeout_ms: u64) -> Result<(), ActionError> {
+    if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
+        return Err(ActionError::BadTimeout(timeout_ms));
+    }
+    Ok(())
+}
+
+fn validate_template(field: &str, source: &str) -> Result<(), ActionError> {
+    let bad = |reason: String| ActionError::BadTemplate {
+        field: field.to_string(),
+        reason,
+    };
+    if source.len() > MAX_TEMPLATE_BYTES {
+        return Err(bad(format!("{} bytes is too long", source.len())));
+    }
+    template::check(source).map_err(|e| bad(e.0))
+}
+
+/// Every string of a Slack `blocks` value, with its path (`blocks[0].text.text`), in order.
+pub fn block_strings(value: &serde_json::Value) -> Vec<(String, &str)> {
+    fn walk<'a>(v: &'a serde_json::Value, path: String, out: &mut Vec<(String, &'a str)>) {
+        match v {
+            serde_json::Value::String(s) => out.push((path, s)),
+            serde_json::Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    walk(x, format!("{path}[{i}]"), out);
+                }
+            }
+            serde_json::Value::Object(o) => {
+                for (k, x) in o {
+                    walk(x, format!("{path}.{k}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(value, "blocks".to_string(), &mut out);
+    out
+}
+
+impl SlackAction {
+    fn validate(&self) -> Result<(), ActionError> {
+        validate_url(&self.url)?;
+        validate_timeout(self.timeout_ms)?;
+        validate_template("text", &self.text)?;
+        if let Some(blocks) = &self.blocks {
+            if !blocks.is_array() {
+                return Err(ActionError::BadBlocks);
+            }
+            for (path, source) in block_strings(blocks) {
+                validate_template(&path, source)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl EmailAction {
+    fn validate(&self) -> Result<(), ActionError> {
+        if self.to.is_empty() || self.to.len() > MAX_RECIPIENTS {
+            return Err(ActionError::BadRecipients(self.to.len()));
+        }
+        for (i, to) in self.to.iter().enumerate() {
+            let field = format!("to[{i}]");
+            if is_template(to) {
+                validate_template(&field, to)?;
+            } else if !looks_like_mailbox(to) {
+                return Err(ActionError::BadAddress {
+                    field,
+                    address: to.clone(),
+                });
+            }
+        }
+        if let Some(from) = &self.from {
+            if !looks_like_mailbox(from) {
+                return Err(ActionError::BadAddress {
+                    field: "from".to_string(),
+                    address: from.clone(),
+                });
+            }
+        }
+        validate_template("subject", &self.subject)?;
+        validate_template("body", &self.body)
+    }
+}
+
+/// Whether a recipient entry is a template (rendered per job) rather than an address.
+pub fn is_template(s: &str) -> bool {
+    s.contains("{{") || s.contains("{%")
+}
+
+/// `local@domain` or `Display Name <local@domain>`: the syntax check done at `observer_create`
+/// (the worker's mail library parses fully before sending). No spaces, commas, controls or
+/// angle brackets inside the address; one `@` with text on both sides and a dot-free or dotted
+/// domain.
+pub fn looks_like_mailbox(s: &str) -> bool {
+    let s = s.trim();
+    let addr = match (s.rfind('<'), s.ends_with('>')) {
+        (Some(i), true) => &s[i + 1..s.len() - 1],
+        (None, false) => s,
+        _ => return false,
+    };
+    if s.chars().any(|c| c.is_control()) {
+        return false;
+    }
+    let Some((local, domain)) = addr.rsplit_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && !domain.is_empty()
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && addr
+            .chars()
+            .all(|c| !c.is_whitespace() && !matches!(c, ',' | '<' | '>' | ';' | '"'))
+        && !domain.contains('@')
+}
+
 impl WebhookAction {
     fn validate(&self) -> Result<(), ActionError> {
-        let url = url::Url::parse(&self.url).map_err(|e| ActionError::BadUrl {
-            url: self.url.clone(),
-            reason: e.to_string(),
-        })?;
-        if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(ActionError::BadScheme(url.scheme().to_string()));
-        }
-        if url.host().is_none() {
-            return Err(ActionError::BadUrl {
-                url: self.url.clone(),
-                reason: "no host".to_string(),
-            });
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(ActionError::UrlCredentials);
-        }
+        validate_url(&self.url)?;
         for (name, value) in &self.headers {
             if name.is_empty() || !name.bytes().all(is_token_byte) {
                 return Err(ActionError::BadHeaderName(name.clone()));
@@ -172,9 +379,7 @@ impl WebhookAction {
                 return Err(ActionError::BadHeaderValue(name.clone()));
             }
         }
-        if self.timeout_ms == 0 || self.timeout_ms > MAX_TIMEOUT_MS {
-            return Err(ActionError::BadTimeout(self.timeout_ms));
-        }
+        validate_timeout(self.timeout_ms)?;
         if let Some(name) = &self.secret {
             if !is_secret_name(name) {
                 return Err(ActionError::BadSecretName(name.clone()));
@@ -211,7 +416,9 @@ mod tests {
     fn parses_a_minimal_webhook_with_defaults() {
         let a =
             Action::parse(r#"{"type":"webhook","url":"https://example.com/hook"}"#).expect("valid");
-        let Action::Webhook(w) = a;
+        let Action::Webhook(w) = a else {
+            panic!("a webhook")
+        };
         assert_eq!(w.url, "https://example.com/hook");
         assert_eq!(w.timeout_ms, DEFAULT_TIMEOUT_MS);
         assert!(w.headers.is_empty());
@@ -283,7 +490,9 @@ mod tests {
         let ok =
             Action::parse(r#"{"type":"webhook","url":"https://e.com/h","secret":"orders-v2"}"#)
                 .expect("a secret name");
-        let Action::Webhook(w) = ok;
+        let Action::Webhook(w) = ok else {
+            panic!("a webhook")
+        };
         assert_eq!(w.secret.as_deref(), Some("orders-v2"));
         for bad in ["", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "a b", "x/y"] {
             let json = format!(r#"{{"type":"webhook","url":"https://e.com/h","secret":{bad:?}}}"#);
@@ -305,6 +514,91 @@ mod tests {
             err(r#"{"type":"webhook","url":"https://a.b","timeout_ms":300001}"#),
             ActionError::BadTimeout(300_001)
         );
+    }
+
+    #[test]
+    fn parses_slack_with_templates_and_blocks() {
+        let a = Action::parse(
+            r#"{"type":"slack","url":"https://hooks.slack.com/services/T/B/x","text":"Order {{ new.id }} shipped",
+                "blocks":[{"type":"section","text":{"type":"mrkdwn","text":"*{{ new.customer }}*"}}]}"#,
+        )
+        .expect("valid");
+        assert_eq!(a.kind(), "slack");
+        assert_eq!(a.url(), Some("https://hooks.slack.com/services/T/B/x"));
+        let Action::Slack(s) = &a else {
+            panic!("slack")
+        };
+        assert_eq!(s.timeout_ms, DEFAULT_TIMEOUT_MS);
+        let strings = block_strings(s.blocks.as_ref().expect("blocks"));
+        assert!(strings.contains(&("blocks[0].text.text".to_string(), "*{{ new.customer }}*")));
+        assert!(strings.contains(&("blocks[0].type".to_string(), "section")));
+    }
+
+    #[test]
+    fn refuses_broken_slack_actions() {
+        assert!(matches!(
+            err(r#"{"type":"slack","url":"https://h.test/x","text":"{{ new.id "}"#),
+            ActionError::BadTemplate { field, .. } if field == "text"
+        ));
+        assert!(matches!(
+            err(r#"{"type":"slack","url":"https://h.test/x","text":"t","blocks":[{"text":"{% if %}"}]}"#),
+            ActionError::BadTemplate { field, .. } if field == "blocks[0].text"
+        ));
+        assert_eq!(
+            err(
+                r#"{"type":"slack","url":"https://h.test/x","text":"t","blocks":{"type":"section"}}"#
+            ),
+            ActionError::BadBlocks
+        );
+        assert!(matches!(
+            err(r#"{"type":"slack","url":"gopher://h.test/x","text":"t"}"#),
+            ActionError::BadScheme(_)
+        ));
+        assert!(matches!(
+            err(r#"{"type":"slack","url":"https://h.test/x"}"#),
+            ActionError::Shape(m) if m.contains("text")
+        ));
+    }
+
+    #[test]
+    fn parses_email_with_address_and_template_recipients() {
+        let a = Action::parse(
+            r#"{"type":"email","to":["ops@example.com","Ada <ada@example.com>","{{ new.email }}"],
+                "subject":"Order {{ new.id }}","body":"Hello {{ new.customer }}"}"#,
+        )
+        .expect("valid");
+        assert_eq!(a.kind(), "email");
+        assert_eq!(a.url(), None);
+    }
+
+    #[test]
+    fn refuses_broken_email_actions() {
+        for bad in [
+            "not-an-address",
+            "a@",
+            "@b.c",
+            "a b@c.d",
+            "a@b.c, d@e.f",
+            "Ada <ada@x.y",
+        ] {
+            let json = format!(r#"{{"type":"email","to":[{bad:?}],"subject":"s","body":"b"}}"#);
+            assert!(
+                matches!(err(&json), ActionError::BadAddress { field, .. } if field == "to[0]"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            err(r#"{"type":"email","to":[],"subject":"s","body":"b"}"#),
+            ActionError::BadRecipients(0)
+        );
+        assert!(matches!(
+            err(r#"{"type":"email","to":["a@b.c"],"subject":"{{ x","body":"b"}"#),
+            ActionError::BadTemplate { field, .. } if field == "subject"
+        ));
+        assert!(matches!(
+            err(r#"{"type":"email","to":["a@b.c"],"from":"nobody","subject":"s","body":"b"}"#),
+            ActionError::BadAddress { field, .. } if field == "from"
+        ));
     }
 
     #[test]

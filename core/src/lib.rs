@@ -5,5 +5,6 @@
 
 pub mod action;
 pub mod net;
+pub mod template;
 
-pub use action::{Action, ActionError, WebhookAction};
+pub use action::{Action, ActionError, EmailAction, SlackAction, WebhookAction};

@@ -54,6 +54,7 @@ async fn the_worker_serves_prometheus_metrics() {
         r#"fraiseql_observers_jobs_total{action="webhook",observer="mail",outcome="claimed"} 3"#,
         r#"fraiseql_observers_jobs_total{action="webhook",observer="mail",outcome="delivered"} 3"#,
         r#"fraiseql_observers_delivery_seconds_count{action="webhook",observer="mail"} 3"#,
+        r#"fraiseql_observers_event_to_delivery_seconds_count{action="webhook",observer="mail"} 3"#,
         "fraiseql_observers_in_flight 0",
         "fraiseql_observers_worker_up 1",
         "fraiseql_observers_open_circuits 0",

@@ -253,8 +253,9 @@ async fn exhausted_jobs_end_dead_and_replay_from_the_dead_letter_queue_with_the_
     assert_eq!(delivered_ids, failed_ids, "a replay keeps the webhook-id");
 }
 
-/// A 410 Gone ends the job at once (no retries), in the dead-letter queue with the reason; jobs
-/// enqueued to a job queue are delivered by the same worker with their own payload.
+/// A 410 Gone ends the job at once (no retries), in the dead-letter queue with the reason, and
+/// pauses the observer (its endpoint is gone); jobs enqueued to a job queue are delivered by the
+/// same worker with their own payload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gone_endpoints_discard_at_once_and_enqueued_jobs_are_delivered() {
     let cluster = Cluster::start(&[]).expect("cluster");
@@ -312,6 +313,26 @@ async fn gone_endpoints_discard_at_once_and_enqueued_jobs_are_delivered() {
     assert_eq!(row.get::<_, i32>(0), 1);
     assert_eq!(row.get::<_, String>(1), "discarded: HTTP 410: ok");
     assert_eq!(row.get::<_, String>(2), "discarded");
+    // The gone endpoint's observer is paused with the reason; the other is not.
+    let paused = client
+        .query(
+            "SELECT name, paused_reason FROM observer_list() ORDER BY name",
+            &[],
+        )
+        .await
+        .expect("observers");
+    let paused: Vec<(String, Option<String>)> =
+        paused.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        paused,
+        vec![
+            (
+                "gone".to_string(),
+                Some("endpoint gone: HTTP 410: ok".to_string())
+            ),
+            ("mail".to_string(), None)
+        ]
+    );
 }
 
 /// A slow endpoint does not starve a fast one: with two slots per endpoint, jobs for the slow

@@ -71,6 +71,8 @@ pub struct Config {
     pub breaker: BreakerConfig,
     /// Prometheus metrics settings.
     pub metrics: MetricsConfig,
+    /// SMTP server of the `email` action.
+    pub smtp: SmtpConfig,
     /// Signing secrets by name (lowercase), newest first: `whsec_<base64>` each. Actions name
     /// them (`"secret": "orders"`); the database never holds a secret.
     #[serde(default)]
@@ -106,6 +108,18 @@ impl HttpConfig {
 pub struct MetricsConfig {
     /// `address:port` to serve `/metrics` on; empty = off.
     pub listen: String,
+}
+
+/// `[smtp]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// `smtp://[user:password@]host[:port][?tls=required]` or `smtps://...`; empty = e-mail off.
+    pub url: String,
+    /// Sender of e-mails whose action names none.
+    pub from: String,
+    /// Timeout of one SMTP exchange, milliseconds.
+    pub timeout_ms: u64,
 }
 
 /// `[breaker]`
@@ -304,6 +318,32 @@ impl Config {
                 })?;
             }
         }
+        if !self.smtp.url.is_empty() {
+            let ok = url::Url::parse(&self.smtp.url)
+                .map(|u| matches!(u.scheme(), "smtp" | "smtps") && u.host().is_some())
+                .unwrap_or(false);
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    field: "smtp.url",
+                    problem: format!("{:?} is not an smtp:// or smtps:// URL", redact(&self.smtp.url)),
+                    fix: "use e.g. \"smtp://mail.internal:25\", \"smtp://user:pass@host:587?tls=required\" or \"smtps://host:465\"",
+                });
+            }
+        }
+        if !fraiseql_observers_core::action::looks_like_mailbox(&self.smtp.from) {
+            return Err(ConfigError::Invalid {
+                field: "smtp.from",
+                problem: format!("{:?} is not an e-mail address", self.smtp.from),
+                fix: "use e.g. \"observers@example.com\" or \"Observers <observers@example.com>\"",
+            });
+        }
+        if !(100..=600_000).contains(&self.smtp.timeout_ms) {
+            return Err(invalid(
+                "smtp.timeout_ms",
+                self.smtp.timeout_ms,
+                "use 100 to 600000",
+            ));
+        }
         if self.log.format != "text" && self.log.format != "json" {
             return Err(invalid(
                 "log.format",
@@ -440,6 +480,17 @@ fn coerce(like: &toml::Value, raw: &str) -> Result<toml::Value, String> {
                 .collect(),
         )),
         _ => Err("this setting cannot be set from the environment".to_string()),
+    }
+}
+
+/// A URL with its password replaced by `***`, for messages.
+pub fn redact(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => raw.to_string(),
     }
 }
 

@@ -72,6 +72,9 @@ pub struct ClaimedJob {
     pub idempotency_key: String,
     /// The document to deliver, as JSON text.
     pub payload: String,
+    /// When the event was captured (its transaction's start) or the job enqueued, Unix seconds
+    /// by the database clock.
+    pub event_at: f64,
 }
 
 /// How a failed job should be retried.
@@ -165,8 +168,8 @@ impl Db {
         let rows = self
             .client
             .query(
-                "SELECT job_id, token, attempt, observer, action::text, idempotency_key, payload::text \
-                 FROM observer_claim($1::text, $2::int4, make_interval(secs => $3::float8))",
+                "SELECT job_id, token, attempt, observer, action::text, idempotency_key, payload::text, \
+                 extract(epoch FROM event_at)::float8 FROM observer_claim($1::text, $2::int4, make_interval(secs => $3::float8))",
                 &[&worker, &i32::try_from(max).unwrap_or(i32::MAX), &lease.as_secs_f64()],
             )
             .await
@@ -181,6 +184,7 @@ impl Db {
                 action: r.get(4),
                 idempotency_key: r.get(5),
                 payload: r.get(6),
+                event_at: r.get(7),
             })
             .collect())
     }
@@ -267,17 +271,18 @@ impl Db {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// `observer_discard` for (job, token, reason) triples; returns the jobs whose token was
-    /// stale.
-    pub async fn discard(&self, items: &[(i64, i64, String)]) -> Result<Vec<i64>, DbError> {
+    /// `observer_discard` for (job, token, reason, pause the observer) tuples; returns the jobs
+    /// whose token was stale.
+    pub async fn discard(&self, items: &[(i64, i64, String, bool)]) -> Result<Vec<i64>, DbError> {
         let ids: Vec<i64> = items.iter().map(|i| i.0).collect();
         let tokens: Vec<i64> = items.iter().map(|i| i.1).collect();
         let reasons: Vec<&str> = items.iter().map(|i| i.2.as_str()).collect();
+        let pause: Vec<bool> = items.iter().map(|i| i.3).collect();
         let rows = self
             .client
             .query(
-                "SELECT job_id FROM observer_discard($1::int8[], $2::int8[], $3::text[]) WHERE NOT accepted",
-                &[&ids, &tokens, &reasons],
+                "SELECT job_id FROM observer_discard($1::int8[], $2::int8[], $3::text[], $4::bool[]) WHERE NOT accepted",
+                &[&ids, &tokens, &reasons, &pause],
             )
             .await
             .map_err(DbError::call("observer_discard"))?;

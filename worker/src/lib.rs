@@ -5,7 +5,9 @@
 pub mod breaker;
 pub mod config;
 pub mod db;
+pub mod email;
 pub mod metrics;
 pub mod runner;
 pub mod signing;
+pub mod slack;
 pub mod webhook;

@@ -27,6 +27,9 @@ struct Cli {
     /// Database connection string (overrides `database_url`).
     #[arg(long, global = true)]
     database_url: Option<String>,
+    /// Log format on stderr (overrides `log.format`): structured `json` lines or `text`.
+    #[arg(long, global = true, value_parser = ["text", "json"])]
+    log_format: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -89,6 +92,12 @@ fn flag_overrides(cli: &Cli) -> Vec<(String, toml::Value)> {
     let mut o = Vec::new();
     if let Some(url) = &cli.database_url {
         o.push(("database_url".to_string(), toml::Value::String(url.clone())));
+    }
+    if let Some(format) = &cli.log_format {
+        o.push((
+            "log.format".to_string(),
+            toml::Value::String(format.clone()),
+        ));
     }
     if let Command::Run {
         worker_id,

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub jobs: IntCounterVec,
     /// Delivery time of attempted jobs, seconds.
     pub delivery_seconds: HistogramVec,
+    /// From an event's capture (or a job's enqueueing) to its successful delivery, seconds.
+    pub event_lag_seconds: HistogramVec,
     /// Deliveries in flight now.
     pub in_flight: IntGauge,
     /// Endpoints whose circuit is open or half-open.
@@ -66,6 +68,17 @@ impl Metrics {
                 .buckets(buckets),
             &["observer", "action"],
         )?;
+        let event_lag_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "event_to_delivery_seconds",
+                "From the capture of an event (its transaction's start; for enqueued jobs the enqueueing) to its successful delivery: the commit-to-delivery lag plus the writing transaction's own duration.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                900.0, 3600.0,
+            ]),
+            &["observer", "action"],
+        )?;
         let in_flight = IntGauge::new("in_flight", "Deliveries in flight.")?;
         let open_circuits = IntGauge::new(
             "open_circuits",
@@ -85,6 +98,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(jobs.clone()))?;
         registry.register(Box::new(delivery_seconds.clone()))?;
+        registry.register(Box::new(event_lag_seconds.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(open_circuits.clone()))?;
         registry.register(Box::new(queue_jobs.clone()))?;
@@ -95,6 +109,7 @@ impl Metrics {
             registry,
             jobs,
             delivery_seconds,
+            event_lag_seconds,
             in_flight,
             open_circuits,
             queue_jobs,
@@ -115,6 +130,18 @@ impl Metrics {
         self.delivery_seconds
             .with_label_values(&[observer, action])
             .observe(took.as_secs_f64());
+    }
+
+    /// Record the lag of a delivered event captured at `event_at` (Unix seconds, database clock).
+    pub fn event_lag(&self, observer: &str, action: &str, event_at: f64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        // Clocks of the worker and the database may differ slightly: never negative.
+        self.event_lag_seconds
+            .with_label_values(&[observer, action])
+            .observe((now - event_at).max(0.0));
     }
 
     /// Note a successful contact with the database now.

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fraiseql_observers_core::Action;
+use fraiseql_observers_core::{Action, ActionError};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,7 +20,9 @@ use tokio_util::task::TaskTracker;
 use crate::breaker;
 use crate::config::Config;
 use crate::db::{ClaimedJob, Db, DbError, Failure};
+use crate::email::{Mailer, MailerError};
 use crate::metrics::{self, Metrics};
+use crate::slack;
 use crate::webhook::{self, Outcome};
 
 /// Most outcomes reported in one call.
@@ -37,6 +39,8 @@ pub enum RunError {
     Http(#[from] reqwest::Error),
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
+    #[error(transparent)]
+    Mailer(#[from] MailerError),
 }
 
 /// Shared dependencies of every task (svix's `WorkerContext`): no globals.
@@ -44,6 +48,8 @@ struct Context {
     config: Config,
     worker: String,
     http: reqwest::Client,
+    /// SMTP transport of the `email` action.
+    mailer: Mailer,
     /// Address blocks allowed despite the network policy (literal-address URLs are checked with
     /// it; the client's resolver checks host names).
     allow: Vec<fraiseql_observers_core::net::Cidr>,
@@ -64,6 +70,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let ctx = Arc::new(Context {
         worker: config.worker_name(),
         http: webhook::client(&config.http.user_agent, config.allow_networks())?,
+        mailer: Mailer::new(&config.smtp)?,
         allow: config.allow_networks(),
         endpoints: EndpointSlots::new(config.http.max_in_flight_per_endpoint),
         breakers: breaker::Breakers::new(
@@ -133,11 +140,14 @@ async fn session(ctx: &Arc<Context>, db: Arc<Db>) {
     tracing::info!("connected to the database");
     let (tx, rx) = mpsc::unbounded_channel();
     let reporter = tokio::spawn(report(db.clone(), rx));
-    let heartbeats = tokio::spawn(heartbeat(ctx.clone(), db.clone()));
+    // Cancelled when leases can no longer be renewed: the session then stops claiming at once
+    // (it could not keep what it claims) and the worker reconnects.
+    let leases_lost = ctx.cancel.child_token();
+    let heartbeats = tokio::spawn(heartbeat(ctx.clone(), db.clone(), leases_lost.clone()));
     let breaker_reports = tokio::spawn(report_breakers(ctx.clone(), db.clone()));
     let tasks = TaskTracker::new();
 
-    if let Err(e) = claim_loop(ctx, &db, &tasks, &tx).await {
+    if let Err(e) = claim_loop(ctx, &db, &tasks, &tx, &leases_lost).await {
         tracing::warn!(error = %e, "database session ended");
     }
 
@@ -195,8 +205,10 @@ async fn report_breakers(ctx: Arc<Context>, db: Arc<Db>) {
 }
 
 /// Extend the leases of in-flight jobs every third of the lease, so that an action slower than
-/// the lease (webhook timeouts go up to 5 minutes) is not redelivered while it runs.
-async fn heartbeat(ctx: Arc<Context>, db: Arc<Db>) {
+/// the lease (webhook timeouts go up to 5 minutes) is not redelivered while it runs. When a
+/// heartbeat fails (the connection is lost or the database does not answer), `leases_lost` is
+/// cancelled: the session stops claiming, since it could not hold new leases either.
+async fn heartbeat(ctx: Arc<Context>, db: Arc<Db>, leases_lost: CancellationToken) {
     let lease = ctx.config.lease();
     let mut every = tokio::time::interval((lease / 3).max(Duration::from_millis(500)));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -218,7 +230,15 @@ async fn heartbeat(ctx: Arc<Context>, db: Arc<Db>) {
                 )
             }
             Ok(_) => tracing::debug!(jobs = jobs.len(), "leases extended"),
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    in_flight = jobs.len(),
+                    "cannot renew leases: no more claims on this connection; reconnecting (jobs whose lease runs out are redelivered)"
+                );
+                leases_lost.cancel();
+                return;
+            }
         }
     }
 }
@@ -228,10 +248,11 @@ async fn claim_loop(
     db: &Arc<Db>,
     tasks: &TaskTracker,
     tx: &mpsc::UnboundedSender<(ClaimedJob, Outcome)>,
+    leases_lost: &CancellationToken,
 ) -> Result<(), DbError> {
     let config = &ctx.config;
     let mut last_prune = tokio::time::Instant::now();
-    while !ctx.cancel.is_cancelled() {
+    while !leases_lost.is_cancelled() {
         if db.is_closed() {
             return Ok(());
         }
@@ -255,18 +276,18 @@ async fn claim_loop(
 
         // Claim only what can start at once, so no claimed job waits for a permit.
         let first = tokio::select! {
-            _ = ctx.cancel.cancelled() => return Ok(()),
+            _ = leases_lost.cancelled() => return Ok(()),
             p = ctx.permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
         let free = (1 + ctx.permits.available_permits()).min(config.batch_size as usize);
         drop(first);
         let jobs = db.claim(&ctx.worker, free as u32, config.lease()).await?;
         ctx.metrics.contact();
-        for job in &jobs {
-            ctx.metrics.job(&job.observer, "webhook", "claimed");
-        }
         let claimed = jobs.len();
         for job in jobs {
+            let action = Action::parse(&job.action);
+            let kind = action.as_ref().map(Action::kind).unwrap_or("invalid");
+            ctx.metrics.job(&job.observer, kind, "claimed");
             let permit = ctx
                 .permits
                 .clone()
@@ -280,7 +301,7 @@ async fn claim_loop(
             tasks.spawn(async move {
                 ctx.metrics.in_flight.inc();
                 let started = std::time::Instant::now();
-                let outcome = perform(&ctx, &job).await;
+                let outcome = perform(&ctx, &job, action).await;
                 ctx.metrics.in_flight.dec();
                 let label = match &outcome {
                     Outcome::Delivered => "delivered",
@@ -288,10 +309,12 @@ async fn claim_loop(
                     Outcome::Discard { .. } => "discarded",
                     Outcome::Snooze { .. } => "snoozed",
                 };
-                ctx.metrics.job(&job.observer, "webhook", label);
+                ctx.metrics.job(&job.observer, kind, label);
                 if !matches!(outcome, Outcome::Snooze { .. }) {
-                    ctx.metrics
-                        .delivery(&job.observer, "webhook", started.elapsed());
+                    ctx.metrics.delivery(&job.observer, kind, started.elapsed());
+                }
+                if outcome == Outcome::Delivered {
+                    ctx.metrics.event_lag(&job.observer, kind, job.event_at);
                 }
                 if let Ok(mut map) = ctx.in_flight.lock() {
                     map.remove(&job.job_id);
@@ -306,7 +329,7 @@ async fn claim_loop(
         if claimed < free {
             // The queue is drained: sleep until a wake-up, the poll interval, or shutdown.
             tokio::select! {
-                _ = ctx.cancel.cancelled() => return Ok(()),
+                _ = leases_lost.cancelled() => return Ok(()),
                 _ = ctx.wake.notified() => {}
                 _ = tokio::time::sleep(config.poll_interval()) => {}
             }
@@ -315,32 +338,46 @@ async fn claim_loop(
     Ok(())
 }
 
-/// Perform one job's action.
-async fn perform(ctx: &Context, job: &ClaimedJob) -> Outcome {
-    match Action::parse(&job.action) {
-        Ok(Action::Webhook(w)) => {
-            // Per-endpoint limit: a job whose endpoint is saturated goes back to the queue (no
-            // attempt used) instead of holding one of the global slots while it waits, so a slow
-            // endpoint cannot starve the others.
-            let endpoint = webhook::endpoint(&w.url);
-            if let breaker::Decision::Reject(until) = ctx.breakers.before(&endpoint) {
-                return Outcome::Snooze {
-                    until,
-                    reason: format!("circuit open for {endpoint}"),
-                };
+/// Perform one job's action, under its endpoint's circuit breaker and in-flight limit.
+async fn perform(ctx: &Context, job: &ClaimedJob, action: Result<Action, ActionError>) -> Outcome {
+    let action = match action {
+        Ok(a) => a,
+        Err(e) => {
+            return Outcome::Retry {
+                error: format!("the observer's action is invalid: {e}"),
+                not_before: None,
+                endpoint_fault: false,
             }
-            let Some(_slot) = ctx.endpoints.try_enter(&endpoint) else {
-                // Not attempted: neither a success nor a fault for the breaker (a probe that is
-                // not sent leaves the breaker to probe again).
-                ctx.breakers.after(&endpoint, None);
-                return Outcome::Snooze {
-                    until: std::time::SystemTime::now() + ctx.config.http.endpoint_retry(),
-                    reason: format!(
-                        "{endpoint} has {} deliveries in flight (http.max_in_flight_per_endpoint)",
-                        ctx.config.http.max_in_flight_per_endpoint
-                    ),
-                };
-            };
+        }
+    };
+    let endpoint = match &action {
+        Action::Email(_) => ctx.mailer.endpoint().to_string(),
+        other => webhook::endpoint(other.url().unwrap_or_default()),
+    };
+    if let breaker::Decision::Reject(until) = ctx.breakers.before(&endpoint) {
+        return Outcome::Snooze {
+            until,
+            reason: format!("circuit open for {endpoint}"),
+        };
+    }
+    // Per-endpoint limit: a job whose endpoint is saturated goes back to the queue (no attempt
+    // used) instead of holding one of the global slots while it waits, so a slow endpoint
+    // cannot starve the others.
+    let Some(_slot) = ctx.endpoints.try_enter(&endpoint) else {
+        // Not attempted: neither a success nor a fault for the breaker (a probe that is not sent
+        // leaves the breaker to probe again).
+        ctx.breakers.after(&endpoint, None);
+        return Outcome::Snooze {
+            until: std::time::SystemTime::now() + ctx.config.http.endpoint_retry(),
+            reason: format!(
+                "{endpoint} has {} deliveries in flight (http.max_in_flight_per_endpoint)",
+                ctx.config.http.max_in_flight_per_endpoint
+            ),
+        };
+    };
+    let cap = ctx.config.http.error_body_bytes;
+    let outcome = match &action {
+        Action::Webhook(w) => {
             let keys = match &w.secret {
                 None => None,
                 Some(name) => match ctx.config.signing_keys(name) {
@@ -348,6 +385,7 @@ async fn perform(ctx: &Context, job: &ClaimedJob) -> Outcome {
                     // Not sent unsigned: retried (then dead-lettered, replayable) until the
                     // operator configures the secret.
                     None => {
+                        ctx.breakers.after(&endpoint, None);
                         return Outcome::Retry {
                             error: format!(
                                 "signing secret {name:?} is not configured in this worker ([secrets] or FRAISEQL_OBSERVERS_SECRETS__{})",
@@ -355,33 +393,22 @@ async fn perform(ctx: &Context, job: &ClaimedJob) -> Outcome {
                             ),
                             not_before: None,
                             endpoint_fault: false,
-                        }
+                        };
                     }
                 },
             };
-            let outcome = webhook::deliver(
-                &ctx.http,
-                &w,
-                job,
-                keys.as_deref(),
-                &ctx.allow,
-                ctx.config.http.error_body_bytes,
-            )
-            .await;
-            let verdict = match &outcome {
-                Outcome::Delivered => Some(true),
-                Outcome::Retry { endpoint_fault, .. } => (*endpoint_fault).then_some(false),
-                Outcome::Discard { .. } | Outcome::Snooze { .. } => None,
-            };
-            ctx.breakers.after(&endpoint, verdict);
-            outcome
+            webhook::deliver(&ctx.http, w, job, keys.as_deref(), &ctx.allow, cap).await
         }
-        Err(e) => Outcome::Retry {
-            error: format!("the observer's action is invalid: {e}"),
-            not_before: None,
-            endpoint_fault: false,
-        },
-    }
+        Action::Slack(s) => slack::deliver(&ctx.http, s, job, &ctx.allow, cap).await,
+        Action::Email(e) => ctx.mailer.deliver(e, job).await,
+    };
+    let verdict = match &outcome {
+        Outcome::Delivered => Some(true),
+        Outcome::Retry { endpoint_fault, .. } => (*endpoint_fault).then_some(false),
+        Outcome::Discard { .. } | Outcome::Snooze { .. } => None,
+    };
+    ctx.breakers.after(&endpoint, verdict);
+    outcome
 }
 
 /// Log what became of one batch of outcome reports (`what`: "completions", "failures", ...):
@@ -433,9 +460,13 @@ async fn report(db: Arc<Db>, mut rx: mpsc::UnboundedReceiver<(ClaimedJob, Outcom
                     tracing::debug!(job = job.job_id, %reason, "job snoozed");
                     snoozed.push((job.job_id, job.token, until, reason));
                 }
-                Outcome::Discard { error } => {
-                    tracing::warn!(job = job.job_id, observer = %job.observer, %error, "endpoint gone: job discarded to the dead-letter queue");
-                    discarded.push((job.job_id, job.token, error));
+                Outcome::Discard { error, pause } => {
+                    if pause {
+                        tracing::warn!(job = job.job_id, observer = %job.observer, %error, "endpoint gone: job dead-lettered and the observer paused (observer_resume() to deliver again)");
+                    } else {
+                        tracing::warn!(job = job.job_id, observer = %job.observer, %error, "job refused for good: dead-lettered");
+                    }
+                    discarded.push((job.job_id, job.token, error, pause));
                 }
             }
         }

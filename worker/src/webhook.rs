@@ -30,9 +30,11 @@ pub enum Outcome {
         not_before: Option<SystemTime>,
         endpoint_fault: bool,
     },
-    /// 410 Gone: the receiver says the endpoint will never take it; end the job at once (it goes
-    /// to the dead-letter queue with the reason, replayable).
-    Discard { error: String },
+    /// The job can never succeed as it is: end it at once (it goes to the dead-letter queue with
+    /// the reason, replayable). `pause`: the endpoint itself is gone (HTTP 410), so the
+    /// observer's deliveries are paused too; otherwise only this job is refused (a permanent
+    /// SMTP rejection, a recipient that is not an address).
+    Discard { error: String, pause: bool },
     /// Not attempted (the endpoint is at its in-flight limit): back to the queue, due at
     /// `until`, without using an attempt.
     Snooze { until: SystemTime, reason: String },
@@ -104,6 +106,20 @@ pub fn client(user_agent: &str, allow: Vec<net::Cidr>) -> Result<reqwest::Client
         .build()
 }
 
+/// The refusal of a URL written with a literal address the network policy forbids (such an
+/// address never reaches the client's resolver, which checks every resolved one).
+pub fn refuse_literal(url: &str, allow: &[net::Cidr]) -> Option<Outcome> {
+    let ip = net::literal_host_of(url)?;
+    let reason = net::check(ip, allow).err()?;
+    Some(Outcome::Retry {
+        error: format!(
+            "{ip} is a {reason} address: refused by the network policy (http.allow_networks)"
+        ),
+        not_before: None,
+        endpoint_fault: false,
+    })
+}
+
 /// Deliver one job to a webhook.
 pub async fn deliver(
     http: &reqwest::Client,
@@ -113,17 +129,8 @@ pub async fn deliver(
     allow: &[net::Cidr],
     error_body_bytes: usize,
 ) -> Outcome {
-    // A literal address never reaches the resolver: check it here.
-    if let Some(ip) = net::literal_host_of(&action.url) {
-        if let Err(reason) = net::check(ip, allow) {
-            return Outcome::Retry {
-                error: format!(
-                    "{ip} is a {reason} address: refused by the network policy (http.allow_networks)"
-                ),
-                not_before: None,
-                endpoint_fault: false,
-            };
-        }
+    if let Some(refused) = refuse_literal(&action.url, allow) {
+        return refused;
     }
     let timestamp = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -163,6 +170,13 @@ pub async fn deliver(
             }
         }
     }
+    send(request, error_body_bytes).await
+}
+
+/// Send a prepared request and classify the response: 2xx delivered; 410 discarded and the
+/// endpoint paused; 429/503 `Retry-After` honoured; 5xx, 408, 429, timeouts and connection
+/// errors count against the endpoint's breaker; a failed response's body is read up to a cap.
+pub async fn send(request: reqwest::RequestBuilder, error_body_bytes: usize) -> Outcome {
     let response = match request.send().await {
         Ok(r) => r,
         Err(e) => {
@@ -189,7 +203,7 @@ pub async fn deliver(
         format!("HTTP {}: {excerpt}", status.as_u16())
     };
     if status == reqwest::StatusCode::GONE {
-        return Outcome::Discard { error };
+        return Outcome::Discard { error, pause: true };
     }
     let endpoint_fault = status.is_server_error()
         || status == reqwest::StatusCode::TOO_MANY_REQUESTS

@@ -26,8 +26,7 @@ pub fn observer_validate_action(action: JsonB) -> Result<JsonB, ErrorReport> {
 /// A URL written as a literal address must pass the network policy (the worker checks every
 /// address again at delivery, including those a host name resolves to).
 fn check_network(action: &Action) -> Result<(), ErrorReport> {
-    let Action::Webhook(w) = action;
-    let Some(ip) = net::literal_host_of(&w.url) else {
+    let Some(ip) = action.url().and_then(net::literal_host_of) else {
         return Ok(());
     };
     let allow = net::parse_allowlist(&crate::gucs::allowed_networks()).map_err(|e| {
@@ -72,6 +71,26 @@ mod tests {
         .expect("not null");
         assert_eq!(v.0["timeout_ms"], 10_000);
         assert_eq!(v.0["type"], "webhook");
+    }
+
+    /// Slack and e-mail actions are validated too: templates compile, addresses parse.
+    #[pg_test]
+    fn validate_action_checks_templates_and_addresses() {
+        let v = Spi::get_one::<pgrx::JsonB>(
+            r#"SELECT observer_validate_action('{"type":"email","to":["{{ new.email }}"],"subject":"Order {{ new.id }}","body":"Hi"}')"#,
+        )
+        .expect("spi")
+        .expect("not null");
+        assert_eq!(v.0["type"], "email");
+        Spi::run(
+            r#"DO $t$ BEGIN
+                 PERFORM observer_validate_action('{"type":"slack","url":"https://h.test/x","text":"{{ new.id "}');
+                 RAISE EXCEPTION 'accepted';
+               EXCEPTION WHEN invalid_parameter_value THEN
+                 IF SQLERRM NOT LIKE '%action.text is not a valid template%' THEN RAISE; END IF;
+               END $t$"#,
+        )
+        .expect("a broken template is refused with 22023 naming the field");
     }
 
     /// Every SSRF form written as a literal address is refused at creation, with the reason;
