@@ -16,7 +16,7 @@ use anyhow::{bail, Context as _, Result};
 
 pub mod sink;
 
-pub use sink::{first_attempt_then, Received, Sink};
+pub use sink::{first_attempt_then, Received, Reply, Sink};
 
 /// Directory of the Postgres 15 server binaries (read from pgrx.toml's pg_config).
 pub fn pg_bindir() -> PathBuf {

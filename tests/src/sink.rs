@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -29,6 +29,8 @@ pub struct Received {
     pub raw: Vec<u8>,
     /// The status the sink answered.
     pub status: u16,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 impl Received {
@@ -56,6 +58,28 @@ pub fn first_attempt_then(first: u16, later: u16) -> Responder {
         }
     })
 }
+
+/// A full answer: status, extra headers, and a delay before answering (longer than the
+/// action's timeout: the worker sees a timeout).
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub delay: Duration,
+}
+
+impl Reply {
+    /// Answer `status` at once.
+    pub fn status(status: u16) -> Self {
+        Reply {
+            status,
+            ..Reply::default()
+        }
+    }
+}
+
+/// Decides the whole answer for a request, given everything received before it.
+pub type Script = Arc<dyn Fn(&Received, &[Received]) -> Reply + Send + Sync>;
 
 /// Called with every request as it arrives (the demo sink prints them).
 pub type Observer = Arc<dyn Fn(&Received) + Send + Sync>;
@@ -94,11 +118,29 @@ impl Sink {
         Self::spawn(addr, responder, on_request, Duration::ZERO).await
     }
 
+    /// A sink whose whole answers (status, headers, delay) come from `script`.
+    pub async fn start_scripted(script: Script) -> anyhow::Result<Self> {
+        Self::serve("127.0.0.1:0".parse()?, script, None).await
+    }
+
     async fn spawn(
         addr: SocketAddr,
         responder: Responder,
         on_request: Option<Observer>,
         delay: Duration,
+    ) -> anyhow::Result<Self> {
+        let script: Script = Arc::new(move |r, before| Reply {
+            status: responder(r, before),
+            headers: Vec::new(),
+            delay,
+        });
+        Self::serve(addr, script, on_request).await
+    }
+
+    async fn serve(
+        addr: SocketAddr,
+        responder: Script,
+        on_request: Option<Observer>,
     ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -138,22 +180,29 @@ impl Sink {
                                     .unwrap_or(serde_json::Value::Null),
                                 raw: bytes.to_vec(),
                                 status: 0,
+                                at: Instant::now(),
                             };
-                            let status = {
+                            let reply = {
                                 let mut all = store.lock().unwrap_or_else(|e| e.into_inner());
-                                r.status = responder(&r, &all);
+                                let reply = responder(&r, &all);
+                                r.status = reply.status;
                                 all.push(r.clone());
-                                r.status
+                                reply
                             };
                             if let Some(f) = &on_request {
                                 f(&r);
                             }
-                            if !delay.is_zero() {
-                                tokio::time::sleep(delay).await;
+                            if !reply.delay.is_zero() {
+                                tokio::time::sleep(reply.delay).await;
+                            }
+                            let mut response = Response::builder().status(
+                                StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK),
+                            );
+                            for (name, value) in &reply.headers {
+                                response = response.header(*name, value.as_str());
                             }
                             Ok::<_, Infallible>(
-                                Response::builder()
-                                    .status(StatusCode::from_u16(status).unwrap_or(StatusCode::OK))
+                                response
                                     .body(Full::new(Bytes::from_static(b"ok")))
                                     .unwrap_or_default(),
                             )

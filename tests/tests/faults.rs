@@ -178,3 +178,56 @@ async fn actions_slower_than_the_lease_keep_it_through_heartbeats() {
         .get(0);
     assert_eq!(expired, 0);
 }
+
+/// A worker that cannot renew its leases (its database connection was cut while deliveries were
+/// in flight) stops claiming on that connection at once, reconnects with backoff, and every job
+/// ends delivered: those whose outcome could not be reported are redelivered after their lease
+/// with the same webhook-id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_renew_its_leases_stops_claiming_and_recovers() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let sink = Sink::start_with_delay(Arc::new(|_, _| 200), Duration::from_millis(2000))
+        .await
+        .expect("sink");
+    let client = cluster.connect("postgres").await.expect("connect");
+    setup(&client, &sink, "{}").await;
+    let worker = Worker::start(
+        &cluster.url("postgres"),
+        &[("LEASE_SECONDS", "2"), ("DISPATCH", "false")],
+    )
+    .expect("worker");
+    client
+        .batch_execute(
+            "INSERT INTO orders SELECT generate_series(1, 4); SELECT observer_dispatch();",
+        )
+        .await
+        .expect("insert");
+    assert!(sink.wait_received(4, Duration::from_secs(30)).await);
+    // Cut the worker's connection while its four deliveries are in flight.
+    client
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND datname = 'postgres'",
+        )
+        .await
+        .expect("terminate");
+    let stopped = wait_until(Duration::from_secs(10), || async {
+        worker.log().contains("cannot renew leases")
+    })
+    .await;
+    assert!(stopped, "{}", worker.log());
+    let client = cluster.connect("postgres").await.expect("reconnect");
+    let done = wait_for_jobs(&client, "completed", 4, Duration::from_secs(60)).await;
+    assert!(done, "{}\n{}", observer_status(&client).await, worker.log());
+    assert!(worker.log().contains("connected to the database"));
+    let ids: BTreeSet<String> = sink
+        .received()
+        .iter()
+        .filter_map(|r| r.header("webhook-id").map(str::to_string))
+        .collect();
+    assert_eq!(
+        ids.len(),
+        4,
+        "every job delivered, duplicates share their webhook-id"
+    );
+}
