@@ -102,13 +102,27 @@ BEGIN
     SELECT id, attempt, dead.worker, 'expired', 'lease expired' FROM dead
     ON CONFLICT DO NOTHING;
 
+    -- An expired lease of a paused observer's job: held with the observer's other jobs, not
+    -- handed to another worker (its endpoint may be gone).
+    WITH held AS (
+        UPDATE observer.jobs j
+        SET state = 'pending', run_at = 'infinity', lease_until = NULL
+        FROM observer.observers o
+        WHERE o.id = j.observer_id AND j.state = 'running' AND j.lease_until < clock_timestamp()
+          AND o.paused_at IS NOT NULL
+        RETURNING j.id, j.attempt, j.worker
+    )
+    INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error)
+    SELECT id, attempt, held.worker, 'expired', 'lease expired' FROM held
+    ON CONFLICT DO NOTHING;
+
     RETURN QUERY
     WITH expired AS (
         -- Never past the attempt budget: a lease that ran out between the statement above and
         -- this one is ended by the next claim instead.
         SELECT j.id FROM observer.jobs j JOIN observer.observers o ON o.id = j.observer_id
         WHERE j.state = 'running' AND j.lease_until < clock_timestamp()
-          AND j.attempt < coalesce(j.attempts_allowed, o.max_attempts)
+          AND j.attempt < coalesce(j.attempts_allowed, o.max_attempts) AND o.paused_at IS NULL
         ORDER BY j.lease_until
         LIMIT max_jobs
         FOR UPDATE OF j SKIP LOCKED
@@ -217,7 +231,9 @@ BEGIN
         SET state = CASE WHEN j.attempt >= coalesce(j.attempts_allowed, o.max_attempts) THEN 'dead' ELSE 'pending' END,
             -- In seconds as double precision: base * 2^(attempt-1) overflows an interval for
             -- large attempt numbers.
-            run_at = CASE WHEN j.attempt >= coalesce(j.attempts_allowed, o.max_attempts) THEN j.run_at ELSE greatest(
+            -- A paused observer's retries are held like its new jobs (observer_resume).
+            run_at = CASE WHEN j.attempt >= coalesce(j.attempts_allowed, o.max_attempts) THEN j.run_at
+                          WHEN o.paused_at IS NOT NULL THEN 'infinity' ELSE greatest(
                          clock_timestamp() + make_interval(secs => random() * least(
                              extract(epoch FROM o.backoff_cap)::double precision,
                              extract(epoch FROM o.backoff_base)::double precision * power(2::double precision, least(j.attempt - 1, 60)))),
@@ -277,7 +293,9 @@ BEGIN
     ), snoozed AS (
         UPDATE observer.jobs j
         SET state = 'pending', attempt = j.attempt - 1, snoozes = j.snoozes + 1,
-            run_at = greatest(coalesce(input.until, clock_timestamp()), clock_timestamp()),
+            run_at = CASE WHEN (SELECT o.paused_at FROM observer.observers o WHERE o.id = j.observer_id) IS NOT NULL
+                          THEN 'infinity'  -- held while its observer is paused
+                          ELSE greatest(coalesce(input.until, clock_timestamp()), clock_timestamp()) END,
             lease_until = NULL,
             last_error = 'snoozed: ' || coalesce(input.reason, 'no reason given')
         FROM input

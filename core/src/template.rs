@@ -195,6 +195,11 @@ mod tests {
     #[test]
     fn syntax_errors_are_reported_with_their_line() {
         let e = check("Hello\n{{ new.id ").expect_err("unclosed");
+        let ctx = context(&doc());
+        assert_eq!(
+            render("{{ new.tags | tojson }}", &ctx, Escape::None, 100).expect("tojson"),
+            r#"["a", "b"]"#
+        );
         assert!(e.0.contains("line 2"), "{e}");
         assert!(check("{% for t in new.tags %}{{ t }}{% endfor %}").is_ok());
     }

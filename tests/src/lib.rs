@@ -62,6 +62,59 @@ fn run_as_postgres(args: &[&str]) -> Result<std::process::Output> {
     Ok(out)
 }
 
+/// A real `redis-server` (Debian's) on a free loopback port, without persistence; killed on
+/// drop.
+pub struct RedisServer {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl RedisServer {
+    /// Start it and wait until it answers PING.
+    pub fn start() -> Result<Self> {
+        let port = free_port()?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start redis-server (installed by scripts/setup.sh)")?;
+        let server = RedisServer { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if server.cli(&["PING"]).map(|o| o == "PONG").unwrap_or(false) {
+                return Ok(server);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("redis-server did not answer PING on port {port}")
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Run a command with `redis-cli`; its output, trimmed.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .context("cannot run redis-cli")?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A Postgres cluster owned by one test; stopped (immediate mode) and deleted on drop.
 pub struct Cluster {
     dir: tempfile::TempDir,

@@ -1,4 +1,4 @@
-//! How each kind of endpoint failure ends (docs/queue.md, "Outcomes"), against a real HTTP
+//! How each kind of endpoint failure ends (docs/actions.md, the outcome table), against a real HTTP
 //! server on loopback and the real worker: a flapping endpoint (500, timeout, 503, then 200) is
 //! retried with backoff until it succeeds; a 429 with `Retry-After` is not retried before the
 //! time it asks for; a dead endpoint (connection refused) uses up its attempts and ends in the
@@ -135,6 +135,10 @@ async fn each_endpoint_failure_ends_in_its_documented_state() {
     assert!(
         dead.iter().all(|a| a.2.starts_with("connection failed")),
         "{dead:?}"
+    );
+    assert!(
+        dead.iter().all(|a| !a.2.contains("/hook")),
+        "no URL in error texts (URLs can carry credentials): {dead:?}"
     );
     assert_eq!(dead[2].1, "dead");
     let dlq = client

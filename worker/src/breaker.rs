@@ -27,6 +27,15 @@ pub enum Decision {
     Reject(SystemTime),
 }
 
+/// A transition other workers should know about (shared through Redis when configured).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The circuit opened (or opened again) until this time.
+    Opened(SystemTime),
+    /// The circuit closed (a probe succeeded).
+    Closed,
+}
+
 /// The breakers of every endpoint this worker delivers to.
 pub struct Breakers {
     threshold: u32,
@@ -67,8 +76,9 @@ impl Breakers {
     }
 
     /// After a delivery to `endpoint`: `Some(true)` success, `Some(false)` an endpoint fault,
-    /// `None` neither (e.g. a 400: the endpoint is up, it refused this request).
-    pub fn after(&self, endpoint: &str, verdict: Option<bool>) {
+    /// `None` neither (e.g. a 400: the endpoint is up, it refused this request). Returns the
+    /// transition, if the circuit opened or closed.
+    pub fn after(&self, endpoint: &str, verdict: Option<bool>) -> Option<Change> {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         let state = states
             .entry(endpoint.to_string())
@@ -92,21 +102,62 @@ impl Breakers {
             },
             (s, _) => s,
         };
-        match (*state, next) {
-            (State::Closed { .. }, State::Open { .. }) => tracing::warn!(
-                endpoint,
-                seconds = self.open_for.as_secs_f64(),
-                "circuit open: endpoint failing, its jobs wait without using attempts"
-            ),
-            (State::HalfOpen, State::Open { .. }) if verdict == Some(false) => {
-                tracing::warn!(endpoint, "circuit open again: probe failed")
+        let change = match (*state, next) {
+            (State::Closed { .. }, State::Open { until }) => {
+                tracing::warn!(
+                    endpoint,
+                    seconds = self.open_for.as_secs_f64(),
+                    "circuit open: endpoint failing, its jobs wait without using attempts"
+                );
+                Some(Change::Opened(wall_clock(until)))
+            }
+            (State::HalfOpen, State::Open { until }) if verdict == Some(false) => {
+                tracing::warn!(endpoint, "circuit open again: probe failed");
+                Some(Change::Opened(wall_clock(until)))
             }
             (State::HalfOpen, State::Closed { .. }) => {
-                tracing::info!(endpoint, "circuit closed: probe succeeded")
+                tracing::info!(endpoint, "circuit closed: probe succeeded");
+                Some(Change::Closed)
             }
-            _ => {}
-        }
+            _ => None,
+        };
         *state = next;
+        change
+    }
+
+    /// Another worker opened `endpoint`'s circuit until `until`: open it here too (a closed
+    /// circuit, or one open until earlier). Returns whether anything changed.
+    pub fn open_remote(&self, endpoint: &str, until: SystemTime) -> bool {
+        let Ok(left) = until.duration_since(SystemTime::now()) else {
+            return false;
+        };
+        let until = Instant::now() + left;
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let state = states
+            .entry(endpoint.to_string())
+            .or_insert(State::Closed { failures: 0 });
+        match *state {
+            State::Closed { .. } => {
+                tracing::warn!(
+                    endpoint,
+                    seconds = left.as_secs_f64(),
+                    "circuit open: opened by another worker"
+                );
+                *state = State::Open { until };
+                true
+            }
+            State::Open { until: mine } if mine + Duration::from_millis(100) < until => {
+                *state = State::Open { until };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Every endpoint this worker knows.
+    pub fn endpoints(&self) -> Vec<String> {
+        let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        states.keys().cloned().collect()
     }
 
     /// Every endpoint's state as reported to the database: (endpoint, state name, failures,
@@ -142,6 +193,11 @@ impl Breakers {
     }
 }
 
+/// An `Instant` in the future as wall-clock time (for other processes).
+fn wall_clock(at: Instant) -> SystemTime {
+    SystemTime::now() + at.saturating_duration_since(Instant::now())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,7 +212,7 @@ mod tests {
         }
         b.after(e, None); // a 4xx neither opens nor resets
         assert_eq!(b.before(e), Decision::Allow);
-        b.after(e, Some(false)); // third fault: open
+        assert!(matches!(b.after(e, Some(false)), Some(Change::Opened(_)))); // third fault: open
         assert!(matches!(b.before(e), Decision::Reject(_)));
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(b.before(e), Decision::Probe);
@@ -168,12 +224,25 @@ mod tests {
         assert!(matches!(b.before(e), Decision::Reject(_)));
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(b.before(e), Decision::Probe);
-        b.after(e, Some(true)); // probe succeeded: closed
+        assert_eq!(b.after(e, Some(true)), Some(Change::Closed)); // probe succeeded: closed
         assert_eq!(b.before(e), Decision::Allow);
         assert_eq!(
             b.snapshot(),
             vec![(e.to_string(), State::Closed { failures: 0 })]
         );
+    }
+
+    #[test]
+    fn a_circuit_opened_elsewhere_opens_here() {
+        let b = Breakers::new(5, Duration::from_millis(50));
+        let e = "http://z:80";
+        assert!(b.open_remote(e, SystemTime::now() + Duration::from_secs(30)));
+        assert!(matches!(b.before(e), Decision::Reject(_)));
+        assert!(
+            !b.open_remote(e, SystemTime::now() + Duration::from_secs(1)),
+            "an earlier deadline changes nothing"
+        );
+        assert!(!b.open_remote("http://past:80", SystemTime::now() - Duration::from_secs(1)));
     }
 
     #[test]

@@ -73,6 +73,12 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// SMTP server of the `email` action.
     pub smtp: SmtpConfig,
+    /// Redis for state shared by replicas (off when `url` is empty).
+    pub redis: RedisConfig,
+    /// Requests per second allowed per endpoint (`scheme://host:port`), across all replicas
+    /// when Redis is configured. Keys are normalised at load (`https://a.b` → `https://a.b:443`).
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, f64>,
     /// Signing secrets by name (lowercase), newest first: `whsec_<base64>` each. Actions name
     /// them (`"secret": "orders"`); the database never holds a secret.
     #[serde(default)]
@@ -122,6 +128,20 @@ pub struct SmtpConfig {
     pub timeout_ms: u64,
 }
 
+/// `[redis]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host[:port][/db]` or `rediss://...`; empty = off.
+    pub url: String,
+    /// Prefix of every key this worker writes.
+    pub key_prefix: String,
+    /// Timeout of one Redis call, milliseconds; slower counts as unavailable.
+    pub timeout_ms: u64,
+    /// How long a delivered job stays in the ledger, seconds.
+    pub ledger_ttl_seconds: u64,
+}
+
 /// `[breaker]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -163,6 +183,32 @@ impl Config {
             let Some(key) = var.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
+            // The config file's path (--config), not a setting.
+            if key == "CONFIG" {
+                continue;
+            }
+            // FRAISEQL_OBSERVERS_RATE_LIMITS="https://api.example.com=50 http://10.0.0.5:8080=5".
+            if key == "RATE_LIMITS" {
+                let mut table = toml::map::Map::new();
+                for pair in value.split([',', ' ']).filter(|p| !p.is_empty()) {
+                    let parsed = pair
+                        .rsplit_once('=')
+                        .and_then(|(e, r)| Some((e, r.trim().parse::<f64>().ok()?)));
+                    let Some((endpoint, rate)) = parsed else {
+                        return Err(ConfigError::Env {
+                            var: var.clone(),
+                            message: format!("{pair:?} is not endpoint=requests_per_second"),
+                        });
+                    };
+                    table.insert(endpoint.to_string(), toml::Value::Float(rate));
+                }
+                set(
+                    &mut merged,
+                    &["rate_limits".to_string()],
+                    toml::Value::Table(table),
+                );
+                continue;
+            }
             let path: Vec<String> = key
                 .to_ascii_lowercase()
                 .split("__")
@@ -197,6 +243,10 @@ impl Config {
         let mut config: Config = merged
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Shape(e.message().to_string()))?;
+        config.rate_limits = std::mem::take(&mut config.rate_limits)
+            .into_iter()
+            .map(|(k, v)| (crate::webhook::endpoint(&k), v))
+            .collect();
         // Secret names are case-insensitive (environment variables are upper case).
         config.secrets = std::mem::take(&mut config.secrets)
             .into_iter()
@@ -344,6 +394,44 @@ impl Config {
                 "use 100 to 600000",
             ));
         }
+        if !self.redis.url.is_empty() {
+            let ok = url::Url::parse(&self.redis.url)
+                .map(|u| matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix"))
+                .unwrap_or(false);
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    field: "redis.url",
+                    problem: format!("{:?} is not a redis:// URL", redact(&self.redis.url)),
+                    fix: "use e.g. \"redis://127.0.0.1:6379/0\", or \"\" to run without Redis",
+                });
+            }
+        }
+        if !(10..=60_000).contains(&self.redis.timeout_ms) {
+            return Err(invalid(
+                "redis.timeout_ms",
+                self.redis.timeout_ms,
+                "use 10 to 60000",
+            ));
+        }
+        if !(1..=31_536_000).contains(&self.redis.ledger_ttl_seconds) {
+            return Err(invalid(
+                "redis.ledger_ttl_seconds",
+                self.redis.ledger_ttl_seconds,
+                "use 1 to 31536000 (keep it above the longest time a job can stay leased)",
+            ));
+        }
+        for (endpoint, rate) in &self.rate_limits {
+            let is_endpoint = url::Url::parse(endpoint)
+                .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .unwrap_or(false);
+            if !(is_endpoint && rate.is_finite() && *rate > 0.0 && *rate <= 1_000_000.0) {
+                return Err(ConfigError::Invalid {
+                    field: "rate_limits",
+                    problem: format!("{endpoint:?} = {rate}"),
+                    fix: "map an endpoint (scheme://host[:port]) to requests per second, above 0 and at most 1000000",
+                });
+            }
+        }
         if self.log.format != "text" && self.log.format != "json" {
             return Err(invalid(
                 "log.format",
@@ -483,14 +571,42 @@ fn coerce(like: &toml::Value, raw: &str) -> Result<toml::Value, String> {
     }
 }
 
-/// A URL with its password replaced by `***`, for messages.
+/// A URL (or libpq `key=value` string) with its password replaced by `***`, for messages.
 pub fn redact(raw: &str) -> String {
     match url::Url::parse(raw) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("***"));
             u.to_string()
         }
-        _ => raw.to_string(),
+        Ok(_) => raw.to_string(),
+        Err(_) => raw
+            .split(' ')
+            .map(|part| {
+                if part.starts_with("password=") {
+                    "password=***"
+                } else {
+                    part
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+impl Config {
+    /// This configuration with every credential masked (`validate-config` prints it): passwords
+    /// in connection URLs and the signing secrets' values.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        c.database_url = redact(&c.database_url);
+        c.smtp.url = redact(&c.smtp.url);
+        c.redis.url = redact(&c.redis.url);
+        for values in c.secrets.values_mut() {
+            for v in values.iter_mut() {
+                *v = "whsec_***".to_string();
+            }
+        }
+        c
     }
 }
 

@@ -63,8 +63,14 @@ impl Mailer {
                 "{}://{}:{}",
                 u.scheme(),
                 u.host_str().unwrap_or(""),
-                u.port()
-                    .unwrap_or(if u.scheme() == "smtps" { 465 } else { 25 })
+                // lettre's defaults: 465 for smtps, 587 for STARTTLS (tls=required), else 25.
+                u.port().unwrap_or(if u.scheme() == "smtps" {
+                    465
+                } else if u.query_pairs().any(|(k, v)| k == "tls" && v == "required") {
+                    587
+                } else {
+                    25
+                })
             ),
             Err(_) => "smtp://invalid".to_string(),
         };

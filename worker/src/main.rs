@@ -133,7 +133,7 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::ValidateConfig { file } => {
             println!("{}: valid", file.display());
-            println!("{config:#?}");
+            println!("{:#?}", config.redacted());
             Ok(())
         }
     }

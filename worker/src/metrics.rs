@@ -20,7 +20,7 @@ use prometheus::{
 /// Every metric of the worker.
 pub struct Metrics {
     registry: Registry,
-    /// Jobs by outcome: claimed, delivered, retried, dead, discarded, snoozed.
+    /// Jobs by outcome: claimed, delivered, retried, discarded, snoozed.
     pub jobs: IntCounterVec,
     /// Delivery time of attempted jobs, seconds.
     pub delivery_seconds: HistogramVec,
@@ -34,6 +34,10 @@ pub struct Metrics {
     pub queue_jobs: GaugeVec,
     /// 1 while the worker runs.
     pub up: IntGauge,
+    /// 1 while Redis (when configured) answers.
+    pub redis_up: IntGauge,
+    /// Redis calls that failed or timed out, by operation.
+    pub redis_errors: IntCounterVec,
     /// Unix time of the worker's last successful contact with the database.
     pub last_heartbeat: Gauge,
 }
@@ -56,7 +60,7 @@ impl Metrics {
         let jobs = IntCounterVec::new(
             Opts::new(
                 "jobs_total",
-                "Jobs by outcome (claimed, delivered, retried, dead, discarded, snoozed).",
+                "Jobs by outcome (claimed, delivered, retried, discarded, snoozed); action \"ledger\" counts jobs completed from the delivered-ledger without a second delivery.",
             ),
             &["observer", "action", "outcome"],
         )?;
@@ -92,6 +96,17 @@ impl Metrics {
             &["state"],
         )?;
         let up = IntGauge::new("worker_up", "1 while the worker runs.")?;
+        let redis_up = IntGauge::new(
+            "redis_up",
+            "1 while the configured Redis answers; 0 when it is down or not configured (local state in use).",
+        )?;
+        let redis_errors = IntCounterVec::new(
+            Opts::new(
+                "redis_errors_total",
+                "Redis calls that failed or timed out, by operation.",
+            ),
+            &["op"],
+        )?;
         let last_heartbeat = Gauge::new(
             "worker_last_contact_seconds",
             "Unix time of the last successful contact with the database.",
@@ -103,6 +118,8 @@ impl Metrics {
         registry.register(Box::new(open_circuits.clone()))?;
         registry.register(Box::new(queue_jobs.clone()))?;
         registry.register(Box::new(up.clone()))?;
+        registry.register(Box::new(redis_up.clone()))?;
+        registry.register(Box::new(redis_errors.clone()))?;
         registry.register(Box::new(last_heartbeat.clone()))?;
         up.set(1);
         Ok(Arc::new(Metrics {
@@ -114,6 +131,8 @@ impl Metrics {
             open_circuits,
             queue_jobs,
             up,
+            redis_up,
+            redis_errors,
             last_heartbeat,
         }))
     }

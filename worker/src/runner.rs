@@ -22,6 +22,8 @@ use crate::config::Config;
 use crate::db::{ClaimedJob, Db, DbError, Failure};
 use crate::email::{Mailer, MailerError};
 use crate::metrics::{self, Metrics};
+use crate::ratelimit::{self, Slot};
+use crate::shared::{Shared, SharedError};
 use crate::slack;
 use crate::webhook::{self, Outcome};
 
@@ -41,7 +43,13 @@ pub enum RunError {
     Metrics(#[from] metrics::MetricsError),
     #[error(transparent)]
     Mailer(#[from] MailerError),
+    #[error(transparent)]
+    Redis(#[from] SharedError),
 }
+
+/// Longest a delivery waits in its slot for a rate-limited endpoint; a later slot sends the job
+/// back to the queue (no attempt used) instead.
+const MAX_RATE_WAIT: Duration = Duration::from_secs(1);
 
 /// Shared dependencies of every task (svix's `WorkerContext`): no globals.
 struct Context {
@@ -57,6 +65,10 @@ struct Context {
     endpoints: EndpointSlots,
     /// Circuit breakers per endpoint.
     breakers: breaker::Breakers,
+    /// Redis-held state shared with the other replicas (breakers, rate limits, ledger).
+    shared: Shared,
+    /// Rate limits kept in this process (no Redis, or Redis unavailable).
+    local_limits: ratelimit::Local,
     metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
     wake: Arc<Notify>,
@@ -67,7 +79,10 @@ struct Context {
 
 /// Run the worker until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let metrics = Metrics::new()?;
     let ctx = Arc::new(Context {
+        shared: Shared::new(&config.redis, metrics.clone())?,
+        local_limits: ratelimit::Local::default(),
         worker: config.worker_name(),
         http: webhook::client(&config.http.user_agent, config.allow_networks())?,
         mailer: Mailer::new(&config.smtp)?,
@@ -81,7 +96,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         wake: Arc::new(Notify::new()),
         cancel: CancellationToken::new(),
         in_flight: std::sync::Mutex::default(),
-        metrics: Metrics::new()?,
+        metrics,
         config,
     });
     tracing::info!(worker = %ctx.worker, concurrency = ctx.config.concurrency, "worker starting");
@@ -95,6 +110,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let cancel = ctx.cancel.clone();
     let main = tokio::spawn(supervise(ctx.clone()));
+    let breaker_sync = ctx
+        .shared
+        .enabled()
+        .then(|| tokio::spawn(sync_breakers(ctx.clone())));
     shutdown.await;
     tracing::info!("shutdown requested: no new claims; waiting for in-flight actions");
     cancel.cancel();
@@ -103,6 +122,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     if let Some(server) = metrics_server {
         server.abort();
+    }
+    if let Some(sync) = breaker_sync {
+        sync.abort();
     }
     tracing::info!("worker stopped");
     Ok(())
@@ -132,6 +154,19 @@ async fn supervise(ctx: Arc<Context>) {
     }
 }
 
+/// Open here the circuits other replicas opened (read from Redis four times a second).
+async fn sync_breakers(ctx: Arc<Context>) {
+    let mut every = tokio::time::interval(Duration::from_millis(250));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let endpoints = ctx.breakers.endpoints();
+        for (endpoint, until) in ctx.shared.open_circuits(&endpoints).await {
+            ctx.breakers.open_remote(&endpoint, until);
+        }
+    }
+}
+
 /// One database session: claim loop plus its reporter.
 async fn session(ctx: &Arc<Context>, db: Arc<Db>) {
     if let Err(e) = db.listen().await {
@@ -139,7 +174,7 @@ async fn session(ctx: &Arc<Context>, db: Arc<Db>) {
     }
     tracing::info!("connected to the database");
     let (tx, rx) = mpsc::unbounded_channel();
-    let reporter = tokio::spawn(report(db.clone(), rx));
+    let reporter = tokio::spawn(report(ctx.clone(), db.clone(), rx));
     // Cancelled when leases can no longer be renewed: the session then stops claiming at once
     // (it could not keep what it claims) and the worker reconnects.
     let leases_lost = ctx.cancel.child_token();
@@ -284,7 +319,20 @@ async fn claim_loop(
         let jobs = db.claim(&ctx.worker, free as u32, config.lease()).await?;
         ctx.metrics.contact();
         let claimed = jobs.len();
-        for job in jobs {
+        // Jobs the delivered-ledger knows (a crash came between their 2xx and completion):
+        // completed without a second delivery.
+        let known: Vec<(i64, &str)> = jobs
+            .iter()
+            .map(|j| (j.job_id, j.idempotency_key.as_str()))
+            .collect();
+        let delivered = ctx.shared.delivered(&known).await;
+        for (job, already) in jobs.into_iter().zip(delivered) {
+            if already {
+                tracing::info!(job = job.job_id, observer = %job.observer, "already delivered (delivered-ledger): completing without a second delivery");
+                ctx.metrics.job(&job.observer, "ledger", "delivered");
+                let _ = tx.send((job, Outcome::Delivered));
+                continue;
+            }
             let action = Action::parse(&job.action);
             let kind = action.as_ref().map(Action::kind).unwrap_or("invalid");
             ctx.metrics.job(&job.observer, kind, "claimed");
@@ -375,6 +423,23 @@ async fn perform(ctx: &Context, job: &ClaimedJob, action: Result<Action, ActionE
             ),
         };
     };
+    if let Some(&rate) = ctx.config.rate_limits.get(&endpoint) {
+        let slot = match ctx.shared.take_slot(&endpoint, rate, MAX_RATE_WAIT).await {
+            Some(slot) => slot,
+            None => ctx.local_limits.take(&endpoint, rate, MAX_RATE_WAIT),
+        };
+        match slot {
+            Slot::Wait(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
+            Slot::Wait(_) => {}
+            Slot::Busy(after) => {
+                ctx.breakers.after(&endpoint, None);
+                return Outcome::Snooze {
+                    until: std::time::SystemTime::now() + after,
+                    reason: format!("{endpoint} is at its rate limit ({rate}/s)"),
+                };
+            }
+        }
+    }
     let cap = ctx.config.http.error_body_bytes;
     let outcome = match &action {
         Action::Webhook(w) => {
@@ -407,7 +472,11 @@ async fn perform(ctx: &Context, job: &ClaimedJob, action: Result<Action, ActionE
         Outcome::Retry { endpoint_fault, .. } => (*endpoint_fault).then_some(false),
         Outcome::Discard { .. } | Outcome::Snooze { .. } => None,
     };
-    ctx.breakers.after(&endpoint, verdict);
+    match ctx.breakers.after(&endpoint, verdict) {
+        Some(breaker::Change::Opened(until)) => ctx.shared.publish_open(&endpoint, until).await,
+        Some(breaker::Change::Closed) => ctx.shared.publish_closed(&endpoint).await,
+        None => {}
+    }
     outcome
 }
 
@@ -428,8 +497,13 @@ fn log_report(what: &str, jobs: usize, result: Result<Vec<i64>, crate::db::DbErr
     }
 }
 
-/// Report outcomes in batches until the channel closes.
-async fn report(db: Arc<Db>, mut rx: mpsc::UnboundedReceiver<(ClaimedJob, Outcome)>) {
+/// Report outcomes in batches until the channel closes. Deliveries are written to the
+/// delivered-ledger (Redis, when configured) before their completion is reported.
+async fn report(
+    ctx: Arc<Context>,
+    db: Arc<Db>,
+    mut rx: mpsc::UnboundedReceiver<(ClaimedJob, Outcome)>,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < REPORT_BATCH {
@@ -438,6 +512,13 @@ async fn report(db: Arc<Db>, mut rx: mpsc::UnboundedReceiver<(ClaimedJob, Outcom
                 Err(_) => break,
             }
         }
+        let ledger: Vec<(i64, &str)> = batch
+            .iter()
+            .filter(|(_, o)| *o == Outcome::Delivered)
+            .map(|(j, _)| (j.job_id, j.idempotency_key.as_str()))
+            .collect();
+        ctx.shared.record_delivered(&ledger).await;
+        drop(ledger);
         let mut done = Vec::new();
         let mut failed = Vec::new();
         let mut discarded = Vec::new();

@@ -181,7 +181,7 @@ pub async fn send(request: reqwest::RequestBuilder, error_body_bytes: usize) -> 
         Ok(r) => r,
         Err(e) => {
             return Outcome::Retry {
-                error: describe_send_error(&e),
+                error: describe_send_error(e),
                 not_before: None,
                 endpoint_fault: true,
             }
@@ -238,7 +238,8 @@ async fn read_capped(mut response: reqwest::Response, cap: usize) -> String {
         .to_string()
 }
 
-fn describe_send_error(e: &reqwest::Error) -> String {
+fn describe_send_error(e: reqwest::Error) -> String {
+    let e = &e.without_url();
     let kind = if e.is_timeout() {
         "timeout"
     } else if e.is_connect() {
@@ -246,7 +247,9 @@ fn describe_send_error(e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    // The source chain carries the useful part ("Connection refused").
+    // Never the URL: it can carry a credential (Slack's incoming-webhook URLs are one), and
+    // this text is stored on the job and logged. The source chain carries the useful part
+    // ("Connection refused").
     let mut text = format!("{kind}: {e}");
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
