@@ -177,27 +177,52 @@ BEGIN
 END
 $$;
 
--- observer_complete(job_ids, tokens): mark delivered jobs completed. A pair whose token no longer
--- matches (the lease expired and another worker claimed the job) is rejected: accepted = false.
-CREATE FUNCTION observer_complete(job_ids bigint[], tokens bigint[])
+-- The optional audit details of outcome reports (complete, fail, discard), one per job: the
+-- endpoint (scheme://host:port), the HTTP status or SMTP code, and the attempt's duration.
+CREATE FUNCTION observer.check_audit(job_ids bigint[], endpoints text[], statuses integer[], durations_ms integer[])
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF (endpoints IS NOT NULL AND cardinality(endpoints) IS DISTINCT FROM cardinality(job_ids))
+       OR (statuses IS NOT NULL AND cardinality(statuses) IS DISTINCT FROM cardinality(job_ids))
+       OR (durations_ms IS NOT NULL AND cardinality(durations_ms) IS DISTINCT FROM cardinality(job_ids)) THEN
+        RAISE EXCEPTION 'endpoints, statuses and durations_ms (when given) must have the same length as job_ids'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- observer_complete(job_ids, tokens, endpoints, statuses, durations_ms): mark delivered jobs
+-- completed. A pair whose token no longer matches (the lease expired and another worker claimed
+-- the job) is rejected: accepted = false. The audit details are optional.
+CREATE FUNCTION observer_complete(job_ids bigint[], tokens bigint[], endpoints text[] DEFAULT NULL,
+                                  statuses integer[] DEFAULT NULL, durations_ms integer[] DEFAULT NULL)
 RETURNS TABLE (job_id bigint, accepted boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
+DECLARE
+    n integer := coalesce(cardinality(job_ids), 0);
 BEGIN
     PERFORM observer.check_pairs(job_ids, tokens);
+    PERFORM observer.check_audit(job_ids, endpoints, statuses, durations_ms);
     RETURN QUERY
     WITH input AS (
-        SELECT * FROM unnest(job_ids, tokens) AS i(id, token)
+        SELECT * FROM unnest(job_ids, tokens,
+                             coalesce(endpoints, array_fill(NULL::text, ARRAY[n])),
+                             coalesce(statuses, array_fill(NULL::integer, ARRAY[n])),
+                             coalesce(durations_ms, array_fill(NULL::integer, ARRAY[n])))
+                 AS i(id, token, endpoint, status, ms)
     ), done AS (
         UPDATE observer.jobs j
         SET state = 'completed', finished_at = clock_timestamp(), lease_until = NULL, last_error = NULL
         FROM input
         WHERE j.id = input.id AND j.lease_token = input.token AND observer.is_running(j.state)
-        RETURNING j.id, j.attempt, j.worker
+        RETURNING j.id, j.attempt, j.worker, input.endpoint, input.status, input.ms
     ), logged AS (
-        INSERT INTO observer.attempts (job_id, attempt, worker, outcome)
-        SELECT id, attempt, worker, 'completed' FROM done
-        ON CONFLICT (job_id, attempt) DO UPDATE SET outcome = excluded.outcome, finished_at = excluded.finished_at
+        INSERT INTO observer.attempts (job_id, attempt, worker, outcome, endpoint, status, duration_ms)
+        SELECT id, attempt, worker, 'completed', endpoint, status, ms FROM done
+        ON CONFLICT (job_id, attempt) DO UPDATE SET outcome = excluded.outcome, finished_at = excluded.finished_at,
+            endpoint = excluded.endpoint, status = excluded.status, duration_ms = excluded.duration_ms
     )
     -- A join, not EXISTS per row: a correlated scan of the CTE is quadratic in the batch size.
     SELECT input.id, done.id IS NOT NULL FROM input LEFT JOIN done ON done.id = input.id;
@@ -209,12 +234,16 @@ $$;
 -- min(cap, base * 2^(attempt-1))), not before the worker-supplied time (Retry-After) if any, or
 -- goes to state 'dead' once its observer's max_attempts is used up.
 CREATE FUNCTION observer_fail(job_ids bigint[], tokens bigint[], errors text[],
-                              retry_not_before timestamptz[] DEFAULT NULL)
+                              retry_not_before timestamptz[] DEFAULT NULL, endpoints text[] DEFAULT NULL,
+                              statuses integer[] DEFAULT NULL, durations_ms integer[] DEFAULT NULL)
 RETURNS TABLE (job_id bigint, accepted boolean, state text, run_at timestamptz)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
+DECLARE
+    n integer := coalesce(cardinality(job_ids), 0);
 BEGIN
     PERFORM observer.check_pairs(job_ids, tokens);
+    PERFORM observer.check_audit(job_ids, endpoints, statuses, durations_ms);
     IF cardinality(job_ids) IS DISTINCT FROM cardinality(errors)
        OR (retry_not_before IS NOT NULL AND cardinality(retry_not_before) <> cardinality(job_ids)) THEN
         RAISE EXCEPTION 'errors (and retry_not_before if given) must have the same length as job_ids'
@@ -222,10 +251,13 @@ BEGIN
     END IF;
     RETURN QUERY
     WITH input AS (
-        SELECT i.id, i.token, left(i.error, 2000) AS error, i.not_before
+        SELECT i.id, i.token, left(i.error, 2000) AS error, i.not_before, i.endpoint, i.status, i.ms
         FROM unnest(job_ids, tokens, errors,
-                    coalesce(retry_not_before, array_fill(NULL::timestamptz, ARRAY[cardinality(job_ids)])))
-             AS i(id, token, error, not_before)
+                    coalesce(retry_not_before, array_fill(NULL::timestamptz, ARRAY[n])),
+                    coalesce(endpoints, array_fill(NULL::text, ARRAY[n])),
+                    coalesce(statuses, array_fill(NULL::integer, ARRAY[n])),
+                    coalesce(durations_ms, array_fill(NULL::integer, ARRAY[n])))
+             AS i(id, token, error, not_before, endpoint, status, ms)
     ), failed AS (
         UPDATE observer.jobs j
         SET state = CASE WHEN j.attempt >= coalesce(j.attempts_allowed, o.max_attempts) THEN 'dead' ELSE 'pending' END,
@@ -244,13 +276,15 @@ BEGIN
         FROM input, observer.observers o
         WHERE j.id = input.id AND j.lease_token = input.token AND observer.is_running(j.state)
           AND o.id = j.observer_id
-        RETURNING j.id, j.attempt, j.worker, j.state, j.run_at, input.error
+        RETURNING j.id, j.attempt, j.worker, j.state, j.run_at, input.error, input.endpoint, input.status, input.ms
     ), logged AS (
-        INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error)
-        SELECT f.id, f.attempt, f.worker, CASE WHEN f.state = 'dead' THEN 'dead' ELSE 'retry' END, f.error
+        INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error, endpoint, status, duration_ms)
+        SELECT f.id, f.attempt, f.worker, CASE WHEN f.state = 'dead' THEN 'dead' ELSE 'retry' END, f.error,
+               f.endpoint, f.status, f.ms
         FROM failed f
         ON CONFLICT (job_id, attempt) DO UPDATE SET outcome = excluded.outcome, error = excluded.error,
-                                                    finished_at = excluded.finished_at
+            finished_at = excluded.finished_at, endpoint = excluded.endpoint, status = excluded.status,
+            duration_ms = excluded.duration_ms
     )
     SELECT input.id, f.id IS NOT NULL, f.state, f.run_at
     FROM input LEFT JOIN failed f ON f.id = input.id;
@@ -312,12 +346,17 @@ $$;
 -- the dead-letter queue with the reason, so nothing is lost and observer_dlq_retry() can replay
 -- it. Where pause[i] is true (HTTP 410 Gone), the job's observer is also paused with the reason:
 -- its pending and future jobs are held, not sent to a gone endpoint, until observer_resume().
-CREATE FUNCTION observer_discard(job_ids bigint[], tokens bigint[], reasons text[], pause boolean[] DEFAULT NULL)
+CREATE FUNCTION observer_discard(job_ids bigint[], tokens bigint[], reasons text[], pause boolean[] DEFAULT NULL,
+                                 endpoints text[] DEFAULT NULL, statuses integer[] DEFAULT NULL,
+                                 durations_ms integer[] DEFAULT NULL)
 RETURNS TABLE (job_id bigint, accepted boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
+DECLARE
+    n integer := coalesce(cardinality(job_ids), 0);
 BEGIN
     PERFORM observer.check_pairs(job_ids, tokens);
+    PERFORM observer.check_audit(job_ids, endpoints, statuses, durations_ms);
     IF reasons IS NULL THEN
         RAISE EXCEPTION 'reasons must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
@@ -328,16 +367,20 @@ BEGIN
     END IF;
     RETURN QUERY
     WITH input AS (
-        SELECT i.id, i.token, left(coalesce(i.reason, 'no reason given'), 2000) AS reason, coalesce(i.pause, false) AS pause
-        FROM unnest(job_ids, tokens, reasons, coalesce(pause, array_fill(false, ARRAY[cardinality(job_ids)])))
-             AS i(id, token, reason, pause)
+        SELECT i.id, i.token, left(coalesce(i.reason, 'no reason given'), 2000) AS reason, coalesce(i.pause, false) AS pause,
+               i.endpoint, i.status, i.ms
+        FROM unnest(job_ids, tokens, reasons, coalesce(pause, array_fill(false, ARRAY[n])),
+                    coalesce(endpoints, array_fill(NULL::text, ARRAY[n])),
+                    coalesce(statuses, array_fill(NULL::integer, ARRAY[n])),
+                    coalesce(durations_ms, array_fill(NULL::integer, ARRAY[n])))
+             AS i(id, token, reason, pause, endpoint, status, ms)
     ), discarded AS (
         UPDATE observer.jobs j
         SET state = 'dead', finished_at = clock_timestamp(), lease_until = NULL,
             last_error = 'discarded: ' || input.reason
         FROM input
         WHERE j.id = input.id AND j.lease_token = input.token AND observer.is_running(j.state)
-        RETURNING j.id, j.attempt, j.worker, j.observer_id, input.reason, input.pause
+        RETURNING j.id, j.attempt, j.worker, j.observer_id, input.reason, input.pause, input.endpoint, input.status, input.ms
     ), paused AS (
         UPDATE observer.observers o
         SET paused_at = clock_timestamp(), paused_reason = 'endpoint gone: ' || d.reason, updated_at = now()
@@ -348,10 +391,11 @@ BEGIN
         UPDATE observer.jobs j SET run_at = 'infinity'
         FROM paused WHERE j.observer_id = paused.id AND j.state = 'pending'
     ), logged AS (
-        INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error)
-        SELECT id, attempt, worker, 'discarded', reason FROM discarded
+        INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error, endpoint, status, duration_ms)
+        SELECT id, attempt, worker, 'discarded', reason, endpoint, status, ms FROM discarded
         ON CONFLICT (job_id, attempt) DO UPDATE SET outcome = excluded.outcome, error = excluded.error,
-                                                    finished_at = excluded.finished_at
+            finished_at = excluded.finished_at, endpoint = excluded.endpoint, status = excluded.status,
+            duration_ms = excluded.duration_ms
     )
     -- A join, not EXISTS per row: a correlated scan of the CTE is quadratic in the batch size.
     SELECT input.id, discarded.id IS NOT NULL FROM input LEFT JOIN discarded ON discarded.id = input.id;

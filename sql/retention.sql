@@ -33,6 +33,8 @@ BEGIN
     WITH old AS (
         SELECT j.id FROM observer.jobs j
         WHERE j.state = 'completed' AND j.finished_at < cutoff
+          -- Audit documents still on their way to Elasticsearch keep their job.
+          AND NOT EXISTS (SELECT 1 FROM observer.audit_outbox x WHERE x.job_id = j.id)
         ORDER BY j.id LIMIT max_rows
         FOR UPDATE SKIP LOCKED
     )

@@ -179,16 +179,35 @@ CREATE INDEX jobs_key_order ON observer.jobs (observer_id, ordering_key, id)
     WHERE ordering_key IS NOT NULL AND state IN ('pending', 'running', 'dead');
 CREATE INDEX jobs_dedup ON observer.jobs (observer_id, dedup_key, created_at) WHERE dedup_key IS NOT NULL;
 
--- One row per delivery attempt outcome reported by a worker (the seed of the audit trail).
+-- The audit trail: one row per delivery attempt, as the worker reported it. `search` holds the
+-- words of the error and of the delivered document (audit.sql, observer_search()); the row is
+-- exported to Elasticsearch when fraiseql_observers.audit_export is on (audit_outbox).
 CREATE TABLE observer.attempts (
     job_id       bigint NOT NULL REFERENCES observer.jobs (id) ON DELETE CASCADE,
     attempt      integer NOT NULL,
     worker       text,
     outcome      text NOT NULL CHECK (outcome IN ('completed', 'retry', 'dead', 'expired', 'discarded')),
-    error        text,
+    error        text,                       -- failures: what went wrong, with a capped response excerpt
+    endpoint     text,                       -- scheme://host:port (never a path: URLs can hold credentials)
+    status       integer,                    -- the HTTP status or SMTP reply code, when there was one
+    duration_ms  integer,                    -- time the worker spent on the attempt
     finished_at  timestamptz NOT NULL DEFAULT now(),
+    search       tsvector,
     PRIMARY KEY (job_id, attempt)
 );
+CREATE INDEX attempts_search ON observer.attempts USING gin (search);
+
+-- Attempts waiting to be indexed in Elasticsearch by a worker (observer_audit_batch). A row
+-- leaves when Elasticsearch has the document; one it refused for good keeps its reason. Jobs
+-- with rows here are not pruned, so no audit document is lost while Elasticsearch is away.
+CREATE TABLE observer.audit_outbox (
+    job_id      bigint NOT NULL,
+    attempt     integer NOT NULL,
+    queued_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    refused     text,                        -- Elasticsearch rejected the document for good (e.g. a mapping error)
+    PRIMARY KEY (job_id, attempt)
+);
+CREATE INDEX audit_outbox_queue ON observer.audit_outbox (queued_at) WHERE refused IS NULL;
 
 -- Circuit breakers as each worker last reported them (observer_report_breakers), shown by
 -- observer_status(). A worker replaces all of its rows at each report.

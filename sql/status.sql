@@ -66,6 +66,11 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             'pending', p.pending, 'running', p.running, 'completed', p.completed, 'dead', p.dead,
             'condition_unknown', p.condition_unknown, 'deduplicated', p.deduplicated)
             ORDER BY p.name) FILTER (WHERE p.name IS NOT NULL), '[]'),
+        'audit', jsonb_build_object(
+            'export_on', observer.setting_on('fraiseql_observers.audit_export', false),
+            'export_pending', (SELECT count(*) FROM observer.audit_outbox x WHERE x.refused IS NULL),
+            'export_refused', (SELECT count(*) FROM observer.audit_outbox x WHERE x.refused IS NOT NULL),
+            'search_on', observer.setting_on('fraiseql_observers.audit_search', true)),
         'breakers', (SELECT coalesce(jsonb_agg(jsonb_build_object(
                 'worker', b.worker, 'endpoint', b.endpoint, 'state', b.state, 'failures', b.failures,
                 'open_until', b.open_until, 'reported_at', b.reported_at) ORDER BY b.endpoint, b.worker), '[]')

@@ -32,6 +32,16 @@ static EVENT_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600
 /// Comma-separated CIDRs; empty by default. The worker has its own list (`http.allow_networks`).
 static ALLOWED_NETWORKS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// `fraiseql_observers.audit_search` (bool, default on, superuser): each attempt row indexes the
+/// words of its error and delivered document for `observer_search()`. Off: cheaper outcome
+/// reports, no text search. Read by the SQL trigger on observer.attempts.
+static AUDIT_SEARCH: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// `fraiseql_observers.audit_export` (bool, default off, superuser): queue every attempt for
+/// export to Elasticsearch by the workers that have `[elasticsearch]` configured. Turn it on for
+/// the database (ALTER DATABASE ... SET) when such a worker runs, else the queue only grows.
+static AUDIT_EXPORT: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 /// Register the settings. Postmaster-context settings can only be defined while preloading.
 pub fn init(preloading: bool) {
     GucRegistry::define_bool_guc(
@@ -71,6 +81,22 @@ pub fn init(preloading: bool) {
         i32::MAX,
         GucContext::Sighup,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_bool_guc(
+        c"fraiseql_observers.audit_search",
+        c"Index the words of each attempt's error and delivered document for observer_search().",
+        c"Off makes outcome reports cheaper and disables text search of the audit trail.",
+        &AUDIT_SEARCH,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"fraiseql_observers.audit_export",
+        c"Queue every attempt for export to Elasticsearch.",
+        c"Workers with [elasticsearch] configured send the queued documents with the _bulk API; documents wait in observer.audit_outbox until Elasticsearch has them.",
+        &AUDIT_EXPORT,
+        GucContext::Suset,
+        GucFlags::default(),
     );
     GucRegistry::define_string_guc(
         c"fraiseql_observers.allowed_networks",

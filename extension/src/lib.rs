@@ -54,9 +54,14 @@ extension_sql_file!(
     requires = ["dlq"]
 );
 extension_sql_file!(
+    "../../sql/audit.sql",
+    name = "audit",
+    requires = ["retention"]
+);
+extension_sql_file!(
     "../../sql/status.sql",
     name = "status",
-    requires = ["retention"],
+    requires = ["audit"],
     finalize
 );
 

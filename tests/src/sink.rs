@@ -66,6 +66,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub delay: Duration,
+    /// The body; `ok` when None.
+    pub body: Option<String>,
 }
 
 impl Reply {
@@ -131,8 +133,8 @@ impl Sink {
     ) -> anyhow::Result<Self> {
         let script: Script = Arc::new(move |r, before| Reply {
             status: responder(r, before),
-            headers: Vec::new(),
             delay,
+            ..Reply::default()
         });
         Self::serve(addr, script, on_request).await
     }
@@ -201,11 +203,11 @@ impl Sink {
                             for (name, value) in &reply.headers {
                                 response = response.header(*name, value.as_str());
                             }
-                            Ok::<_, Infallible>(
-                                response
-                                    .body(Full::new(Bytes::from_static(b"ok")))
-                                    .unwrap_or_default(),
-                            )
+                            let body = match reply.body {
+                                Some(b) => Bytes::from(b),
+                                None => Bytes::from_static(b"ok"),
+                            };
+                            Ok::<_, Infallible>(response.body(Full::new(body)).unwrap_or_default())
                         }
                     });
                     let _ = http1::Builder::new()

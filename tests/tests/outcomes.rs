@@ -30,14 +30,14 @@ async fn each_endpoint_failure_ends_in_its_documented_state() {
             // Slower than the action's 300 ms timeout.
             ("/flap", 1) => Reply {
                 status: 200,
-                headers: Vec::new(),
                 delay: Duration::from_millis(1500),
+                ..Reply::default()
             },
             ("/flap", 2) => Reply::status(503),
             ("/busy", 0) => Reply {
                 status: 429,
                 headers: vec![("retry-after", "2".to_string())],
-                delay: Duration::ZERO,
+                ..Reply::default()
             },
             _ => Reply::status(200),
         }

@@ -75,6 +75,8 @@ pub struct Config {
     pub smtp: SmtpConfig,
     /// Redis for state shared by replicas (off when `url` is empty).
     pub redis: RedisConfig,
+    /// Export of the audit trail (off when `url` is empty).
+    pub elasticsearch: ElasticsearchConfig,
     /// Requests per second allowed per endpoint (`scheme://host:port`), across all replicas
     /// when Redis is configured. Keys are normalised at load (`https://a.b` → `https://a.b:443`).
     #[serde(default)]
@@ -140,6 +142,26 @@ pub struct RedisConfig {
     pub timeout_ms: u64,
     /// How long a delivered job stays in the ledger, seconds.
     pub ledger_ttl_seconds: u64,
+}
+
+/// `[elasticsearch]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElasticsearchConfig {
+    /// Base URL, e.g. `https://es.internal:9200`; empty = no export.
+    pub url: String,
+    /// `Authorization: ApiKey <api_key>` when set.
+    pub api_key: String,
+    /// Indices are `<index_prefix>-YYYY.MM.DD`; the index template has this name.
+    pub index_prefix: String,
+    /// Most documents per `_bulk` request.
+    pub batch_size: u32,
+    /// Pause between rounds when nothing is waiting, milliseconds.
+    pub flush_ms: u64,
+    /// Timeout of one request, milliseconds.
+    pub timeout_ms: u64,
+    /// Longest pause between retries while Elasticsearch fails, milliseconds.
+    pub max_backoff_ms: u64,
 }
 
 /// `[breaker]`
@@ -432,6 +454,59 @@ impl Config {
                 });
             }
         }
+        if !self.elasticsearch.url.is_empty() {
+            let ok = url::Url::parse(&self.elasticsearch.url)
+                .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .unwrap_or(false);
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    field: "elasticsearch.url",
+                    problem: format!("{:?} is not an http(s) URL", redact(&self.elasticsearch.url)),
+                    fix: "use e.g. \"https://es.internal:9200\", or \"\" to keep the audit trail in Postgres only",
+                });
+            }
+        }
+        let prefix = &self.elasticsearch.index_prefix;
+        if prefix.is_empty()
+            || prefix.starts_with(['-', '_', '+'])
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Err(ConfigError::Invalid {
+                field: "elasticsearch.index_prefix",
+                problem: format!("{prefix:?} is not a valid index name"),
+                fix: "use lowercase letters, digits, - and _, not starting with -, _ or +",
+            });
+        }
+        if !(1..=10_000).contains(&self.elasticsearch.batch_size) {
+            return Err(invalid(
+                "elasticsearch.batch_size",
+                self.elasticsearch.batch_size,
+                "use 1 to 10000",
+            ));
+        }
+        if !(10..=3_600_000).contains(&self.elasticsearch.flush_ms) {
+            return Err(invalid(
+                "elasticsearch.flush_ms",
+                self.elasticsearch.flush_ms,
+                "use 10 to 3600000",
+            ));
+        }
+        if !(100..=600_000).contains(&self.elasticsearch.timeout_ms) {
+            return Err(invalid(
+                "elasticsearch.timeout_ms",
+                self.elasticsearch.timeout_ms,
+                "use 100 to 600000",
+            ));
+        }
+        if self.elasticsearch.max_backoff_ms < self.elasticsearch.flush_ms {
+            return Err(invalid(
+                "elasticsearch.max_backoff_ms",
+                self.elasticsearch.max_backoff_ms,
+                "use at least elasticsearch.flush_ms",
+            ));
+        }
         if self.log.format != "text" && self.log.format != "json" {
             return Err(invalid(
                 "log.format",
@@ -601,6 +676,10 @@ impl Config {
         c.database_url = redact(&c.database_url);
         c.smtp.url = redact(&c.smtp.url);
         c.redis.url = redact(&c.redis.url);
+        c.elasticsearch.url = redact(&c.elasticsearch.url);
+        if !c.elasticsearch.api_key.is_empty() {
+            c.elasticsearch.api_key = "***".to_string();
+        }
         for values in c.secrets.values_mut() {
             for v in values.iter_mut() {
                 *v = "whsec_***".to_string();

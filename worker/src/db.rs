@@ -88,6 +88,34 @@ pub struct Failure {
     pub error: String,
     /// Earliest retry time demanded by the endpoint (`Retry-After`).
     pub not_before: Option<SystemTime>,
+    /// For the audit trail.
+    pub audit: Audit,
+}
+
+/// What the audit trail records of an attempt besides its outcome.
+#[derive(Debug, Clone, Default)]
+pub struct Audit {
+    /// `scheme://host:port`.
+    pub endpoint: Option<String>,
+    /// HTTP status or SMTP reply code.
+    pub status: Option<i32>,
+    /// Time spent on the attempt.
+    pub duration_ms: Option<i32>,
+}
+
+/// The audit columns of a batch, as the three optional arrays of the outcome functions.
+type AuditArrays<'a> = (Vec<Option<&'a str>>, Vec<Option<i32>>, Vec<Option<i32>>);
+
+fn audit_arrays<'a>(audits: impl Iterator<Item = &'a Audit>) -> AuditArrays<'a> {
+    let mut endpoints = Vec::new();
+    let mut statuses = Vec::new();
+    let mut durations = Vec::new();
+    for a in audits {
+        endpoints.push(a.endpoint.as_deref());
+        statuses.push(a.status);
+        durations.push(a.duration_ms);
+    }
+    (endpoints, statuses, durations)
 }
 
 /// One database session of the worker.
@@ -208,14 +236,17 @@ impl Db {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// `observer_complete(ids, tokens)`: the ids whose token was stale (rejected).
-    pub async fn complete(&self, done: &[(i64, i64)]) -> Result<Vec<i64>, DbError> {
-        let (ids, tokens): (Vec<i64>, Vec<i64>) = done.iter().copied().unzip();
+    /// `observer_complete(ids, tokens, audit...)`: the ids whose token was stale (rejected).
+    pub async fn complete(&self, done: &[(i64, i64, Audit)]) -> Result<Vec<i64>, DbError> {
+        let ids: Vec<i64> = done.iter().map(|d| d.0).collect();
+        let tokens: Vec<i64> = done.iter().map(|d| d.1).collect();
+        let (endpoints, statuses, durations) = audit_arrays(done.iter().map(|d| &d.2));
         let rows = self
             .client
             .query(
-                "SELECT job_id FROM observer_complete($1::int8[], $2::int8[]) WHERE NOT accepted",
-                &[&ids, &tokens],
+                "SELECT job_id FROM observer_complete($1::int8[], $2::int8[], $3::text[], $4::int4[], $5::int4[]) \
+                 WHERE NOT accepted",
+                &[&ids, &tokens, &endpoints, &statuses, &durations],
             )
             .await
             .map_err(DbError::call("observer_complete"))?;
@@ -232,15 +263,24 @@ impl Db {
             .iter()
             .map(|f| f.not_before.map(epoch_seconds))
             .collect();
+        let (endpoints, statuses, durations) = audit_arrays(failed.iter().map(|f| &f.audit));
         let rows = self
             .client
             .query(
                 &format!(
-                    "SELECT job_id FROM observer_fail($1::int8[], $2::int8[], $3::text[], {}) \
-                     WHERE NOT accepted",
+                    "SELECT job_id FROM observer_fail($1::int8[], $2::int8[], $3::text[], {}, \
+                     $5::text[], $6::int4[], $7::int4[]) WHERE NOT accepted",
                     timestamps_param(4)
                 ),
-                &[&ids, &tokens, &errors, &not_before],
+                &[
+                    &ids,
+                    &tokens,
+                    &errors,
+                    &not_before,
+                    &endpoints,
+                    &statuses,
+                    &durations,
+                ],
             )
             .await
             .map_err(DbError::call("observer_fail"))?;
@@ -273,16 +313,21 @@ impl Db {
 
     /// `observer_discard` for (job, token, reason, pause the observer) tuples; returns the jobs
     /// whose token was stale.
-    pub async fn discard(&self, items: &[(i64, i64, String, bool)]) -> Result<Vec<i64>, DbError> {
+    pub async fn discard(
+        &self,
+        items: &[(i64, i64, String, bool, Audit)],
+    ) -> Result<Vec<i64>, DbError> {
         let ids: Vec<i64> = items.iter().map(|i| i.0).collect();
         let tokens: Vec<i64> = items.iter().map(|i| i.1).collect();
         let reasons: Vec<&str> = items.iter().map(|i| i.2.as_str()).collect();
         let pause: Vec<bool> = items.iter().map(|i| i.3).collect();
+        let (endpoints, statuses, durations) = audit_arrays(items.iter().map(|i| &i.4));
         let rows = self
             .client
             .query(
-                "SELECT job_id FROM observer_discard($1::int8[], $2::int8[], $3::text[], $4::bool[]) WHERE NOT accepted",
-                &[&ids, &tokens, &reasons, &pause],
+                "SELECT job_id FROM observer_discard($1::int8[], $2::int8[], $3::text[], $4::bool[], \
+                 $5::text[], $6::int4[], $7::int4[]) WHERE NOT accepted",
+                &[&ids, &tokens, &reasons, &pause, &endpoints, &statuses, &durations],
             )
             .await
             .map_err(DbError::call("observer_discard"))?;
@@ -309,6 +354,66 @@ impl Db {
             )
             .await
             .map_err(DbError::call("observer_report_breakers"))?;
+        Ok(())
+    }
+
+    /// The audit exporter's session: times in UTC (daily index names come from them).
+    pub async fn prepare_audit_session(&self) -> Result<(), DbError> {
+        self.client
+            .batch_execute("SET TimeZone = 'UTC'")
+            .await
+            .map_err(DbError::call("SET TimeZone"))
+    }
+
+    /// Try to take the session lock that makes this worker the only audit exporter (held until
+    /// the connection closes; call once per session).
+    pub async fn try_audit_lock(&self) -> Result<bool, DbError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtext('fraiseql_observers.audit_export')::bigint)",
+                &[],
+            )
+            .await
+            .map_err(DbError::call("pg_try_advisory_lock"))?;
+        Ok(row.get(0))
+    }
+
+    /// `observer_audit_batch(max)`: the oldest documents waiting for Elasticsearch.
+    pub async fn audit_batch(&self, max: u32) -> Result<Vec<crate::audit::Doc>, DbError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT job_id, attempt, doc::text FROM observer_audit_batch($1::int4)",
+                &[&i32::try_from(max).unwrap_or(i32::MAX)],
+            )
+            .await
+            .map_err(DbError::call("observer_audit_batch"))?;
+        Ok(rows
+            .iter()
+            .map(|r| crate::audit::Doc {
+                job_id: r.get(0),
+                attempt: r.get(1),
+                source: r.get(2),
+            })
+            .collect())
+    }
+
+    /// `observer_audit_done`: (job, attempt, refused reason or None when stored).
+    pub async fn audit_done(&self, settled: &[(i64, i32, Option<String>)]) -> Result<(), DbError> {
+        if settled.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = settled.iter().map(|s| s.0).collect();
+        let attempts: Vec<i32> = settled.iter().map(|s| s.1).collect();
+        let refused: Vec<Option<&str>> = settled.iter().map(|s| s.2.as_deref()).collect();
+        self.client
+            .execute(
+                "SELECT observer_audit_done($1::int8[], $2::int4[], $3::text[])",
+                &[&ids, &attempts, &refused],
+            )
+            .await
+            .map_err(DbError::call("observer_audit_done"))?;
         Ok(())
     }
 

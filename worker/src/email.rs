@@ -18,7 +18,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::config::{redact, SmtpConfig};
 use crate::db::ClaimedJob;
-use crate::webhook::Outcome;
+use crate::webhook::{Attempted, Outcome};
 
 /// Longest rendered subject.
 const MAX_SUBJECT_BYTES: usize = 998;
@@ -87,13 +87,14 @@ impl Mailer {
     }
 
     /// Render and send one job's e-mail.
-    pub async fn deliver(&self, action: &EmailAction, job: &ClaimedJob) -> Outcome {
+    pub async fn deliver(&self, action: &EmailAction, job: &ClaimedJob) -> Attempted {
         let Some(transport) = &self.transport else {
             return Outcome::Retry {
                 error: "e-mail is not configured in this worker: set smtp.url (FRAISEQL_OBSERVERS_SMTP__URL)".to_string(),
                 not_before: None,
                 endpoint_fault: false,
-            };
+            }
+            .into();
         };
         let message = match self.message(action, job) {
             Ok(m) => m,
@@ -102,19 +103,30 @@ impl Mailer {
                     error,
                     pause: false,
                 }
+                .into()
             }
         };
         match transport.send(message).await {
-            Ok(_) => Outcome::Delivered,
-            Err(e) if e.is_permanent() => Outcome::Discard {
-                error: format!("SMTP server refused the message for good: {e}"),
-                pause: false,
+            Ok(response) => Attempted {
+                outcome: Outcome::Delivered,
+                status: reply_code(&response.code()),
             },
-            Err(e) => Outcome::Retry {
-                error: format!("SMTP: {}", describe(&e)),
-                not_before: None,
-                endpoint_fault: true,
-            },
+            Err(e) => {
+                let status = e.status().as_ref().and_then(reply_code);
+                let outcome = if e.is_permanent() {
+                    Outcome::Discard {
+                        error: format!("SMTP server refused the message for good: {e}"),
+                        pause: false,
+                    }
+                } else {
+                    Outcome::Retry {
+                        error: format!("SMTP: {}", describe(&e)),
+                        not_before: None,
+                        endpoint_fault: true,
+                    }
+                };
+                Attempted { outcome, status }
+            }
         }
     }
 
@@ -155,6 +167,11 @@ impl Mailer {
             .body(body)
             .map_err(|e| format!("cannot build the message: {e}"))
     }
+}
+
+/// An SMTP reply code as a number (250, 550).
+fn reply_code(code: &lettre::transport::smtp::response::Code) -> Option<u16> {
+    code.to_string().parse().ok()
 }
 
 /// The error and its sources ("Connection refused").

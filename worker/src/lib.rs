@@ -2,6 +2,7 @@
 //! `main.rs` only parses the command line, loads the configuration and calls in here.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod breaker;
 pub mod config;
 pub mod db;

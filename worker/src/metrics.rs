@@ -36,6 +36,10 @@ pub struct Metrics {
     pub up: IntGauge,
     /// 1 while Redis (when configured) answers.
     pub redis_up: IntGauge,
+    /// Audit documents Elasticsearch stored.
+    pub audit_exported: prometheus::IntCounter,
+    /// Failed audit export rounds (Elasticsearch unavailable, refusing, or partial).
+    pub audit_export_failures: prometheus::IntCounter,
     /// Redis calls that failed or timed out, by operation.
     pub redis_errors: IntCounterVec,
     /// Unix time of the worker's last successful contact with the database.
@@ -100,6 +104,14 @@ impl Metrics {
             "redis_up",
             "1 while the configured Redis answers; 0 when it is down or not configured (local state in use).",
         )?;
+        let audit_exported = prometheus::IntCounter::new(
+            "audit_exported_total",
+            "Audit documents Elasticsearch stored.",
+        )?;
+        let audit_export_failures = prometheus::IntCounter::new(
+            "audit_export_failures_total",
+            "Audit export rounds that failed (Elasticsearch unavailable, or some documents not taken); documents wait in Postgres.",
+        )?;
         let redis_errors = IntCounterVec::new(
             Opts::new(
                 "redis_errors_total",
@@ -119,6 +131,8 @@ impl Metrics {
         registry.register(Box::new(queue_jobs.clone()))?;
         registry.register(Box::new(up.clone()))?;
         registry.register(Box::new(redis_up.clone()))?;
+        registry.register(Box::new(audit_exported.clone()))?;
+        registry.register(Box::new(audit_export_failures.clone()))?;
         registry.register(Box::new(redis_errors.clone()))?;
         registry.register(Box::new(last_heartbeat.clone()))?;
         up.set(1);
@@ -132,6 +146,8 @@ impl Metrics {
             queue_jobs,
             up,
             redis_up,
+            audit_exported,
+            audit_export_failures,
             redis_errors,
             last_heartbeat,
         }))

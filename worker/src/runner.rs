@@ -19,13 +19,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::breaker;
 use crate::config::Config;
-use crate::db::{ClaimedJob, Db, DbError, Failure};
+use crate::db::{Audit, ClaimedJob, Db, DbError, Failure};
 use crate::email::{Mailer, MailerError};
 use crate::metrics::{self, Metrics};
 use crate::ratelimit::{self, Slot};
 use crate::shared::{Shared, SharedError};
 use crate::slack;
-use crate::webhook::{self, Outcome};
+use crate::webhook::{self, Attempted, Outcome};
 
 /// Most outcomes reported in one call.
 const REPORT_BATCH: usize = 1000;
@@ -114,6 +114,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .shared
         .enabled()
         .then(|| tokio::spawn(sync_breakers(ctx.clone())));
+    let exporter = if ctx.config.elasticsearch.url.is_empty() {
+        None
+    } else {
+        let exporter = crate::audit::Exporter::new(
+            ctx.config.elasticsearch.clone(),
+            ctx.config.database_url.clone(),
+            &ctx.config.http.user_agent,
+            ctx.metrics.clone(),
+        )?;
+        Some(tokio::spawn(exporter.run(ctx.cancel.clone())))
+    };
     shutdown.await;
     tracing::info!("shutdown requested: no new claims; waiting for in-flight actions");
     cancel.cancel();
@@ -125,6 +136,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     if let Some(sync) = breaker_sync {
         sync.abort();
+    }
+    if let Some(exporter) = exporter {
+        let _ = exporter.await;
     }
     tracing::info!("worker stopped");
     Ok(())
@@ -282,7 +296,7 @@ async fn claim_loop(
     ctx: &Arc<Context>,
     db: &Arc<Db>,
     tasks: &TaskTracker,
-    tx: &mpsc::UnboundedSender<(ClaimedJob, Outcome)>,
+    tx: &mpsc::UnboundedSender<Report>,
     leases_lost: &CancellationToken,
 ) -> Result<(), DbError> {
     let config = &ctx.config;
@@ -330,7 +344,13 @@ async fn claim_loop(
             if already {
                 tracing::info!(job = job.job_id, observer = %job.observer, "already delivered (delivered-ledger): completing without a second delivery");
                 ctx.metrics.job(&job.observer, "ledger", "delivered");
-                let _ = tx.send((job, Outcome::Delivered));
+                let _ = tx.send(Report {
+                    job,
+                    outcome: Outcome::Delivered,
+                    endpoint: None,
+                    status: None,
+                    ms: None,
+                });
                 continue;
             }
             let action = Action::parse(&job.action);
@@ -349,7 +369,8 @@ async fn claim_loop(
             tasks.spawn(async move {
                 ctx.metrics.in_flight.inc();
                 let started = std::time::Instant::now();
-                let outcome = perform(&ctx, &job, action).await;
+                let (attempted, endpoint) = perform(&ctx, &job, action).await;
+                let outcome = attempted.outcome;
                 ctx.metrics.in_flight.dec();
                 let label = match &outcome {
                     Outcome::Delivered => "delivered",
@@ -368,7 +389,13 @@ async fn claim_loop(
                     map.remove(&job.job_id);
                 }
                 drop(permit);
-                let _ = tx.send((job, outcome));
+                let _ = tx.send(Report {
+                    job,
+                    outcome,
+                    endpoint,
+                    status: attempted.status,
+                    ms: i32::try_from(started.elapsed().as_millis()).ok(),
+                });
             });
         }
         if claimed > 0 {
@@ -387,61 +414,75 @@ async fn claim_loop(
 }
 
 /// Perform one job's action, under its endpoint's circuit breaker and in-flight limit.
-async fn perform(ctx: &Context, job: &ClaimedJob, action: Result<Action, ActionError>) -> Outcome {
+/// Returns the attempt and the endpoint it was for (when the action is valid).
+async fn perform(
+    ctx: &Context,
+    job: &ClaimedJob,
+    action: Result<Action, ActionError>,
+) -> (Attempted, Option<String>) {
     let action = match action {
         Ok(a) => a,
         Err(e) => {
-            return Outcome::Retry {
+            let invalid = Outcome::Retry {
                 error: format!("the observer's action is invalid: {e}"),
                 not_before: None,
                 endpoint_fault: false,
-            }
+            };
+            return (invalid.into(), None);
         }
     };
     let endpoint = match &action {
         Action::Email(_) => ctx.mailer.endpoint().to_string(),
         other => webhook::endpoint(other.url().unwrap_or_default()),
     };
-    if let breaker::Decision::Reject(until) = ctx.breakers.before(&endpoint) {
+    let attempted = perform_at(ctx, job, &action, &endpoint).await;
+    (attempted, Some(endpoint))
+}
+
+async fn perform_at(ctx: &Context, job: &ClaimedJob, action: &Action, endpoint: &str) -> Attempted {
+    if let breaker::Decision::Reject(until) = ctx.breakers.before(endpoint) {
         return Outcome::Snooze {
             until,
             reason: format!("circuit open for {endpoint}"),
-        };
+        }
+        .into();
     }
     // Per-endpoint limit: a job whose endpoint is saturated goes back to the queue (no attempt
     // used) instead of holding one of the global slots while it waits, so a slow endpoint
     // cannot starve the others.
-    let Some(_slot) = ctx.endpoints.try_enter(&endpoint) else {
+    let Some(_slot) = ctx.endpoints.try_enter(endpoint) else {
         // Not attempted: neither a success nor a fault for the breaker (a probe that is not sent
         // leaves the breaker to probe again).
-        ctx.breakers.after(&endpoint, None);
+        ctx.breakers.after(endpoint, None);
         return Outcome::Snooze {
             until: std::time::SystemTime::now() + ctx.config.http.endpoint_retry(),
             reason: format!(
                 "{endpoint} has {} deliveries in flight (http.max_in_flight_per_endpoint)",
                 ctx.config.http.max_in_flight_per_endpoint
             ),
-        };
+        }
+        .into();
     };
-    if let Some(&rate) = ctx.config.rate_limits.get(&endpoint) {
-        let slot = match ctx.shared.take_slot(&endpoint, rate, MAX_RATE_WAIT).await {
+    if let Some(&rate) = ctx.config.rate_limits.get(endpoint) {
+        let slot = match ctx.shared.take_slot(endpoint, rate, MAX_RATE_WAIT).await {
             Some(slot) => slot,
-            None => ctx.local_limits.take(&endpoint, rate, MAX_RATE_WAIT),
+            None => ctx.local_limits.take(endpoint, rate, MAX_RATE_WAIT),
         };
         match slot {
             Slot::Wait(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
             Slot::Wait(_) => {}
             Slot::Busy(after) => {
-                ctx.breakers.after(&endpoint, None);
+                ctx.breakers.after(endpoint, None);
                 return Outcome::Snooze {
                     until: std::time::SystemTime::now() + after,
                     reason: format!("{endpoint} is at its rate limit ({rate}/s)"),
-                };
+                }
+                .into();
             }
         }
     }
     let cap = ctx.config.http.error_body_bytes;
-    let outcome = match &action {
+    let attempted = match action {
         Action::Webhook(w) => {
             let keys = match &w.secret {
                 None => None,
@@ -450,7 +491,7 @@ async fn perform(ctx: &Context, job: &ClaimedJob, action: Result<Action, ActionE
                     // Not sent unsigned: retried (then dead-lettered, replayable) until the
                     // operator configures the secret.
                     None => {
-                        ctx.breakers.after(&endpoint, None);
+                        ctx.breakers.after(endpoint, None);
                         return Outcome::Retry {
                             error: format!(
                                 "signing secret {name:?} is not configured in this worker ([secrets] or FRAISEQL_OBSERVERS_SECRETS__{})",
@@ -458,7 +499,8 @@ async fn perform(ctx: &Context, job: &ClaimedJob, action: Result<Action, ActionE
                             ),
                             not_before: None,
                             endpoint_fault: false,
-                        };
+                        }
+                        .into();
                     }
                 },
             };
@@ -467,17 +509,17 @@ async fn perform(ctx: &Context, job: &ClaimedJob, action: Result<Action, ActionE
         Action::Slack(s) => slack::deliver(&ctx.http, s, job, &ctx.allow, cap).await,
         Action::Email(e) => ctx.mailer.deliver(e, job).await,
     };
-    let verdict = match &outcome {
+    let verdict = match &attempted.outcome {
         Outcome::Delivered => Some(true),
         Outcome::Retry { endpoint_fault, .. } => (*endpoint_fault).then_some(false),
         Outcome::Discard { .. } | Outcome::Snooze { .. } => None,
     };
-    match ctx.breakers.after(&endpoint, verdict) {
-        Some(breaker::Change::Opened(until)) => ctx.shared.publish_open(&endpoint, until).await,
-        Some(breaker::Change::Closed) => ctx.shared.publish_closed(&endpoint).await,
+    match ctx.breakers.after(endpoint, verdict) {
+        Some(breaker::Change::Opened(until)) => ctx.shared.publish_open(endpoint, until).await,
+        Some(breaker::Change::Closed) => ctx.shared.publish_closed(endpoint).await,
         None => {}
     }
-    outcome
+    attempted
 }
 
 /// Log what became of one batch of outcome reports (`what`: "completions", "failures", ...):
@@ -499,11 +541,7 @@ fn log_report(what: &str, jobs: usize, result: Result<Vec<i64>, crate::db::DbErr
 
 /// Report outcomes in batches until the channel closes. Deliveries are written to the
 /// delivered-ledger (Redis, when configured) before their completion is reported.
-async fn report(
-    ctx: Arc<Context>,
-    db: Arc<Db>,
-    mut rx: mpsc::UnboundedReceiver<(ClaimedJob, Outcome)>,
-) {
+async fn report(ctx: Arc<Context>, db: Arc<Db>, mut rx: mpsc::UnboundedReceiver<Report>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < REPORT_BATCH {
@@ -514,8 +552,8 @@ async fn report(
         }
         let ledger: Vec<(i64, &str)> = batch
             .iter()
-            .filter(|(_, o)| *o == Outcome::Delivered)
-            .map(|(j, _)| (j.job_id, j.idempotency_key.as_str()))
+            .filter(|r| r.outcome == Outcome::Delivered)
+            .map(|r| (r.job.job_id, r.job.idempotency_key.as_str()))
             .collect();
         ctx.shared.record_delivered(&ledger).await;
         drop(ledger);
@@ -523,9 +561,21 @@ async fn report(
         let mut failed = Vec::new();
         let mut discarded = Vec::new();
         let mut snoozed = Vec::new();
-        for (job, outcome) in batch {
+        for Report {
+            job,
+            outcome,
+            endpoint,
+            status,
+            ms,
+        } in batch
+        {
+            let audit = Audit {
+                endpoint,
+                status: status.map(i32::from),
+                duration_ms: ms,
+            };
             match outcome {
-                Outcome::Delivered => done.push((job.job_id, job.token)),
+                Outcome::Delivered => done.push((job.job_id, job.token, audit)),
                 Outcome::Retry {
                     error, not_before, ..
                 } => {
@@ -535,6 +585,7 @@ async fn report(
                         token: job.token,
                         error,
                         not_before,
+                        audit,
                     });
                 }
                 Outcome::Snooze { until, reason } => {
@@ -547,7 +598,7 @@ async fn report(
                     } else {
                         tracing::warn!(job = job.job_id, observer = %job.observer, %error, "job refused for good: dead-lettered");
                     }
-                    discarded.push((job.job_id, job.token, error, pause));
+                    discarded.push((job.job_id, job.token, error, pause, audit));
                 }
             }
         }
@@ -564,6 +615,15 @@ async fn report(
             log_report("failures", failed.len(), db.fail(&failed).await);
         }
     }
+}
+
+/// A finished attempt on its way to the database, with what the audit trail records of it.
+struct Report {
+    job: ClaimedJob,
+    outcome: Outcome,
+    endpoint: Option<String>,
+    status: Option<u16>,
+    ms: Option<i32>,
 }
 
 /// Counts of in-flight deliveries per endpoint, with a limit.

@@ -15,7 +15,7 @@ use fraiseql_observers_core::SlackAction;
 use reqwest::header::CONTENT_TYPE;
 
 use crate::db::ClaimedJob;
-use crate::webhook::{self, Outcome};
+use crate::webhook::{self, Attempted, Outcome};
 
 /// Slack truncates message text beyond 40,000 characters; we refuse instead of cutting.
 const MAX_TEXT_BYTES: usize = 40_000;
@@ -69,9 +69,9 @@ pub async fn deliver(
     job: &ClaimedJob,
     allow: &[net::Cidr],
     error_body_bytes: usize,
-) -> Outcome {
+) -> Attempted {
     if let Some(refused) = webhook::refuse_literal(&action.url, allow) {
-        return refused;
+        return refused.into();
     }
     let body = match message(action, &job.payload) {
         Ok(b) => b,
@@ -82,6 +82,7 @@ pub async fn deliver(
                 error,
                 pause: false,
             }
+            .into()
         }
     };
     let request = http

@@ -40,6 +40,24 @@ pub enum Outcome {
     Snooze { until: SystemTime, reason: String },
 }
 
+/// One attempt's outcome and, when the endpoint answered, its status code (HTTP status, SMTP
+/// reply code), for the audit trail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempted {
+    pub outcome: Outcome,
+    pub status: Option<u16>,
+}
+
+impl From<Outcome> for Attempted {
+    /// An outcome reached without an answer from the endpoint.
+    fn from(outcome: Outcome) -> Self {
+        Attempted {
+            outcome,
+            status: None,
+        }
+    }
+}
+
 /// The endpoint of a URL, as limits are kept: `scheme://host:port` (bounded: no path or query).
 pub fn endpoint(url: &str) -> String {
     match url::Url::parse(url) {
@@ -128,9 +146,9 @@ pub async fn deliver(
     keys: Option<&[SigningKey]>,
     allow: &[net::Cidr],
     error_body_bytes: usize,
-) -> Outcome {
+) -> Attempted {
     if let Some(refused) = refuse_literal(&action.url, allow) {
-        return refused;
+        return refused.into();
     }
     let timestamp = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -167,6 +185,7 @@ pub async fn deliver(
                     not_before: None,
                     endpoint_fault: false,
                 }
+                .into()
             }
         }
     }
@@ -176,7 +195,7 @@ pub async fn deliver(
 /// Send a prepared request and classify the response: 2xx delivered; 410 discarded and the
 /// endpoint paused; 429/503 `Retry-After` honoured; 5xx, 408, 429, timeouts and connection
 /// errors count against the endpoint's breaker; a failed response's body is read up to a cap.
-pub async fn send(request: reqwest::RequestBuilder, error_body_bytes: usize) -> Outcome {
+pub async fn send(request: reqwest::RequestBuilder, error_body_bytes: usize) -> Attempted {
     let response = match request.send().await {
         Ok(r) => r,
         Err(e) => {
@@ -185,11 +204,16 @@ pub async fn send(request: reqwest::RequestBuilder, error_body_bytes: usize) -> 
                 not_before: None,
                 endpoint_fault: true,
             }
+            .into()
         }
     };
     let status = response.status();
+    let answered = |outcome| Attempted {
+        outcome,
+        status: Some(status.as_u16()),
+    };
     if status.is_success() {
-        return Outcome::Delivered;
+        return answered(Outcome::Delivered);
     }
     let not_before = response
         .headers()
@@ -203,16 +227,16 @@ pub async fn send(request: reqwest::RequestBuilder, error_body_bytes: usize) -> 
         format!("HTTP {}: {excerpt}", status.as_u16())
     };
     if status == reqwest::StatusCode::GONE {
-        return Outcome::Discard { error, pause: true };
+        return answered(Outcome::Discard { error, pause: true });
     }
     let endpoint_fault = status.is_server_error()
         || status == reqwest::StatusCode::TOO_MANY_REQUESTS
         || status == reqwest::StatusCode::REQUEST_TIMEOUT;
-    Outcome::Retry {
+    answered(Outcome::Retry {
         error,
         not_before,
         endpoint_fault,
-    }
+    })
 }
 
 /// `Retry-After` as delay-seconds (the HTTP-date form is not used by webhook receivers we know

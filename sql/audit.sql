@@ -1,0 +1,157 @@
+-- The audit trail: every attempt is a row of observer.attempts (written by the queue functions
+-- with the endpoint, status and timing the worker reports), searchable by full text, and
+-- exported to Elasticsearch by the workers when fraiseql_observers.audit_export is on.
+
+-- A boolean setting of this extension (`on`/`off`/`true`/...), `fallback` when unset. Works
+-- whether or not the library is loaded in the session (unloaded, the setting is a placeholder).
+CREATE FUNCTION observer.setting_on(name text, fallback boolean) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN coalesce(nullif(current_setting(name, true), '')::boolean, fallback);
+
+-- The document delivered for a job, as the audit trail indexes it (type, table, op, rows or the
+-- enqueued payload).
+CREATE FUNCTION observer.audit_document(job_id bigint) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN j.event_id IS NULL THEN jsonb_build_object('observer', o.name, 'data', j.payload)
+                ELSE (SELECT jsonb_build_object('observer', o.name, 'event_id', e.id, 'table', e.table_name,
+                                                'op', e.op, 'old', e.old, 'new', e.new)
+                      FROM observer.event(j.event_id) e) END
+    FROM observer.jobs j JOIN observer.observers o ON o.id = j.observer_id
+    WHERE j.id = audit_document.job_id
+$$;
+
+-- BEFORE INSERT OR UPDATE on attempts: the searchable words. The error weighs more (A) than the
+-- document's strings and numbers (B); observer, endpoint and outcome are filters, not words.
+-- fraiseql_observers.audit_search = off skips it (cheaper outcome reports, no text search).
+CREATE FUNCTION observer.attempt_search() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.error IS NOT DISTINCT FROM OLD.error AND NEW.search IS NOT NULL THEN
+        RETURN NEW;
+    END IF;
+    IF observer.setting_on('fraiseql_observers.audit_search', true) THEN
+        NEW.search := setweight(to_tsvector('simple', coalesce(NEW.error, '')), 'A')
+                      || setweight(jsonb_to_tsvector('simple', coalesce(observer.audit_document(NEW.job_id), '{}'),
+                                                     '["string", "numeric"]'), 'B');
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER attempts_search BEFORE INSERT OR UPDATE ON observer.attempts
+    FOR EACH ROW EXECUTE FUNCTION observer.attempt_search();
+
+-- AFTER INSERT on attempts: queue the row for Elasticsearch when export is on.
+CREATE FUNCTION observer.attempt_export() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF observer.setting_on('fraiseql_observers.audit_export', false) THEN
+        INSERT INTO observer.audit_outbox (job_id, attempt) VALUES (NEW.job_id, NEW.attempt)
+        ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER attempts_export AFTER INSERT ON observer.attempts
+    FOR EACH ROW EXECUTE FUNCTION observer.attempt_export();
+
+-- observer_search(query, observer, outcome, since, until, max_results): attempts whose error or
+-- delivered document matches `query` (web-search syntax: words, "a phrase", -word, or), newest
+-- first, filtered by observer, outcome (completed, retry, dead, expired, discarded) and time.
+-- NULL query: every attempt that passes the filters.
+-- The tsquery of an observer_search() call, after checking its arguments (clear errors).
+CREATE FUNCTION observer.search_query(query text, observer text, outcome text, max_results integer)
+RETURNS tsquery
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF max_results IS NULL OR max_results < 1 OR max_results > 10000 THEN
+        RAISE EXCEPTION 'max_results must be between 1 and 10000' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF outcome IS NOT NULL AND outcome NOT IN ('completed', 'retry', 'dead', 'expired', 'discarded') THEN
+        RAISE EXCEPTION 'unknown outcome "%"', outcome USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Use completed, retry, dead, expired or discarded.';
+    END IF;
+    IF observer IS NOT NULL AND NOT EXISTS (SELECT 1 FROM observer.observers o WHERE o.name = search_query.observer) THEN
+        PERFORM observer.unknown_observer(observer);
+    END IF;
+    RETURN CASE WHEN query IS NULL THEN NULL ELSE websearch_to_tsquery('simple', query) END;
+END
+$$;
+
+CREATE FUNCTION observer_search(query text, observer text DEFAULT NULL, outcome text DEFAULT NULL,
+                                since timestamptz DEFAULT NULL, until timestamptz DEFAULT NULL,
+                                max_results integer DEFAULT 100)
+RETURNS TABLE (job_id bigint, attempt integer, event_id bigint, observer text, outcome text,
+               status integer, endpoint text, duration_ms integer, error text, worker text,
+               webhook_id text, finished_at timestamptz, document jsonb)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    -- First on its own, so bad arguments raise even when nothing would match.
+    SELECT observer.search_query($1, $2, $3, $6);
+    SELECT a.job_id, a.attempt, j.event_id, o.name, a.outcome, a.status, a.endpoint, a.duration_ms,
+           a.error, a.worker, j.idempotency_key, a.finished_at, observer.audit_document(a.job_id)
+    FROM (SELECT observer.search_query($1, $2, $3, $6) AS q) s
+    CROSS JOIN observer.attempts a
+    JOIN observer.jobs j ON j.id = a.job_id
+    JOIN observer.observers o ON o.id = j.observer_id
+    WHERE (s.q IS NULL OR a.search @@ s.q)
+      AND ($2 IS NULL OR o.name = $2)
+      AND ($3 IS NULL OR a.outcome = $3)
+      AND ($4 IS NULL OR a.finished_at >= $4)
+      AND ($5 IS NULL OR a.finished_at < $5)
+    ORDER BY a.finished_at DESC, a.job_id DESC, a.attempt DESC
+    LIMIT $6
+$$;
+
+-- observer_audit_batch(max_docs): the oldest attempts waiting for Elasticsearch, as documents
+-- (the worker's exporter sends them with _bulk; _id = "<job_id>-<attempt>", so a re-sent
+-- document is recognised). The payload is JSON text, capped at 32 KiB, so arbitrary row shapes
+-- cannot explode the index mapping.
+CREATE FUNCTION observer_audit_batch(max_docs integer DEFAULT 500)
+RETURNS TABLE (job_id bigint, attempt integer, doc jsonb)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT x.job_id, x.attempt,
+           jsonb_build_object(
+               '@timestamp', a.finished_at, 'job_id', a.job_id, 'attempt', a.attempt,
+               'event_id', j.event_id, 'observer', o.name, 'action', o.action ->> 'type',
+               'outcome', a.outcome, 'status', a.status, 'endpoint', a.endpoint,
+               'duration_ms', a.duration_ms, 'error', a.error, 'worker', a.worker,
+               'webhook_id', j.idempotency_key,
+               'payload', left(observer.audit_document(a.job_id)::text, 32768))
+    FROM (SELECT * FROM observer.audit_outbox x WHERE x.refused IS NULL
+          ORDER BY x.queued_at LIMIT max_docs) x
+    JOIN observer.attempts a ON a.job_id = x.job_id AND a.attempt = x.attempt
+    JOIN observer.jobs j ON j.id = a.job_id
+    JOIN observer.observers o ON o.id = j.observer_id
+    ORDER BY x.queued_at, x.job_id, x.attempt
+$$;
+
+-- observer_audit_done(job_ids, attempts, refused): Elasticsearch has these documents (refused
+-- NULL: they leave the outbox) or rejected them for good (the reason is kept; they are not sent
+-- again). Returns the number of outbox rows settled.
+CREATE FUNCTION observer_audit_done(job_ids bigint[], attempts integer[], refused text[] DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+    m bigint;
+BEGIN
+    IF cardinality(job_ids) IS DISTINCT FROM cardinality(attempts)
+       OR (refused IS NOT NULL AND cardinality(refused) IS DISTINCT FROM cardinality(job_ids)) THEN
+        RAISE EXCEPTION 'job_ids, attempts (and refused, when given) must have the same length'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    WITH input AS (
+        SELECT * FROM unnest(job_ids, attempts, coalesce(refused, array_fill(NULL::text, ARRAY[cardinality(job_ids)])))
+                 AS i(job_id, attempt, refused)
+    )
+    DELETE FROM observer.audit_outbox x USING input
+    WHERE x.job_id = input.job_id AND x.attempt = input.attempt AND input.refused IS NULL;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    WITH input AS (
+        SELECT * FROM unnest(job_ids, attempts, refused) AS i(job_id, attempt, refused)
+    )
+    UPDATE observer.audit_outbox x SET refused = left(input.refused, 2000) FROM input
+    WHERE x.job_id = input.job_id AND x.attempt = input.attempt AND input.refused IS NOT NULL;
+    GET DIAGNOSTICS m = ROW_COUNT;
+    RETURN n + m;
+END
+$$;
