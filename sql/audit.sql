@@ -1,15 +1,10 @@
 -- The audit trail: every attempt is a row of observer.attempts (written by the queue functions
--- with the endpoint, status and timing the worker reports), searchable by full text, and
--- exported to Elasticsearch by the workers when fraiseql_observers.audit_export is on.
+-- with the endpoint, status and timing the worker reports, and its words: observer.attempt_words
+-- in queue.sql), searchable by full text, and exported to Elasticsearch by the workers when
+-- fraiseql_observers.audit_export is on.
 
--- A boolean setting of this extension (`on`/`off`/`true`/...), `fallback` when unset. Works
--- whether or not the library is loaded in the session (unloaded, the setting is a placeholder).
-CREATE FUNCTION observer.setting_on(name text, fallback boolean) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-RETURN coalesce(nullif(current_setting(name, true), '')::boolean, fallback);
-
--- The document delivered for a job, as the audit trail indexes it (type, table, op, rows or the
--- enqueued payload).
+-- The document delivered for a job, as observer_search() and the Elasticsearch export show it
+-- (observer, table, op, rows, or the enqueued payload).
 CREATE FUNCTION observer.audit_document(job_id bigint) RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN j.event_id IS NULL THEN jsonb_build_object('observer', o.name, 'data', j.payload)
@@ -20,39 +15,19 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WHERE j.id = audit_document.job_id
 $$;
 
--- BEFORE INSERT OR UPDATE on attempts: the searchable words. The error weighs more (A) than the
--- document's strings and numbers (B); observer, endpoint and outcome are filters, not words.
--- fraiseql_observers.audit_search = off skips it (cheaper outcome reports, no text search).
-CREATE FUNCTION observer.attempt_search() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF TG_OP = 'UPDATE' AND NEW.error IS NOT DISTINCT FROM OLD.error AND NEW.search IS NOT NULL THEN
-        RETURN NEW;
-    END IF;
-    IF observer.setting_on('fraiseql_observers.audit_search', true) THEN
-        NEW.search := setweight(to_tsvector('simple', coalesce(NEW.error, '')), 'A')
-                      || setweight(jsonb_to_tsvector('simple', coalesce(observer.audit_document(NEW.job_id), '{}'),
-                                                     '["string", "numeric"]'), 'B');
-    END IF;
-    RETURN NEW;
-END
-$$;
-CREATE TRIGGER attempts_search BEFORE INSERT OR UPDATE ON observer.attempts
-    FOR EACH ROW EXECUTE FUNCTION observer.attempt_search();
-
--- AFTER INSERT on attempts: queue the row for Elasticsearch when export is on.
+-- AFTER INSERT on attempts: queue the row for Elasticsearch when export is on. The WHEN clause
+-- is checked without calling the trigger, so with export off it costs next to nothing.
 CREATE FUNCTION observer.attempt_export() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF observer.setting_on('fraiseql_observers.audit_export', false) THEN
-        INSERT INTO observer.audit_outbox (job_id, attempt) VALUES (NEW.job_id, NEW.attempt)
-        ON CONFLICT DO NOTHING;
-    END IF;
+    INSERT INTO observer.audit_outbox (job_id, attempt) VALUES (NEW.job_id, NEW.attempt)
+    ON CONFLICT DO NOTHING;
     RETURN NULL;
 END
 $$;
 CREATE TRIGGER attempts_export AFTER INSERT ON observer.attempts
-    FOR EACH ROW EXECUTE FUNCTION observer.attempt_export();
+    FOR EACH ROW WHEN (observer.setting_on('fraiseql_observers.audit_export', false))
+    EXECUTE FUNCTION observer.attempt_export();
 
 -- observer_search(query, observer, outcome, since, until, max_results): attempts whose error or
 -- delivered document matches `query` (web-search syntax: words, "a phrase", -word, or), newest
@@ -86,14 +61,17 @@ RETURNS TABLE (job_id bigint, attempt integer, event_id bigint, observer text, o
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     -- First on its own, so bad arguments raise even when nothing would match.
     SELECT observer.search_query($1, $2, $3, $6);
+    -- Two branches rather than "query IS NULL OR search @@ q": an OR would keep the planner
+    -- from the GIN index; the branch whose gate is false is never run.
     SELECT a.job_id, a.attempt, j.event_id, o.name, a.outcome, a.status, a.endpoint, a.duration_ms,
            a.error, a.worker, j.idempotency_key, a.finished_at, observer.audit_document(a.job_id)
-    FROM (SELECT observer.search_query($1, $2, $3, $6) AS q) s
-    CROSS JOIN observer.attempts a
+    FROM (SELECT a.* FROM observer.attempts a
+          WHERE $1 IS NOT NULL AND a.search @@ websearch_to_tsquery('simple', $1)
+          UNION ALL
+          SELECT a.* FROM observer.attempts a WHERE $1 IS NULL) a
     JOIN observer.jobs j ON j.id = a.job_id
     JOIN observer.observers o ON o.id = j.observer_id
-    WHERE (s.q IS NULL OR a.search @@ s.q)
-      AND ($2 IS NULL OR o.name = $2)
+    WHERE ($2 IS NULL OR o.name = $2)
       AND ($3 IS NULL OR a.outcome = $3)
       AND ($4 IS NULL OR a.finished_at >= $4)
       AND ($5 IS NULL OR a.finished_at < $5)
@@ -103,8 +81,8 @@ $$;
 
 -- observer_audit_batch(max_docs): the oldest attempts waiting for Elasticsearch, as documents
 -- (the worker's exporter sends them with _bulk; _id = "<job_id>-<attempt>", so a re-sent
--- document is recognised). The payload is JSON text, capped at 32 KiB, so arbitrary row shapes
--- cannot explode the index mapping.
+-- document is recognised). The payload is JSON text, capped at 32,768 characters, so arbitrary
+-- row shapes cannot explode the index mapping.
 CREATE FUNCTION observer_audit_batch(max_docs integer DEFAULT 500)
 RETURNS TABLE (job_id bigint, attempt integer, doc jsonb)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$

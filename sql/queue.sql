@@ -36,6 +36,32 @@ ELSE pg_catalog.jsonb_build_object(
                 ELSE pg_catalog.jsonb_build_object('oversize', pg_catalog.jsonb_build_object('bytes', ev_oversize)) END)
 END;
 
+-- A boolean setting of this extension (`on`/`off`/`true`/...), `fallback` when unset. Works
+-- whether or not the library is loaded in the session (unloaded, the setting is a placeholder).
+-- Inlined (no SET clause).
+CREATE FUNCTION observer.setting_on(name text, fallback boolean) RETURNS boolean
+LANGUAGE sql STABLE
+RETURN COALESCE(NULLIF(pg_catalog.current_setting(name, true), '')::boolean, fallback);
+
+-- The words of an attempt for observer_search(): its error (weight A) and the strings and
+-- numbers of the delivered rows or enqueued payload (B). NULL when
+-- fraiseql_observers.audit_search is off. Computed in the statements that record attempts, from
+-- the job row they already hold: a trigger looking the job up again cost three times as much.
+CREATE FUNCTION observer.attempt_doc(job_event_id bigint, job_payload jsonb) RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN CASE WHEN job_event_id IS NULL THEN job_payload
+            ELSE (SELECT pg_catalog.jsonb_build_object('table', e.table_name, 'op', e.op, 'old', e.old, 'new', e.new)
+                  FROM observer.event(job_event_id) e) END;
+
+CREATE FUNCTION observer.attempt_words(error text, job_event_id bigint, job_payload jsonb) RETURNS tsvector
+LANGUAGE sql STABLE
+RETURN CASE WHEN observer.setting_on('fraiseql_observers.audit_search', true) THEN
+    pg_catalog.setweight(pg_catalog.to_tsvector('simple', COALESCE(error, '')), 'A')
+    OPERATOR(pg_catalog.||)
+    pg_catalog.setweight(pg_catalog.jsonb_to_tsvector('simple',
+        COALESCE(observer.attempt_doc(job_event_id, job_payload), '{}'), '["string", "numeric"]'), 'B')
+END;
+
 -- observer.is_running(state): `state = 'running'`, opaque to the planner on purpose. Outcome calls
 -- find their jobs by id; written plainly, the planner could prove the partial index jobs_leased
 -- applicable, and with statistics taken while few jobs ran, it scanned every running job of
@@ -96,10 +122,11 @@ BEGIN
         FROM observer.observers o
         WHERE o.id = j.observer_id AND j.state = 'running' AND j.lease_until < clock_timestamp()
           AND j.attempt >= coalesce(j.attempts_allowed, o.max_attempts)
-        RETURNING j.id, j.attempt, j.worker
+        RETURNING j.id, j.attempt, j.worker, j.event_id, j.payload
     )
-    INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error)
-    SELECT id, attempt, dead.worker, 'expired', 'lease expired' FROM dead
+    INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error, search)
+    SELECT id, attempt, dead.worker, 'expired', 'lease expired',
+           observer.attempt_words('lease expired', dead.event_id, dead.payload) FROM dead
     ON CONFLICT DO NOTHING;
 
     -- An expired lease of a paused observer's job: held with the observer's other jobs, not
@@ -110,10 +137,11 @@ BEGIN
         FROM observer.observers o
         WHERE o.id = j.observer_id AND j.state = 'running' AND j.lease_until < clock_timestamp()
           AND o.paused_at IS NOT NULL
-        RETURNING j.id, j.attempt, j.worker
+        RETURNING j.id, j.attempt, j.worker, j.event_id, j.payload
     )
-    INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error)
-    SELECT id, attempt, held.worker, 'expired', 'lease expired' FROM held
+    INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error, search)
+    SELECT id, attempt, held.worker, 'expired', 'lease expired',
+           observer.attempt_words('lease expired', held.event_id, held.payload) FROM held
     ON CONFLICT DO NOTHING;
 
     RETURN QUERY
@@ -148,8 +176,9 @@ BEGIN
         SELECT id FROM (SELECT id FROM expired UNION ALL SELECT id FROM ready) p LIMIT max_jobs
     ), expired_attempts AS (
         -- The attempt whose lease ran out is recorded before the job is handed to someone else.
-        INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error)
-        SELECT j.id, j.attempt, j.worker, 'expired', 'lease expired'
+        INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error, search)
+        SELECT j.id, j.attempt, j.worker, 'expired', 'lease expired',
+               observer.attempt_words('lease expired', j.event_id, j.payload)
         FROM observer.jobs j WHERE j.id IN (SELECT id FROM expired) AND j.id IN (SELECT id FROM picked)
         ON CONFLICT DO NOTHING
     ), claimed AS (
@@ -217,12 +246,14 @@ BEGIN
         SET state = 'completed', finished_at = clock_timestamp(), lease_until = NULL, last_error = NULL
         FROM input
         WHERE j.id = input.id AND j.lease_token = input.token AND observer.is_running(j.state)
-        RETURNING j.id, j.attempt, j.worker, input.endpoint, input.status, input.ms
+        RETURNING j.id, j.attempt, j.worker, j.event_id, j.payload, input.endpoint, input.status, input.ms
     ), logged AS (
-        INSERT INTO observer.attempts (job_id, attempt, worker, outcome, endpoint, status, duration_ms)
-        SELECT id, attempt, worker, 'completed', endpoint, status, ms FROM done
+        INSERT INTO observer.attempts (job_id, attempt, worker, outcome, endpoint, status, duration_ms, search)
+        SELECT id, attempt, worker, 'completed', endpoint, status, ms, observer.attempt_words(NULL, event_id, payload)
+        FROM done
         ON CONFLICT (job_id, attempt) DO UPDATE SET outcome = excluded.outcome, finished_at = excluded.finished_at,
-            endpoint = excluded.endpoint, status = excluded.status, duration_ms = excluded.duration_ms
+            endpoint = excluded.endpoint, status = excluded.status, duration_ms = excluded.duration_ms,
+            search = excluded.search
     )
     -- A join, not EXISTS per row: a correlated scan of the CTE is quadratic in the batch size.
     SELECT input.id, done.id IS NOT NULL FROM input LEFT JOIN done ON done.id = input.id;
@@ -276,15 +307,16 @@ BEGIN
         FROM input, observer.observers o
         WHERE j.id = input.id AND j.lease_token = input.token AND observer.is_running(j.state)
           AND o.id = j.observer_id
-        RETURNING j.id, j.attempt, j.worker, j.state, j.run_at, input.error, input.endpoint, input.status, input.ms
+        RETURNING j.id, j.attempt, j.worker, j.state, j.run_at, j.event_id, j.payload, input.error,
+                  input.endpoint, input.status, input.ms
     ), logged AS (
-        INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error, endpoint, status, duration_ms)
+        INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error, endpoint, status, duration_ms, search)
         SELECT f.id, f.attempt, f.worker, CASE WHEN f.state = 'dead' THEN 'dead' ELSE 'retry' END, f.error,
-               f.endpoint, f.status, f.ms
+               f.endpoint, f.status, f.ms, observer.attempt_words(f.error, f.event_id, f.payload)
         FROM failed f
         ON CONFLICT (job_id, attempt) DO UPDATE SET outcome = excluded.outcome, error = excluded.error,
             finished_at = excluded.finished_at, endpoint = excluded.endpoint, status = excluded.status,
-            duration_ms = excluded.duration_ms
+            duration_ms = excluded.duration_ms, search = excluded.search
     )
     SELECT input.id, f.id IS NOT NULL, f.state, f.run_at
     FROM input LEFT JOIN failed f ON f.id = input.id;
@@ -380,7 +412,8 @@ BEGIN
             last_error = 'discarded: ' || input.reason
         FROM input
         WHERE j.id = input.id AND j.lease_token = input.token AND observer.is_running(j.state)
-        RETURNING j.id, j.attempt, j.worker, j.observer_id, input.reason, input.pause, input.endpoint, input.status, input.ms
+        RETURNING j.id, j.attempt, j.worker, j.observer_id, j.event_id, j.payload, input.reason, input.pause,
+                  input.endpoint, input.status, input.ms
     ), paused AS (
         UPDATE observer.observers o
         SET paused_at = clock_timestamp(), paused_reason = 'endpoint gone: ' || d.reason, updated_at = now()
@@ -391,11 +424,13 @@ BEGIN
         UPDATE observer.jobs j SET run_at = 'infinity'
         FROM paused WHERE j.observer_id = paused.id AND j.state = 'pending'
     ), logged AS (
-        INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error, endpoint, status, duration_ms)
-        SELECT id, attempt, worker, 'discarded', reason, endpoint, status, ms FROM discarded
+        INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error, endpoint, status, duration_ms, search)
+        SELECT id, attempt, worker, 'discarded', reason, endpoint, status, ms,
+               observer.attempt_words(reason, event_id, payload)
+        FROM discarded
         ON CONFLICT (job_id, attempt) DO UPDATE SET outcome = excluded.outcome, error = excluded.error,
             finished_at = excluded.finished_at, endpoint = excluded.endpoint, status = excluded.status,
-            duration_ms = excluded.duration_ms
+            duration_ms = excluded.duration_ms, search = excluded.search
     )
     -- A join, not EXISTS per row: a correlated scan of the CTE is quadratic in the batch size.
     SELECT input.id, discarded.id IS NOT NULL FROM input LEFT JOIN discarded ON discarded.id = input.id;

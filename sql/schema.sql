@@ -200,12 +200,15 @@ CREATE INDEX attempts_search ON observer.attempts USING gin (search);
 -- Attempts waiting to be indexed in Elasticsearch by a worker (observer_audit_batch). A row
 -- leaves when Elasticsearch has the document; one it refused for good keeps its reason. Jobs
 -- with rows here are not pruned, so no audit document is lost while Elasticsearch is away.
+-- An operator's observer_dlq_purge() or observer_drop() deletes the attempts and, with them,
+-- their rows here.
 CREATE TABLE observer.audit_outbox (
     job_id      bigint NOT NULL,
     attempt     integer NOT NULL,
     queued_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
     refused     text,                        -- Elasticsearch rejected the document for good (e.g. a mapping error)
-    PRIMARY KEY (job_id, attempt)
+    PRIMARY KEY (job_id, attempt),
+    FOREIGN KEY (job_id, attempt) REFERENCES observer.attempts (job_id, attempt) ON DELETE CASCADE
 );
 CREATE INDEX audit_outbox_queue ON observer.audit_outbox (queued_at) WHERE refused IS NULL;
 

@@ -14,7 +14,9 @@
 //! a duplicate. The response is `200` even when items failed (`"errors": true`): each item has
 //! its own `status` — `201` created and `409` already there are settled; `429` and `5xx` are sent
 //! again later; any other `4xx` (a mapping error) is refused for good and kept, with its reason,
-//! in the outbox. A `429` or `5xx` for the whole request, or no answer, backs off exponentially.
+//! in the outbox. Any other answer to the whole request (a `429`, a `5xx`, a `401` for a wrong API
+//! key) or no answer backs off exponentially and tries again: documents are never dropped for a
+//! configuration error, they wait until it is fixed.
 //! Indices are daily, `<index_prefix>-YYYY.MM.DD` (UTC, from the attempt's time), with an index
 //! template installed first (`PUT /_index_template/<index_prefix>`).
 

@@ -418,13 +418,13 @@ impl Config {
         }
         if !self.redis.url.is_empty() {
             let ok = url::Url::parse(&self.redis.url)
-                .map(|u| matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix"))
+                .map(|u| matches!(u.scheme(), "redis" | "redis+unix" | "unix"))
                 .unwrap_or(false);
             if !ok {
                 return Err(ConfigError::Invalid {
                     field: "redis.url",
-                    problem: format!("{:?} is not a redis:// URL", redact(&self.redis.url)),
-                    fix: "use e.g. \"redis://127.0.0.1:6379/0\", or \"\" to run without Redis",
+                    problem: format!("{:?} is not a redis:// or unix:// URL", redact(&self.redis.url)),
+                    fix: "use e.g. \"redis://127.0.0.1:6379/0\" (TLS to Redis, rediss://, is not built in: use a TLS proxy such as stunnel), or \"\" to run without Redis",
                 });
             }
         }

@@ -46,6 +46,28 @@ impl DbError {
         move |source| Self::Call { what, source }
     }
 
+    /// The SQLSTATE of a failed statement (e.g. `42704` for an unknown event).
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            DbError::Connect(_) => None,
+            DbError::Call { source, .. } => source.code().map(|c| c.code()),
+        }
+    }
+
+    /// The server's message, hint included, for the CLI (no driver prefix).
+    pub fn server_message(&self) -> String {
+        match self {
+            DbError::Call { source, .. } => match source.as_db_error() {
+                Some(e) => match e.hint() {
+                    Some(hint) => format!("{}\nhint: {hint}", e.message()),
+                    None => e.message().to_string(),
+                },
+                None => source.to_string(),
+            },
+            other => other.to_string(),
+        }
+    }
+
     /// True when the connection itself is gone (reconnect), false for a failed statement.
     pub fn is_connection_lost(&self) -> bool {
         match self {
@@ -428,6 +450,28 @@ impl Db {
             .await
             .map_err(DbError::call("observer_status"))?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// One JSON value computed by `sql` (a query returning a single json/jsonb column and row)
+    /// with text parameters (NULL for None); for the CLI.
+    pub async fn json(
+        &self,
+        sql: &str,
+        params: &[Option<String>],
+    ) -> Result<serde_json::Value, DbError> {
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+            .iter()
+            .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let row = self
+            .client
+            .query_one(sql, &params)
+            .await
+            .map_err(DbError::call("CLI query"))?;
+        let text: Option<String> = row.get(0);
+        Ok(text
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(serde_json::Value::Null))
     }
 
     /// `observer_status()`, pretty-printed JSON.
