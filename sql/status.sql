@@ -96,3 +96,81 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             FROM st, undispatched u, bgworker b, interval_setting i))
     FROM per_observer p
 $$;
+
+-- observer_debug_event(event_id): the whole story of one event, as jsonb — where it is and why.
+--   event:       the change (table, op, transaction, time, rows) and whether it was dispatched
+--   observers:   every observer of its table: the decision (job, condition_false,
+--                condition_unknown, deduplicated, coalesced, operation_not_observed, disabled,
+--                not_dispatched_yet) and, for a job, its state, attempts (status, endpoint,
+--                timing, error) and the circuit breakers of its endpoint
+-- An unknown event (never captured, or pruned after fraiseql_observers.event_retention) raises
+-- 42704 with a hint.
+CREATE FUNCTION observer_debug_event(event_id bigint) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e          observer.event;
+    st         observer.dispatch_state;
+    dispatched boolean;
+    changed    text[];
+    result     jsonb;
+BEGIN
+    SELECT * INTO e FROM observer.event(event_id);
+    IF e.id IS NULL THEN
+        RAISE EXCEPTION 'event % does not exist', event_id USING ERRCODE = 'undefined_object',
+            HINT = 'Events are kept for fraiseql_observers.event_retention after dispatch; observer_status()->''events''->''oldest_at'' is the oldest one kept.';
+    END IF;
+    SELECT * INTO st FROM observer.dispatch_state;
+    dispatched := pg_visible_in_snapshot(e.tx, st.done_snapshot)
+                  OR (st.batch_snapshot IS NOT NULL AND pg_visible_in_snapshot(e.tx, st.batch_snapshot)
+                      AND observer.event_log_id(e.id) <= st.batch_cursor);
+    changed := CASE WHEN e.op = 'UPDATE' THEN observer.changed(e.old, e.new) END;
+    SELECT jsonb_build_object(
+        'event', jsonb_build_object(
+            'id', e.id, 'table', e.table_name, 'op', e.op, 'captured_at', e.created_at,
+            'transaction', jsonb_build_object('xid', e.tx::text, 'status', pg_xact_status(e.tx)),
+            'dispatched', dispatched, 'changed', to_jsonb(changed), 'oversize', e.oversize,
+            'old', e.old, 'new', e.new),
+        'observers', coalesce(jsonb_agg(d.story ORDER BY d.name), '[]'))
+    INTO result
+    FROM (
+        SELECT o.name, jsonb_build_object(
+            'observer', o.name,
+            'enabled', o.enabled,
+            'paused_reason', o.paused_reason,
+            'condition', o.condition::text,
+            'decision', CASE
+                WHEN j.id IS NOT NULL THEN 'job'
+                WHEN s.reason IS NOT NULL THEN s.reason
+                WHEN o.created_at > e.created_at THEN 'observer_created_later'
+                WHEN NOT (e.op = ANY (o.events)) THEN 'operation_not_observed'
+                WHEN NOT dispatched THEN 'not_dispatched_yet'
+                WHEN NOT o.enabled THEN 'disabled'
+                WHEN observer.decide(e.op, e.table_name, e.old, e.new, changed, o.condition,
+                                     o.changed_columns, e.oversize) IS FALSE THEN 'condition_false'
+                ELSE 'no_job' END,
+            'deduplicated_into_job', s.job_id,
+            'job', CASE WHEN j.id IS NULL THEN NULL ELSE jsonb_build_object(
+                'id', j.id, 'state', j.state, 'attempt', j.attempt, 'run_at', j.run_at,
+                'webhook_id', j.idempotency_key, 'last_error', j.last_error, 'worker', j.worker,
+                'lease_until', j.lease_until, 'finished_at', j.finished_at, 'snoozes', j.snoozes) END,
+            'attempts', coalesce((
+                SELECT jsonb_agg(jsonb_build_object(
+                    'attempt', a.attempt, 'outcome', a.outcome, 'status', a.status,
+                    'endpoint', a.endpoint, 'duration_ms', a.duration_ms, 'error', a.error,
+                    'worker', a.worker, 'finished_at', a.finished_at) ORDER BY a.attempt)
+                FROM observer.attempts a WHERE a.job_id = j.id), '[]'),
+            'breakers', coalesce((
+                SELECT jsonb_agg(jsonb_build_object('worker', b.worker, 'endpoint', b.endpoint,
+                                                    'state', b.state, 'failures', b.failures,
+                                                    'open_until', b.open_until) ORDER BY b.worker)
+                FROM observer.breakers b
+                WHERE b.endpoint IN (SELECT DISTINCT a.endpoint FROM observer.attempts a WHERE a.job_id = j.id)), '[]')
+        ) AS story
+        FROM observer.observers o
+        LEFT JOIN observer.jobs j ON j.event_id = e.id AND j.observer_id = o.id
+        LEFT JOIN observer.skipped s ON s.event_id = e.id AND s.observer_id = o.id
+        WHERE o.table_oid = e.table_oid
+    ) d;
+    RETURN result;
+END
+$$;

@@ -1,17 +1,17 @@
 //! `fraiseql-observers`: the action worker (`run`) and the operator CLI.
 //!
 //! Exit codes: 0 success; 1 runtime failure (database unreachable, a call failed);
-//! 2 bad usage or configuration (the message names the field and the fix).
+//! 2 bad usage, configuration or argument (the message names the field and the fix);
+//! 3 not found (an unknown event, dead job or observer).
 #![forbid(unsafe_code)]
+
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use fraiseql_observers::config::Config;
-use fraiseql_observers::db::Db;
 use fraiseql_observers::runner;
 
 #[derive(Parser)]
@@ -45,12 +45,128 @@ enum Command {
         #[arg(long)]
         no_dispatch: bool,
     },
-    /// Print observer_status().
-    Status,
-    /// Check a configuration file and print the effective configuration.
+    /// Show what observer_status() knows: jobs, dispatch, observers, workers' circuit breakers.
+    Status {
+        /// Print observer_status() as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The whole story of one event: each observer's decision and why, each attempt.
+    DebugEvent {
+        /// The event id (observer.events.id, the N of a webhook-id evt_N_M).
+        id: i64,
+        /// Print observer_debug_event() as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The dead-letter queue: list, show, retry, purge.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Search the audit trail (observer_search): words of delivered rows or of errors.
+    Search {
+        /// Web-search syntax: words, "a phrase", -excluded, or. Omit to list by the filters only.
+        query: Option<String>,
+        #[arg(long)]
+        observer: Option<String>,
+        /// completed, retry, dead, expired or discarded.
+        #[arg(long)]
+        outcome: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hold an observer's deliveries (jobs are kept) until `resume`.
+    Pause {
+        observer: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Release an observer's held deliveries.
+    Resume { observer: String },
+    /// Scrape a worker's Prometheus endpoint and summarise it.
+    Metrics {
+        /// The worker's metrics URL.
+        #[arg(long, default_value = "http://127.0.0.1:9187/metrics")]
+        url: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a configuration file and print the effective configuration (credentials masked).
     ValidateConfig {
         /// The TOML file to check.
         file: PathBuf,
+    },
+}
+
+/// Filters shared by the dead-letter commands.
+#[derive(clap::Args, Clone)]
+struct DlqArgs {
+    /// A dead job's id (repeatable).
+    #[arg(long = "job")]
+    jobs: Vec<i64>,
+    #[arg(long)]
+    observer: Option<String>,
+    /// Failed at or after this time (e.g. "2026-11-22 10:00+00").
+    #[arg(long)]
+    since: Option<String>,
+    /// Failed before this time.
+    #[arg(long)]
+    until: Option<String>,
+    /// SQL LIKE pattern on the last error, e.g. "%timeout%".
+    #[arg(long)]
+    error_like: Option<String>,
+}
+
+impl DlqArgs {
+    fn filter(&self, all: bool) -> cli::DlqFilter {
+        cli::DlqFilter {
+            jobs: self.jobs.clone(),
+            observer: self.observer.clone(),
+            since: self.since.clone(),
+            until: self.until.clone(),
+            error_like: self.error_like.clone(),
+            all,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Dead jobs, newest first.
+    List {
+        #[command(flatten)]
+        filter: DlqArgs,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead job: every attempt and the payload.
+    Show {
+        job: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Requeue dead jobs (same webhook-id, a fresh attempt budget).
+    Retry {
+        #[command(flatten)]
+        filter: DlqArgs,
+        /// Every dead job.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete dead jobs and their history (asks for --yes).
+    Purge {
+        #[command(flatten)]
+        filter: DlqArgs,
+        #[arg(long)]
+        all: bool,
+        /// Confirm the deletion.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -82,8 +198,8 @@ fn main() -> ExitCode {
     match runtime.block_on(execute(cli.command, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            eprintln!("error: {}", e.message());
+            ExitCode::from(e.code())
         }
     }
 }
@@ -114,23 +230,37 @@ fn flag_overrides(cli: &Cli) -> Vec<(String, toml::Value)> {
     o
 }
 
-async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
+async fn execute(command: Command, config: Config) -> Result<(), cli::Failure> {
     match command {
         Command::Run { .. } => runner::run(config, shutdown_signal())
             .await
-            .context("the worker failed"),
-        Command::Status => {
-            let db = Db::connect(&config.database_url, Arc::new(tokio::sync::Notify::new()))
-                .await
-                .context("failed to read observer_status()")?;
-            println!(
-                "{}",
-                db.status()
-                    .await
-                    .context("failed to read observer_status()")?
-            );
-            Ok(())
-        }
+            .map_err(|e| cli::Failure::Runtime(format!("the worker failed: {e}"))),
+        Command::Status { json } => cli::status(&config, json).await,
+        Command::DebugEvent { id, json } => cli::debug_event(&config, id, json).await,
+        Command::Dlq { command } => match command {
+            DlqCommand::List {
+                filter,
+                limit,
+                json,
+            } => cli::dlq_list(&config, &filter.filter(false), limit, json).await,
+            DlqCommand::Show { job, json } => cli::dlq_show(&config, job, json).await,
+            DlqCommand::Retry { filter, all } => {
+                cli::dlq_change(&config, &filter.filter(all), false, false).await
+            }
+            DlqCommand::Purge { filter, all, yes } => {
+                cli::dlq_change(&config, &filter.filter(all), true, yes).await
+            }
+        },
+        Command::Search {
+            query,
+            observer,
+            outcome,
+            limit,
+            json,
+        } => cli::search(&config, query, observer, outcome, limit, json).await,
+        Command::Pause { observer, reason } => cli::pause(&config, &observer, reason, false).await,
+        Command::Resume { observer } => cli::pause(&config, &observer, None, true).await,
+        Command::Metrics { url, json } => cli::metrics(&url, json).await,
         Command::ValidateConfig { file } => {
             println!("{}: valid", file.display());
             println!("{:#?}", config.redacted());
