@@ -61,7 +61,12 @@ extension_sql_file!(
 extension_sql_file!(
     "../../sql/status.sql",
     name = "status",
-    requires = ["audit"],
+    requires = ["audit"]
+);
+extension_sql_file!(
+    "../../sql/roles.sql",
+    name = "roles",
+    requires = ["status"],
     finalize
 );
 

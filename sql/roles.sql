@@ -1,0 +1,107 @@
+-- The security model. Three kinds of access, given to roles with observer_grant(role, access):
+--
+--   app     observer_enqueue, observer_enqueue_many. Writes to observed tables need nothing from
+--           this extension: capture runs without any grant on schema "observer".
+--   worker  what the worker calls: claim, heartbeat, complete, fail, snooze, discard, dispatch,
+--           prune, report_breakers, audit_batch, audit_done, status.
+--   admin   every function and the tables of schema "observer". The admin functions run as
+--           their caller, so Postgres itself checks the rest: observer_create on a table needs
+--           the TRIGGER privilege on it (or its ownership).
+--
+-- App and worker functions are SECURITY DEFINER (they run as the extension's owner, with
+-- search_path fixed to pg_catalog, pg_temp like every function here), so those roles need no
+-- privilege on any table; none of them can read events or jobs except through these calls.
+-- Every function of the extension is revoked from PUBLIC; nothing in schema "observer" is
+-- granted to PUBLIC (schema.sql).
+
+-- The functions of the extension whose name is in `names` (all of them when NULL).
+CREATE FUNCTION observer.member_functions(names text[]) RETURNS SETOF regprocedure
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT p.oid::regprocedure
+    FROM pg_proc p
+    JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+    JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'fraiseql_observers'
+    WHERE names IS NULL OR p.proname = ANY (names)
+    ORDER BY 1::text
+$$;
+
+CREATE FUNCTION observer.access_functions(access text) RETURNS text[]
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
+RETURN CASE access
+    WHEN 'app' THEN ARRAY['observer_enqueue', 'observer_enqueue_many']
+    WHEN 'worker' THEN ARRAY['observer_claim', 'observer_heartbeat', 'observer_complete', 'observer_fail',
+                             'observer_snooze', 'observer_discard', 'observer_dispatch', 'observer_prune',
+                             'observer_report_breakers', 'observer_audit_batch', 'observer_audit_done',
+                             'observer_status']
+END;
+
+
+-- observer_grant(role, access) / observer_revoke(role, access): give or take app, worker or
+-- admin access (see above). Run them as the extension's owner (or a superuser).
+CREATE FUNCTION observer_grant(role_name text, access text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    f regprocedure;
+BEGIN
+    PERFORM observer.check_access(role_name, access);
+    IF access = 'admin' THEN
+        FOR f IN SELECT * FROM observer.member_functions(NULL) LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, role_name);
+        END LOOP;
+        EXECUTE format('GRANT USAGE ON SCHEMA observer TO %I', role_name);
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA observer TO %I', role_name);
+        EXECUTE format('GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA observer TO %I', role_name);
+    ELSE
+        FOR f IN SELECT * FROM observer.member_functions(observer.access_functions(access)) LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, role_name);
+        END LOOP;
+    END IF;
+END
+$$;
+
+CREATE FUNCTION observer_revoke(role_name text, access text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    f regprocedure;
+BEGIN
+    PERFORM observer.check_access(role_name, access);
+    FOR f IN SELECT * FROM observer.member_functions(
+                 CASE WHEN access = 'admin' THEN NULL ELSE observer.access_functions(access) END) LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM %I', f, role_name);
+    END LOOP;
+    IF access = 'admin' THEN
+        EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA observer FROM %I', role_name);
+        EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA observer FROM %I', role_name);
+        EXECUTE format('REVOKE USAGE ON SCHEMA observer FROM %I', role_name);
+    END IF;
+END
+$$;
+
+CREATE FUNCTION observer.check_access(role_name text, access text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF access IS NULL OR access NOT IN ('app', 'worker', 'admin') THEN
+        RAISE EXCEPTION 'unknown access "%"', access USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Use app (enqueue jobs), worker (run the worker) or admin (manage observers).';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = role_name) THEN
+        RAISE EXCEPTION 'role "%" does not exist', role_name USING ERRCODE = 'undefined_object',
+            HINT = 'Create it first, e.g. CREATE ROLE ... LOGIN.';
+    END IF;
+END
+$$;
+
+-- Last, so that it covers every function above: nothing is executable by PUBLIC, and the app
+-- and worker functions run as the extension's owner.
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT * FROM observer.member_functions(NULL) LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+    FOR f IN SELECT * FROM observer.member_functions(observer.access_functions('app') || observer.access_functions('worker')) LOOP
+        EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER', f);
+    END LOOP;
+END
+$$;
