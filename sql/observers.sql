@@ -195,7 +195,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION observer_create(
+CREATE FUNCTION observer.define(
     name       text,
     table_name regclass,
     events     text[] DEFAULT ARRAY['INSERT', 'UPDATE', 'DELETE'],
@@ -230,7 +230,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Use 1 to 63 characters: a letter or _ first, then letters, digits, _ . or -.';
     END IF;
-    IF EXISTS (SELECT 1 FROM observer.observers o WHERE o.name = observer_create.name) THEN
+    IF EXISTS (SELECT 1 FROM observer.observers o WHERE o.name = define.name) THEN
         RAISE EXCEPTION 'observer "%" already exists', name
             USING ERRCODE = 'duplicate_object',
                   HINT = 'Choose another name, or drop it first with observer_drop().';
@@ -356,6 +356,24 @@ BEGIN
             dedup_win, dedup_path, dedup_coal, fifo_mode, act, max_att, base, cap, prio)
     RETURNING id INTO new_id;
 
+    RETURN new_id;
+END
+$$;
+
+-- observer_create(...): observer.define() (validate, store) plus the capture triggers.
+CREATE FUNCTION observer_create(
+    name       text,
+    table_name regclass,
+    events     text[] DEFAULT ARRAY['INSERT', 'UPDATE', 'DELETE'],
+    condition  text DEFAULT NULL,
+    action     jsonb DEFAULT NULL,
+    options    jsonb DEFAULT '{}'
+) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    new_id bigint;
+BEGIN
+    new_id := observer.define(name, table_name, events, condition, action, options);
     PERFORM observer.sync_capture(table_name);
     RETURN new_id;
 END
@@ -467,4 +485,132 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
            o.paused_reason
     FROM observer.observers o
     ORDER BY o.name
+$$;
+
+-- observer_definition(name): an observer as declared, in the shape observer_create() takes
+-- (table, events, condition, action, options with every option's value, enabled), for
+-- `fraiseql-observers plan` and for operators.
+CREATE FUNCTION observer_definition(name text) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o observer.observers;
+BEGIN
+    SELECT * INTO o FROM observer.observers x WHERE x.name = observer_definition.name;
+    IF NOT FOUND THEN
+        PERFORM observer.unknown_observer(name);
+    END IF;
+    RETURN jsonb_build_object(
+        'name', o.name,
+        'table', o.table_oid::regclass::text,
+        'events', to_jsonb(o.events),
+        'condition', o.condition::text,
+        'action', o.action,
+        'enabled', o.enabled,
+        'options', jsonb_strip_nulls(jsonb_build_object(
+            'max_attempts', o.max_attempts,
+            'backoff_base', o.backoff_base::text,
+            'backoff_cap', o.backoff_cap::text,
+            'priority', o.priority,
+            'max_payload_bytes', CASE WHEN o.table_oid IS NOT NULL THEN o.max_payload_bytes END,
+            'columns', to_jsonb(o.columns),
+            'changed_columns', to_jsonb(o.changed_columns),
+            'dedup_window', o.dedup_window::text,
+            'dedup_key', o.dedup_key::text,
+            'dedup_coalesce', CASE WHEN o.dedup_window IS NOT NULL THEN o.dedup_coalesce END,
+            'fifo', CASE WHEN o.fifo IS NOT NULL THEN true END,
+            'fifo_on_failure', o.fifo)));
+END
+$$;
+
+-- observer_replace(name, table_name, events, condition, action, options): change an observer's
+-- definition in place, validated exactly as observer_create() validates it; its jobs, dead
+-- letters and history stay (they belong to the observer, not to its definition), and so does
+-- enabled / paused. Returns the fields that changed.
+CREATE FUNCTION observer_replace(
+    name       text,
+    table_name regclass,
+    events     text[] DEFAULT ARRAY['INSERT', 'UPDATE', 'DELETE'],
+    condition  text DEFAULT NULL,
+    action     jsonb DEFAULT NULL,
+    options    jsonb DEFAULT '{}'
+) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    old      observer.observers;
+    fresh    observer.observers;
+    tmp      text := '_replace_' || txid_current();
+    before   jsonb;
+    after    jsonb;
+BEGIN
+    SELECT * INTO old FROM observer.observers o WHERE o.name = observer_replace.name FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM observer.unknown_observer(name);
+    END IF;
+    before := @extschema@.observer_definition(name) - 'enabled' - 'name';
+    -- Validate and normalise through observer_create under a temporary name, then move the
+    -- definition onto the existing row.
+    PERFORM observer.define(tmp, table_name, events, condition, action, options);
+    SELECT * INTO fresh FROM observer.observers o WHERE o.name = tmp;
+    DELETE FROM observer.observers o WHERE o.id = fresh.id;
+    UPDATE observer.observers o SET
+        table_oid = fresh.table_oid, table_name = fresh.table_name, key_columns = fresh.key_columns,
+        events = fresh.events, condition = fresh.condition, columns = fresh.columns,
+        changed_columns = fresh.changed_columns, max_payload_bytes = fresh.max_payload_bytes,
+        dedup_window = fresh.dedup_window, dedup_key = fresh.dedup_key, dedup_coalesce = fresh.dedup_coalesce,
+        fifo = fresh.fifo, action = fresh.action, max_attempts = fresh.max_attempts,
+        backoff_base = fresh.backoff_base, backoff_cap = fresh.backoff_cap, priority = fresh.priority,
+        updated_at = now()
+    WHERE o.id = old.id;
+    PERFORM observer.sync_capture(fresh.table_oid);
+    IF old.table_oid IS DISTINCT FROM fresh.table_oid THEN
+        PERFORM observer.sync_capture(old.table_oid);
+    END IF;
+    after := @extschema@.observer_definition(name) - 'enabled' - 'name';
+    RETURN ARRAY(SELECT k FROM jsonb_object_keys(before || after) k
+                 WHERE before -> k IS DISTINCT FROM after -> k ORDER BY k);
+END
+$$;
+
+-- observer_diff(name, table_name, events, condition, action, options, enabled): what
+-- observer_replace() (and enable/disable) would change, without changing anything: the names of
+-- the fields that differ; NULL when the observer does not exist (after validating the
+-- definition all the same). Normalises like observer_create
+-- (defaults, event order, action defaults, interval spelling) in a subtransaction it rolls back.
+CREATE FUNCTION observer_diff(
+    name       text,
+    table_name regclass,
+    events     text[] DEFAULT ARRAY['INSERT', 'UPDATE', 'DELETE'],
+    condition  text DEFAULT NULL,
+    action     jsonb DEFAULT NULL,
+    options    jsonb DEFAULT '{}',
+    enabled    boolean DEFAULT true
+) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    before  jsonb;
+    after   jsonb;
+    tmp     text := '_diff_' || txid_current();
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM observer.observers o WHERE o.name = observer_diff.name) THEN
+        -- Would be created: still validated, so that a plan shows the errors apply would meet.
+        BEGIN
+            PERFORM observer.define(tmp, table_name, events, condition, action, options);
+            RAISE EXCEPTION USING ERRCODE = 'P0004', MESSAGE = 'roll back the probe';
+        EXCEPTION WHEN assert_failure THEN
+            NULL;
+        END;
+        RETURN NULL;
+    END IF;
+    before := @extschema@.observer_definition(name) - 'name';
+    BEGIN
+        PERFORM observer.define(tmp, table_name, events, condition, action, options);
+        after := @extschema@.observer_definition(tmp) - 'name';
+        RAISE EXCEPTION USING ERRCODE = 'P0004', MESSAGE = 'roll back the probe';
+    EXCEPTION WHEN assert_failure THEN
+        NULL;
+    END;
+    after := jsonb_set(after, '{enabled}', to_jsonb(enabled));
+    RETURN ARRAY(SELECT k FROM jsonb_object_keys(before || after) k
+                 WHERE before -> k IS DISTINCT FROM after -> k ORDER BY k);
+END
 $$;

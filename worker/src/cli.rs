@@ -37,13 +37,20 @@ impl Failure {
 }
 
 impl From<DbError> for Failure {
-    /// SQLSTATE classes: 42704 (undefined object) is "not found", 22xxx (bad data or
-    /// parameter) is a usage error, anything else a runtime failure.
+    /// SQLSTATEs: 42704 (undefined object) is "not found"; bad input is a usage error: class
+    /// 22 (bad data or parameter), 42601 (syntax error, e.g. a condition), 42710 (duplicate
+    /// object), 42809 (wrong object type), 54000 (a condition too long), 55006 (object in use);
+    /// anything else is a runtime failure.
     fn from(e: DbError) -> Self {
         let message = e.server_message();
         match e.sqlstate() {
             Some("42704") => Failure::NotFound(message),
-            Some(s) if s.starts_with("22") => Failure::Usage(message),
+            Some(s)
+                if s.starts_with("22")
+                    || matches!(s, "42601" | "42710" | "42809" | "54000" | "55006") =>
+            {
+                Failure::Usage(message)
+            }
             _ => Failure::Runtime(message),
         }
     }

@@ -474,6 +474,28 @@ impl Db {
             .unwrap_or(serde_json::Value::Null))
     }
 
+    /// Run `steps` (queries with text parameters, as [`Db::json`]) in one transaction: all of
+    /// them or none.
+    pub async fn in_transaction(
+        &self,
+        steps: &[(String, Vec<Option<String>>)],
+    ) -> Result<(), DbError> {
+        self.client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(DbError::call("BEGIN"))?;
+        for (sql, params) in steps {
+            if let Err(e) = self.json(sql, params).await {
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+        }
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(DbError::call("COMMIT"))
+    }
+
     /// `observer_status()`, pretty-printed JSON.
     pub async fn status(&self) -> Result<String, DbError> {
         let row = self

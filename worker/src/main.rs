@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod declare;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -91,6 +92,19 @@ enum Command {
         /// The worker's metrics URL.
         #[arg(long, default_value = "http://127.0.0.1:9187/metrics")]
         url: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show how the database differs from the observers declared in a TOML file (changes nothing).
+    Plan {
+        /// The declarations file (see docs/cli.md).
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the database match the declarations file, in one transaction (all or nothing).
+    Apply {
+        file: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -261,6 +275,35 @@ async fn execute(command: Command, config: Config) -> Result<(), cli::Failure> {
         Command::Pause { observer, reason } => cli::pause(&config, &observer, reason, false).await,
         Command::Resume { observer } => cli::pause(&config, &observer, None, true).await,
         Command::Metrics { url, json } => cli::metrics(&url, json).await,
+        Command::Plan { file, json } => {
+            let declared = declare::load(&file)?;
+            let plan = declare::plan(&config, &declared).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plan).unwrap_or_default()
+                );
+            } else {
+                print!("{}", declare::render(&plan));
+            }
+            Ok(())
+        }
+        Command::Apply { file, json } => {
+            let declared = declare::load(&file)?;
+            let plan = declare::apply(&config, &declared).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plan).unwrap_or_default()
+                );
+            } else if plan.is_empty() {
+                println!("nothing to do: the database matches {}", file.display());
+            } else {
+                print!("{}", declare::render(&plan));
+                println!("applied");
+            }
+            Ok(())
+        }
         Command::ValidateConfig { file } => {
             println!("{}: valid", file.display());
             println!("{:#?}", config.redacted());
