@@ -117,3 +117,150 @@ BEGIN
     RETURN n;
 END
 $$;
+
+-- observer_replay(observer, since, until): send again the events of the observer's table
+-- captured in [since, until) that match it now (its current events, condition and filters):
+-- a finished job (completed or dead) goes back to the queue with the same webhook-id and a fresh
+-- attempt budget; an event without a job (the condition was false then, the observer did not
+-- exist or was disabled) gets one. Pending and running jobs are left alone; events already
+-- pruned (fraiseql_observers.event_retention) cannot be replayed. Returns the number of jobs
+-- queued.
+CREATE FUNCTION observer_replay(observer text, since timestamptz, until timestamptz DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o     observer.observers;
+    done  pg_snapshot;
+    n_old bigint;
+    n_new bigint;
+BEGIN
+    SELECT * INTO o FROM observer.observers x WHERE x.name = observer_replay.observer;
+    IF NOT FOUND THEN
+        PERFORM observer.unknown_observer(observer);
+    END IF;
+    IF o.table_oid IS NULL THEN
+        RAISE EXCEPTION 'observer "%" is a job queue: it has no events to replay', observer
+            USING ERRCODE = 'wrong_object_type', HINT = 'Use observer_dlq_retry() for its dead jobs.';
+    END IF;
+    IF since IS NULL OR since >= coalesce(until, 'infinity') THEN
+        RAISE EXCEPTION 'replay needs since < until' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT s.done_snapshot INTO done FROM observer.dispatch_state s;
+    CREATE TEMP TABLE IF NOT EXISTS fraiseql_replay (event_id bigint PRIMARY KEY, ordering_key text) ON COMMIT DROP;
+    TRUNCATE fraiseql_replay;
+    INSERT INTO fraiseql_replay
+    SELECT e.id, CASE WHEN o.fifo IS NOT NULL THEN observer.ordering_key(e.table_name, o.key_columns, e.old, e.new) END
+    FROM observer.event_log l
+    CROSS JOIN LATERAL observer.event_rows(l) e
+    WHERE l.table_oid = o.table_oid AND l.created_at >= since AND l.created_at < coalesce(until, 'infinity')
+      AND pg_visible_in_snapshot(l.tx, done)          -- dispatched: never race the dispatcher
+      AND e.op = ANY (o.events)
+      AND observer.decide(e.op, e.table_name, e.old, e.new,
+                          CASE WHEN e.op = 'UPDATE' THEN observer.changed(e.old, e.new) END,
+                          o.condition, o.changed_columns, e.oversize) IS TRUE;
+    UPDATE observer.jobs j
+    SET state = 'pending', run_at = observer.due_at(o.paused_at), finished_at = NULL, lease_until = NULL,
+        attempts_allowed = j.attempt + o.max_attempts
+    FROM fraiseql_replay r
+    WHERE j.observer_id = o.id AND j.event_id = r.event_id AND j.state IN ('completed', 'dead');
+    GET DIAGNOSTICS n_old = ROW_COUNT;
+    INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, priority, run_at)
+    SELECT o.id, r.event_id, 'evt_' || r.event_id || '_' || o.id, r.ordering_key, o.priority, observer.due_at(o.paused_at)
+    FROM fraiseql_replay r ORDER BY r.event_id
+    ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING;
+    GET DIAGNOSTICS n_new = ROW_COUNT;
+    IF n_old + n_new > 0 THEN
+        PERFORM pg_notify('fraiseql_observers_jobs', '');
+    END IF;
+    RETURN n_old + n_new;
+END
+$$;
+
+-- observer_backfill(observer, max_rows): the rows already in the observer's table, as jobs of
+-- this observer only (other observers of the table are not involved): each delivers
+-- {"observer", "table", "op": "BACKFILL", "old": null, "new": row} as its data, filtered by the
+-- observer's condition (evaluated with op "BACKFILL") and columns. Works in primary-key order,
+-- max_rows per call, and remembers where it stopped (observer.backfills): call it until it
+-- returns done = true; a call repeated after a crash sends nothing twice (each row's job has an
+-- idempotency key). Live changes keep flowing meanwhile, so a row written during the backfill may
+-- arrive both as a change and as a backfilled row (with its state when the batch ran): receivers
+-- keep the newest. restart => true starts a new run from the first row.
+CREATE FUNCTION observer_backfill(observer text, max_rows integer DEFAULT 10000, restart boolean DEFAULT false)
+RETURNS TABLE (rows_queued bigint, rows_total bigint, done boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o       observer.observers;
+    b       observer.backfills;
+    keys    text;
+    keyvals text;
+    cmp     text;
+    batch   jsonb;
+    n       bigint;
+BEGIN
+    SELECT * INTO o FROM observer.observers x WHERE x.name = observer_backfill.observer;
+    IF NOT FOUND THEN
+        PERFORM observer.unknown_observer(observer);
+    END IF;
+    IF o.table_oid IS NULL THEN
+        RAISE EXCEPTION 'observer "%" is a job queue: it has no table to backfill', observer
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF o.key_columns IS NULL THEN
+        RAISE EXCEPTION 'table % has no primary key', o.table_name
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'A backfill walks the table in primary-key order so that it can resume; add a primary key.';
+    END IF;
+    IF max_rows IS NULL OR max_rows < 1 OR max_rows > 1000000 THEN
+        RAISE EXCEPTION 'max_rows must be between 1 and 1000000' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO b FROM observer.backfills x WHERE x.observer_id = o.id FOR UPDATE;
+    IF NOT FOUND OR restart OR b.finished_at IS NOT NULL THEN
+        INSERT INTO observer.backfills AS x (observer_id, run)
+        VALUES (o.id, coalesce(b.run, 0) + 1)
+        ON CONFLICT (observer_id) DO UPDATE SET run = x.run + 1, last_key = NULL, rows_sent = 0,
+                                                started_at = now(), finished_at = NULL
+        RETURNING * INTO b;
+    END IF;
+
+    -- (k1, k2) > (last k1, last k2), the last values cast to the columns' types.
+    SELECT string_agg(format('t.%I', k), ', ' ORDER BY ord),
+           string_agg(format('($1 ->> %s)::%s', ord - 1, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY ord)
+    INTO keys, keyvals
+    FROM unnest(o.key_columns) WITH ORDINALITY AS c(k, ord)
+    JOIN pg_attribute a ON a.attrelid = o.table_oid AND a.attname = c.k;
+    cmp := CASE WHEN b.last_key IS NULL THEN 'true' ELSE format('(%s) > (%s)', keys, keyvals) END;
+    EXECUTE format('SELECT coalesce(jsonb_agg(r ORDER BY ord), ''[]'') FROM (
+                        SELECT to_jsonb(t) AS r, row_number() OVER (ORDER BY %1$s) AS ord
+                        FROM %2$s t WHERE %3$s ORDER BY %1$s LIMIT %4$s) s',
+                   keys, o.table_oid::regclass, cmp, max_rows)
+    INTO batch USING b.last_key;
+    n := jsonb_array_length(batch);
+
+    INSERT INTO observer.jobs (observer_id, payload, idempotency_key, unique_key, ordering_key, priority, run_at)
+    SELECT o.id,
+           jsonb_build_object('observer', o.name, 'table', o.table_name, 'op', 'BACKFILL', 'old', NULL,
+                              'new', observer.project(r, o.columns, o.key_columns)),
+           'bf_' || o.id || '_' || b.run || '_' || md5(observer.ordering_key(o.table_name, o.key_columns, NULL, r)),
+           'backfill:' || b.run || ':' || observer.ordering_key(o.table_name, o.key_columns, NULL, r),
+           CASE WHEN o.fifo IS NOT NULL THEN observer.ordering_key(o.table_name, o.key_columns, NULL, r) END,
+           o.priority, observer.due_at(o.paused_at)
+    FROM jsonb_array_elements(batch) WITH ORDINALITY AS x(r, ord)
+    WHERE observer.decide('BACKFILL', o.table_name, NULL, r, NULL, o.condition, NULL, NULL) IS TRUE
+    ORDER BY ord
+    ON CONFLICT (observer_id, unique_key) WHERE unique_key IS NOT NULL DO NOTHING;
+    GET DIAGNOSTICS rows_queued = ROW_COUNT;
+
+    UPDATE observer.backfills x SET
+        last_key = CASE WHEN n > 0 THEN (SELECT jsonb_agg(batch -> (n::integer - 1) -> k ORDER BY ord)
+                                          FROM unnest(o.key_columns) WITH ORDINALITY AS c(k, ord))
+                        ELSE x.last_key END,
+        rows_sent = x.rows_sent + rows_queued,
+        finished_at = CASE WHEN n < max_rows THEN now() END
+    WHERE x.observer_id = o.id
+    RETURNING x.rows_sent, x.finished_at IS NOT NULL INTO rows_total, done;
+    IF rows_queued > 0 THEN
+        PERFORM pg_notify('fraiseql_observers_jobs', '');
+    END IF;
+    RETURN NEXT;
+END
+$$;

@@ -224,6 +224,17 @@ CREATE TABLE observer.breakers (
     PRIMARY KEY (worker, endpoint)
 );
 
+-- Progress of observer_backfill() runs: the last primary key sent, so a run resumes where it
+-- stopped. One row per observer (a new run replaces a finished one).
+CREATE TABLE observer.backfills (
+    observer_id  bigint PRIMARY KEY REFERENCES observer.observers (id) ON DELETE CASCADE,
+    run          bigint NOT NULL,            -- which run (part of each job's idempotency key)
+    last_key     jsonb,                      -- primary key values of the last row sent (NULL: none yet)
+    rows_sent    bigint NOT NULL DEFAULT 0,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz
+);
+
 -- Every object above is private to the extension owner; roles get functions, not tables.
 REVOKE ALL ON ALL TABLES IN SCHEMA observer FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA observer FROM PUBLIC;
