@@ -480,7 +480,24 @@ pub async fn dlq_show(config: &Config, job: i64, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `dlq retry` / `dlq purge` (purge only with `yes`).
+/// Jobs handled per statement by `dlq retry` / `dlq purge`, so a progress bar can advance and no
+/// single statement holds thousands of row locks.
+const DLQ_CHUNK: usize = 500;
+
+/// A progress bar on stderr for `total` steps (drawn only on a terminal).
+pub fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({eta} left)")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// `dlq retry` / `dlq purge` (purge only with `yes`): the matching dead jobs are listed first,
+/// then handled in chunks of [`DLQ_CHUNK`] with a progress bar.
 pub async fn dlq_change(config: &Config, f: &DlqFilter, purge: bool, yes: bool) -> Result<()> {
     if f.is_empty() {
         return Err(Failure::Usage(
@@ -500,19 +517,47 @@ pub async fn dlq_change(config: &Config, f: &DlqFilter, purge: bool, yes: bool) 
     } else {
         "observer_dlq_retry"
     };
-    let n = db
+    // The filters are applied once, by the same function the SQL API uses.
+    let ids = db
         .json(
-            &format!(
-                "SELECT to_jsonb({function}(job_ids => $1::text::bigint[], observer => $2, since => $3::text::timestamptz,
-                     until => $4::text::timestamptz, error_like => $5, all_jobs => $6::text::bool))::text"
-            ),
+            "SELECT coalesce(jsonb_agg(m ORDER BY m), '[]')::text FROM observer.dlq_match(
+                 $1::text::bigint[], $2, $3::text::timestamptz, $4::text::timestamptz, $5, $6::text::bool) m",
             &f.params(),
         )
         .await?;
+    let ids: Vec<i64> = ids
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_i64())
+        .collect();
+    let bar = progress(
+        ids.len() as u64,
+        if purge { "purging" } else { "requeueing" },
+    );
+    let mut n = 0;
+    for chunk in ids.chunks(DLQ_CHUNK) {
+        let list = format!(
+            "{{{}}}",
+            chunk
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let done = db
+            .json(
+                &format!("SELECT to_jsonb({function}(job_ids => $1::text::bigint[]))::text"),
+                &[Some(list)],
+            )
+            .await?;
+        n += done.as_i64().unwrap_or(0);
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
     println!(
-        "{} {} dead job(s)",
-        if purge { "purged" } else { "requeued" },
-        text(&n)
+        "{} {n} dead job(s)",
+        if purge { "purged" } else { "requeued" }
     );
     Ok(())
 }

@@ -479,6 +479,7 @@ impl Db {
     pub async fn in_transaction(
         &self,
         steps: &[(String, Vec<Option<String>>)],
+        mut after_each: impl FnMut(),
     ) -> Result<(), DbError> {
         self.client
             .batch_execute("BEGIN")
@@ -489,6 +490,7 @@ impl Db {
                 let _ = self.client.batch_execute("ROLLBACK").await;
                 return Err(e);
             }
+            after_each();
         }
         self.client
             .batch_execute("COMMIT")

@@ -237,6 +237,10 @@ pub async fn apply(config: &Config, declared: &[Declared]) -> Result<Plan> {
             }
         }
     }
-    db.in_transaction(&steps).await.map_err(Failure::from)?;
+    let bar = crate::cli::progress(steps.len() as u64, "applying");
+    db.in_transaction(&steps, || bar.inc(1))
+        .await
+        .map_err(Failure::from)?;
+    bar.finish_and_clear();
     Ok(plan)
 }
