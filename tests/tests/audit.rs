@@ -174,6 +174,7 @@ fn elasticsearch(
     item_status: Arc<dyn Fn(usize, usize) -> u16 + Send + Sync>,
 ) -> fraiseql_observers_tests::sink::Script {
     let bulk_calls = Arc::new(AtomicUsize::new(0));
+    let refusals = Arc::new(AtomicUsize::new(0));
     Arc::new(move |r: &Received, _: &[Received]| {
         if r.method == "PUT" && r.path.starts_with("/_index_template/") {
             return Reply {
@@ -183,10 +184,16 @@ fn elasticsearch(
             };
         }
         if unavailable.load(Ordering::SeqCst) {
+            // Away: 503, or 429 back-pressure for the whole request, in turn.
+            let (status, kind) = if refusals.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                (503, "unavailable_shards_exception")
+            } else {
+                (429, "es_rejected_execution_exception")
+            };
             return Reply {
-                status: 503,
+                status,
                 body: Some(
-                    r#"{"error":{"type":"unavailable_shards_exception"},"status":503}"#.into(),
+                    serde_json::json!({"error": {"type": kind}, "status": status}).to_string(),
                 ),
                 ..Reply::default()
             };
@@ -389,10 +396,13 @@ async fn elasticsearch_away_or_refusing_slows_no_delivery_and_loses_or_doubles_n
         wait_until(Duration::from_secs(10), || async {
             es.received()
                 .iter()
-                .any(|r| r.path == "/_bulk" && r.status == 503)
+                .filter(|r| r.path == "/_bulk")
+                .map(|r| r.status)
+                .collect::<BTreeSet<u16>>()
+                .is_superset(&BTreeSet::from([503, 429]))
         })
         .await,
-        "the exporter kept trying"
+        "the exporter kept trying through 503 and 429 answers"
     );
 
     // Back: everything arrives, nothing twice; the refused document stays with its reason.
