@@ -185,7 +185,7 @@ fn elasticsearch(
         }
         if unavailable.load(Ordering::SeqCst) {
             // Away: 503, or 429 back-pressure for the whole request, in turn.
-            let (status, kind) = if refusals.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+            let (status, kind) = if refusals.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
                 (503, "unavailable_shards_exception")
             } else {
                 (429, "es_rejected_execution_exception")
