@@ -377,6 +377,12 @@ impl DlqFilter {
 
 /// `dlq list`
 pub async fn dlq_list(config: &Config, f: &DlqFilter, limit: u32, json: bool) -> Result<()> {
+    if !f.jobs.is_empty() {
+        return Err(Failure::Usage(
+            "dlq list filters by observer, time and error; for one job use `dlq show <job>`"
+                .to_string(),
+        ));
+    }
     let db = connect(config).await?;
     let rows = db
         .json(
@@ -429,13 +435,21 @@ pub async fn dlq_show(config: &Config, job: i64, json: bool) -> Result<()> {
     let db = connect(config).await?;
     let v = db
         .json(
-            "SELECT (SELECT to_jsonb(d) || jsonb_build_object('attempt_log',
-                        (SELECT coalesce(jsonb_agg(jsonb_build_object('attempt', a.attempt, 'outcome', a.outcome,
-                                 'status', a.status, 'endpoint', a.endpoint, 'duration_ms', a.duration_ms,
-                                 'error', a.error, 'worker', a.worker, 'finished_at', a.finished_at)
-                                 ORDER BY a.attempt), '[]')
-                         FROM observer.attempts a WHERE a.job_id = d.job_id))
-                     FROM observer_dlq_list(max_rows => 10000) d WHERE d.job_id = $1::text::bigint)::text",
+            "SELECT (SELECT jsonb_build_object(
+                        'job_id', j.id, 'observer', o.name, 'event_id', j.event_id, 'attempts', j.attempt,
+                        'last_error', j.last_error, 'failed_at', j.finished_at, 'idempotency_key', j.idempotency_key,
+                        'payload', observer.job_payload(o.name, o.columns, o.key_columns, j.event_id, j.payload,
+                                                        j.created_at, e.id, e.created_at, e.table_name, e.op,
+                                                        e.old, e.new, e.oversize),
+                        'attempt_log', (SELECT coalesce(jsonb_agg(jsonb_build_object('attempt', a.attempt,
+                                 'outcome', a.outcome, 'status', a.status, 'endpoint', a.endpoint,
+                                 'duration_ms', a.duration_ms, 'error', a.error, 'worker', a.worker,
+                                 'finished_at', a.finished_at) ORDER BY a.attempt), '[]')
+                                 FROM observer.attempts a WHERE a.job_id = j.id))
+                     FROM observer.jobs j
+                     JOIN observer.observers o ON o.id = j.observer_id
+                     LEFT JOIN LATERAL observer.event(j.event_id) e ON true
+                     WHERE j.id = $1::text::bigint AND j.state = 'dead')::text",
             &[Some(job.to_string())],
         )
         .await?;

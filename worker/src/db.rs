@@ -199,13 +199,16 @@ impl Db {
     }
 
     /// `observer_prune()` with the server's retention setting: events deleted.
-    pub async fn prune(&self) -> Result<i64, DbError> {
+    pub async fn prune(&self, max_rows: i32) -> Result<(i64, i64), DbError> {
         let row = self
             .client
-            .query_one("SELECT events_deleted FROM observer_prune()", &[])
+            .query_one(
+                "SELECT events_deleted, jobs_deleted FROM observer_prune(max_rows => $1)",
+                &[&max_rows],
+            )
             .await
             .map_err(DbError::call("observer_prune"))?;
-        Ok(row.get(0))
+        Ok((row.get(0), row.get(1)))
     }
 
     /// `observer_claim(worker, max, lease)`.

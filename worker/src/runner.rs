@@ -31,6 +31,8 @@ use crate::webhook::{self, Attempted, Outcome};
 const REPORT_BATCH: usize = 1000;
 /// How often a worker that runs dispatch rounds also prunes old events and jobs.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Rows one prune call deletes at most (of each kind).
+const PRUNE_BATCH: i32 = 10_000;
 /// Longest pause between reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
 
@@ -314,9 +316,19 @@ async fn claim_loop(
             // Where no background dispatcher runs, retention is this worker's job too.
             if last_prune.elapsed() >= PRUNE_EVERY {
                 last_prune = tokio::time::Instant::now();
-                match db.prune().await {
-                    Ok(n) if n > 0 => tracing::info!(events = n, "pruned old events"),
-                    Ok(_) => {}
+                match db.prune(PRUNE_BATCH).await {
+                    Ok((events, jobs)) => {
+                        if events > 0 || jobs > 0 {
+                            tracing::info!(events, jobs, "pruned old events and completed jobs");
+                        }
+                        // A full batch: more is due, prune again next round instead of in a
+                        // minute, so retention keeps up with any completion rate.
+                        if events >= i64::from(PRUNE_BATCH) || jobs >= i64::from(PRUNE_BATCH) {
+                            if let Some(due) = last_prune.checked_sub(PRUNE_EVERY) {
+                                last_prune = due;
+                            }
+                        }
+                    }
                     Err(e) if e.is_connection_lost() => return Err(e),
                     Err(e) => tracing::warn!(error = %e, "pruning failed"),
                 }

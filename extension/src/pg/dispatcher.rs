@@ -59,6 +59,7 @@ pub extern "C-unwind" fn fraiseql_observers_dispatcher_main(_arg: pg_sys::Datum)
     let mut failures: u32 = 0;
     let mut wait = Duration::ZERO;
     let mut last_prune = std::time::Instant::now();
+    let mut prune_backlog = false;
     let mut backoff_until: Option<std::time::Instant> = None;
     while BackgroundWorker::wait_latch(Some(wait)) {
         if BackgroundWorker::sighup_received() {
@@ -111,17 +112,21 @@ pub extern "C-unwind" fn fraiseql_observers_dispatcher_main(_arg: pg_sys::Datum)
                 );
             }
         }
-        if last_prune.elapsed() >= PRUNE_EVERY {
+        // A full prune batch means more is due: go on next round instead of in a minute, so
+        // retention keeps up with any completion rate.
+        if last_prune.elapsed() >= PRUNE_EVERY || prune_backlog {
             last_prune = std::time::Instant::now();
-            if let Err(payload) =
-                catch_unwind(AssertUnwindSafe(|| BackgroundWorker::transaction(prune)))
-            {
-                // SAFETY: as above: the failed transaction must be aborted before the next one.
-                unsafe { pg_sys::AbortCurrentTransaction() };
-                warning!(
-                    "fraiseql_observers dispatcher: pruning failed ({})",
-                    describe(&payload)
-                );
+            prune_backlog = false;
+            match catch_unwind(AssertUnwindSafe(|| BackgroundWorker::transaction(prune))) {
+                Ok(more) => prune_backlog = more,
+                Err(payload) => {
+                    // SAFETY: as above: the failed transaction must be aborted before the next one.
+                    unsafe { pg_sys::AbortCurrentTransaction() };
+                    warning!(
+                        "fraiseql_observers dispatcher: pruning failed ({})",
+                        describe(&payload)
+                    );
+                }
             }
         }
         // Background workers flush their own statistics.
@@ -153,20 +158,27 @@ fn tick(batch: i32) -> Tick {
     Tick::Dispatched(n)
 }
 
-/// One transaction: delete events and completed jobs past `fraiseql_observers.event_retention`.
-fn prune() {
-    if let Some(schema) = extension_schema() {
-        let sql = format!(
-            "SELECT events_deleted FROM {}.observer_prune()",
-            spi::quote_identifier(&schema)
-        );
-        if let Ok(Some(n)) = Spi::get_one::<i64>(&sql) {
-            if n > 0 {
-                log!("fraiseql_observers dispatcher: pruned {n} events");
-            }
-        }
+/// One transaction: delete events and completed jobs past `fraiseql_observers.event_retention`,
+/// one batch of each. Returns whether a batch was full (more is due).
+fn prune() -> bool {
+    let Some(schema) = extension_schema() else {
+        return false;
+    };
+    let sql = format!(
+        "SELECT events_deleted, jobs_deleted FROM {}.observer_prune(max_rows => {PRUNE_BATCH})",
+        spi::quote_identifier(&schema)
+    );
+    let Ok((Some(events), Some(jobs))) = Spi::get_two::<i64, i64>(&sql) else {
+        return false;
+    };
+    if events > 0 || jobs > 0 {
+        log!("fraiseql_observers dispatcher: pruned {events} events and {jobs} completed jobs");
     }
+    events >= PRUNE_BATCH || jobs >= PRUNE_BATCH
 }
+
+/// Rows one prune call deletes at most (of each kind).
+const PRUNE_BATCH: i64 = 10_000;
 
 /// The schema the extension is installed in, if it is installed in this database.
 fn extension_schema() -> Option<String> {
