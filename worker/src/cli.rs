@@ -297,6 +297,9 @@ pub async fn debug_event(config: &Config, id: i64, json: bool) -> Result<()> {
                 "no job: {decision} into job {}",
                 text(&o["deduplicated_into_job"])
             ),
+            "no_job" => {
+                "matched, but no job exists (purged, or dropped with its observer)".to_string()
+            }
             other => format!("no job: {}", other.replace('_', " ")),
         };
         let _ = writeln!(out, "  {name}: {why}");
