@@ -11,7 +11,8 @@
 # within 10%).
 # Prints a Markdown table. Settings (environment): JOBS (default 200000), WORKERS (default 4),
 # HISTORY (default 10000000; 0 skips that step), PEERS (default 1; 0 skips the npm peers),
-# PEER_WORKERS (default 2).
+# PEER_WORKERS (default 2), AUDIT_SEARCH (default on: the audit trail's words for each attempt,
+# as shipped; off measures the queue without them).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
@@ -22,6 +23,7 @@ PEERS="${PEERS:-1}"
 # Workers for the peers: their best count on this machine kind (2 cores), found by a sweep of 1, 2
 # and 4 (docs/benchmarks.md).
 PEER_WORKERS="${PEER_WORKERS:-2}"
+AUDIT_SEARCH="${AUDIT_SEARCH:-on}"
 PORT="$(pgrx_toml_get bench_queue_port)"
 
 "$ROOT/scripts/setup.sh" >/dev/null
@@ -30,6 +32,7 @@ rm -rf "$ROOT/.cluster/benchq"
 cluster_start benchq "$PORT"
 cat >>"$ROOT/.cluster/benchq/data/postgresql.conf" <<CONF
 fraiseql_observers.enabled = off
+fraiseql_observers.audit_search = $AUDIT_SEARCH
 shared_buffers = '512MB'
 max_wal_size = '8GB'
 checkpoint_timeout = '30min'
