@@ -71,6 +71,17 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             'export_pending', (SELECT count(*) FROM observer.audit_outbox x WHERE x.refused IS NULL),
             'export_refused', (SELECT count(*) FROM observer.audit_outbox x WHERE x.refused IS NOT NULL),
             'search_on', observer.setting_on('fraiseql_observers.audit_search', true)),
+        -- Live workers: sessions named fraiseql-observers:<worker> (the worker sets it), with the
+        -- jobs each holds now.
+        'workers', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                'worker', w.worker, 'sessions', w.sessions, 'connected_since', w.since, 'client', w.client,
+                'running_jobs', (SELECT count(*) FROM observer.jobs j WHERE j.state = 'running' AND j.worker = w.worker))
+                ORDER BY w.worker), '[]')
+            FROM (SELECT substr(a.application_name, 20) AS worker, count(*) AS sessions,
+                         min(a.backend_start) AS since, min(host(a.client_addr)) AS client
+                  FROM pg_stat_activity a
+                  WHERE a.application_name LIKE 'fraiseql-observers:%' AND a.datname = current_database()
+                  GROUP BY 1) w),
         'breakers', (SELECT coalesce(jsonb_agg(jsonb_build_object(
                 'worker', b.worker, 'endpoint', b.endpoint, 'state', b.state, 'failures', b.failures,
                 'open_until', b.open_until, 'reported_at', b.reported_at) ORDER BY b.endpoint, b.worker), '[]')

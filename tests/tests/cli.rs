@@ -89,6 +89,9 @@ async fn every_subcommand_against_a_real_cluster() {
     // status
     let s = json(&cli(&url, &["status", "--json"]));
     assert_eq!(s["jobs"]["completed"], 1);
+    let workers = s["workers"].as_array().expect("workers");
+    assert_eq!(workers.len(), 1, "the running worker is listed: {s}");
+    assert_eq!(workers[0]["running_jobs"], 0);
     let text = stdout(&cli(&url, &["status"]));
     assert!(
         text.contains("jobs: 0 pending, 0 running, 1 completed, 1 dead"),

@@ -207,6 +207,37 @@ pub async fn status(config: &Config, json: bool) -> Result<()> {
         ],
         &observers,
     ));
+    let workers: Vec<Vec<String>> = s["workers"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|w| {
+                    vec![
+                        text(&w["worker"]),
+                        text(&w["client"]),
+                        text(&w["connected_since"]),
+                        text(&w["sessions"]),
+                        text(&w["running_jobs"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push_str("\nworkers connected now:\n");
+    if workers.is_empty() {
+        out.push_str("(none)\n");
+    } else {
+        out.push_str(&table(
+            &[
+                "worker",
+                "client",
+                "connected since",
+                "sessions",
+                "running jobs",
+            ],
+            &workers,
+        ));
+    }
     let breakers: Vec<Vec<String>> = s["breakers"]
         .as_array()
         .map(|list| {
@@ -223,7 +254,7 @@ pub async fn status(config: &Config, json: bool) -> Result<()> {
                 .collect()
         })
         .unwrap_or_default();
-    out.push_str("\nworkers and circuit breakers:\n");
+    out.push_str("\ncircuit breakers (as each worker last reported them):\n");
     if breakers.is_empty() {
         out.push_str("(none reported)\n");
     } else {

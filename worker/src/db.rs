@@ -172,6 +172,20 @@ impl Db {
         Ok(Self { client })
     }
 
+    /// Name this session `fraiseql-observers:<worker>` (`application_name`), so that
+    /// `observer_status()` lists the live workers and operators find them in pg_stat_activity.
+    pub async fn identify(&self, worker: &str) -> Result<(), DbError> {
+        let name: String = format!("fraiseql-observers:{worker}")
+            .chars()
+            .take(63)
+            .collect();
+        self.client
+            .execute("SELECT set_config('application_name', $1, false)", &[&name])
+            .await
+            .map_err(DbError::call("SET application_name"))?;
+        Ok(())
+    }
+
     /// Subscribe this session to job wake-ups.
     pub async fn listen(&self) -> Result<(), DbError> {
         self.client

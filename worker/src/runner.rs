@@ -185,6 +185,9 @@ async fn sync_breakers(ctx: Arc<Context>) {
 
 /// One database session: claim loop plus its reporter.
 async fn session(ctx: &Arc<Context>, db: Arc<Db>) {
+    if let Err(e) = db.identify(&ctx.worker).await {
+        tracing::warn!(error = %e, "cannot set application_name");
+    }
     if let Err(e) = db.listen().await {
         tracing::warn!(error = %e, "LISTEN failed; relying on polling");
     }
