@@ -23,10 +23,10 @@
 #
 # Settings (environment): REPS (default 3), EVENTS (200000), ROWS (100), CLIENTS (4),
 # SINGLE_EVENTS (100000), SINGLE_CLIENTS (8), RATE (1000), LATENCY_SECONDS (20), HISTORY (300000;
-# 0 skips that run), DEFAULTS (1),
-# DEFAULTS_EVENTS (50000), TIMEOUT seconds to wait for the deliveries of one run (300), QUICK=1
-# (REPS=1 EVENTS=SINGLE_EVENTS=20000 LATENCY_SECONDS=5 HISTORY=20000 DEFAULTS=0: about 3 min), WORKER_SETTINGS (the worker's settings as FRAISEQL_OBSERVERS_*
-# variables, see below), E2E_SKIP_SETUP=1 (skip scripts/setup.sh).
+# 0 skips that run), DEFAULTS (1), DEFAULTS_EVENTS (50000), TIMEOUT seconds to wait for the
+# deliveries of one run (300), WORKER_SETTINGS (the worker's settings as FRAISEQL_OBSERVERS_*
+# variables, see below), E2E_SKIP_SETUP=1 (skip scripts/setup.sh), QUICK=1 (REPS=1
+# EVENTS=SINGLE_EVENTS=20000 LATENCY_SECONDS=5 HISTORY=20000 DEFAULTS=0: about 3 min).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
