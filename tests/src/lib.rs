@@ -273,6 +273,27 @@ pub fn worker_binary() -> Result<PathBuf> {
     }
 }
 
+/// Run the real `fraiseql-observers` binary with `args` against the database at `url` (the
+/// operator CLI, as a user runs it).
+pub fn run_cli(url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(worker_binary().expect("worker binary"))
+        .args(args)
+        .env("FRAISEQL_OBSERVERS_DATABASE_URL", url)
+        .output()
+        .expect("run the CLI")
+}
+
+/// The JSON a successful CLI command printed (panics with its stderr if it failed).
+pub fn cli_json(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the command printed JSON")
+}
+
 /// A running worker process; killed on drop.
 pub struct Worker {
     child: Child,

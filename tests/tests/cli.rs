@@ -8,26 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fraiseql_observers_tests::{
-    free_port, observer_status, wait_for_jobs, wait_until, worker_binary, Cluster, Sink, Worker,
+    cli_json as json, free_port, observer_status, run_cli as cli, wait_for_jobs, wait_until,
+    worker_binary, Cluster, Sink, Worker,
 };
-
-fn cli(url: &str, args: &[&str]) -> Output {
-    Command::new(worker_binary().expect("binary"))
-        .args(args)
-        .env("FRAISEQL_OBSERVERS_DATABASE_URL", url)
-        .output()
-        .expect("run the CLI")
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("--json prints JSON")
-}
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()

@@ -2,29 +2,9 @@
 //! `apply` makes it so in one transaction; plan → apply → plan shows no difference, and applying
 //! a broken file changes nothing. The real binary against a real cluster.
 
-use std::process::{Command, Output};
-
 use std::time::Duration;
 
-use fraiseql_observers_tests::{wait_until, worker_binary, Cluster};
-
-fn cli(url: &str, args: &[&str]) -> Output {
-    Command::new(worker_binary().expect("binary"))
-        .args(args)
-        .env("FRAISEQL_OBSERVERS_DATABASE_URL", url)
-        .output()
-        .expect("run the CLI")
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON")
-}
+use fraiseql_observers_tests::{cli_json as json, run_cli as cli, wait_until, Cluster};
 
 const FILE: &str = r#"
 [[observer]]
