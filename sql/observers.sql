@@ -591,17 +591,11 @@ DECLARE
     after   jsonb;
     tmp     text := '_diff_' || txid_current();
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM observer.observers o WHERE o.name = observer_diff.name) THEN
-        -- Would be created: still validated, so that a plan shows the errors apply would meet.
-        BEGIN
-            PERFORM observer.define(tmp, table_name, events, condition, action, options);
-            RAISE EXCEPTION USING ERRCODE = 'P0004', MESSAGE = 'roll back the probe';
-        EXCEPTION WHEN assert_failure THEN
-            NULL;
-        END;
-        RETURN NULL;
-    END IF;
-    before := @extschema@.observer_definition(name) - 'name';
+    -- The definition as it would be stored, made under a temporary name in a subtransaction that
+    -- is rolled back; an observer that would be created is validated all the same, so that a
+    -- plan shows the errors apply would meet.
+    before := CASE WHEN EXISTS (SELECT 1 FROM observer.observers o WHERE o.name = observer_diff.name)
+                   THEN @extschema@.observer_definition(name) - 'name' END;
     BEGIN
         PERFORM observer.define(tmp, table_name, events, condition, action, options);
         after := @extschema@.observer_definition(tmp) - 'name';
@@ -609,6 +603,9 @@ BEGIN
     EXCEPTION WHEN assert_failure THEN
         NULL;
     END;
+    IF before IS NULL THEN
+        RETURN NULL;
+    END IF;
     after := jsonb_set(after, '{enabled}', to_jsonb(enabled));
     RETURN ARRAY(SELECT k FROM jsonb_object_keys(before || after) k
                  WHERE before -> k IS DISTINCT FROM after -> k ORDER BY k);
