@@ -120,17 +120,39 @@ REVOKE ALL ON observer.events FROM PUBLIC;
 -- cursor, in id order, at most max_logs of them.
 -- Within a batch, id order is commit order for any one row: a second writer of a row waits for
 -- the first one's commit before its own trigger runs and takes a later id.
+-- The batch is the rows whose transaction is visible in `target` and not in `done`: the
+-- transactions from done's xmax up to target's xmax plus those in progress in `done`.
+-- - The first page of a batch (after_id = 0) finds them through the `tx` index (PgQ's lookup:
+--   the new xid range plus the previous snapshot's in-progress xids), so a round never reads the
+--   events already dispatched: an id-ordered scan from 0 would read every event kept (with
+--   300,000 kept, 91 ms a round instead of 1.3 ms).
+-- - The next pages of a long batch continue in id order after the cursor; what they read past
+--   the batch is the events written concurrently with it, not the history.
+-- The function is planned without its arguments' values (a SQL function with SET clauses is not
+-- inlined), so the estimates are generic: a history written by one big transaction makes `tx =
+-- ANY (xip)` look like the whole table. enable_seqscan = off keeps the index plans whatever the
+-- statistics say; the rows are fetched by `id = ANY`, never by a join that could read the table.
 CREATE FUNCTION observer.batch_logs(done pg_snapshot, target pg_snapshot, after_id bigint, max_logs integer)
 RETURNS SETOF observer.event_log
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+    WITH pending AS MATERIALIZED (
+        SELECT l.id, l.tx FROM observer.event_log l
+        WHERE after_id = 0 AND l.tx >= pg_snapshot_xmax(done) AND l.tx < pg_snapshot_xmax(target)
+        UNION ALL
+        SELECT l.id, l.tx FROM observer.event_log l
+        WHERE after_id = 0 AND l.tx = ANY (ARRAY(SELECT pg_snapshot_xip(done)))
+    ), first_page AS MATERIALIZED (
+        SELECT p.id FROM pending p WHERE pg_visible_in_snapshot(p.tx, target) ORDER BY p.id LIMIT max_logs
+    ), next_page AS MATERIALIZED (
+        SELECT l.id FROM observer.event_log l
+        WHERE after_id > 0 AND l.id > after_id
+          AND pg_visible_in_snapshot(l.tx, target) AND NOT pg_visible_in_snapshot(l.tx, done)
+        ORDER BY l.id LIMIT max_logs
+    )
     SELECT l.*
     FROM observer.event_log l
-    WHERE ((l.tx >= pg_snapshot_xmax(done) AND l.tx < pg_snapshot_xmax(target))
-           OR l.tx = ANY (ARRAY(SELECT pg_snapshot_xip(done))))
-      AND pg_visible_in_snapshot(l.tx, target)
-      AND l.id > after_id
+    WHERE l.id = ANY (ARRAY(SELECT id FROM first_page UNION ALL SELECT id FROM next_page))
     ORDER BY l.id
-    LIMIT max_logs
 $$;
 
 -- observer.dispatch_batch: one page of the batch between `done` and `target`: the events of
