@@ -230,10 +230,18 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION observer_dispatch(max_events integer DEFAULT 10000, dispatcher text DEFAULT NULL)
+-- observer_dispatch(max_events, dispatcher, unless_active_within): one dispatch round; returns
+-- the events read (0 when another dispatcher holds the round). With unless_active_within, the
+-- call is a standby's: it returns NULL without a round when another dispatcher finished one within
+-- that interval (the background dispatcher runs one at least every dispatch_interval), so an
+-- external worker next to the background dispatcher costs one row read, and takes over once the
+-- other one has been quiet that long.
+CREATE FUNCTION observer_dispatch(max_events integer DEFAULT 10000, dispatcher text DEFAULT NULL,
+                                  unless_active_within interval DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    me          text := coalesce(dispatcher, nullif(current_setting('application_name'), ''), session_user);
     st          observer.dispatch_state;
     target      pg_snapshot;
     n_events    bigint := 0;
@@ -250,6 +258,12 @@ BEGIN
     IF max_events IS NULL OR max_events < 1 THEN
         RAISE EXCEPTION 'max_events must be a positive integer, not %', coalesce(max_events::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF unless_active_within IS NOT NULL AND EXISTS (
+        SELECT FROM observer.dispatch_state
+        WHERE last_dispatcher IS DISTINCT FROM me AND last_round_at > clock_timestamp() - unless_active_within)
+    THEN
+        RETURN NULL;
     END IF;
     -- Another dispatcher holds the round: not an error, there is simply nothing for us to do.
     IF NOT pg_try_advisory_xact_lock(observer.dispatch_lock_key()) THEN
@@ -355,7 +369,7 @@ BEGIN
         jobs_created      = jobs_created + n_jobs,
         last_round_at     = clock_timestamp(),
         last_event_at     = CASE WHEN n_events > 0 THEN clock_timestamp() ELSE last_event_at END,
-        last_dispatcher   = coalesce(dispatcher, nullif(current_setting('application_name'), ''), session_user)
+        last_dispatcher   = me
     WHERE singleton;
 
     IF n_jobs > 0 THEN

@@ -186,6 +186,18 @@ impl Db {
         Ok(())
     }
 
+    /// Commit without waiting for the WAL flush on this session (`synchronous_commit = off`):
+    /// for the session that claims and dispatches. Nothing can be lost by it: a crash before the
+    /// flush loses a claim (the job is claimable again, as after its lease) or a dispatch round
+    /// with its checkpoint (made again from the events); a completion, reported on the other
+    /// session with a synchronous commit, flushes the WAL up to it, its claim and round included.
+    pub async fn commit_without_flush(&self) -> Result<(), DbError> {
+        self.client
+            .batch_execute("SET synchronous_commit = off")
+            .await
+            .map_err(DbError::call("SET synchronous_commit"))
+    }
+
     /// Subscribe this session to job wake-ups.
     pub async fn listen(&self) -> Result<(), DbError> {
         self.client
@@ -199,13 +211,23 @@ impl Db {
         self.client.is_closed()
     }
 
-    /// `observer_dispatch(max_events, dispatcher)`: events read this round.
-    pub async fn dispatch(&self, max_events: u32, dispatcher: &str) -> Result<i64, DbError> {
+    /// `observer_dispatch(max_events, dispatcher, unless_active_within)`: events read this round,
+    /// or None when another dispatcher ran a round within `standby` (this one stands by).
+    pub async fn dispatch(
+        &self,
+        max_events: u32,
+        dispatcher: &str,
+        standby: Duration,
+    ) -> Result<Option<i64>, DbError> {
         let row = self
             .client
             .query_one(
-                "SELECT observer_dispatch($1::int4, $2::text)",
-                &[&i32::try_from(max_events).unwrap_or(i32::MAX), &dispatcher],
+                "SELECT observer_dispatch($1::int4, $2::text, make_interval(secs => $3::float8))",
+                &[
+                    &i32::try_from(max_events).unwrap_or(i32::MAX),
+                    &dispatcher,
+                    &standby.as_secs_f64(),
+                ],
             )
             .await
             .map_err(DbError::call("observer_dispatch"))?;

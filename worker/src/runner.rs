@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fraiseql_observers_core::{Action, ActionError};
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -35,6 +35,16 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const PRUNE_BATCH: i32 = 10_000;
 /// Longest pause between reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
+/// A worker runs dispatch rounds only when no other dispatcher finished one within this (the
+/// background dispatcher runs one at least every `dispatch_interval`, 1 s by default): it takes
+/// over this long after the background dispatcher stopped.
+const DISPATCH_STANDBY: Duration = Duration::from_secs(5);
+/// How often a standing-by worker asks again.
+const STANDBY_RECHECK: Duration = Duration::from_secs(1);
+/// Longest a delivery waits for a free slot of its endpoint (`http.max_in_flight_per_endpoint`)
+/// before its job goes back to the queue: long enough for a fast endpoint's slot to free, short
+/// enough that jobs for a slow endpoint do not hold the worker's slots.
+const ENDPOINT_WAIT: Duration = Duration::from_millis(250);
 
 /// Why the worker stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -150,10 +160,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 async fn supervise(ctx: Arc<Context>) {
     let mut delay = Duration::from_millis(100);
     while !ctx.cancel.is_cancelled() {
-        match Db::connect(&ctx.config.database_url, ctx.wake.clone()).await {
-            Ok(db) => {
+        match connect_pair(&ctx).await {
+            Ok((claims, reports)) => {
                 delay = Duration::from_millis(100);
-                session(&ctx, Arc::new(db)).await;
+                session(&ctx, Arc::new(claims), Arc::new(reports)).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database unavailable");
@@ -170,6 +180,15 @@ async fn supervise(ctx: Arc<Context>) {
     }
 }
 
+/// The two connections of a session: one claims (and runs dispatch rounds), the other reports
+/// outcomes and renews leases, so that completions never queue behind a claim and the database
+/// works on both at once.
+async fn connect_pair(ctx: &Context) -> Result<(Db, Db), DbError> {
+    let claims = Db::connect(&ctx.config.database_url, ctx.wake.clone()).await?;
+    let reports = Db::connect(&ctx.config.database_url, ctx.wake.clone()).await?;
+    Ok((claims, reports))
+}
+
 /// Open here the circuits other replicas opened (read from Redis four times a second).
 async fn sync_breakers(ctx: Arc<Context>) {
     let mut every = tokio::time::interval(Duration::from_millis(250));
@@ -183,25 +202,30 @@ async fn sync_breakers(ctx: Arc<Context>) {
     }
 }
 
-/// One database session: claim loop plus its reporter.
-async fn session(ctx: &Arc<Context>, db: Arc<Db>) {
-    if let Err(e) = db.identify(&ctx.worker).await {
-        tracing::warn!(error = %e, "cannot set application_name");
+/// One database session: claim loop on `db`, its reporter and heartbeats on `reports`.
+async fn session(ctx: &Arc<Context>, db: Arc<Db>, reports: Arc<Db>) {
+    for conn in [&db, &reports] {
+        if let Err(e) = conn.identify(&ctx.worker).await {
+            tracing::warn!(error = %e, "cannot set application_name");
+        }
+    }
+    if let Err(e) = db.commit_without_flush().await {
+        tracing::warn!(error = %e, "cannot set synchronous_commit on the claiming session");
     }
     if let Err(e) = db.listen().await {
         tracing::warn!(error = %e, "LISTEN failed; relying on polling");
     }
     tracing::info!("connected to the database");
     let (tx, rx) = mpsc::unbounded_channel();
-    let reporter = tokio::spawn(report(ctx.clone(), db.clone(), rx));
+    let reporter = tokio::spawn(report(ctx.clone(), reports.clone(), rx));
     // Cancelled when leases can no longer be renewed: the session then stops claiming at once
     // (it could not keep what it claims) and the worker reconnects.
     let leases_lost = ctx.cancel.child_token();
-    let heartbeats = tokio::spawn(heartbeat(ctx.clone(), db.clone(), leases_lost.clone()));
-    let breaker_reports = tokio::spawn(report_breakers(ctx.clone(), db.clone()));
+    let heartbeats = tokio::spawn(heartbeat(ctx.clone(), reports.clone(), leases_lost.clone()));
+    let breaker_reports = tokio::spawn(report_breakers(ctx.clone(), reports.clone()));
     let tasks = TaskTracker::new();
 
-    if let Err(e) = claim_loop(ctx, &db, &tasks, &tx, &leases_lost).await {
+    if let Err(e) = claim_loop(ctx, &db, &reports, &tasks, &tx, &leases_lost).await {
         tracing::warn!(error = %e, "database session ended");
     }
 
@@ -300,24 +324,45 @@ async fn heartbeat(ctx: Arc<Context>, db: Arc<Db>, leases_lost: CancellationToke
 async fn claim_loop(
     ctx: &Arc<Context>,
     db: &Arc<Db>,
+    reports: &Db,
     tasks: &TaskTracker,
     tx: &mpsc::UnboundedSender<Report>,
     leases_lost: &CancellationToken,
 ) -> Result<(), DbError> {
     let config = &ctx.config;
     let mut last_prune = tokio::time::Instant::now();
+    // While another dispatcher (the background one) runs rounds, this worker stands by and asks
+    // again only after STANDBY_RECHECK.
+    let mut standby_until: Option<tokio::time::Instant> = None;
     while !leases_lost.is_cancelled() {
-        if db.is_closed() {
+        if db.is_closed() || reports.is_closed() {
             return Ok(());
         }
-        if config.dispatch {
-            match db.dispatch(config.dispatch_batch, &ctx.worker).await {
-                Ok(_) => {}
+        if config.dispatch && standby_until.is_none_or(|t| t <= tokio::time::Instant::now()) {
+            let mut dispatched = false;
+            match db
+                .dispatch(config.dispatch_batch, &ctx.worker, DISPATCH_STANDBY)
+                .await
+            {
+                Ok(None) => {
+                    if standby_until.is_none() {
+                        tracing::info!("another dispatcher runs rounds: this worker stands by");
+                    }
+                    standby_until = Some(tokio::time::Instant::now() + STANDBY_RECHECK);
+                }
+                Ok(Some(_)) => {
+                    if standby_until.take().is_some() {
+                        tracing::info!(
+                            "no other dispatcher ran a round lately: this worker dispatches"
+                        );
+                    }
+                    dispatched = true;
+                }
                 Err(e) if e.is_connection_lost() => return Err(e),
                 Err(e) => tracing::warn!(error = %e, "dispatch round failed"),
             }
             // Where no background dispatcher runs, retention is this worker's job too.
-            if last_prune.elapsed() >= PRUNE_EVERY {
+            if dispatched && last_prune.elapsed() >= PRUNE_EVERY {
                 last_prune = tokio::time::Instant::now();
                 match db.prune(PRUNE_BATCH).await {
                     Ok((events, jobs)) => {
@@ -455,20 +500,11 @@ async fn perform(
 }
 
 async fn perform_at(ctx: &Context, job: &ClaimedJob, action: &Action, endpoint: &str) -> Attempted {
-    if let breaker::Decision::Reject(until) = ctx.breakers.before(endpoint) {
-        return Outcome::Snooze {
-            until,
-            reason: format!("circuit open for {endpoint}"),
-        }
-        .into();
-    }
-    // Per-endpoint limit: a job whose endpoint is saturated goes back to the queue (no attempt
-    // used) instead of holding one of the global slots while it waits, so a slow endpoint
-    // cannot starve the others.
-    let Some(_slot) = ctx.endpoints.try_enter(endpoint) else {
-        // Not attempted: neither a success nor a fault for the breaker (a probe that is not sent
-        // leaves the breaker to probe again).
-        ctx.breakers.after(endpoint, None);
+    // Per-endpoint limit: a job whose endpoint stays saturated goes back to the queue (no attempt
+    // used) after a short wait instead of holding one of the global slots, so a slow endpoint
+    // cannot starve the others. Taken before the breaker is asked, so that a job that waited for
+    // its slot sees the circuit as it is when it would be sent.
+    let Some(_slot) = ctx.endpoints.enter(endpoint, ENDPOINT_WAIT).await else {
         return Outcome::Snooze {
             until: std::time::SystemTime::now() + ctx.config.http.endpoint_retry(),
             reason: format!(
@@ -478,6 +514,13 @@ async fn perform_at(ctx: &Context, job: &ClaimedJob, action: &Action, endpoint: 
         }
         .into();
     };
+    if let breaker::Decision::Reject(until) = ctx.breakers.before(endpoint) {
+        return Outcome::Snooze {
+            until,
+            reason: format!("circuit open for {endpoint}"),
+        }
+        .into();
+    }
     if let Some(&rate) = ctx.config.rate_limits.get(endpoint) {
         let slot = match ctx.shared.take_slot(endpoint, rate, MAX_RATE_WAIT).await {
             Some(slot) => slot,
@@ -641,65 +684,72 @@ struct Report {
     ms: Option<i32>,
 }
 
-/// Counts of in-flight deliveries per endpoint, with a limit.
+/// In-flight deliveries per endpoint, with a limit: one semaphore per endpoint (endpoints come
+/// from observer definitions, so the map stays small).
 struct EndpointSlots {
     limit: u32,
-    counts: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
-}
-
-/// One delivery's place in its endpoint's count; released on drop.
-struct EndpointSlot {
-    endpoint: String,
-    counts: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+    slots: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
 }
 
 impl EndpointSlots {
     fn new(limit: u32) -> Self {
         EndpointSlots {
             limit,
-            counts: Arc::default(),
+            slots: std::sync::Mutex::default(),
         }
     }
 
-    /// A slot for `endpoint`, or None when it is at the limit.
-    fn try_enter(&self, endpoint: &str) -> Option<EndpointSlot> {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let n = counts.entry(endpoint.to_string()).or_insert(0);
-        if *n >= self.limit {
-            return None;
+    /// A slot for `endpoint`, waiting up to `wait` for one; None when it stays at the limit.
+    /// Released on drop.
+    async fn enter(&self, endpoint: &str, wait: Duration) -> Option<OwnedSemaphorePermit> {
+        let semaphore = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots
+                .entry(endpoint.to_string())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.limit as usize)))
+                .clone()
+        };
+        if let Ok(permit) = semaphore.clone().try_acquire_owned() {
+            return Some(permit);
         }
-        *n += 1;
-        Some(EndpointSlot {
-            endpoint: endpoint.to_string(),
-            counts: self.counts.clone(),
-        })
-    }
-}
-
-impl Drop for EndpointSlot {
-    fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = counts.get_mut(&self.endpoint) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.remove(&self.endpoint);
-            }
-        }
+        tokio::time::timeout(wait, semaphore.acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
     }
 }
 
 #[cfg(test)]
 mod endpoint_tests {
     use super::EndpointSlots;
+    use std::time::Duration;
 
-    #[test]
-    fn slots_are_limited_per_endpoint_and_released_on_drop() {
+    #[tokio::test]
+    async fn slots_are_limited_per_endpoint_waited_for_and_released_on_drop() {
         let slots = EndpointSlots::new(2);
-        let a1 = slots.try_enter("http://a:80").expect("first");
-        let _a2 = slots.try_enter("http://a:80").expect("second");
-        assert!(slots.try_enter("http://a:80").is_none(), "a is full");
-        assert!(slots.try_enter("http://b:80").is_some(), "b is not");
-        drop(a1);
-        assert!(slots.try_enter("http://a:80").is_some(), "a has room again");
+        let short = Duration::from_millis(20);
+        let a1 = slots.enter("http://a:80", short).await.expect("first");
+        let _a2 = slots.enter("http://a:80", short).await.expect("second");
+        assert!(
+            slots.enter("http://a:80", short).await.is_none(),
+            "a is full"
+        );
+        assert!(
+            slots.enter("http://b:80", short).await.is_some(),
+            "b is not"
+        );
+        // A slot freed while a delivery waits goes to it.
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(a1);
+        });
+        assert!(
+            slots
+                .enter("http://a:80", Duration::from_secs(5))
+                .await
+                .is_some(),
+            "a slot freed during the wait is taken"
+        );
+        release.await.expect("release");
     }
 }
