@@ -12,7 +12,8 @@
 # Prints a Markdown table. Settings (environment): JOBS (default 200000), WORKERS (default 4),
 # HISTORY (default 10000000; 0 skips that step), PEERS (default 1; 0 skips the npm peers),
 # PEER_WORKERS (default 2), AUDIT_SEARCH (default on: the audit trail's words for each attempt,
-# as shipped; off measures the queue without them).
+# as shipped; off measures the queue without them), CLAIM_COMMIT (default off: claims commit
+# without waiting for the WAL flush, as the worker's claiming session does; on: synchronous).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
@@ -24,6 +25,7 @@ PEERS="${PEERS:-1}"
 # and 4 (docs/benchmarks.md).
 PEER_WORKERS="${PEER_WORKERS:-2}"
 AUDIT_SEARCH="${AUDIT_SEARCH:-on}"
+CLAIM_COMMIT="${CLAIM_COMMIT:-off}"
 PORT="$(pgrx_toml_get bench_queue_port)"
 
 "$ROOT/scripts/setup.sh" >/dev/null
@@ -66,8 +68,15 @@ ours_enqueue() {
 
 # ours_process: WORKERS sessions claim and complete until the queue is empty; prints jobs/s.
 ours_process() {
-  cat >"$work/proc.sql" <<'PGB'
+  # As the worker does: its claiming session commits without waiting for the WAL flush, its
+  # completions are synchronous (docs/architecture.md#worker). CLAIM_COMMIT=on measures both
+  # synchronous.
+  cat >"$work/proc.sql" <<PGB
+SET synchronous_commit = $CLAIM_COMMIT;
+PGB
+  cat >>"$work/proc.sql" <<'PGB'
 SELECT coalesce(string_agg(job_id::text, ','), '') AS ids, coalesce(string_agg(token::text, ','), '') AS toks FROM observer_claim('bench-:client_id', 500, '60 seconds') \gset
+SET synchronous_commit = on;
 SELECT count(*) FROM observer_complete(ARRAY[:ids]::bigint[], ARRAY[:toks]::bigint[]);
 PGB
   local start end done
@@ -110,7 +119,7 @@ SQL
 fi
 
 echo
-echo "### Job queue throughput ($JOBS no-op jobs, $WORKERS workers, fsync on, synchronous_commit on)"
+echo "### Job queue throughput ($JOBS no-op jobs, $WORKERS workers, fsync on, synchronous_commit on; ours claims with synchronous_commit = $CLAIM_COMMIT)"
 echo
 echo "| queue | setting | enqueue jobs/s | process (claim + complete) jobs/s |"
 echo "|---|---|---|---|"

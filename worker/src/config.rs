@@ -53,6 +53,8 @@ pub struct Config {
     pub batch_size: u32,
     /// Most actions in flight at once.
     pub concurrency: u32,
+    /// Database sessions that claim jobs.
+    pub claim_sessions: u32,
     /// Lease of a claimed job, seconds.
     pub lease_seconds: u32,
     /// Poll interval without wake-ups, milliseconds.
@@ -299,6 +301,13 @@ impl Config {
         }
         if !(1..=100_000).contains(&self.concurrency) {
             return Err(invalid("concurrency", self.concurrency, "use 1 to 100000"));
+        }
+        if !(1..=16).contains(&self.claim_sessions) {
+            return Err(invalid(
+                "claim_sessions",
+                self.claim_sessions,
+                "use 1 to 16",
+            ));
         }
         if !(1..=86_400).contains(&self.lease_seconds) {
             return Err(invalid(

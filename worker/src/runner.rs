@@ -160,10 +160,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 async fn supervise(ctx: Arc<Context>) {
     let mut delay = Duration::from_millis(100);
     while !ctx.cancel.is_cancelled() {
-        match connect_pair(&ctx).await {
+        match connect_all(&ctx).await {
             Ok((claims, reports)) => {
                 delay = Duration::from_millis(100);
-                session(&ctx, Arc::new(claims), Arc::new(reports)).await;
+                session(&ctx, claims, reports).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database unavailable");
@@ -180,13 +180,19 @@ async fn supervise(ctx: Arc<Context>) {
     }
 }
 
-/// The two connections of a session: one claims (and runs dispatch rounds), the other reports
-/// outcomes and renews leases, so that completions never queue behind a claim and the database
-/// works on both at once.
-async fn connect_pair(ctx: &Context) -> Result<(Db, Db), DbError> {
-    let claims = Db::connect(&ctx.config.database_url, ctx.wake.clone()).await?;
+/// The connections of a session: `claim_sessions` that claim (the first also runs dispatch
+/// rounds), and one that reports outcomes and renews leases, so that completions never queue
+/// behind a claim, a claim runs while the previous one commits, and the database works on them
+/// at once.
+async fn connect_all(ctx: &Context) -> Result<(Vec<Arc<Db>>, Arc<Db>), DbError> {
+    let mut claims = Vec::new();
+    for _ in 0..ctx.config.claim_sessions.max(1) {
+        claims.push(Arc::new(
+            Db::connect(&ctx.config.database_url, ctx.wake.clone()).await?,
+        ));
+    }
     let reports = Db::connect(&ctx.config.database_url, ctx.wake.clone()).await?;
-    Ok((claims, reports))
+    Ok((claims, Arc::new(reports)))
 }
 
 /// Open here the circuits other replicas opened (read from Redis four times a second).
@@ -202,17 +208,19 @@ async fn sync_breakers(ctx: Arc<Context>) {
     }
 }
 
-/// One database session: claim loop on `db`, its reporter and heartbeats on `reports`.
-async fn session(ctx: &Arc<Context>, db: Arc<Db>, reports: Arc<Db>) {
-    for conn in [&db, &reports] {
+/// One database session: claim loops on `claims`, the reporter and heartbeats on `reports`.
+async fn session(ctx: &Arc<Context>, claims: Vec<Arc<Db>>, reports: Arc<Db>) {
+    for conn in claims.iter().chain([&reports]) {
         if let Err(e) = conn.identify(&ctx.worker).await {
             tracing::warn!(error = %e, "cannot set application_name");
         }
     }
-    if let Err(e) = db.commit_without_flush().await {
-        tracing::warn!(error = %e, "cannot set synchronous_commit on the claiming session");
+    for conn in &claims {
+        if let Err(e) = conn.commit_without_flush().await {
+            tracing::warn!(error = %e, "cannot set synchronous_commit on a claiming session");
+        }
     }
-    if let Err(e) = db.listen().await {
+    if let Err(e) = claims[0].listen().await {
         tracing::warn!(error = %e, "LISTEN failed; relying on polling");
     }
     tracing::info!("connected to the database");
@@ -225,9 +233,18 @@ async fn session(ctx: &Arc<Context>, db: Arc<Db>, reports: Arc<Db>) {
     let breaker_reports = tokio::spawn(report_breakers(ctx.clone(), reports.clone()));
     let tasks = TaskTracker::new();
 
-    if let Err(e) = claim_loop(ctx, &db, &reports, &tasks, &tx, &leases_lost).await {
-        tracing::warn!(error = %e, "database session ended");
-    }
+    // The first claim loop to end (connection lost, shutdown) ends the others.
+    let loops = claims.iter().enumerate().map(|(i, db)| {
+        let (tasks, tx, leases_lost, reports) = (&tasks, &tx, &leases_lost, &reports);
+        async move {
+            let ended = claim_loop(ctx, db, reports, i == 0, tasks, tx, leases_lost).await;
+            leases_lost.cancel();
+            if let Err(e) = ended {
+                tracing::warn!(error = %e, "database session ended");
+            }
+        }
+    });
+    futures_util::future::join_all(loops).await;
 
     tasks.close();
     if tokio::time::timeout(ctx.config.shutdown_timeout(), tasks.wait())
@@ -321,10 +338,12 @@ async fn heartbeat(ctx: Arc<Context>, db: Arc<Db>, leases_lost: CancellationToke
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn claim_loop(
     ctx: &Arc<Context>,
     db: &Arc<Db>,
     reports: &Db,
+    dispatcher: bool,
     tasks: &TaskTracker,
     tx: &mpsc::UnboundedSender<Report>,
     leases_lost: &CancellationToken,
@@ -338,7 +357,10 @@ async fn claim_loop(
         if db.is_closed() || reports.is_closed() {
             return Ok(());
         }
-        if config.dispatch && standby_until.is_none_or(|t| t <= tokio::time::Instant::now()) {
+        if dispatcher
+            && config.dispatch
+            && standby_until.is_none_or(|t| t <= tokio::time::Instant::now())
+        {
             let mut dispatched = false;
             match db
                 .dispatch(config.dispatch_batch, &ctx.worker, DISPATCH_STANDBY)
@@ -383,13 +405,20 @@ async fn claim_loop(
             }
         }
 
-        // Claim only what can start at once, so no claimed job waits for a permit.
+        // Claim only what can start at once, so no claimed job waits for a permit: the permits
+        // are taken before the claim (another claim loop may be taking some too), one per job.
         let first = tokio::select! {
             _ = leases_lost.cancelled() => return Ok(()),
             p = ctx.permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
-        let free = (1 + ctx.permits.available_permits()).min(config.batch_size as usize);
-        drop(first);
+        let mut permits = vec![first];
+        while permits.len() < config.batch_size as usize {
+            match ctx.permits.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let free = permits.len();
         let jobs = db.claim(&ctx.worker, free as u32, config.lease()).await?;
         ctx.metrics.contact();
         let claimed = jobs.len();
@@ -416,11 +445,9 @@ async fn claim_loop(
             let action = Action::parse(&job.action);
             let kind = action.as_ref().map(Action::kind).unwrap_or("invalid");
             ctx.metrics.job(&job.observer, kind, "claimed");
-            let permit = ctx
-                .permits
-                .clone()
-                .try_acquire_owned()
-                .expect("claims never exceed the free permits");
+            let permit = permits
+                .pop()
+                .expect("claims never exceed the permits taken");
             let ctx = ctx.clone();
             let tx = tx.clone();
             if let Ok(mut map) = ctx.in_flight.lock() {

@@ -91,8 +91,9 @@ pub extern "C-unwind" fn fraiseql_observers_dispatcher_main(_arg: pg_sys::Datum)
             }
             Ok(Tick::Dispatched(n)) => {
                 failures = 0;
-                // A full page means a backlog: go again at once.
-                wait = if n >= i64::from(batch) {
+                // A full page means a backlog: go again at once; so does a commit that signalled
+                // during the round (its wake-up may have been consumed, see wake_requested).
+                wait = if n >= i64::from(batch) || wake::wake_requested() {
                     Duration::ZERO
                 } else {
                     gucs::dispatch_interval()

@@ -56,6 +56,14 @@ pub fn clear_wake_request() {
     }
 }
 
+/// Whether a commit signalled since the last [`clear_wake_request`]. The dispatcher asks after a
+/// round: the signal set its latch, but a wait inside the round (a lock wait, for one, waits on the
+/// same latch and resets it) can have consumed it, and with the flag set no later commit signals
+/// again: sleeping then would leave that commit's events waiting for the poll interval.
+pub fn wake_requested() -> bool {
+    SHMEM_READY.load(Ordering::Relaxed) && WAKE_REQUESTED.get().load(Ordering::Acquire)
+}
+
 /// Arrange for the dispatcher to be woken when the current transaction commits.
 pub fn wake_at_commit() {
     if !SHMEM_READY.load(Ordering::Relaxed) || WAKE_PENDING.swap(true, Ordering::Relaxed) {
