@@ -10,7 +10,7 @@
 -- matches; accepted = false for the others (the lease was lost: stop working on the job).
 CREATE FUNCTION observer_heartbeat(job_ids bigint[], tokens bigint[], lease interval DEFAULT '30 seconds')
 RETURNS TABLE (job_id bigint, accepted boolean, lease_until timestamptz)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
 #variable_conflict use_column
 BEGIN
     PERFORM observer.check_pairs(job_ids, tokens);
