@@ -261,13 +261,19 @@ BEGIN
     END IF;
     IF unless_active_within IS NOT NULL AND EXISTS (
         SELECT FROM observer.dispatch_state
-        WHERE last_dispatcher IS DISTINCT FROM me AND last_round_at > clock_timestamp() - unless_active_within)
+        WHERE last_dispatcher IS DISTINCT FROM me
+          -- At least three of the background dispatcher's idle intervals, whatever the caller
+          -- asked: an idle dispatcher with a long interval is not a stopped one.
+          AND last_round_at > clock_timestamp() - greatest(unless_active_within,
+                3 * coalesce(nullif(current_setting('fraiseql_observers.dispatch_interval', true), '')::interval,
+                             '1 second')))
     THEN
         RETURN NULL;
     END IF;
-    -- Another dispatcher holds the round: not an error, there is simply nothing for us to do.
+    -- Another dispatcher holds the round: not an error, there is simply nothing for us to do
+    -- (a standby is told so: it is standing by).
     IF NOT pg_try_advisory_xact_lock(observer.dispatch_lock_key()) THEN
-        RETURN 0;
+        RETURN CASE WHEN unless_active_within IS NULL THEN 0 END;
     END IF;
 
     SELECT * INTO STRICT st FROM observer.dispatch_state FOR UPDATE;

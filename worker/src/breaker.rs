@@ -52,6 +52,18 @@ impl Breakers {
         }
     }
 
+    /// Until when `endpoint`'s circuit is open, without changing anything (no probe is started):
+    /// None when it is closed, or open past its time (the next `before` decides on a probe).
+    pub fn open_until(&self, endpoint: &str) -> Option<SystemTime> {
+        let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        match states.get(endpoint) {
+            Some(State::Open { until }) if Instant::now() < *until => {
+                Some(SystemTime::now() + (*until - Instant::now()))
+            }
+            _ => None,
+        }
+    }
+
     /// Before a delivery to `endpoint`.
     pub fn before(&self, endpoint: &str) -> Decision {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
@@ -243,6 +255,27 @@ mod tests {
             "an earlier deadline changes nothing"
         );
         assert!(!b.open_remote("http://past:80", SystemTime::now() - Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn open_until_reads_without_starting_a_probe() {
+        let b = Breakers::new(1, Duration::from_millis(50));
+        let e = "http://w:80";
+        assert_eq!(b.open_until(e), None, "unknown endpoint: closed");
+        b.after(e, Some(false));
+        assert!(b.open_until(e).is_some(), "open after the fault");
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(
+            b.open_until(e),
+            None,
+            "open past its time: no longer holds jobs back"
+        );
+        assert_eq!(b.open_until(e), None, "asking twice starts nothing");
+        assert_eq!(
+            b.before(e),
+            Decision::Probe,
+            "the probe is still the next delivery's"
+        );
     }
 
     #[test]

@@ -36,8 +36,9 @@ const PRUNE_BATCH: i32 = 10_000;
 /// Longest pause between reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
 /// A worker runs dispatch rounds only when no other dispatcher finished one within this (the
-/// background dispatcher runs one at least every `dispatch_interval`, 1 s by default): it takes
-/// over this long after the background dispatcher stopped.
+/// background dispatcher runs one at least every `dispatch_interval`, 1 s by default; the
+/// database stretches the window to three of those if longer): it takes over this long after
+/// the background dispatcher stopped.
 const DISPATCH_STANDBY: Duration = Duration::from_secs(5);
 /// How often a standing-by worker asks again.
 const STANDBY_RECHECK: Duration = Duration::from_secs(1);
@@ -485,6 +486,9 @@ async fn claim_loop(
                 });
             });
         }
+        // Permits taken for jobs the claim did not return go back now, not after the sleep below:
+        // another claim loop may need them.
+        drop(permits);
         if claimed > 0 {
             tracing::debug!(claimed, "claimed jobs");
         }
@@ -527,9 +531,18 @@ async fn perform(
 }
 
 async fn perform_at(ctx: &Context, job: &ClaimedJob, action: &Action, endpoint: &str) -> Attempted {
+    // An open circuit sends the job back at once, without waiting for a slot of the endpoint (a
+    // hanging endpoint's slots stay taken until its requests time out).
+    if let Some(until) = ctx.breakers.open_until(endpoint) {
+        return Outcome::Snooze {
+            until,
+            reason: format!("circuit open for {endpoint}"),
+        }
+        .into();
+    }
     // Per-endpoint limit: a job whose endpoint stays saturated goes back to the queue (no attempt
     // used) after a short wait instead of holding one of the global slots, so a slow endpoint
-    // cannot starve the others. Taken before the breaker is asked, so that a job that waited for
+    // cannot starve the others. Taken before the breaker decides, so that a job that waited for
     // its slot sees the circuit as it is when it would be sent.
     let Some(_slot) = ctx.endpoints.enter(endpoint, ENDPOINT_WAIT).await else {
         return Outcome::Snooze {
