@@ -259,3 +259,27 @@ fn validate_config_names_the_bad_field_and_masks_credentials() {
     }
     assert!(text.contains("***"));
 }
+
+/// A reader that stops reading (`fraiseql-observers ... | head`) ends the CLI quietly: exit 0 and
+/// no panic message, not "failed printing to stdout: Broken pipe".
+#[test]
+fn a_closed_stdout_ends_the_cli_quietly() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("empty.toml");
+    std::fs::File::create(&file).expect("write");
+    // The read end is closed before the CLI starts: its first write fails with EPIPE.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(worker_binary().expect("binary"))
+        .args(["validate-config", file.to_str().expect("path")])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("panicked"),
+        "no panic: {}",
+        stderr(&out)
+    );
+}

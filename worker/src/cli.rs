@@ -71,7 +71,7 @@ pub async fn connect(config: &Config) -> Result<Db> {
 }
 
 fn print_json(v: &Value) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
     );
@@ -263,7 +263,7 @@ pub async fn status(config: &Config, json: bool) -> Result<()> {
             &breakers,
         ));
     }
-    print!("{out}");
+    out!("{out}");
     Ok(())
 }
 
@@ -362,7 +362,7 @@ pub async fn debug_event(config: &Config, id: i64, json: bool) -> Result<()> {
             );
         }
     }
-    print!("{out}");
+    out!("{out}");
     Ok(())
 }
 
@@ -453,14 +453,14 @@ pub async fn dlq_list(config: &Config, f: &DlqFilter, limit: u32, json: bool) ->
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         table(
             &["job", "observer", "attempts", "failed at", "last error"],
             &cells
         )
     );
-    println!("{} dead job(s) shown", list.len());
+    outln!("{} dead job(s) shown", list.len());
     Ok(())
 }
 
@@ -524,7 +524,7 @@ pub async fn dlq_show(config: &Config, job: i64, json: bool) -> Result<()> {
         "payload:\n{}",
         serde_json::to_string_pretty(&v["payload"]).unwrap_or_default()
     );
-    print!("{out}");
+    out!("{out}");
     Ok(())
 }
 
@@ -603,7 +603,7 @@ pub async fn dlq_change(config: &Config, f: &DlqFilter, purge: bool, yes: bool) 
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    println!(
+    outln!(
         "{} {n} dead job(s)",
         if purge { "purged" } else { "requeued" }
     );
@@ -646,7 +646,7 @@ pub async fn search(
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         table(
             &[
@@ -685,9 +685,9 @@ pub async fn pause(
         .await?
     };
     if resume {
-        println!("{observer} resumed: {} held job(s) due now", text(&n));
+        outln!("{observer} resumed: {} held job(s) due now", text(&n));
     } else {
-        println!(
+        outln!(
             "{observer} paused: {} pending job(s) held; new jobs are kept until `resume`",
             text(&n)
         );
@@ -719,7 +719,7 @@ pub async fn metrics(url: &str, json: bool) -> Result<()> {
             rows.push(vec![k.clone(), text(v)]);
         }
     }
-    print!("{}", table(&["metric", "value"], &rows));
+    out!("{}", table(&["metric", "value"], &rows));
     Ok(())
 }
 

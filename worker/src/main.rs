@@ -5,8 +5,33 @@
 //! 3 not found (an unknown event, dead job or observer).
 #![forbid(unsafe_code)]
 
+/// `print!` for the CLI's output: a reader that stops reading (`fraiseql-observers status --json |
+/// head`) ends the process quietly with exit code 0, as it would end `cat`, instead of a panic.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*)) };
+}
+
+/// `println!` for the CLI's output, see [`out!`].
+macro_rules! outln {
+    () => { $crate::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => {{ $crate::write_stdout(format_args!($($arg)*)); $crate::write_stdout(format_args!("\n")) }};
+}
+
 mod cli;
 mod declare;
+
+/// Write to stdout; on a closed pipe exit 0, on another write error exit 1 with a message.
+fn write_stdout(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -279,12 +304,12 @@ async fn execute(command: Command, config: Config) -> Result<(), cli::Failure> {
             let declared = declare::load(&file)?;
             let plan = declare::plan(&config, &declared).await?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&plan).unwrap_or_default()
                 );
             } else {
-                print!("{}", declare::render(&plan));
+                out!("{}", declare::render(&plan));
             }
             Ok(())
         }
@@ -292,21 +317,21 @@ async fn execute(command: Command, config: Config) -> Result<(), cli::Failure> {
             let declared = declare::load(&file)?;
             let plan = declare::apply(&config, &declared).await?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&plan).unwrap_or_default()
                 );
             } else if plan.is_empty() {
-                println!("nothing to do: the database matches {}", file.display());
+                outln!("nothing to do: the database matches {}", file.display());
             } else {
-                print!("{}", declare::render(&plan));
-                println!("applied");
+                out!("{}", declare::render(&plan));
+                outln!("applied");
             }
             Ok(())
         }
         Command::ValidateConfig { file } => {
-            println!("{}: valid", file.display());
-            println!("{:#?}", config.redacted());
+            outln!("{}: valid", file.display());
+            outln!("{:#?}", config.redacted());
             Ok(())
         }
     }
