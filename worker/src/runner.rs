@@ -533,12 +533,15 @@ async fn perform(
 async fn perform_at(ctx: &Context, job: &ClaimedJob, action: &Action, endpoint: &str) -> Attempted {
     // An open circuit sends the job back at once, without waiting for a slot of the endpoint (a
     // hanging endpoint's slots stay taken until its requests time out).
-    if let Some(until) = ctx.breakers.open_until(endpoint) {
-        return Outcome::Snooze {
+    let circuit_open = |until| -> Attempted {
+        Outcome::Snooze {
             until,
             reason: format!("circuit open for {endpoint}"),
         }
-        .into();
+        .into()
+    };
+    if let Some(until) = ctx.breakers.open_until(endpoint) {
+        return circuit_open(until);
     }
     // Per-endpoint limit: a job whose endpoint stays saturated goes back to the queue (no attempt
     // used) after a short wait instead of holding one of the global slots, so a slow endpoint
@@ -555,11 +558,7 @@ async fn perform_at(ctx: &Context, job: &ClaimedJob, action: &Action, endpoint: 
         .into();
     };
     if let breaker::Decision::Reject(until) = ctx.breakers.before(endpoint) {
-        return Outcome::Snooze {
-            until,
-            reason: format!("circuit open for {endpoint}"),
-        }
-        .into();
+        return circuit_open(until);
     }
     if let Some(&rate) = ctx.config.rate_limits.get(endpoint) {
         let slot = match ctx.shared.take_slot(endpoint, rate, MAX_RATE_WAIT).await {
@@ -749,9 +748,7 @@ impl EndpointSlots {
                 .or_insert_with(|| Arc::new(Semaphore::new(self.limit as usize)))
                 .clone()
         };
-        if let Ok(permit) = semaphore.clone().try_acquire_owned() {
-            return Some(permit);
-        }
+        // A free slot is taken at once: the timeout polls the acquisition before its timer.
         tokio::time::timeout(wait, semaphore.acquire_owned())
             .await
             .ok()
