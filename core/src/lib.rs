@@ -5,6 +5,7 @@
 
 pub mod action;
 pub mod net;
+pub mod prune;
 pub mod template;
 
 pub use action::{Action, ActionError, EmailAction, SlackAction, WebhookAction};

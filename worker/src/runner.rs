@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fraiseql_observers_core::{Action, ActionError};
+use fraiseql_observers_core::{prune, Action, ActionError};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,10 +29,6 @@ use crate::webhook::{self, Attempted, Outcome};
 
 /// Most outcomes reported in one call.
 const REPORT_BATCH: usize = 1000;
-/// How often a worker that runs dispatch rounds also prunes old events and jobs.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
-/// Rows one prune call deletes at most (of each kind).
-const PRUNE_BATCH: i32 = 10_000;
 /// Longest pause between reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
 /// A worker runs dispatch rounds only when no other dispatcher finished one within this (the
@@ -351,6 +347,7 @@ async fn claim_loop(
 ) -> Result<(), DbError> {
     let config = &ctx.config;
     let mut last_prune = tokio::time::Instant::now();
+    let mut prune_backlog = false;
     // While another dispatcher (the background one) runs rounds, this worker stands by and asks
     // again only after STANDBY_RECHECK.
     let mut standby_until: Option<tokio::time::Instant> = None;
@@ -385,20 +382,16 @@ async fn claim_loop(
                 Err(e) => tracing::warn!(error = %e, "dispatch round failed"),
             }
             // Where no background dispatcher runs, retention is this worker's job too.
-            if dispatched && last_prune.elapsed() >= PRUNE_EVERY {
+            // Retention as the background dispatcher runs it (fraiseql_observers_core::prune).
+            if dispatched && (last_prune.elapsed() >= prune::EVERY || prune_backlog) {
                 last_prune = tokio::time::Instant::now();
-                match db.prune(PRUNE_BATCH).await {
+                prune_backlog = false;
+                match db.prune(prune::BATCH).await {
                     Ok((events, jobs)) => {
                         if events > 0 || jobs > 0 {
                             tracing::info!(events, jobs, "pruned old events and completed jobs");
                         }
-                        // A full batch: more is due, prune again next round instead of in a
-                        // minute, so retention keeps up with any completion rate.
-                        if events >= i64::from(PRUNE_BATCH) || jobs >= i64::from(PRUNE_BATCH) {
-                            if let Some(due) = last_prune.checked_sub(PRUNE_EVERY) {
-                                last_prune = due;
-                            }
-                        }
+                        prune_backlog = prune::more_due(events, jobs);
                     }
                     Err(e) if e.is_connection_lost() => return Err(e),
                     Err(e) => tracing::warn!(error = %e, "pruning failed"),

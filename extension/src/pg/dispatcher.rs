@@ -14,6 +14,8 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
+use fraiseql_observers_core::prune;
+
 use crate::gucs;
 use crate::pg::wake;
 
@@ -33,9 +35,6 @@ pub fn register() {
         .set_restart_time(Some(Duration::from_secs(5)))
         .load();
 }
-
-/// How often the dispatcher prunes old events and jobs (`observer_prune`).
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// What one tick found.
 enum Tick {
@@ -115,10 +114,12 @@ pub extern "C-unwind" fn fraiseql_observers_dispatcher_main(_arg: pg_sys::Datum)
         }
         // A full prune batch means more is due: go on next round instead of in a minute, so
         // retention keeps up with any completion rate.
-        if last_prune.elapsed() >= PRUNE_EVERY || prune_backlog {
+        if last_prune.elapsed() >= prune::EVERY || prune_backlog {
             last_prune = std::time::Instant::now();
             prune_backlog = false;
-            match catch_unwind(AssertUnwindSafe(|| BackgroundWorker::transaction(prune))) {
+            match catch_unwind(AssertUnwindSafe(|| {
+                BackgroundWorker::transaction(prune_once)
+            })) {
                 Ok(more) => prune_backlog = more,
                 Err(payload) => {
                     // SAFETY: as above: the failed transaction must be aborted before the next one.
@@ -168,13 +169,14 @@ fn tick(batch: i32) -> Tick {
 
 /// One transaction: delete events and completed jobs past `fraiseql_observers.event_retention`,
 /// one batch of each. Returns whether a batch was full (more is due).
-fn prune() -> bool {
+fn prune_once() -> bool {
     let Some(schema) = extension_schema() else {
         return false;
     };
     let sql = format!(
-        "SELECT events_deleted, jobs_deleted FROM {}.observer_prune(max_rows => {PRUNE_BATCH})",
-        spi::quote_identifier(&schema)
+        "SELECT events_deleted, jobs_deleted FROM {}.observer_prune(max_rows => {})",
+        spi::quote_identifier(&schema),
+        prune::BATCH
     );
     let Ok((Some(events), Some(jobs))) = Spi::get_two::<i64, i64>(&sql) else {
         return false;
@@ -182,11 +184,8 @@ fn prune() -> bool {
     if events > 0 || jobs > 0 {
         log!("fraiseql_observers dispatcher: pruned {events} events and {jobs} completed jobs");
     }
-    events >= PRUNE_BATCH || jobs >= PRUNE_BATCH
+    prune::more_due(events, jobs)
 }
-
-/// Rows one prune call deletes at most (of each kind).
-const PRUNE_BATCH: i64 = 10_000;
 
 /// The schema the extension is installed in, if it is installed in this database.
 fn extension_schema() -> Option<String> {
