@@ -86,6 +86,33 @@ fn text(v: &Value) -> String {
 }
 
 /// Columns aligned to their widest cell.
+/// The rows of a JSON array of objects: for each object, the text of `fields` in order.
+fn field_rows(list: &Value, fields: &[&str]) -> Vec<Vec<String>> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| fields.iter().map(|f| text(&o[*f])).collect())
+        .collect()
+}
+
+/// Append a section to a report: a blank line, `title:`, then the table of `rows`, or `empty`
+/// when there are none.
+fn push_section(
+    out: &mut String,
+    title: &str,
+    empty: &str,
+    headers: &[&str],
+    rows: &[Vec<String>],
+) {
+    out.push_str(&format!("\n{title}:\n"));
+    if rows.is_empty() {
+        out.push_str(empty);
+        out.push('\n');
+    } else {
+        out.push_str(&table(headers, rows));
+    }
+}
+
 fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
@@ -207,62 +234,38 @@ pub async fn status(config: &Config, json: bool) -> Result<()> {
         ],
         &observers,
     ));
-    let workers: Vec<Vec<String>> = s["workers"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .map(|w| {
-                    vec![
-                        text(&w["worker"]),
-                        text(&w["client"]),
-                        text(&w["connected_since"]),
-                        text(&w["sessions"]),
-                        text(&w["running_jobs"]),
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    out.push_str("\nworkers connected now:\n");
-    if workers.is_empty() {
-        out.push_str("(none)\n");
-    } else {
-        out.push_str(&table(
+    push_section(
+        &mut out,
+        "workers connected now",
+        "(none)",
+        &[
+            "worker",
+            "client",
+            "connected since",
+            "sessions",
+            "running jobs",
+        ],
+        &field_rows(
+            &s["workers"],
             &[
                 "worker",
                 "client",
-                "connected since",
+                "connected_since",
                 "sessions",
-                "running jobs",
+                "running_jobs",
             ],
-            &workers,
-        ));
-    }
-    let breakers: Vec<Vec<String>> = s["breakers"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .map(|b| {
-                    vec![
-                        text(&b["worker"]),
-                        text(&b["endpoint"]),
-                        text(&b["state"]),
-                        text(&b["failures"]),
-                        text(&b["open_until"]),
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    out.push_str("\ncircuit breakers (as each worker last reported them):\n");
-    if breakers.is_empty() {
-        out.push_str("(none reported)\n");
-    } else {
-        out.push_str(&table(
-            &["worker", "endpoint", "state", "failures", "open until"],
-            &breakers,
-        ));
-    }
+        ),
+    );
+    push_section(
+        &mut out,
+        "circuit breakers (as each worker last reported them)",
+        "(none reported)",
+        &["worker", "endpoint", "state", "failures", "open until"],
+        &field_rows(
+            &s["breakers"],
+            &["worker", "endpoint", "state", "failures", "open_until"],
+        ),
+    );
     out!("{out}");
     Ok(())
 }
