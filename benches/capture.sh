@@ -25,18 +25,9 @@ BACKLOG="${BACKLOG:-200000}"
 PORT="$(pgrx_toml_get bench_port)"
 
 "$ROOT/scripts/setup.sh" >/dev/null
-cluster_stop bench
-rm -rf "$ROOT/.cluster/bench"
-cluster_start bench "$PORT"
-cat >>"$ROOT/.cluster/bench/data/postgresql.conf" <<CONF
+bench_cluster bench "$PORT" <<CONF
 fraiseql_observers.enabled = off
-shared_buffers = '512MB'
-max_wal_size = '8GB'
-checkpoint_timeout = '30min'
 CONF
-cluster_stop bench
-cluster_start bench "$PORT"
-export PGHOST="$ROOT/.cluster/bench/run" PGPORT="$PORT" PGUSER=postgres PGDATABASE=postgres
 psql() { command psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 PGBENCH="$PG_BINDIR/pgbench"
 work="$(mktemp -d)"

@@ -62,17 +62,7 @@ step "build the worker and the benchmark sink (release)"
 BIN="$ROOT/target/release"
 
 step "start the benchmark cluster"
-cluster_stop benche2e
-rm -rf "$ROOT/.cluster/benche2e"
-cluster_start benche2e "$PORT"
-cat >>"$ROOT/.cluster/benche2e/data/postgresql.conf" <<CONF
-shared_buffers = '512MB'
-max_wal_size = '8GB'
-checkpoint_timeout = '30min'
-CONF
-cluster_stop benche2e
-cluster_start benche2e "$PORT"
-export PGHOST="$ROOT/.cluster/benche2e/run" PGPORT="$PORT" PGUSER=postgres PGDATABASE=postgres
+bench_cluster benche2e "$PORT" </dev/null
 DB_URL="postgres://postgres@127.0.0.1:$PORT/postgres"
 psql() { command psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 PGBENCH="$PG_BINDIR/pgbench"

@@ -29,20 +29,11 @@ CLAIM_COMMIT="${CLAIM_COMMIT:-off}"
 PORT="$(pgrx_toml_get bench_queue_port)"
 
 "$ROOT/scripts/setup.sh" >/dev/null
-cluster_stop benchq
-rm -rf "$ROOT/.cluster/benchq"
-cluster_start benchq "$PORT"
-cat >>"$ROOT/.cluster/benchq/data/postgresql.conf" <<CONF
+bench_cluster benchq "$PORT" <<CONF
 fraiseql_observers.enabled = off
 fraiseql_observers.audit_search = $AUDIT_SEARCH
-shared_buffers = '512MB'
-max_wal_size = '8GB'
-checkpoint_timeout = '30min'
 max_connections = 200
 CONF
-cluster_stop benchq
-cluster_start benchq "$PORT"
-export PGHOST="$ROOT/.cluster/benchq/run" PGPORT="$PORT" PGUSER=postgres PGDATABASE=postgres
 psql() { command psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 PGBENCH="$PG_BINDIR/pgbench"
 work="$(mktemp -d)"

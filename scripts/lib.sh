@@ -74,3 +74,18 @@ cluster_stop() {
     as_postgres "$PG_BINDIR/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
   fi
 }
+
+# bench_cluster NAME PORT: a new benchmark cluster in .cluster/NAME (any old one removed), with the
+# benchmark settings (shared_buffers 512MB, max_wal_size 8GB, checkpoint_timeout 30min) and the
+# postgresql.conf lines read from stdin, started; PGHOST, PGPORT, PGUSER, PGDATABASE exported.
+bench_cluster() {
+  local name="$1" port="$2" conf="$ROOT/.cluster/$1/data/postgresql.conf"
+  cluster_stop "$name"
+  rm -rf "$ROOT/.cluster/$name"
+  cluster_start "$name" "$port"
+  printf '%s\n' "shared_buffers = '512MB'" "max_wal_size = '8GB'" "checkpoint_timeout = '30min'" >>"$conf"
+  cat >>"$conf"
+  cluster_stop "$name"
+  cluster_start "$name" "$port"
+  export PGHOST="$ROOT/.cluster/$name/run" PGPORT="$port" PGUSER=postgres PGDATABASE=postgres
+}
