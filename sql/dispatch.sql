@@ -30,10 +30,14 @@ RETURN CASE WHEN old IS NULL OR new IS NULL THEN NULL
 -- recorded in observer.skipped). The condition sees {op, table, old, new, changed}.
 -- An oversize event (captured as its key only) cannot be tested: it matches, and its payload says
 -- "oversize" so the receiver fetches the row and decides; dropping it would be silent loss.
+-- Inlined into the dispatcher's statement (a SQL-standard body is bound when it is created, so it
+-- needs no SET clause, which would prevent inlining: a call cost 4 µs per event and observer).
+-- STABLE, not IMMUTABLE: jsonb_build_object is stable, and an IMMUTABLE function whose body is
+-- not is never inlined.
 CREATE FUNCTION observer.decide(op text, table_name text, old jsonb, new jsonb, changed text[],
                                 condition jsonpath, changed_columns text[], oversize integer)
 RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE sql STABLE PARALLEL SAFE
 RETURN CASE WHEN oversize IS NOT NULL THEN true
             WHEN changed_columns IS NOT NULL AND op = 'UPDATE' AND NOT (changed && changed_columns) THEN false
             WHEN condition IS NULL THEN true
@@ -108,6 +112,31 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
            l.oversize, l.created_at
     FROM observer.event_log l
     WHERE l.id = observer.event_log_id(event_id) AND event_id - l.id < coalesce(l.nrows, 1)
+$$;
+
+-- observer.events_of(event_ids): the events of a set of ids, in no particular order (an id that
+-- does not exist gives no row, a repeated one gives one). Each event_log row is read and decoded
+-- once for all of its events in the set (observer_decode_rows_at): the queue's claims and audit
+-- words read the events of batches of jobs, which share their event_log rows; observer.event()
+-- per job decompressed the batch up to its row once per job (7 µs a job for 100-row statements,
+-- 1.5 µs this way).
+CREATE FUNCTION observer.events_of(event_ids bigint[]) RETURNS SETOF observer.event
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT g.log_id + d.k, l.tx, l.table_oid, l.table_name, l.op,
+           CASE WHEN l.nrows IS NULL THEN l.old ELSE d.old END,
+           CASE WHEN l.nrows IS NULL THEN l.new ELSE d.new END,
+           l.oversize, l.created_at
+    FROM (SELECT observer.event_log_id(i) AS log_id,
+                 pg_catalog.array_agg((i OPERATOR(pg_catalog.-) observer.event_log_id(i))::integer) AS ks
+          FROM (SELECT DISTINCT u.i FROM pg_catalog.unnest(event_ids) AS u(i)) AS u
+          GROUP BY 1) g
+    JOIN observer.event_log l ON l.id = g.log_id
+    CROSS JOIN LATERAL ROWS FROM (
+        pg_catalog.unnest(g.ks),
+        @extschema@.observer_decode_rows_at(l.cols, l.col_types, l.old_rows, g.ks),
+        @extschema@.observer_decode_rows_at(l.cols, l.col_types, l.new_rows, g.ks)
+    ) AS d(k, old, new)
+    WHERE d.k < coalesce(l.nrows, 1)
 $$;
 
 -- observer.events: every event kept, one row per row change (for operators and tests; code that

@@ -39,7 +39,8 @@ extension_sql_file!(
     requires = [
         "observers",
         pg::rows::observer_decode_rows,
-        pg::rows::observer_decode_row
+        pg::rows::observer_decode_row,
+        pg::rows::observer_decode_rows_at
     ]
 );
 extension_sql_file!(

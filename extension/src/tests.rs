@@ -267,6 +267,20 @@ mod tests {
         )
         .expect("spi");
         assert_eq!(past_end, Some(0));
+        // observer.events_of(ids) reads a set of ids a batch at a time and agrees with the view:
+        // every event once (ids repeated), none for ids past a batch's end or never used.
+        let set = Spi::get_one::<bool>(
+            "WITH mine AS (SELECT e FROM observer.events e WHERE tx = pg_current_xact_id()),
+                  asked AS (SELECT (e).id FROM mine UNION ALL SELECT (e).id FROM mine WHERE (e).id % 3 = 0
+                            UNION ALL SELECT l.id + l.nrows FROM observer.event_log l
+                                      WHERE l.tx = pg_current_xact_id() AND l.nrows < 1024
+                            UNION ALL SELECT -5)
+             SELECT (SELECT count(*) FROM observer.events_of(ARRAY(SELECT id FROM asked))) = (SELECT count(*) FROM mine)
+                    AND NOT EXISTS (SELECT FROM observer.events_of(ARRAY(SELECT id FROM asked)) x
+                                    WHERE NOT EXISTS (SELECT FROM mine WHERE (mine.e).id = x.id AND mine.e = x))",
+        )
+        .expect("spi");
+        assert_eq!(set, Some(true));
     }
 
     /// Rows are stored with the column names and types of their capture: a column dropped,
@@ -331,6 +345,13 @@ mod tests {
             tables.as_deref(),
             Some("public.t_parts#1,public.t_parts#2,public.t_parts#3")
         );
+        // Row-level events (one event_log row each) read by id sets as by the view.
+        let by_set = Spi::get_one::<String>(
+            "SELECT string_agg(table_name || '#' || (new->>'id'), ',' ORDER BY id)
+             FROM observer.events_of(ARRAY(SELECT id FROM observer.events WHERE tx = pg_current_xact_id()))",
+        )
+        .expect("spi");
+        assert_eq!(by_set, tables);
     }
 
     #[pg_test]

@@ -30,17 +30,10 @@ async fn a_circuit_opened_by_one_replica_opens_in_the_other() {
     let client = cluster.connect("postgres").await.expect("connect");
     queue(&client, "down", &sink.url("/down"), 50).await;
     let url = redis.url();
-    // Replica a opens after 3 faults; replica b on its own would need 1000.
-    let _a = Worker::start(
-        &cluster.url("postgres"),
-        &[
-            ("WORKER_ID", "a"),
-            ("REDIS__URL", url.as_str()),
-            ("BREAKER__FAILURE_THRESHOLD", "3"),
-            ("BREAKER__OPEN_MS", "60000"),
-        ],
-    )
-    .expect("worker a");
+    // Replica a opens after 3 faults; replica b on its own would need 1000. b starts first and
+    // has sent a request before a starts: a replica learns of a circuit opened elsewhere for the
+    // endpoints it delivers to, and started together, a could claim every job and snooze them
+    // all (its circuit open) before b saw one.
     let _b = Worker::start(
         &cluster.url("postgres"),
         &[
@@ -51,6 +44,23 @@ async fn a_circuit_opened_by_one_replica_opens_in_the_other() {
         ],
     )
     .expect("worker b");
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            !sink.received().is_empty()
+        })
+        .await,
+        "worker b sent nothing"
+    );
+    let _a = Worker::start(
+        &cluster.url("postgres"),
+        &[
+            ("WORKER_ID", "a"),
+            ("REDIS__URL", url.as_str()),
+            ("BREAKER__FAILURE_THRESHOLD", "3"),
+            ("BREAKER__OPEN_MS", "60000"),
+        ],
+    )
+    .expect("worker a");
     let both_open = wait_until(Duration::from_secs(30), || async {
         client
             .query_one(

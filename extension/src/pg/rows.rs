@@ -242,6 +242,42 @@ pub fn observer_decode_rows(
     )))
 }
 
+/// `observer_decode_rows_at(cols text[], col_types oid[], rows anyelement, ks integer[]) RETURNS
+/// SETOF jsonb`: rows `ks` (from 0) of a batch, one result per element of `ks` in its order (NULL
+/// for a row the batch does not have), so that `ROWS FROM (unnest(ks), ...)` pairs them. The
+/// batch is detoasted and its descriptor built once for all of them: the queue reads the rows of
+/// a claimed batch of jobs, which mostly share a few batches, with one call per batch instead of
+/// one `observer_decode_row` per job (each decompressing the batch up to its row). Internal (the
+/// queue's); not granted to PUBLIC.
+#[pg_extern(stable, parallel_safe)]
+pub fn observer_decode_rows_at(
+    cols: Vec<String>,
+    col_types: Vec<pg_sys::Oid>,
+    rows: AnyElement,
+    ks: Vec<Option<i32>>,
+) -> Result<SetOfIterator<'static, Option<RawJsonb>>, ErrorReport> {
+    let desc = descriptor(&cols, &col_types)?;
+    // SAFETY: as in observer_decode_rows: a bytea datum, detoasted and copied out at once.
+    let batch: Vec<u8> = unsafe {
+        let v = pg_sys::pg_detoast_datum(rows.datum().cast_mut_ptr());
+        let len = pgrx::varsize(v) - pg_sys::VARHDRSZ;
+        std::slice::from_raw_parts(pgrx::vardata_any(v).cast::<u8>(), len).to_vec()
+    };
+    let spans = spans(&batch)?;
+    Ok(SetOfIterator::new(ks.into_iter().map(move |k| {
+        let (s, e) = *k
+            .and_then(|k| usize::try_from(k).ok())
+            .and_then(|k| spans.get(k))?;
+        match row_to_jsonb(&batch[s..e], desc) {
+            Ok(d) => Some(RawJsonb(d)),
+            Err(err) => {
+                ErrorReport::from(err).report(PgLogLevel::ERROR);
+                unreachable!("an ERROR report does not return")
+            }
+        }
+    })))
+}
+
 /// `observer_decode_row(cols text[], col_types oid[], rows anyelement, k integer) RETURNS jsonb`:
 /// row `k` (from 0) of a batch, reading only its header and that row; NULL when there is no such
 /// row. Internal (the queue's); not granted to PUBLIC.
