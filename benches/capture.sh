@@ -14,7 +14,12 @@
 # trigger's TPS as a percentage of plain.
 #
 # Settings (environment): REPS (default 3), DURATION seconds per pgbench run (default 10),
-# CLIENTS (default 8), BACKLOG events for the dispatch measurement (default 200000).
+# CLIENTS (default 8), BACKLOG events for the dispatch measurement (default 200000), SYNCS (the
+# synchronous_commit settings to measure, default "off on"), ROWS (the rows per INSERT to measure,
+# default "1 100"), EXTRA_SQL (SQL run once after the set-up, for experiments such as
+# `EXTRA_SQL='DROP INDEX observer.event_log_tx' SYNCS=on ROWS=1`: what an event log without that
+# index would cost; not a supported configuration), DISPATCH (default 1; 0 skips the dispatch
+# measurement).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
@@ -48,6 +53,9 @@ CREATE TRIGGER naive AFTER INSERT ON t_naive FOR EACH ROW EXECUTE FUNCTION naive
 CREATE TRIGGER naive AFTER INSERT ON t_naive100 REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION naive_stmt();
 SELECT FROM observer_create('bench', 't_observed', ARRAY['INSERT'], NULL, '{"type": "webhook", "url": "http://127.0.0.1:9/"}');
 SQL
+SYNCS="${SYNCS:-off on}"
+ROWS="${ROWS:-1 100}"
+[ -z "${EXTRA_SQL:-}" ] || { note "EXTRA_SQL: $EXTRA_SQL"; psql -c "$EXTRA_SQL"; }
 
 reset_tables() {
   psql -c "TRUNCATE t_plain, t_naive, t_naive100, t_observed, naive_log; TRUNCATE observer.event_log, observer.jobs, observer.skipped CASCADE; CHECKPOINT;" >/dev/null
@@ -70,8 +78,8 @@ spread() { sort -n | awk 'NR==1{min=$1} {max=$1} END {printf "%.0f-%.0f", min, m
 
 results="$work/results.tsv"
 : >"$results"
-for sync in off on; do
-  for rows in 1 100; do
+for sync in $SYNCS; do
+  for rows in $ROWS; do
     naive=t_naive; [ "$rows" = 100 ] && naive=t_naive100
     for rep in $(seq 1 "$REPS"); do
       for table in t_plain "$naive" t_observed; do
@@ -89,8 +97,8 @@ echo "### Capture overhead ($CLIENTS clients, ${DURATION}s runs, $REPS repetitio
 echo
 echo "| synchronous_commit | rows/INSERT | plain TPS | naive TPS (% of plain) | observed TPS (% of plain) | spread plain / naive / observed |"
 echo "|---|---|---|---|---|---|"
-for sync in off on; do
-  for rows in 1 100; do
+for sync in $SYNCS; do
+  for rows in $ROWS; do
     get() { awk -F'\t' -v s="$sync" -v r="$rows" -v t="$1" '$1==s && $2==r && $3==t {print $4}' "$results"; }
     p="$(get t_plain | median)"; n="$(get t_naive | median)"; o="$(get t_observed | median)"
     printf '| %s | %s | %.0f | %.0f (%.0f%%) | %.0f (%.0f%%) | %s / %s / %s |\n' "$sync" "$rows" "$p" "$n" \
@@ -112,6 +120,7 @@ dispatch_rate() {
   printf '| %s | %s | %s | %.2f | **%.0f** |\n' "$1" "$BACKLOG" "$jobs" "$(echo "$end - $start" | bc -l)" \
     "$(echo "$BACKLOG / ($end - $start)" | bc -l)"
 }
+[ "${DISPATCH:-1}" = 1 ] || exit 0
 echo
 echo "### Dispatch throughput (one observer, no condition, rounds of 10,000)"
 echo
