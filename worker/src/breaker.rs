@@ -166,6 +166,13 @@ impl Breakers {
         }
     }
 
+    /// Whether this worker has a circuit for `endpoint` yet (it has delivered to it, or learnt
+    /// that another worker opened it).
+    pub fn knows(&self, endpoint: &str) -> bool {
+        let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        states.contains_key(endpoint)
+    }
+
     /// Every endpoint this worker knows.
     pub fn endpoints(&self) -> Vec<String> {
         let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
@@ -255,6 +262,17 @@ mod tests {
             "an earlier deadline changes nothing"
         );
         assert!(!b.open_remote("http://past:80", SystemTime::now() - Duration::from_secs(1)));
+        assert!(
+            !b.knows("http://past:80"),
+            "a deadline already past opens nothing"
+        );
+        assert!(b.knows(e));
+        assert!(!b.knows("http://new:80"));
+        let _ = b.before("http://new:80");
+        assert!(
+            b.knows("http://new:80"),
+            "a delivery makes the endpoint known"
+        );
     }
 
     #[test]

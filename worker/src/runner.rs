@@ -533,6 +533,13 @@ async fn perform_at(ctx: &Context, job: &ClaimedJob, action: &Action, endpoint: 
         }
         .into()
     };
+    // The first delivery to an endpoint in this process asks the other replicas first (Redis,
+    // when configured): the periodic sync only follows endpoints this worker already knows.
+    if !ctx.breakers.knows(endpoint) {
+        for (e, until) in ctx.shared.open_circuits(&[endpoint.to_string()]).await {
+            ctx.breakers.open_remote(&e, until);
+        }
+    }
     if let Some(until) = ctx.breakers.open_until(endpoint) {
         return circuit_open(until);
     }
