@@ -505,6 +505,45 @@ mod tests {
         assert_eq!(story.as_deref(), Some("1:expired:w1,2:completed:w2"));
     }
 
+    /// Attempts go with their jobs (a statement trigger, not a foreign key): on DELETE, on
+    /// TRUNCATE of the jobs alone, and on a TRUNCATE that lists the attempts (and their outbox) too.
+    #[pg_test]
+    fn attempts_are_deleted_with_their_jobs() {
+        Spi::run(&format!(
+            "SELECT observer_create('q', NULL, action => {HOOK});
+             SELECT count(*) FROM observer_enqueue_many('q', ARRAY(SELECT jsonb_build_object('n', i) FROM generate_series(1, 6) i));
+             WITH c AS (SELECT array_agg(job_id) AS ids, array_agg(token) AS toks FROM observer_claim('w', 10, '1 minute'))
+             SELECT count(*) FROM c, observer_complete(c.ids, c.toks);"
+        ))
+        .expect("six completed jobs");
+        let attempts = || {
+            Spi::get_one::<i64>("SELECT count(*) FROM observer.attempts")
+                .expect("spi")
+                .unwrap_or(-1)
+        };
+        assert_eq!(attempts(), 6);
+        Spi::run("DELETE FROM observer.jobs WHERE id IN (SELECT id FROM observer.jobs ORDER BY id LIMIT 2)")
+            .expect("delete");
+        assert_eq!(attempts(), 4, "the deleted jobs' attempts went with them");
+        let orphans = Spi::get_one::<i64>(
+            "SELECT count(*) FROM observer.attempts a WHERE NOT EXISTS (SELECT FROM observer.jobs j WHERE j.id = a.job_id)",
+        )
+        .expect("spi");
+        assert_eq!(orphans, Some(0));
+        Spi::run("TRUNCATE observer.jobs, observer.attempts, observer.audit_outbox")
+            .expect("truncate listing the attempts too");
+        assert_eq!(attempts(), 0);
+        Spi::run(
+            "SELECT count(*) FROM observer_enqueue_many('q', ARRAY['{}'::jsonb]);
+             WITH c AS (SELECT array_agg(job_id) AS ids, array_agg(token) AS toks FROM observer_claim('w', 10, '1 minute'))
+             SELECT count(*) FROM c, observer_complete(c.ids, c.toks);",
+        )
+        .expect("one more");
+        assert_eq!(attempts(), 1);
+        Spi::run("TRUNCATE observer.jobs").expect("truncate the jobs alone");
+        assert_eq!(attempts(), 0, "TRUNCATE of the jobs empties the attempts");
+    }
+
     /// One job for a captured row of `t_orders`, claimed by `worker`: (job id, token).
     fn claimed_job(options: &str) -> (i64, i64) {
         setup();

@@ -173,6 +173,14 @@ impl Breakers {
         states.contains_key(endpoint)
     }
 
+    /// Make `endpoint` known (closed) if it is not: the periodic sync follows it from now on.
+    pub fn track(&self, endpoint: &str) {
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        states
+            .entry(endpoint.to_string())
+            .or_insert(State::Closed { failures: 0 });
+    }
+
     /// Every endpoint this worker knows.
     pub fn endpoints(&self) -> Vec<String> {
         let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
@@ -273,6 +281,9 @@ mod tests {
             b.knows("http://new:80"),
             "a delivery makes the endpoint known"
         );
+        b.track("http://read:80");
+        assert!(b.knows("http://read:80"));
+        assert!(b.open_until("http://read:80").is_none(), "tracked closed");
     }
 
     #[test]

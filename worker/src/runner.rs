@@ -535,10 +535,12 @@ async fn perform_at(ctx: &Context, job: &ClaimedJob, action: &Action, endpoint: 
     };
     // The first delivery to an endpoint in this process asks the other replicas first (Redis,
     // when configured): the periodic sync only follows endpoints this worker already knows.
+    // Tracked after one read whatever the answer, so the endpoint is read once, not per job.
     if !ctx.breakers.knows(endpoint) {
         for (e, until) in ctx.shared.open_circuits(&[endpoint.to_string()]).await {
             ctx.breakers.open_remote(&e, until);
         }
+        ctx.breakers.track(endpoint);
     }
     if let Some(until) = ctx.breakers.open_until(endpoint) {
         return circuit_open(until);
