@@ -82,11 +82,10 @@ RETURN CASE WHEN job_event_id IS NULL THEN job_payload
             ELSE (SELECT observer.event_doc(e.table_name, e.op, e.old, e.new)
                   FROM observer.event(job_event_id) e) END;
 
+-- (observer.words is inlined: the document is read only when audit_search is on.)
 CREATE FUNCTION observer.attempt_words(error text, job_event_id bigint, job_payload jsonb) RETURNS tsvector
 LANGUAGE sql STABLE
-RETURN CASE WHEN observer.setting_on('fraiseql_observers.audit_search', true) THEN
-    observer.words(error, observer.attempt_doc(job_event_id, job_payload))
-END;
+RETURN observer.words(error, observer.attempt_doc(job_event_id, job_payload));
 
 -- observer.is_running(state): `state = 'running'`, opaque to the planner on purpose. Outcome calls
 -- find their jobs by id; written plainly, the planner could prove the partial index jobs_leased

@@ -198,10 +198,14 @@ async fn sync_breakers(ctx: Arc<Context>) {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let endpoints = ctx.breakers.endpoints();
-        for (endpoint, until) in ctx.shared.open_circuits(&endpoints).await {
-            ctx.breakers.open_remote(&endpoint, until);
-        }
+        adopt_remote_circuits(&ctx, &ctx.breakers.endpoints()).await;
+    }
+}
+
+/// Open here the circuits of `endpoints` that another replica opened (none without Redis).
+async fn adopt_remote_circuits(ctx: &Context, endpoints: &[String]) {
+    for (endpoint, until) in ctx.shared.open_circuits(endpoints).await {
+        ctx.breakers.open_remote(&endpoint, until);
     }
 }
 
@@ -537,9 +541,7 @@ async fn perform_at(ctx: &Context, job: &ClaimedJob, action: &Action, endpoint: 
     // when configured): the periodic sync only follows endpoints this worker already knows.
     // Tracked after one read whatever the answer, so the endpoint is read once, not per job.
     if !ctx.breakers.knows(endpoint) {
-        for (e, until) in ctx.shared.open_circuits(&[endpoint.to_string()]).await {
-            ctx.breakers.open_remote(&e, until);
-        }
+        adopt_remote_circuits(ctx, &[endpoint.to_string()]).await;
         ctx.breakers.track(endpoint);
     }
     if let Some(until) = ctx.breakers.open_until(endpoint) {

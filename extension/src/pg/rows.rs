@@ -214,6 +214,30 @@ fn row_to_jsonb(row: &[u8], desc: pg_sys::TupleDesc) -> Result<pg_sys::Datum, De
     }
 }
 
+/// A whole batch (`rows`, a bytea datum: the SQL callers pass event_log columns), detoasted and
+/// copied into Rust memory.
+fn whole_batch(rows: &AnyElement) -> Vec<u8> {
+    // SAFETY: detoasting a bytea datum gives a 4-byte-header varlena whose data is copied out
+    // before anything else runs.
+    unsafe {
+        let v = pg_sys::pg_detoast_datum(rows.datum().cast_mut_ptr());
+        let len = pgrx::varsize(v) - pg_sys::VARHDRSZ;
+        std::slice::from_raw_parts(pgrx::vardata_any(v).cast::<u8>(), len).to_vec()
+    }
+}
+
+/// One row of a set-returning decode: a row that cannot be read raises (an SRF's items cannot
+/// return an error).
+fn row_or_raise(row: &[u8], desc: pg_sys::TupleDesc) -> RawJsonb {
+    match row_to_jsonb(row, desc) {
+        Ok(d) => RawJsonb(d),
+        Err(err) => {
+            ErrorReport::from(err).report(PgLogLevel::ERROR);
+            unreachable!("an ERROR report does not return")
+        }
+    }
+}
+
 /// `observer_decode_rows(cols text[], col_types oid[], rows anyelement) RETURNS SETOF jsonb`:
 /// every row of a batch as jsonb, in order. Internal (the dispatcher's); not granted to PUBLIC.
 #[pg_extern(stable, parallel_safe)]
@@ -223,23 +247,13 @@ pub fn observer_decode_rows(
     rows: AnyElement,
 ) -> Result<SetOfIterator<'static, RawJsonb>, ErrorReport> {
     let desc = descriptor(&cols, &col_types)?;
-    // SAFETY: `rows` is a bytea datum (the SQL callers pass event_log columns); detoasting
-    // gives a 4-byte-header varlena whose data is copied out before anything else runs.
-    let batch: Vec<u8> = unsafe {
-        let v = pg_sys::pg_detoast_datum(rows.datum().cast_mut_ptr());
-        let len = pgrx::varsize(v) - pg_sys::VARHDRSZ;
-        std::slice::from_raw_parts(pgrx::vardata_any(v).cast::<u8>(), len).to_vec()
-    };
+    let batch = whole_batch(&rows);
     let spans = spans(&batch)?;
-    Ok(SetOfIterator::new(spans.into_iter().map(
-        move |(s, e)| match row_to_jsonb(&batch[s..e], desc) {
-            Ok(d) => RawJsonb(d),
-            Err(err) => {
-                ErrorReport::from(err).report(PgLogLevel::ERROR);
-                unreachable!("an ERROR report does not return")
-            }
-        },
-    )))
+    Ok(SetOfIterator::new(
+        spans
+            .into_iter()
+            .map(move |(s, e)| row_or_raise(&batch[s..e], desc)),
+    ))
 }
 
 /// `observer_decode_rows_at(cols text[], col_types oid[], rows anyelement, ks integer[]) RETURNS
@@ -257,24 +271,13 @@ pub fn observer_decode_rows_at(
     ks: Vec<Option<i32>>,
 ) -> Result<SetOfIterator<'static, Option<RawJsonb>>, ErrorReport> {
     let desc = descriptor(&cols, &col_types)?;
-    // SAFETY: as in observer_decode_rows: a bytea datum, detoasted and copied out at once.
-    let batch: Vec<u8> = unsafe {
-        let v = pg_sys::pg_detoast_datum(rows.datum().cast_mut_ptr());
-        let len = pgrx::varsize(v) - pg_sys::VARHDRSZ;
-        std::slice::from_raw_parts(pgrx::vardata_any(v).cast::<u8>(), len).to_vec()
-    };
+    let batch = whole_batch(&rows);
     let spans = spans(&batch)?;
     Ok(SetOfIterator::new(ks.into_iter().map(move |k| {
         let (s, e) = *k
             .and_then(|k| usize::try_from(k).ok())
             .and_then(|k| spans.get(k))?;
-        match row_to_jsonb(&batch[s..e], desc) {
-            Ok(d) => Some(RawJsonb(d)),
-            Err(err) => {
-                ErrorReport::from(err).report(PgLogLevel::ERROR);
-                unreachable!("an ERROR report does not return")
-            }
-        }
+        Some(row_or_raise(&batch[s..e], desc))
     })))
 }
 
