@@ -77,10 +77,12 @@ fn print_json(v: &Value) {
     );
 }
 
+/// A cell of a table, with control characters escaped: errors and reasons stored in the
+/// database can hold an endpoint's text, which must not drive the terminal.
 fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".to_string(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => fraiseql_observers_core::text::printable(s),
         other => other.to_string(),
     }
 }
@@ -145,7 +147,9 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 /// `status`
 pub async fn status(config: &Config, json: bool) -> Result<()> {
     let db = connect(config).await?;
-    let s = db.json("SELECT observer_status()::text", &[]).await?;
+    let s = db
+        .json("SELECT @extschema@.observer_status()::text", &[])
+        .await?;
     if json {
         print_json(&s);
         return Ok(());
@@ -275,7 +279,7 @@ pub async fn debug_event(config: &Config, id: i64, json: bool) -> Result<()> {
     let db = connect(config).await?;
     let story = db
         .json(
-            "SELECT observer_debug_event($1::text::bigint)::text",
+            "SELECT @extschema@.observer_debug_event($1::text::bigint)::text",
             &[Some(id.to_string())],
         )
         .await?;
@@ -423,7 +427,7 @@ pub async fn dlq_list(config: &Config, f: &DlqFilter, limit: u32, json: bool) ->
     let db = connect(config).await?;
     let rows = db
         .json(
-            "SELECT coalesce(jsonb_agg(to_jsonb(d)), '[]')::text FROM observer_dlq_list(
+            "SELECT coalesce(jsonb_agg(to_jsonb(d)), '[]')::text FROM @extschema@.observer_dlq_list(
                  observer => $1, since => $2::text::timestamptz, until => $3::text::timestamptz,
                  error_like => $4, max_rows => $5::text::int) d",
             &[
@@ -598,7 +602,9 @@ pub async fn dlq_change(config: &Config, f: &DlqFilter, purge: bool, yes: bool) 
         );
         let done = db
             .json(
-                &format!("SELECT to_jsonb({function}(job_ids => $1::text::bigint[]))::text"),
+                &format!(
+                    "SELECT to_jsonb(@extschema@.{function}(job_ids => $1::text::bigint[]))::text"
+                ),
                 &[Some(list)],
             )
             .await?;
@@ -626,7 +632,7 @@ pub async fn search(
     let rows = db
         .json(
             "SELECT coalesce(jsonb_agg(to_jsonb(s) - 'document'), '[]')::text
-             FROM observer_search($1, observer => $2, outcome => $3, max_results => $4::text::int) s",
+             FROM @extschema@.observer_search($1, observer => $2, outcome => $3, max_results => $4::text::int) s",
             &[query, observer, outcome, Some(limit.to_string())],
         )
         .await?;
@@ -676,13 +682,13 @@ pub async fn pause(
     let db = connect(config).await?;
     let n = if resume {
         db.json(
-            "SELECT to_jsonb(observer_resume($1))::text",
+            "SELECT to_jsonb(@extschema@.observer_resume($1))::text",
             &[Some(observer.to_string())],
         )
         .await?
     } else {
         db.json(
-            "SELECT to_jsonb(observer_pause($1, coalesce($2, 'paused by an operator')))::text",
+            "SELECT to_jsonb(@extschema@.observer_pause($1, coalesce($2, 'paused by an operator')))::text",
             &[Some(observer.to_string()), reason],
         )
         .await?

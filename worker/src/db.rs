@@ -1,6 +1,12 @@
 //! The worker's side of the extension's SQL API. Every method is one call of an `observer_*`
 //! function: the queue logic (claim, fencing, backoff, dead-lettering) lives in the extension and
 //! is never re-implemented here.
+//!
+//! Every call is schema-qualified: at connect the session reads the extension's schema from
+//! `pg_catalog.pg_extension` and statements name it where they say `@extschema@` (as extension
+//! scripts do), and built-in functions are written `pg_catalog.`. So a schema that comes earlier
+//! on the session's `search_path` (`"$user"`: one named after the login role) cannot shadow the
+//! extension's functions with its own.
 
 use std::time::{Duration, SystemTime};
 
@@ -23,9 +29,23 @@ fn epoch_seconds(t: SystemTime) -> f64 {
 /// of the same order and length.
 fn timestamps_param(n: u8) -> String {
     format!(
-        "(SELECT coalesce(array_agg(to_timestamp(t) ORDER BY o), '{{}}') \
-         FROM unnest(${n}::float8[]) WITH ORDINALITY AS u(t, o))"
+        "(SELECT coalesce(pg_catalog.array_agg(pg_catalog.to_timestamp(t) ORDER BY o), '{{}}') \
+         FROM pg_catalog.unnest(${n}::float8[]) WITH ORDINALITY AS u(t, o))"
     )
+}
+
+/// Where statements name the extension's schema; replaced by [`Db::sql`].
+pub const EXTSCHEMA: &str = "@extschema@";
+
+/// The schema the extension `fraiseql_observers` is installed in, read from the catalogs (never
+/// from `search_path`).
+const EXTENSION_SCHEMA: &str = "SELECT n.nspname::text FROM pg_catalog.pg_extension e \
+     JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
+     WHERE e.extname = 'fraiseql_observers'";
+
+/// `name` as a quoted SQL identifier (`"a""b"` for `a"b`).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// A database failure, with what the worker was doing.
@@ -33,6 +53,8 @@ fn timestamps_param(n: u8) -> String {
 pub enum DbError {
     #[error("cannot connect to the database: {0}")]
     Connect(#[source] tokio_postgres::Error),
+    #[error("the extension fraiseql_observers is not installed in this database (CREATE EXTENSION fraiseql_observers)")]
+    NoExtension,
     #[error("{what} failed: {source}")]
     Call {
         what: &'static str,
@@ -49,7 +71,7 @@ impl DbError {
     /// The SQLSTATE of a failed statement (e.g. `42704` for an unknown event).
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
-            DbError::Connect(_) => None,
+            DbError::Connect(_) | DbError::NoExtension => None,
             DbError::Call { source, .. } => source.code().map(|c| c.code()),
         }
     }
@@ -71,7 +93,7 @@ impl DbError {
     /// True when the connection itself is gone (reconnect), false for a failed statement.
     pub fn is_connection_lost(&self) -> bool {
         match self {
-            DbError::Connect(_) => true,
+            DbError::Connect(_) | DbError::NoExtension => true,
             DbError::Call { source, .. } => source.is_closed() || source.code().is_none(),
         }
     }
@@ -143,6 +165,8 @@ fn audit_arrays<'a>(audits: impl Iterator<Item = &'a Audit>) -> AuditArrays<'a> 
 /// One database session of the worker.
 pub struct Db {
     client: Client,
+    /// The extension's schema, quoted: what `@extschema@` stands for in statements.
+    schema: String,
 }
 
 impl Db {
@@ -169,7 +193,18 @@ impl Db {
                 }
             }
         });
-        Ok(Self { client })
+        let schema: Option<String> = client
+            .query_opt(EXTENSION_SCHEMA, &[])
+            .await
+            .map_err(DbError::call("reading the extension's schema"))?
+            .map(|row| row.get(0));
+        let schema = quote_ident(&schema.ok_or(DbError::NoExtension)?);
+        Ok(Self { client, schema })
+    }
+
+    /// `statement` with `@extschema@` replaced by the extension's (quoted) schema.
+    pub fn sql(&self, statement: &str) -> String {
+        statement.replace(EXTSCHEMA, &self.schema)
     }
 
     /// Name this session `fraiseql-observers:<worker>` (`application_name`), so that
@@ -180,7 +215,10 @@ impl Db {
             .take(63)
             .collect();
         self.client
-            .execute("SELECT set_config('application_name', $1, false)", &[&name])
+            .execute(
+                "SELECT pg_catalog.set_config('application_name', $1, false)",
+                &[&name],
+            )
             .await
             .map_err(DbError::call("SET application_name"))?;
         Ok(())
@@ -222,7 +260,7 @@ impl Db {
         let row = self
             .client
             .query_one(
-                "SELECT observer_dispatch($1::int4, $2::text, make_interval(secs => $3::float8))",
+                &self.sql("SELECT @extschema@.observer_dispatch($1::int4, $2::text, pg_catalog.make_interval(secs => $3::float8))"),
                 &[
                     &i32::try_from(max_events).unwrap_or(i32::MAX),
                     &dispatcher,
@@ -239,7 +277,7 @@ impl Db {
         let row = self
             .client
             .query_one(
-                "SELECT events_deleted, jobs_deleted FROM observer_prune(max_rows => $1)",
+                &self.sql("SELECT events_deleted, jobs_deleted FROM @extschema@.observer_prune(max_rows => $1)"),
                 &[&max_rows],
             )
             .await
@@ -257,8 +295,8 @@ impl Db {
         let rows = self
             .client
             .query(
-                "SELECT job_id, token, attempt, observer, action::text, idempotency_key, payload::text, \
-                 extract(epoch FROM event_at)::float8 FROM observer_claim($1::text, $2::int4, make_interval(secs => $3::float8))",
+                &self.sql("SELECT job_id, token, attempt, observer, action::text, idempotency_key, payload::text, \
+                 extract(epoch FROM event_at)::float8 FROM @extschema@.observer_claim($1::text, $2::int4, pg_catalog.make_interval(secs => $3::float8))"),
                 &[&worker, &i32::try_from(max).unwrap_or(i32::MAX), &lease.as_secs_f64()],
             )
             .await
@@ -288,8 +326,8 @@ impl Db {
         let rows = self
             .client
             .query(
-                "SELECT job_id FROM observer_heartbeat($1::int8[], $2::int8[], make_interval(secs => $3::float8)) \
-                 WHERE NOT accepted",
+                &self.sql("SELECT job_id FROM @extschema@.observer_heartbeat($1::int8[], $2::int8[], pg_catalog.make_interval(secs => $3::float8)) \
+                 WHERE NOT accepted"),
                 &[&ids, &tokens, &lease.as_secs_f64()],
             )
             .await
@@ -305,8 +343,8 @@ impl Db {
         let rows = self
             .client
             .query(
-                "SELECT job_id FROM observer_complete($1::int8[], $2::int8[], $3::text[], $4::int4[], $5::int4[]) \
-                 WHERE NOT accepted",
+                &self.sql("SELECT job_id FROM @extschema@.observer_complete($1::int8[], $2::int8[], $3::text[], $4::int4[], $5::int4[]) \
+                 WHERE NOT accepted"),
                 &[&ids, &tokens, &endpoints, &statuses, &durations],
             )
             .await
@@ -328,11 +366,11 @@ impl Db {
         let rows = self
             .client
             .query(
-                &format!(
-                    "SELECT job_id FROM observer_fail($1::int8[], $2::int8[], $3::text[], {}, \
+                &self.sql(&format!(
+                    "SELECT job_id FROM @extschema@.observer_fail($1::int8[], $2::int8[], $3::text[], {}, \
                      $5::text[], $6::int4[], $7::int4[]) WHERE NOT accepted",
                     timestamps_param(4)
-                ),
+                )),
                 &[
                     &ids,
                     &tokens,
@@ -360,11 +398,11 @@ impl Db {
         let rows = self
             .client
             .query(
-                &format!(
-                    "SELECT job_id FROM observer_snooze($1::int8[], $2::int8[], {}, $4::text[]) \
+                &self.sql(&format!(
+                    "SELECT job_id FROM @extschema@.observer_snooze($1::int8[], $2::int8[], {}, $4::text[]) \
                      WHERE NOT accepted",
                     timestamps_param(3)
-                ),
+                )),
                 &[&ids, &tokens, &until, &reasons],
             )
             .await
@@ -386,8 +424,8 @@ impl Db {
         let rows = self
             .client
             .query(
-                "SELECT job_id FROM observer_discard($1::int8[], $2::int8[], $3::text[], $4::bool[], \
-                 $5::text[], $6::int4[], $7::int4[]) WHERE NOT accepted",
+                &self.sql("SELECT job_id FROM @extschema@.observer_discard($1::int8[], $2::int8[], $3::text[], $4::bool[], \
+                 $5::text[], $6::int4[], $7::int4[]) WHERE NOT accepted"),
                 &[&ids, &tokens, &reasons, &pause, &endpoints, &statuses, &durations],
             )
             .await
@@ -407,10 +445,10 @@ impl Db {
         let until: Vec<Option<f64>> = breakers.iter().map(|b| b.3.map(epoch_seconds)).collect();
         self.client
             .execute(
-                &format!(
-                    "SELECT observer_report_breakers($1, $2::text[], $3::text[], $4::int4[], {})",
+                &self.sql(&format!(
+                    "SELECT @extschema@.observer_report_breakers($1, $2::text[], $3::text[], $4::int4[], {})",
                     timestamps_param(5)
-                ),
+                )),
                 &[&worker, &endpoints, &states, &failures, &until],
             )
             .await
@@ -426,17 +464,16 @@ impl Db {
             .map_err(DbError::call("SET TimeZone"))
     }
 
-    /// Try to take the session lock that makes this worker the only audit exporter (held until
-    /// the connection closes; call once per session).
+    /// `observer_audit_lock()`: true when this session is (or has just become) the only audit
+    /// exporter, false while another live session is. The extension keeps the election where
+    /// only its roles can take part (an advisory lock could be taken by any login role and stop
+    /// the export); held until the connection closes.
     pub async fn try_audit_lock(&self) -> Result<bool, DbError> {
         let row = self
             .client
-            .query_one(
-                "SELECT pg_try_advisory_lock(hashtext('fraiseql_observers.audit_export')::bigint)",
-                &[],
-            )
+            .query_one(&self.sql("SELECT @extschema@.observer_audit_lock()"), &[])
             .await
-            .map_err(DbError::call("pg_try_advisory_lock"))?;
+            .map_err(DbError::call("observer_audit_lock"))?;
         Ok(row.get(0))
     }
 
@@ -445,7 +482,7 @@ impl Db {
         let rows = self
             .client
             .query(
-                "SELECT job_id, attempt, doc::text FROM observer_audit_batch($1::int4)",
+                &self.sql("SELECT job_id, attempt, doc::text FROM @extschema@.observer_audit_batch($1::int4)"),
                 &[&i32::try_from(max).unwrap_or(i32::MAX)],
             )
             .await
@@ -470,7 +507,9 @@ impl Db {
         let refused: Vec<Option<&str>> = settled.iter().map(|s| s.2.as_deref()).collect();
         self.client
             .execute(
-                "SELECT observer_audit_done($1::int8[], $2::int4[], $3::text[])",
+                &self.sql(
+                    "SELECT @extschema@.observer_audit_done($1::int8[], $2::int4[], $3::text[])",
+                ),
                 &[&ids, &attempts, &refused],
             )
             .await
@@ -483,7 +522,7 @@ impl Db {
         let rows = self
             .client
             .query(
-                "SELECT key, value::text::bigint FROM jsonb_each(observer_status()->'jobs')",
+                &self.sql("SELECT key, value::text::bigint FROM pg_catalog.jsonb_each(@extschema@.observer_status() OPERATOR(pg_catalog.->) 'jobs')"),
                 &[],
             )
             .await
@@ -504,7 +543,7 @@ impl Db {
             .collect();
         let row = self
             .client
-            .query_one(sql, &params)
+            .query_one(&self.sql(sql), &params)
             .await
             .map_err(DbError::call("CLI query"))?;
         let text: Option<String> = row.get(0);
@@ -541,7 +580,10 @@ impl Db {
     pub async fn status(&self) -> Result<String, DbError> {
         let row = self
             .client
-            .query_one("SELECT jsonb_pretty(observer_status())", &[])
+            .query_one(
+                &self.sql("SELECT pg_catalog.jsonb_pretty(@extschema@.observer_status())"),
+                &[],
+            )
             .await
             .map_err(DbError::call("observer_status"))?;
         Ok(row.get(0))

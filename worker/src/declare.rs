@@ -123,7 +123,9 @@ pub async fn plan(config: &Config, declared: &[Declared]) -> Result<Plan> {
     for d in declared {
         let diff = db
             .json(
-                &format!("SELECT to_jsonb(observer_diff({ARGS}, $7::text::bool))::text"),
+                &format!(
+                    "SELECT to_jsonb(@extschema@.observer_diff({ARGS}, $7::text::bool))::text"
+                ),
                 &d.params(),
             )
             .await
@@ -150,7 +152,7 @@ pub async fn plan(config: &Config, declared: &[Declared]) -> Result<Plan> {
     let names: BTreeSet<&str> = declared.iter().map(|d| d.name.as_str()).collect();
     let existing = db
         .json(
-            "SELECT coalesce(jsonb_agg(name ORDER BY name), '[]')::text FROM observer_list()",
+            "SELECT coalesce(jsonb_agg(name ORDER BY name), '[]')::text FROM @extschema@.observer_list()",
             &[],
         )
         .await?;
@@ -208,19 +210,19 @@ pub async fn apply(config: &Config, declared: &[Declared]) -> Result<Plan> {
         let params = d.params();
         if plan.create.contains(&d.name) {
             steps.push((
-                format!("SELECT to_jsonb(observer_create({ARGS}))::text"),
+                format!("SELECT to_jsonb(@extschema@.observer_create({ARGS}))::text"),
                 params[..6].to_vec(),
             ));
             if !d.enabled {
                 steps.push((
-                    "SELECT to_jsonb(observer_disable($1))::text".to_string(),
+                    "SELECT to_jsonb(@extschema@.observer_disable($1))::text".to_string(),
                     vec![Some(d.name.clone())],
                 ));
             }
         } else if let Some((_, fields)) = plan.update.iter().find(|(n, _)| *n == d.name) {
             if fields.iter().any(|f| f != "enabled") {
                 steps.push((
-                    format!("SELECT to_jsonb(observer_replace({ARGS}))::text"),
+                    format!("SELECT to_jsonb(@extschema@.observer_replace({ARGS}))::text"),
                     params[..6].to_vec(),
                 ));
             }
@@ -231,7 +233,7 @@ pub async fn apply(config: &Config, declared: &[Declared]) -> Result<Plan> {
                     "observer_disable"
                 };
                 steps.push((
-                    format!("SELECT to_jsonb({f}($1))::text"),
+                    format!("SELECT to_jsonb(@extschema@.{f}($1))::text"),
                     vec![Some(d.name.clone())],
                 ));
             }
