@@ -7,5 +7,6 @@ pub mod action;
 pub mod net;
 pub mod prune;
 pub mod template;
+pub mod text;
 
 pub use action::{Action, ActionError, EmailAction, SlackAction, WebhookAction};

@@ -106,7 +106,12 @@ async fn email_arrives_at_a_real_smtp_server() {
         .expect("setup");
     let _worker = Worker::start(
         &cluster.url("postgres"),
-        &[("SMTP__URL", smtp.url().as_str())],
+        &[
+            ("SMTP__URL", smtp.url().as_str()),
+            // The action's sender must be allowed by the worker (a free "from" would let
+            // whoever defines observers send as anyone).
+            ("SMTP__ALLOWED_FROM", "shop@example.com"),
+        ],
     )
     .expect("worker");
     client
@@ -161,7 +166,12 @@ async fn email_arrives_at_a_real_smtp_server() {
     drop(_worker);
     let _worker = Worker::start(
         &cluster.url("postgres"),
-        &[("SMTP__URL", refusing.url().as_str())],
+        &[
+            ("SMTP__URL", refusing.url().as_str()),
+            // The action's sender must be allowed by the worker (a free "from" would let
+            // whoever defines observers send as anyone).
+            ("SMTP__ALLOWED_FROM", "shop@example.com"),
+        ],
     )
     .expect("worker on the refusing server");
     client

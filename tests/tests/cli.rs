@@ -236,7 +236,8 @@ fn validate_config_names_the_bad_field_and_masks_credentials() {
             f.write_all(
                 b"database_url = \"postgres://app:hunter2@db.internal/app\"\n\
                   [redis]\nurl = \"redis://:s3cret@cache:6379/0\"\n\
-                  [secrets]\norders = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n",
+                  [secrets.orders]\nkeys = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n\
+                  destinations = [\"https://hooks.example.com/orders\"]\n",
             )
         })
         .expect("write");

@@ -76,9 +76,14 @@ async fn signatures_verify_with_the_reference_library_across_retries_and_rotatio
         .await
         .expect("setup");
     let secrets = format!("{NEW} {OLD}");
+    // Bound to the sink's /orders (a secret with no destination signs nothing).
+    let destinations = sink.url("/orders");
     let _worker = Worker::start(
         &cluster.url("postgres"),
-        &[("SECRETS__ORDERS", secrets.as_str())],
+        &[
+            ("SECRETS__ORDERS", secrets.as_str()),
+            ("SECRETS__ORDERS__DESTINATIONS", destinations.as_str()),
+        ],
     )
     .expect("worker");
     client

@@ -23,6 +23,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fraiseql_observers_core::text::printable;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use tokio_util::sync::CancellationToken;
 
@@ -120,11 +121,12 @@ pub fn verdicts(response: &serde_json::Value, sent: usize) -> Result<Vec<Verdict
                 429 | 500..=599 | 0 => Verdict::Later,
                 _ => {
                     let error = &result["error"];
-                    Verdict::Refused(format!(
+                    // Elasticsearch's text: escaped before it reaches logs and the outbox.
+                    Verdict::Refused(printable(&format!(
                         "{status} {}: {}",
                         error["type"].as_str().unwrap_or("error"),
                         error["reason"].as_str().unwrap_or("")
-                    ))
+                    )))
                 }
             }
         })
@@ -176,7 +178,10 @@ impl Exporter {
         user_agent: &str,
         metrics: Arc<Metrics>,
     ) -> Result<Self, reqwest::Error> {
+        // No proxy from the environment (HTTP_PROXY, ...): like deliveries, the export goes
+        // where elasticsearch.url says and nowhere else.
         let http = reqwest::Client::builder()
+            .no_proxy()
             .user_agent(user_agent)
             .timeout(Duration::from_millis(config.timeout_ms))
             .redirect(reqwest::redirect::Policy::none())
@@ -281,7 +286,7 @@ impl Exporter {
             return Err(ExportError::http(format!(
                 "_bulk answered {}: {}",
                 status.as_u16(),
-                text.chars().take(300).collect::<String>()
+                printable(&text.chars().take(300).collect::<String>())
             )));
         }
         let json: serde_json::Value = response

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use fraiseql_observers_core::net;
 
-use crate::signing::SigningKey;
+use crate::signing::{Destination, SigningKey};
 
 use serde::Deserialize;
 
@@ -37,6 +37,13 @@ pub enum ConfigError {
         field: &'static str,
         problem: String,
         fix: &'static str,
+    },
+    /// A `[secrets.<name>]` entry; the message never holds a secret's value.
+    #[error("invalid value for `secrets.{name}`: {problem}; {fix}")]
+    Secret {
+        name: String,
+        problem: String,
+        fix: String,
     },
 }
 
@@ -83,10 +90,36 @@ pub struct Config {
     /// when Redis is configured. Keys are normalised at load (`https://a.b` → `https://a.b:443`).
     #[serde(default)]
     pub rate_limits: BTreeMap<String, f64>,
-    /// Signing secrets by name (lowercase), newest first: `whsec_<base64>` each. Actions name
-    /// them (`"secret": "orders"`); the database never holds a secret.
-    #[serde(default)]
-    pub secrets: BTreeMap<String, Vec<String>>,
+    /// Signing secrets by name (lowercase), each bound to the destinations it may sign for.
+    /// Actions name them (`"secret": "orders"`); the database never holds a secret. Read by
+    /// hand from the merged TOML (see [`parse_secrets`]) so that no error quotes a value.
+    #[serde(skip)]
+    pub secrets: BTreeMap<String, Secret>,
+}
+
+/// `[secrets.<name>]`: one signing secret and where it may be used.
+#[derive(Debug, Clone, Default)]
+pub struct Secret {
+    /// `whsec_<base64>` values, newest first while rotating (each one signs).
+    pub keys: Vec<String>,
+    /// URL prefixes (`scheme://host[:port][/path]`) of the requests this secret may sign; a job
+    /// naming the secret for any other URL is refused. At least one.
+    pub destinations: Vec<String>,
+}
+
+impl Secret {
+    /// The parsed [`Secret::destinations`] (validated by [`Config::validate`]).
+    pub fn destinations(&self) -> Vec<Destination> {
+        self.destinations
+            .iter()
+            .filter_map(|d| Destination::parse(d).ok())
+            .collect()
+    }
+
+    /// True when this secret may sign a request to `url`.
+    pub fn may_sign_for(&self, url: &str) -> bool {
+        self.destinations().iter().any(|d| d.matches(url))
+    }
 }
 
 /// `[http]`
@@ -128,6 +161,9 @@ pub struct SmtpConfig {
     pub url: String,
     /// Sender of e-mails whose action names none.
     pub from: String,
+    /// Senders an action's `from` may name besides [`SmtpConfig::from`]: addresses
+    /// (`shop@example.com`) or whole domains (`@example.com`). Default: none.
+    pub allowed_from: Vec<String>,
     /// Timeout of one SMTP exchange, milliseconds.
     pub timeout_ms: u64,
 }
@@ -238,17 +274,27 @@ impl Config {
                 .split("__")
                 .map(str::to_string)
                 .collect();
-            // FRAISEQL_OBSERVERS_SECRETS__<NAME>="whsec_new whsec_old": names are free-form.
-            if let [table, _name] = path.as_slice() {
-                if table == "secrets" {
-                    let values: Vec<toml::Value> = value
-                        .split([' ', ','])
-                        .filter(|v| !v.is_empty())
-                        .map(|v| toml::Value::String(v.to_string()))
-                        .collect();
-                    set(&mut merged, &path, toml::Value::Array(values));
-                    continue;
-                }
+            // FRAISEQL_OBSERVERS_SECRETS__<NAME>="whsec_new whsec_old" (its keys, also
+            // SECRETS__<NAME>__KEYS) and SECRETS__<NAME>__DESTINATIONS="https://a/x https://b":
+            // names are free-form.
+            if path.first().map(String::as_str) == Some("secrets") {
+                let target = match path.as_slice() {
+                    [_, name] => vec!["secrets".to_string(), name.clone(), "keys".to_string()],
+                    [_, _, part] if part == "keys" || part == "destinations" => path.clone(),
+                    _ => {
+                        return Err(ConfigError::Env {
+                            var: var.clone(),
+                            message: "use FRAISEQL_OBSERVERS_SECRETS__<NAME> (its keys) or FRAISEQL_OBSERVERS_SECRETS__<NAME>__DESTINATIONS".to_string(),
+                        })
+                    }
+                };
+                let values: Vec<toml::Value> = value
+                    .split([' ', ','])
+                    .filter(|v| !v.is_empty())
+                    .map(|v| toml::Value::String(v.to_string()))
+                    .collect();
+                set(&mut merged, &target, toml::Value::Array(values));
+                continue;
             }
             let existing = lookup(&merged, &path).ok_or_else(|| ConfigError::Env {
                 var: var.clone(),
@@ -264,17 +310,17 @@ impl Config {
             let path: Vec<String> = key.split('.').map(str::to_string).collect();
             set(&mut merged, &path, value.clone());
         }
+        let secrets = match &mut merged {
+            toml::Value::Table(t) => t.remove("secrets"),
+            _ => None,
+        };
         let mut config: Config = merged
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Shape(e.message().to_string()))?;
+        config.secrets = parse_secrets(secrets)?;
         config.rate_limits = std::mem::take(&mut config.rate_limits)
             .into_iter()
             .map(|(k, v)| (crate::webhook::endpoint(&k), v))
-            .collect();
-        // Secret names are case-insensitive (environment variables are upper case).
-        config.secrets = std::mem::take(&mut config.secrets)
-            .into_iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v))
             .collect();
         config.validate()?;
         Ok(config)
@@ -289,12 +335,14 @@ impl Config {
                 "set it to a postgres:// URL or a libpq connection string",
             ));
         }
-        if self.database_url.parse::<tokio_postgres::Config>().is_err() {
-            return Err(invalid(
-                "database_url",
-                format!("{:?} is not a connection string", self.database_url),
-                "use postgres://user@host:port/dbname or \"host=... dbname=...\"",
-            ));
+        if let Err(e) = self.database_url.parse::<tokio_postgres::Config>() {
+            // Never the string itself: it can hold a password, and an unparsable one cannot be
+            // redacted reliably.
+            return Err(ConfigError::Invalid {
+                field: "database_url",
+                problem: connection_string_problem(&self.database_url, &e),
+                fix: "use postgres://user:password@host:port/dbname (percent-encode special characters of the password) or \"host=... port=... dbname=... password='a b'\"",
+            });
         }
         if !(1..=10_000).contains(&self.batch_size) {
             return Err(invalid("batch_size", self.batch_size, "use 1 to 10000"));
@@ -376,26 +424,45 @@ impl Config {
                 });
             }
         }
-        for (name, values) in &self.secrets {
+        for (name, secret) in &self.secrets {
+            let refuse = |problem: String, fix: String| ConfigError::Secret {
+                name: name.clone(),
+                problem,
+                fix,
+            };
+            let var = format!("{ENV_PREFIX}SECRETS__{}", name.to_ascii_uppercase());
             if !fraiseql_observers_core::action::is_secret_name(name) {
-                return Err(ConfigError::Invalid {
-                    field: "secrets",
-                    problem: format!("the name {name:?} is not allowed"),
-                    fix: "name secrets with 1 to 64 letters, digits, _ or -",
-                });
+                return Err(refuse(
+                    "the name is not allowed".to_string(),
+                    "name secrets with 1 to 64 letters, digits, _ or -".to_string(),
+                ));
             }
-            if values.is_empty() {
-                return Err(ConfigError::Invalid {
-                    field: "secrets",
-                    problem: format!("secret {name:?} has no value"),
-                    fix: "give at least one whsec_<base64> value (the newest first while rotating)",
-                });
+            if secret.keys.is_empty() {
+                return Err(refuse(
+                    "it has no key".to_string(),
+                    format!("give keys = [\"whsec_<base64>\"] (the newest first while rotating), or {var}"),
+                ));
             }
-            for v in values {
-                SigningKey::parse(v).map_err(|e| ConfigError::Invalid {
-                    field: "secrets",
-                    problem: format!("a value of secret {name:?} is not usable: {e}"),
-                    fix: "use whsec_ followed by the base64 of 24 to 64 random bytes",
+            for (i, v) in secret.keys.iter().enumerate() {
+                SigningKey::parse(v).map_err(|e| {
+                    refuse(
+                        format!("key {} is not usable: {e}", i + 1),
+                        "use whsec_ followed by the base64 of 24 to 64 random bytes".to_string(),
+                    )
+                })?;
+            }
+            if secret.destinations.is_empty() {
+                return Err(refuse(
+                    "it is bound to no destination, so it could sign nothing".to_string(),
+                    format!("list the URL prefixes it may sign for: destinations = [\"https://receiver.example/hooks\"] (or {var}__DESTINATIONS)"),
+                ));
+            }
+            for d in &secret.destinations {
+                Destination::parse(d).map_err(|e| {
+                    refuse(
+                        format!("destination {:?}: {e}", redact(d)),
+                        "write each destination as scheme://host[:port][/path]".to_string(),
+                    )
                 })?;
             }
         }
@@ -417,6 +484,24 @@ impl Config {
                 problem: format!("{:?} is not an e-mail address", self.smtp.from),
                 fix: "use e.g. \"observers@example.com\" or \"Observers <observers@example.com>\"",
             });
+        }
+        for sender in &self.smtp.allowed_from {
+            let ok = match sender.strip_prefix('@') {
+                Some(domain) => {
+                    !domain.is_empty()
+                        && !domain.contains(['@', ' ', '<', '>'])
+                        && domain.contains('.')
+                }
+                None => fraiseql_observers_core::action::looks_like_mailbox(sender),
+            };
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    field: "smtp.allowed_from",
+                    problem: format!("{sender:?} is neither an address nor @domain"),
+                    fix:
+                        "list addresses (\"shop@example.com\") or whole domains (\"@example.com\")",
+                });
+            }
         }
         if !(100..=600_000).contains(&self.smtp.timeout_ms) {
             return Err(invalid(
@@ -540,10 +625,19 @@ impl Config {
         }
     }
 
+    /// The secret `name` (case-insensitive), or None if it is not configured.
+    pub fn secret(&self, name: &str) -> Option<&Secret> {
+        self.secrets.get(&name.to_ascii_lowercase())
+    }
+
     /// The signing keys of the secret `name` (case-insensitive), or None if it is not configured.
     pub fn signing_keys(&self, name: &str) -> Option<Vec<SigningKey>> {
-        let values = self.secrets.get(&name.to_ascii_lowercase())?;
-        values.iter().map(|v| SigningKey::parse(v).ok()).collect()
+        let secret = self.secret(name)?;
+        secret
+            .keys
+            .iter()
+            .map(|v| SigningKey::parse(v).ok())
+            .collect()
     }
 
     /// The parsed [`HttpConfig::allow_networks`] (validated by [`Config::validate`]).
@@ -655,26 +749,187 @@ fn coerce(like: &toml::Value, raw: &str) -> Result<toml::Value, String> {
     }
 }
 
-/// A URL (or libpq `key=value` string) with its password replaced by `***`, for messages.
+/// A URL (or libpq `key=value` string) with its passwords replaced by `***`, for messages: the
+/// user-info password and `password=` query parameters of a URL; `password=` values of a libpq
+/// string, quoted (`password='a b'`) or not.
 pub fn redact(raw: &str) -> String {
     match url::Url::parse(raw) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            if u.query_pairs().any(|(k, _)| is_password_key(&k)) {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if is_password_key(&k) {
+                            "***".to_string()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             u.to_string()
         }
-        Ok(_) => raw.to_string(),
-        Err(_) => raw
-            .split(' ')
-            .map(|part| {
-                if part.starts_with("password=") {
-                    "password=***"
-                } else {
-                    part
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
+        Err(_) => redact_key_values(raw),
     }
+}
+
+/// Query or libpq keys that carry a password.
+fn is_password_key(key: &str) -> bool {
+    key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("pass")
+}
+
+/// A libpq `key=value ...` string with each password value (quoted or not, with `\'` escapes)
+/// replaced by `***`.
+fn redact_key_values(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(at) = find_password_key(rest) {
+        let (before, after) = rest.split_at(at);
+        out.push_str(before);
+        // after = "password" [spaces] "=" [spaces] value ...
+        let eq = after.find('=').map(|i| i + 1).unwrap_or(after.len());
+        out.push_str(&after[..eq]);
+        let value = &after[eq..];
+        let trimmed = value.trim_start_matches(' ');
+        out.push_str(&value[..value.len() - trimmed.len()]);
+        out.push_str("***");
+        rest = skip_value(trimmed);
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Byte offset of the next `password` keyword followed by `=` (at the start or after a space).
+fn find_password_key(s: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = s[from..].find("password").map(|i| i + from) {
+        let starts_word = i == 0 || s.as_bytes()[i - 1] == b' ';
+        let after = s[i + "password".len()..].trim_start_matches(' ');
+        if starts_word && after.starts_with('=') {
+            return Some(i);
+        }
+        from = i + 1;
+    }
+    None
+}
+
+/// What follows a libpq value: after its closing quote when quoted, else after its first space.
+fn skip_value(value: &str) -> &str {
+    if let Some(quoted) = value.strip_prefix('\'') {
+        let mut escaped = false;
+        for (i, c) in quoted.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '\'' => return &quoted[i + 1..],
+                _ => {}
+            }
+        }
+        ""
+    } else {
+        value.find(' ').map(|i| &value[i..]).unwrap_or("")
+    }
+}
+
+/// What is wrong with an unparsable connection string, without quoting it (it can hold a
+/// password).
+fn connection_string_problem(raw: &str, e: &tokio_postgres::Error) -> String {
+    let form = if raw.trim_start().starts_with("postgres://")
+        || raw.trim_start().starts_with("postgresql://")
+    {
+        "the postgres:// URL"
+    } else {
+        "the key=value connection string"
+    };
+    // The driver names the option whose value is bad ("invalid value for option `port`") and
+    // otherwise describes the syntax error, sometimes with a character of the input: only the
+    // option name is kept.
+    let detail = std::error::Error::source(e)
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    let part = if let Some(option) = detail
+        .strip_prefix("invalid value for option `")
+        .and_then(|r| r.strip_suffix('`'))
+    {
+        format!("the value of `{option}` is not valid")
+    } else if detail.starts_with("unknown option") {
+        "it names an unknown option".to_string()
+    } else if detail.contains("unterminated") {
+        "a quoted value is not closed".to_string()
+    } else {
+        "its syntax is broken (a value with spaces must be quoted: password='a b')".to_string()
+    };
+    format!("{form} does not parse: {part} (not shown: it can hold a password)")
+}
+
+/// The `[secrets]` table of the merged configuration, read by hand so that no error quotes a
+/// secret's value (serde's would: `invalid type: string "whsec_..."`).
+fn parse_secrets(value: Option<toml::Value>) -> Result<BTreeMap<String, Secret>, ConfigError> {
+    let table = match value {
+        None => return Ok(BTreeMap::new()),
+        Some(toml::Value::Table(t)) => t,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                field: "secrets",
+                problem: format!("it is a {}, not a table", other.type_str()),
+                fix: "write one [secrets.<name>] table per secret, with keys and destinations",
+            })
+        }
+    };
+    let mut secrets = BTreeMap::new();
+    for (name, entry) in table {
+        // Secret names are case-insensitive (environment variables are upper case).
+        let name = name.to_ascii_lowercase();
+        let refuse = |problem: String| {
+            ConfigError::Secret {
+            name: name.clone(),
+            problem,
+            fix: format!(
+                "write [secrets.{name}] with keys = [\"whsec_...\"] and destinations = [\"https://receiver.example/hooks\"] (or {ENV_PREFIX}SECRETS__{0} and {ENV_PREFIX}SECRETS__{0}__DESTINATIONS)",
+                name.to_ascii_uppercase()
+            ),
+        }
+        };
+        let fields = match entry {
+            toml::Value::Table(t) => t,
+            toml::Value::Array(_) => {
+                return Err(refuse(
+                    "a list of keys alone binds the secret to no destination".to_string(),
+                ))
+            }
+            other => {
+                return Err(refuse(format!("it is a {}, not a table", other.type_str())));
+            }
+        };
+        let mut secret = Secret::default();
+        for (key, v) in fields {
+            let list = match v {
+                toml::Value::Array(items) => items
+                    .into_iter()
+                    .map(|i| match i {
+                        toml::Value::String(s) => Some(s),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<String>>>(),
+                _ => None,
+            };
+            let Some(list) = list else {
+                return Err(refuse(format!("`{key}` must be a list of strings")));
+            };
+            match key.as_str() {
+                "keys" => secret.keys = list,
+                "destinations" => secret.destinations = list,
+                _ => return Err(refuse(format!("unknown key {key:?}"))),
+            }
+        }
+        secrets.insert(name, secret);
+    }
+    Ok(secrets)
 }
 
 impl Config {
@@ -689,8 +944,8 @@ impl Config {
         if !c.elasticsearch.api_key.is_empty() {
             c.elasticsearch.api_key = "***".to_string();
         }
-        for values in c.secrets.values_mut() {
-            for v in values.iter_mut() {
+        for secret in c.secrets.values_mut() {
+            for v in secret.keys.iter_mut() {
                 *v = "whsec_***".to_string();
             }
         }
@@ -767,6 +1022,176 @@ mod tests {
         std::fs::write(&file, "bach_size = 7\n").expect("write");
         let e = Config::load(Some(&file), env(&[]), &[]).expect_err("typo");
         assert!(e.to_string().contains("bach_size"), "{e}");
+    }
+
+    const KEY: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    /// Regression (review F08): a secret signed for whatever URL an action named. Now each one
+    /// lists its destinations, and one with none is refused at start-up.
+    #[test]
+    fn secrets_are_bound_to_destinations() {
+        let dir = tempdir();
+        let file = dir.join("secrets.toml");
+        std::fs::write(
+            &file,
+            format!("[secrets.Orders]\nkeys = [\"{KEY}\"]\ndestinations = [\"https://hooks.example.com/orders\"]\n"),
+        )
+        .expect("write");
+        let c = Config::load(Some(&file), env(&[]), &[]).expect("valid");
+        let orders = c.secret("ORDERS").expect("configured");
+        assert!(orders.may_sign_for("https://hooks.example.com/orders/paid"));
+        assert!(!orders.may_sign_for("https://attacker.example/collect"));
+        assert_eq!(c.signing_keys("orders").map(|k| k.len()), Some(1));
+
+        // The environment form: the keys, then the destinations.
+        let c = Config::load(
+            None,
+            env(&[
+                (
+                    "FRAISEQL_OBSERVERS_SECRETS__BILLING",
+                    &format!("{KEY},{KEY}"),
+                ),
+                (
+                    "FRAISEQL_OBSERVERS_SECRETS__BILLING__DESTINATIONS",
+                    "https://a.example/x http://127.0.0.1:9000",
+                ),
+            ]),
+            &[],
+        )
+        .expect("valid");
+        let billing = c.secret("billing").expect("configured");
+        assert_eq!(billing.keys.len(), 2);
+        assert!(billing.may_sign_for("http://127.0.0.1:9000/hook"));
+
+        // Safe default: no destination, no start.
+        let e = Config::load(
+            None,
+            env(&[("FRAISEQL_OBSERVERS_SECRETS__ORDERS", KEY)]),
+            &[],
+        )
+        .expect_err("no destination");
+        let text = e.to_string();
+        assert!(text.contains("`secrets.orders`"), "{text}");
+        assert!(text.contains("bound to no destination"), "{text}");
+        assert!(
+            text.contains("FRAISEQL_OBSERVERS_SECRETS__ORDERS__DESTINATIONS"),
+            "{text}"
+        );
+        assert!(!text.contains(KEY), "{text}");
+
+        // The former list form is refused with the fix.
+        std::fs::write(&file, format!("[secrets]\norders = [\"{KEY}\"]\n")).expect("write");
+        let e = Config::load(Some(&file), env(&[]), &[]).expect_err("list form");
+        let text = e.to_string();
+        assert!(text.contains("[secrets.orders]"), "{text}");
+        assert!(!text.contains(KEY), "{text}");
+
+        let e = Config::load(
+            None,
+            env(&[
+                ("FRAISEQL_OBSERVERS_SECRETS__ORDERS", KEY),
+                (
+                    "FRAISEQL_OBSERVERS_SECRETS__ORDERS__DESTINATIONS",
+                    "https://u:hunter22@a.example/",
+                ),
+            ]),
+            &[],
+        )
+        .expect_err("credentials in a destination");
+        assert!(!e.to_string().contains("hunter22"), "{e}");
+    }
+
+    /// Regression (review F17): a secret written as a string was echoed by serde's message
+    /// (`invalid type: string "whsec_..."`).
+    #[test]
+    fn a_secret_of_the_wrong_type_is_not_echoed() {
+        let dir = tempdir();
+        let file = dir.join("wrong-type.toml");
+        for body in [
+            format!("[secrets]\norders = \"{KEY}\"\n"),
+            format!("[secrets.orders]\nkeys = \"{KEY}\"\ndestinations = [\"https://a.example\"]\n"),
+            format!("[secrets.orders]\nkeys = [\"{KEY}\", 3]\ndestinations = [\"https://a.example\"]\n"),
+            format!("secrets = \"{KEY}\"\n"),
+            "[secrets.orders]\nkeys = [\"whsec_c2VjcmV0LXRvby1zaG9ydA==\"]\ndestinations = [\"https://a.example\"]\n".to_string(),
+        ] {
+            std::fs::write(&file, &body).expect("write");
+            let e = Config::load(Some(&file), env(&[]), &[]).expect_err("wrong type");
+            let text = e.to_string();
+            assert!(text.contains("secrets"), "{text}");
+            assert!(!text.contains("MfKQ9r8G"), "{body}: {text}");
+            assert!(!text.contains("c2VjcmV0"), "{body}: {text}");
+        }
+    }
+
+    /// Regression (review F17): an unparsable database_url was printed as it was, password
+    /// included.
+    #[test]
+    fn an_unparsable_database_url_is_not_echoed() {
+        for (url, part) in [
+            ("postgres://worker:S3cretPw@db:54x2/app", "`port`"),
+            ("host=db password=S3cretPw port=5x", "`port`"),
+            ("host=db password='S3cretPw", "not closed"),
+            ("host=db S3cretPw", "syntax"),
+            ("host=db sslmode=S3cretPw", "`sslmode`"),
+        ] {
+            let e = Config::load(None, env(&[("FRAISEQL_OBSERVERS_DATABASE_URL", url)]), &[])
+                .expect_err("unparsable");
+            let text = e.to_string();
+            assert!(text.contains("`database_url`"), "{text}");
+            assert!(text.contains(part), "{url}: {text}");
+            assert!(!text.contains("S3cretPw"), "{url}: {text}");
+        }
+    }
+
+    /// Regression (review F17): `?password=` in a URL and quoted libpq passwords were printed.
+    #[test]
+    fn redact_masks_every_password_form() {
+        assert_eq!(
+            redact("postgres://worker:S3cret@db/app"),
+            "postgres://worker:***@db/app"
+        );
+        let r = redact("postgres://db/app?user=worker&password=S3cret&sslmode=require");
+        assert_eq!(
+            r,
+            "postgres://db/app?user=worker&password=***&sslmode=require"
+        );
+        let r = redact("postgresql://db/app?PASSWORD=S3cret");
+        assert!(!r.contains("S3cret"), "{r}");
+        assert_eq!(
+            redact("host=db password='a b c' user=w"),
+            "host=db password=*** user=w"
+        );
+        assert_eq!(
+            redact("host=db password = 'it\\'s secret' dbname=x"),
+            "host=db password = *** dbname=x"
+        );
+        assert_eq!(redact("password=S3cret host=db"), "password=*** host=db");
+        assert_eq!(redact("host=db user=w"), "host=db user=w");
+        assert_eq!(
+            redact("host=db password='unterminated"),
+            "host=db password=***"
+        );
+    }
+
+    #[test]
+    fn allowed_senders_are_validated() {
+        let c = Config::load(
+            None,
+            env(&[(
+                "FRAISEQL_OBSERVERS_SMTP__ALLOWED_FROM",
+                "shop@example.com,@example.org",
+            )]),
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(c.smtp.allowed_from.len(), 2);
+        let e = Config::load(
+            None,
+            env(&[("FRAISEQL_OBSERVERS_SMTP__ALLOWED_FROM", "example.org")]),
+            &[],
+        )
+        .expect_err("neither");
+        assert!(e.to_string().contains("`smtp.allowed_from`"), "{e}");
     }
 
     fn tempdir() -> std::path::PathBuf {

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use fraiseql_observers_core::template::{self, Escape};
+use fraiseql_observers_core::text::printable;
 use fraiseql_observers_core::EmailAction;
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
@@ -37,6 +38,8 @@ pub struct MailerError {
 pub struct Mailer {
     transport: Option<AsyncSmtpTransport<Tokio1Executor>>,
     from: String,
+    /// `smtp.allowed_from`: addresses and `@domain`s, lowercase.
+    allowed_from: Vec<String>,
     /// `smtp://host:port`, the circuit breaker's and the per-endpoint limit's key.
     endpoint: String,
 }
@@ -48,6 +51,7 @@ impl Mailer {
             return Ok(Mailer {
                 transport: None,
                 from: config.from.clone(),
+                allowed_from: lowercase(&config.allowed_from),
                 endpoint: "smtp://unconfigured".to_string(),
             });
         }
@@ -77,8 +81,40 @@ impl Mailer {
         Ok(Mailer {
             transport: Some(transport),
             from: config.from.clone(),
+            allowed_from: lowercase(&config.allowed_from),
             endpoint,
         })
+    }
+
+    /// Ok when this worker may send as `from` (an action's sender): `smtp.from` itself, an
+    /// address of `smtp.allowed_from`, or one in a domain listed there as `@domain`. Whoever
+    /// defines observers chooses `from`; without this check they could send as anyone through
+    /// the company's SMTP server.
+    pub fn check_sender(&self, from: &str) -> Result<(), String> {
+        let address = |text: &str| {
+            text.parse::<Mailbox>()
+                .ok()
+                .map(|m| m.email.to_string().to_ascii_lowercase())
+        };
+        let Some(wanted) = address(from) else {
+            return Err(format!("sender {from:?} is not an address"));
+        };
+        let domain = wanted
+            .rsplit_once('@')
+            .map(|(_, d)| format!("@{d}"))
+            .unwrap_or_default();
+        let allowed = address(&self.from).as_deref() == Some(wanted.as_str())
+            || self
+                .allowed_from
+                .iter()
+                .any(|a| *a == wanted || *a == domain);
+        if allowed {
+            Ok(())
+        } else {
+            Err(format!(
+                "sender {wanted:?} is not allowed by this worker (smtp.from or smtp.allowed_from): the e-mail is not sent"
+            ))
+        }
     }
 
     /// The SMTP server as an endpoint key.
@@ -115,12 +151,12 @@ impl Mailer {
                 let status = e.status().as_ref().and_then(reply_code);
                 let outcome = if e.is_permanent() {
                     Outcome::Discard {
-                        error: format!("SMTP server refused the message for good: {e}"),
+                        error: printable(&format!("SMTP server refused the message for good: {e}")),
                         pause: false,
                     }
                 } else {
                     Outcome::Retry {
-                        error: format!("SMTP: {}", describe(&e)),
+                        error: printable(&format!("SMTP: {}", describe(&e))),
                         not_before: None,
                         endpoint_fault: true,
                     }
@@ -169,6 +205,10 @@ impl Mailer {
     }
 }
 
+fn lowercase(list: &[String]) -> Vec<String> {
+    list.iter().map(|a| a.trim().to_ascii_lowercase()).collect()
+}
+
 /// An SMTP reply code as a number (250, 550).
 fn reply_code(code: &lettre::transport::smtp::response::Code) -> Option<u16> {
     code.to_string().parse().ok()
@@ -194,6 +234,10 @@ mod tests {
         Mailer::new(&SmtpConfig {
             url: "smtp://127.0.0.1:2525".to_string(),
             from: "Observers <obs@example.com>".to_string(),
+            allowed_from: vec![
+                "shop@example.com".to_string(),
+                "@Mail.Example.org".to_string(),
+            ],
             timeout_ms: 1000,
         })
         .expect("mailer")
@@ -251,6 +295,23 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("Hello,\r\nline 2 INSERT"), "{text}");
+    }
+
+    /// Regression (review F08): an action's `from` was free, so whoever defined observers could
+    /// send as anyone through the SMTP server.
+    #[tokio::test]
+    async fn senders_are_bound_to_the_configuration() {
+        let m = mailer();
+        assert_eq!(m.check_sender("obs@example.com"), Ok(()));
+        assert_eq!(m.check_sender("Shop <Shop@Example.com>"), Ok(()));
+        assert_eq!(m.check_sender("news@mail.example.org"), Ok(()));
+        let e = m
+            .check_sender("CEO <ceo@example.com>")
+            .expect_err("not listed");
+        assert!(e.contains("\"ceo@example.com\" is not allowed"), "{e}");
+        assert!(m.check_sender("x@sub.mail.example.org").is_err());
+        assert!(m.check_sender("x@evil-mail.example.org").is_err());
+        assert!(m.check_sender("nobody").is_err());
     }
 
     #[tokio::test]

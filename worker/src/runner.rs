@@ -523,8 +523,43 @@ async fn perform(
         Action::Email(_) => ctx.mailer.endpoint().to_string(),
         other => webhook::endpoint(other.url().unwrap_or_default()),
     };
+    // A job that can never be sent as it is goes to the dead-letter queue before anything
+    // touches its endpoint: the job's fault never counts against the endpoint's breaker.
+    if let Err(error) = refuse_job(ctx, job, &action) {
+        let refused = Outcome::Discard {
+            error,
+            pause: false,
+        };
+        return (refused.into(), Some(endpoint));
+    }
     let attempted = perform_at(ctx, job, &action, &endpoint).await;
     (attempted, Some(endpoint))
+}
+
+/// Why this job must not be sent at all, or Ok: its idempotency key cannot be a header value
+/// (chosen by whoever enqueued it), its signing secret is not bound to its URL, or its e-mail
+/// sender is not one the worker's configuration allows. A secret that is not configured at all
+/// is left to [`perform_at`], which retries (the operator may be adding it).
+fn refuse_job(ctx: &Context, job: &ClaimedJob, action: &Action) -> Result<(), String> {
+    webhook::check_key(&job.idempotency_key)?;
+    match action {
+        Action::Webhook(w) => {
+            let Some(name) = &w.secret else { return Ok(()) };
+            match ctx.config.secret(name) {
+                Some(secret) if !secret.may_sign_for(&w.url) => Err(format!(
+                    "signing secret {name:?} is not bound to {}: its destinations (secrets.{}.destinations) do not cover this URL; the request is neither signed nor sent",
+                    webhook::endpoint(&w.url),
+                    name.to_ascii_lowercase()
+                )),
+                _ => Ok(()),
+            }
+        }
+        Action::Email(e) => match &e.from {
+            Some(from) => ctx.mailer.check_sender(from),
+            None => Ok(()),
+        },
+        Action::Slack(_) => Ok(()),
+    }
 }
 
 async fn perform_at(ctx: &Context, job: &ClaimedJob, action: &Action, endpoint: &str) -> Attempted {
@@ -680,6 +715,8 @@ async fn report(ctx: Arc<Context>, db: Arc<Db>, mut rx: mpsc::UnboundedReceiver<
                 Outcome::Retry {
                     error, not_before, ..
                 } => {
+                    // Errors can quote an endpoint's text: escaped before logs and last_error.
+                    let error = fraiseql_observers_core::text::printable(&error);
                     tracing::info!(job = job.job_id, observer = %job.observer, attempt = job.attempt, %error, "delivery failed");
                     failed.push(Failure {
                         job_id: job.job_id,
@@ -694,6 +731,7 @@ async fn report(ctx: Arc<Context>, db: Arc<Db>, mut rx: mpsc::UnboundedReceiver<
                     snoozed.push((job.job_id, job.token, until, reason));
                 }
                 Outcome::Discard { error, pause } => {
+                    let error = fraiseql_observers_core::text::printable(&error);
                     if pause {
                         tracing::warn!(job = job.job_id, observer = %job.observer, %error, "endpoint gone: job dead-lettered and the observer paused (observer_resume() to deliver again)");
                     } else {

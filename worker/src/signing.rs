@@ -2,6 +2,11 @@
 //! `webhook-signature: v1,<base64 HMAC-SHA256 of "{webhook-id}.{webhook-timestamp}.{body}">`, one
 //! signature per secret, separated by spaces, so that receivers keep verifying while a secret
 //! rotates (configure the new and the old one). Secrets are written `whsec_<base64 key>`.
+//!
+//! A signature covers the id, time and body, not the destination: whoever could send a signed
+//! request anywhere would obtain signatures that verify at the real receiver. So each secret is
+//! bound in the worker's configuration to the [`Destination`]s it may sign for, and a job whose
+//! URL is outside them is refused (never sent, never signed).
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -63,9 +68,106 @@ pub fn signature(keys: &[SigningKey], msg_id: &str, timestamp: u64, body: &[u8])
         .join(" ")
 }
 
+/// A URL prefix a secret may sign for: `scheme://host[:port][/path]`. A URL matches when its
+/// scheme, host and port (the scheme's default when not written) are the same and its path is
+/// the prefix's path or lies under it (`/hooks` matches `/hooks` and `/hooks/a`, not
+/// `/hooks-a`). Query strings of the URL are free.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    scheme: String,
+    host: String,
+    port: u16,
+    path: String,
+}
+
+/// Why a destination prefix was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DestinationError {
+    #[error("it is not a URL")]
+    Url,
+    #[error("it is not an http:// or https:// URL with a host")]
+    Scheme,
+    #[error("it carries a user, password, query or fragment")]
+    Extra,
+}
+
+impl Destination {
+    /// Parse `scheme://host[:port][/path]`.
+    pub fn parse(prefix: &str) -> Result<Self, DestinationError> {
+        let u = url::Url::parse(prefix.trim()).map_err(|_| DestinationError::Url)?;
+        let (Some(host), Some(port)) = (u.host_str(), u.port_or_known_default()) else {
+            return Err(DestinationError::Scheme);
+        };
+        if !matches!(u.scheme(), "http" | "https") {
+            return Err(DestinationError::Scheme);
+        }
+        if !u.username().is_empty()
+            || u.password().is_some()
+            || u.query().is_some()
+            || u.fragment().is_some()
+        {
+            return Err(DestinationError::Extra);
+        }
+        Ok(Destination {
+            scheme: u.scheme().to_string(),
+            host: host.to_string(),
+            port,
+            path: u.path().to_string(),
+        })
+    }
+
+    /// True when `url` lies under this prefix.
+    pub fn matches(&self, url: &str) -> bool {
+        let Ok(u) = url::Url::parse(url) else {
+            return false;
+        };
+        if u.scheme() != self.scheme
+            || u.host_str() != Some(self.host.as_str())
+            || u.port_or_known_default() != Some(self.port)
+        {
+            return false;
+        }
+        // url normalises both paths ("/a/../b" is "/b", percent-encoding is canonical).
+        let path = u.path();
+        if self.path == "/" || self.path.ends_with('/') {
+            return path.starts_with(&self.path);
+        }
+        path == self.path
+            || path
+                .strip_prefix(&self.path)
+                .is_some_and(|rest| rest.starts_with('/'))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (review F08): any configured secret signed for any URL an action named.
+    #[test]
+    fn destinations_match_scheme_host_port_and_path_prefix() {
+        let d = Destination::parse("https://Hooks.Example.com/orders").expect("prefix");
+        assert!(d.matches("https://hooks.example.com/orders"));
+        assert!(d.matches("https://hooks.example.com:443/orders/paid?x=1"));
+        assert!(!d.matches("https://hooks.example.com/orders-evil"));
+        assert!(!d.matches("https://hooks.example.com/other"));
+        assert!(!d.matches("https://hooks.example.com/orders/../admin"));
+        assert!(!d.matches("http://hooks.example.com/orders"));
+        assert!(!d.matches("https://hooks.example.com:8443/orders"));
+        assert!(!d.matches("https://hooks.example.com.evil.test/orders"));
+        assert!(!d.matches("https://evil.test/orders"));
+        assert!(!d.matches("not a url"));
+        let any_path = Destination::parse("http://127.0.0.1:8080").expect("prefix");
+        assert!(any_path.matches("http://127.0.0.1:8080/anything"));
+        assert!(!any_path.matches("http://127.0.0.1:8081/anything"));
+        let dir = Destination::parse("https://a.test/hooks/").expect("prefix");
+        assert!(dir.matches("https://a.test/hooks/x"));
+        assert!(!dir.matches("https://a.test/hooks"));
+        assert!(Destination::parse("ftp://a.test/").is_err());
+        assert!(Destination::parse("https://user:pw@a.test/").is_err());
+        assert!(Destination::parse("https://a.test/?q=1").is_err());
+        assert!(Destination::parse("a.test").is_err());
+    }
 
     /// The example of the Standard Webhooks specification (spec/standard-webhooks.md, and the
     /// test vectors of its reference libraries).

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use fraiseql_observers_core::net;
+use fraiseql_observers_core::text::printable;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use crate::db::ClaimedJob;
@@ -112,8 +113,13 @@ impl Resolve for GuardedResolver {
 }
 
 /// Build the HTTP client shared by all webhook deliveries.
+///
+/// It never uses a proxy from the environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`):
+/// through a proxy the resolver above would check only the proxy's address, and the proxy would
+/// reach the destination, internal or not, on our behalf.
 pub fn client(user_agent: &str, allow: Vec<net::Cidr>) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
+        .no_proxy()
         .user_agent(user_agent)
         .dns_resolver(Arc::new(GuardedResolver {
             allow: Arc::new(allow),
@@ -122,6 +128,28 @@ pub fn client(user_agent: &str, allow: Vec<net::Cidr>) -> Result<reqwest::Client
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(60))
         .build()
+}
+
+/// Why a job's idempotency key cannot be its `webhook-id` header (or its e-mail's Message-ID),
+/// or Ok. Keys of enqueued jobs are chosen by the `app` role: such a key is the job's fault, never
+/// the endpoint's, so it is checked before any request is built.
+pub fn check_key(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("the job's idempotency key (webhook-id) is empty".to_string());
+    }
+    // Stricter than HTTP (which allows a tab and C1 bytes): no control character at all.
+    if HeaderValue::from_str(key).is_ok() && !key.chars().any(char::is_control) {
+        return Ok(());
+    }
+    let (at, c) = key
+        .chars()
+        .enumerate()
+        .find(|(_, c)| c.is_control())
+        .unwrap_or((0, '?'));
+    Err(format!(
+        "the job's idempotency key (webhook-id) cannot be a header value: it holds the control character {} at position {at}; enqueue it again with a key of visible characters",
+        c.escape_default()
+    ))
 }
 
 /// The refusal of a URL written with a literal address the network policy forbids (such an
@@ -255,11 +283,9 @@ async fn read_capped(mut response: reqwest::Response, cap: usize) -> String {
             _ => break,
         }
     }
-    // Postgres text cannot hold NUL: one such byte would fail the whole batch of failure reports.
-    String::from_utf8_lossy(&buf)
-        .replace('\0', "")
-        .trim()
-        .to_string()
+    // Control characters are escaped (the text reaches logs, last_error and terminals), NUL
+    // included: Postgres text cannot hold it, and one would fail the whole batch of reports.
+    printable(String::from_utf8_lossy(&buf).trim())
 }
 
 fn describe_send_error(e: reqwest::Error) -> String {
@@ -298,7 +324,37 @@ mod tests {
                 .body("bad\0body")
                 .expect("response"),
         );
-        assert_eq!(read_capped(response, 100).await, "badbody");
+        assert_eq!(read_capped(response, 100).await, "bad\\u{0}body");
+    }
+
+    /// Regression (review F18): newlines and escape sequences of an endpoint's error body
+    /// reached the logs, last_error and the CLI as they were.
+    #[tokio::test]
+    async fn error_excerpts_carry_no_control_characters() {
+        let response = reqwest::Response::from(
+            http::Response::builder()
+                .status(500)
+                .body("oops\r\n2026-01-01 INFO forged\u{1b}[31m")
+                .expect("response"),
+        );
+        let excerpt = read_capped(response, 100).await;
+        assert_eq!(excerpt, "oops\\r\\n2026-01-01 INFO forged\\u{1b}[31m");
+        assert!(!excerpt.chars().any(char::is_control), "{excerpt:?}");
+    }
+
+    /// Regression (review F11): a key with a control character failed at send() and counted as
+    /// an endpoint fault; it is now refused before any request exists.
+    #[test]
+    fn keys_that_cannot_be_header_values_are_refused() {
+        assert_eq!(check_key("evt_12_3"), Ok(()));
+        assert_eq!(check_key("order 5 / é"), Ok(()));
+        let e = check_key("bad\nkey").expect_err("newline");
+        assert!(e.contains("\\n at position 3"), "{e}");
+        assert!(check_key("a\rb").is_err());
+        assert!(check_key("a\u{7f}").is_err());
+        assert!(check_key("a\tb").is_err());
+        assert!(check_key("a\u{85}b").is_err());
+        assert!(check_key("").is_err());
     }
 
     #[test]
