@@ -8,9 +8,15 @@
 CREATE FUNCTION observer.audit_document(job_id bigint) RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN j.event_id IS NULL THEN jsonb_build_object('observer', o.name, 'data', j.payload)
+                -- The rows as the observer delivers them (its `columns` option applies here too),
+                -- or why the event could not be read.
                 ELSE (SELECT jsonb_build_object('observer', o.name, 'event_id', e.id, 'table', e.table_name,
-                                                'op', e.op, 'old', e.old, 'new', e.new)
-                      FROM observer.event(j.event_id) e) END
+                                                'op', e.op,
+                                                'old', observer.project(e.old, o.columns, o.key_columns),
+                                                'new', observer.project(e.new, o.columns, o.key_columns))
+                             || CASE WHEN e.error IS NULL THEN '{}'::jsonb
+                                     ELSE jsonb_build_object('error', e.error) END
+                      FROM observer.events_safe(ARRAY[j.event_id]) e) END
     FROM observer.jobs j JOIN observer.observers o ON o.id = j.observer_id
     WHERE j.id = audit_document.job_id
 $$;
@@ -77,6 +83,32 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       AND ($5 IS NULL OR a.finished_at < $5)
     ORDER BY a.finished_at DESC, a.job_id DESC, a.attempt DESC
     LIMIT $6
+$$;
+
+-- observer_audit_lock(): make this session the only audit exporter, if no other live session is
+-- one; true when this session is (now or already). The exporter is recorded in
+-- observer.audit_exporter by process id and start time, and a session that has ended gives way
+-- at once. Only the worker and admin roles can take part: an advisory lock could be taken by any
+-- login role and stop the export (and, with audit_export on, the pruning that waits for it).
+CREATE FUNCTION observer_audit_lock() RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    me_start timestamptz := (SELECT a.backend_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid());
+    holder   observer.audit_exporter;
+BEGIN
+    SELECT * INTO holder FROM observer.audit_exporter FOR UPDATE;
+    IF FOUND AND holder.pid = pg_backend_pid() AND holder.backend_start = me_start THEN
+        RETURN true;
+    END IF;
+    IF FOUND AND EXISTS (SELECT 1 FROM pg_stat_activity a
+                         WHERE a.pid = holder.pid AND a.backend_start = holder.backend_start) THEN
+        RETURN false;
+    END IF;
+    INSERT INTO observer.audit_exporter (pid, backend_start) VALUES (pg_backend_pid(), me_start)
+    ON CONFLICT (singleton) DO UPDATE SET pid = excluded.pid, backend_start = excluded.backend_start,
+                                          since = now();
+    RETURN true;
+END
 $$;
 
 -- observer_audit_batch(max_docs): the oldest attempts waiting for Elasticsearch, as documents

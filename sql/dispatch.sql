@@ -11,12 +11,6 @@
 -- Jobs and the checkpoint are written in the same transaction, so a crash at any point either
 -- keeps both or neither; UNIQUE (event_id, observer_id) makes a repeated round harmless anyway.
 
--- Advisory lock key (the first 8 bytes of md5('fraiseql_observers.dispatch')): one dispatcher at a
--- time per database, whether the background worker or an external worker runs the round.
-CREATE FUNCTION observer.dispatch_lock_key() RETURNS bigint
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
-RETURN 7460944093541646447;
-
 -- observer.changed(old, new): names of the columns an UPDATE changed (NULL for other operations).
 CREATE FUNCTION observer.changed(old jsonb, new jsonb) RETURNS text[]
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
@@ -139,10 +133,104 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     WHERE d.k < coalesce(l.nrows, 1)
 $$;
 
+-- observer.decoded_event: an event, or why it could not be read (`error`; old and new NULL).
+CREATE TYPE observer.decoded_event AS (
+    id          bigint,
+    tx          xid8,
+    table_oid   oid,
+    table_name  text,
+    op          text,
+    old         jsonb,
+    new         jsonb,
+    oversize    integer,
+    created_at  timestamptz,
+    error       text
+);
+
+-- observer.decode_log(log_id, nrows): the events of one event_log row, each read on its own when
+-- the row as a whole cannot be (one subtransaction for the row, then one per event), so that an
+-- event that cannot be read (a value its type cannot turn into JSON, a type dropped since capture)
+-- comes back with its error instead of failing the caller. The slow path of dispatch and replay.
+-- SECURITY DEFINER: it reads the event log by id, and is how admins (who may not call the row
+-- decoders, which are granted to nobody) see events (observer.events, observer_replay).
+CREATE FUNCTION observer.decode_log(log_id bigint, nrows integer) RETURNS SETOF observer.decoded_event
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    evs observer.event[];
+    e   observer.event;
+    msg text;
+BEGIN
+    BEGIN
+        evs := ARRAY(SELECT x FROM observer.event_log l, LATERAL observer.event_rows(l) x
+                     WHERE l.id = log_id ORDER BY x.id);
+        RETURN QUERY SELECT x.*, NULL::text FROM unnest(evs) x;
+        RETURN;
+    EXCEPTION WHEN OTHERS THEN
+        NULL;  -- read event by event below
+    END;
+    FOR k IN 0 .. nrows - 1 LOOP
+        BEGIN
+            SELECT * INTO e FROM observer.event(log_id + k);
+            IF FOUND THEN
+                RETURN NEXT ROW(e.id, e.tx, e.table_oid, e.table_name, e.op, e.old, e.new, e.oversize,
+                                e.created_at, NULL::text)::observer.decoded_event;
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+            RETURN NEXT (SELECT ROW(log_id + k, l.tx, l.table_oid, l.table_name, l.op, NULL::jsonb, NULL::jsonb,
+                                    l.oversize, l.created_at, left(msg, 1000))::observer.decoded_event
+                         FROM observer.event_log l WHERE l.id = log_id);
+        END;
+    END LOOP;
+END
+$$;
+
+-- observer.events_safe(event_ids): observer.events_of for the queue, which must never fail for
+-- one event that cannot be read (every claim would fail on it): the events in one subtransaction,
+-- and when that fails, each on its own, an unreadable one with its error. Not inlinable (plpgsql);
+-- the one subtransaction costs a few microseconds per call, not per event.
+-- SECURITY DEFINER for the same reason as decode_log (observer_debug_event, observer_dlq_list,
+-- observer_search run as their admin caller).
+CREATE FUNCTION observer.events_safe(event_ids bigint[]) RETURNS SETOF observer.decoded_event
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    evs observer.event[];
+    e   observer.event;
+    i   bigint;
+    msg text;
+BEGIN
+    IF coalesce(cardinality(event_ids), 0) = 0 THEN
+        RETURN;
+    END IF;
+    BEGIN
+        evs := ARRAY(SELECT x FROM observer.events_of(event_ids) x);
+        RETURN QUERY SELECT x.*, NULL::text FROM unnest(evs) x;
+        RETURN;
+    EXCEPTION WHEN OTHERS THEN
+        NULL;  -- read event by event below
+    END;
+    FOR i IN SELECT DISTINCT u FROM unnest(event_ids) u LOOP
+        BEGIN
+            SELECT * INTO e FROM observer.event(i);
+            IF FOUND THEN
+                RETURN NEXT ROW(e.id, e.tx, e.table_oid, e.table_name, e.op, e.old, e.new, e.oversize,
+                                e.created_at, NULL::text)::observer.decoded_event;
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+            RETURN NEXT (SELECT ROW(i, l.tx, l.table_oid, l.table_name, l.op, NULL::jsonb, NULL::jsonb,
+                                    l.oversize, l.created_at, left(msg, 1000))::observer.decoded_event
+                         FROM observer.event_log l WHERE l.id = observer.event_log_id(i));
+        END;
+    END LOOP;
+END
+$$;
+
 -- observer.events: every event kept, one row per row change (for operators and tests; code that
--- knows an id uses observer.event(id), which does not convert a whole batch).
+-- knows an id uses observer.events_safe(ARRAY[id]), which does not convert a whole batch). An
+-- event that cannot be read has `error` set (and old, new NULL).
 CREATE VIEW observer.events AS
-    SELECT e.* FROM observer.event_log l, LATERAL observer.event_rows(l) e;
+    SELECT e.* FROM observer.event_log l, LATERAL observer.decode_log(l.id, coalesce(l.nrows, 1)) e;
 REVOKE ALL ON observer.events FROM PUBLIC;
 
 -- observer.batch_logs: the event_log rows of the batch between `done` and `target` after the
@@ -278,7 +366,9 @@ DECLARE
     last_id     bigint;
     done        boolean;
     msg         text;
-    d           record;
+    lg          record;
+    ev          observer.decoded_event;
+    obs         observer.observers;
     verdict     boolean;
     dedup_ev    bigint[];
     dedup_obs   bigint[];
@@ -299,13 +389,15 @@ BEGIN
     THEN
         RETURN NULL;
     END IF;
-    -- Another dispatcher holds the round: not an error, there is simply nothing for us to do
-    -- (a standby is told so: it is standing by).
-    IF NOT pg_try_advisory_xact_lock(observer.dispatch_lock_key()) THEN
+    -- One round at a time: the round holds the checkpoint row. Only the extension's owner and
+    -- admins can lock it (an advisory lock could be taken by any login role, and stop dispatch
+    -- for everyone). Another dispatcher holds the round: not an error, there is simply nothing
+    -- for us to do (a standby is told so: it is standing by). observer_status() names a session
+    -- that holds the row for long (dispatch.blocked_by).
+    SELECT * INTO st FROM observer.dispatch_state FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
         RETURN CASE WHEN unless_active_within IS NULL THEN 0 END;
     END IF;
-
-    SELECT * INTO STRICT st FROM observer.dispatch_state FOR UPDATE;
     target := coalesce(st.batch_snapshot, observer.snapshot_excluding_self());
 
     BEGIN
@@ -346,48 +438,67 @@ BEGIN
                 (SELECT o FROM observer.observers o WHERE o.id = dedup_obs[i]));
         END LOOP;
     EXCEPTION WHEN OTHERS THEN
-        -- A condition raised despite silent mode, or a row broke the set-based path: decide
-        -- event by event so that one bad event is recorded and every other one still goes on.
+        -- A condition raised despite silent mode, or a row broke the set-based path (it could not
+        -- be read: observer.decode_log): decide event by event so that one bad event is recorded
+        -- and every other one still goes on. Each event_log row of the page is read on its own,
+        -- and an event that cannot be read is quarantined ('undecodable', with the reason) for
+        -- every observer that would have seen it.
         GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
         RAISE WARNING 'fraiseql_observers: dispatch batch failed (%), deciding event by event', msg;
         fallback := true;
         n_events := 0;
         n_jobs := 0;
         last_id := NULL;
-        FOR d IN
-            SELECT b AS ev, o AS obs, b.id AS event_id, o.id AS observer_id
-            FROM observer.dispatch_batch(st.done_snapshot, target, st.batch_cursor, max_events) b
-            LEFT JOIN observer.observers o
-              ON o.table_oid = b.table_oid AND o.enabled AND b.op = ANY (o.events)
-            ORDER BY b.id, o.id
+        FOR lg IN
+            SELECT p.id, p.table_oid, p.op, p.nrows
+            FROM (SELECT l.id, l.table_oid, l.op, coalesce(l.nrows, 1) AS nrows,
+                         sum(coalesce(l.nrows, 1)) OVER (ORDER BY l.id) - coalesce(l.nrows, 1) AS before
+                  FROM observer.batch_logs(st.done_snapshot, target, st.batch_cursor, max_events) l) p
+            WHERE p.before < max_events
+            ORDER BY p.id
         LOOP
-            IF last_id IS DISTINCT FROM d.event_id THEN
-                n_events := n_events + 1;
-                last_id := d.event_id;
-            END IF;
-            CONTINUE WHEN d.observer_id IS NULL;
-            BEGIN
-                verdict := observer.decide((d.ev).op, (d.ev).table_name, (d.ev).old, (d.ev).new,
-                                           CASE WHEN (d.ev).op = 'UPDATE' THEN observer.changed((d.ev).old, (d.ev).new) END,
-                                           (d.obs).condition, (d.obs).changed_columns, (d.ev).oversize);
-                IF verdict AND (d.obs).dedup_window IS NOT NULL THEN
-                    n_jobs := n_jobs + observer.dedup_one(d.ev, d.obs);
-                ELSIF verdict THEN
-                    INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, priority, run_at)
-                    VALUES (d.observer_id, d.event_id, 'evt_' || d.event_id || '_' || d.observer_id,
-                            CASE WHEN (d.obs).fifo IS NOT NULL
-                                 THEN observer.ordering_key((d.ev).table_name, (d.obs).key_columns, (d.ev).old, (d.ev).new) END,
-                            (d.obs).priority, observer.due_at((d.obs).paused_at))
-                    ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING;
-                    n_jobs := n_jobs + 1;
+            n_events := n_events + lg.nrows;
+            last_id := lg.id + lg.nrows - 1;
+            FOR ev IN SELECT * FROM observer.decode_log(lg.id, lg.nrows) LOOP
+                IF ev.error IS NOT NULL THEN
+                    INSERT INTO observer.skipped (event_id, observer_id, reason, detail)
+                    SELECT ev.id, o.id, 'undecodable', ev.error
+                    FROM observer.observers o
+                    WHERE o.table_oid = lg.table_oid AND o.enabled AND lg.op = ANY (o.events)
+                    ON CONFLICT DO NOTHING;
+                    CONTINUE;
                 END IF;
-            EXCEPTION WHEN OTHERS THEN
-                verdict := NULL;
-            END;
-            IF verdict IS NULL THEN
-                INSERT INTO observer.skipped (event_id, observer_id, reason)
-                VALUES (d.event_id, d.observer_id, 'condition_unknown') ON CONFLICT DO NOTHING;
-            END IF;
+                FOR obs IN
+                    SELECT o.* FROM observer.observers o
+                    WHERE o.table_oid = lg.table_oid AND o.enabled AND lg.op = ANY (o.events)
+                    ORDER BY o.id
+                LOOP
+                    BEGIN
+                        verdict := observer.decide(ev.op, ev.table_name, ev.old, ev.new,
+                                                   CASE WHEN ev.op = 'UPDATE' THEN observer.changed(ev.old, ev.new) END,
+                                                   obs.condition, obs.changed_columns, ev.oversize);
+                        IF verdict AND obs.dedup_window IS NOT NULL THEN
+                            n_jobs := n_jobs + observer.dedup_one(
+                                ROW(ev.id, ev.tx, ev.table_oid, ev.table_name, ev.op, ev.old, ev.new,
+                                    ev.oversize, ev.created_at)::observer.event, obs);
+                        ELSIF verdict THEN
+                            INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, priority, run_at)
+                            VALUES (obs.id, ev.id, 'evt_' || ev.id || '_' || obs.id,
+                                    CASE WHEN obs.fifo IS NOT NULL
+                                         THEN observer.ordering_key(ev.table_name, obs.key_columns, ev.old, ev.new) END,
+                                    obs.priority, observer.due_at(obs.paused_at))
+                            ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING;
+                            n_jobs := n_jobs + 1;
+                        END IF;
+                    EXCEPTION WHEN OTHERS THEN
+                        verdict := NULL;
+                    END;
+                    IF verdict IS NULL THEN
+                        INSERT INTO observer.skipped (event_id, observer_id, reason)
+                        VALUES (ev.id, obs.id, 'condition_unknown') ON CONFLICT DO NOTHING;
+                    END IF;
+                END LOOP;
+            END LOOP;
         END LOOP;
     END;
 

@@ -64,15 +64,25 @@ CREATE FUNCTION observer_dlq_list(observer text DEFAULT NULL, since timestamptz 
 RETURNS TABLE (job_id bigint, observer text, event_id bigint, attempts integer, last_error text,
                failed_at timestamptz, idempotency_key text, payload jsonb)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT j.id, o.name, j.event_id, j.attempt, j.last_error, j.finished_at, j.idempotency_key,
-           observer.job_payload(o.name, o.columns, o.key_columns, j.event_id, j.payload, j.created_at,
+    -- The page first, then its events, read together and never failing on one that cannot be
+    -- read (observer.events_safe: its job is listed with its payload's rows empty).
+    WITH page AS MATERIALIZED (
+        SELECT j.id, o.name, j.event_id, j.attempt, j.last_error, j.finished_at, j.idempotency_key,
+               o.columns, o.key_columns, j.payload, j.created_at
+        FROM observer.dlq_match(NULL, observer, since, until, error_like, true) m
+        JOIN observer.jobs j ON j.id = m
+        JOIN observer.observers o ON o.id = j.observer_id
+        ORDER BY j.finished_at DESC, j.id DESC
+        LIMIT max_rows
+    ), evs AS MATERIALIZED (
+        SELECT * FROM observer.events_safe(ARRAY(SELECT event_id FROM page WHERE event_id IS NOT NULL))
+    )
+    SELECT p.id, p.name, p.event_id, p.attempt, p.last_error, p.finished_at, p.idempotency_key,
+           observer.job_payload(p.name, p.columns, p.key_columns, p.event_id, p.payload, p.created_at,
                                 e.id, e.created_at, e.table_name, e.op, e.old, e.new, e.oversize)
-    FROM observer.dlq_match(NULL, observer, since, until, error_like, true) m
-    JOIN observer.jobs j ON j.id = m
-    JOIN observer.observers o ON o.id = j.observer_id
-    LEFT JOIN LATERAL observer.event(j.event_id) e ON true
-    ORDER BY j.finished_at DESC, j.id DESC
-    LIMIT max_rows
+    FROM page p
+    LEFT JOIN evs e ON e.id = p.event_id
+    ORDER BY p.finished_at DESC, p.id DESC
 $$;
 
 -- observer_dlq_retry(...): dead jobs back to the queue, due now (held if their observer is
@@ -151,13 +161,19 @@ BEGIN
     INSERT INTO fraiseql_replay
     SELECT e.id, CASE WHEN o.fifo IS NOT NULL THEN observer.ordering_key(e.table_name, o.key_columns, e.old, e.new) END
     FROM observer.event_log l
-    CROSS JOIN LATERAL observer.event_rows(l) e
+    -- Each event_log row read on its own (observer.decode_log): an event that still cannot be
+    -- read stays quarantined and the others are replayed.
+    CROSS JOIN LATERAL observer.decode_log(l.id, coalesce(l.nrows, 1)) e
     WHERE l.table_oid = o.table_oid AND l.created_at >= since AND l.created_at < coalesce(until, 'infinity')
       AND pg_visible_in_snapshot(l.tx, done)          -- dispatched: never race the dispatcher
+      AND e.error IS NULL
       AND e.op = ANY (o.events)
       AND observer.decide(e.op, e.table_name, e.old, e.new,
                           CASE WHEN e.op = 'UPDATE' THEN observer.changed(e.old, e.new) END,
                           o.condition, o.changed_columns, e.oversize) IS TRUE;
+    -- A quarantined event that can be read now is no longer set aside.
+    DELETE FROM observer.skipped s USING fraiseql_replay r
+    WHERE s.event_id = r.event_id AND s.observer_id = o.id AND s.reason = 'undecodable';
     UPDATE observer.jobs j
     SET state = 'pending', run_at = observer.due_at(o.paused_at), finished_at = NULL, lease_until = NULL,
         attempts_allowed = j.attempt + o.max_attempts

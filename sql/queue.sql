@@ -51,12 +51,21 @@ RETURN COALESCE(NULLIF(pg_catalog.current_setting(name, true), '')::boolean, fal
 -- the job row they already hold: a trigger looking the job up again cost three times as much.
 -- observer.words(error, doc): the words of an error and a document. Inlined (no SET clause, no
 -- subquery).
+-- Bounded, so that they can never fail an outcome report: a tsvector holds at most 1 MiB, and
+-- about 840 kB of distinct words exceed it ("string is too long for tsvector"). The error's
+-- first 4,000 characters count; a document of up to 100,000 bytes (as stored; compressed
+-- payloads of distinct words shrink by half at most) gives its strings and numbers, a bigger one
+-- the words of its first 100,000 characters of JSON text (keys included). Both stay well under
+-- the limit: at worst one distinct word per two characters of up to 4 bytes, each costing its
+-- bytes plus 8 in the tsvector.
 CREATE FUNCTION observer.words(error text, doc jsonb) RETURNS tsvector
 LANGUAGE sql STABLE
 RETURN CASE WHEN observer.setting_on('fraiseql_observers.audit_search', true) THEN
-    pg_catalog.setweight(pg_catalog.to_tsvector('simple', COALESCE(error, '')), 'A')
+    pg_catalog.setweight(pg_catalog.to_tsvector('simple', pg_catalog.left(COALESCE(error, ''), 4000)), 'A')
     OPERATOR(pg_catalog.||)
-    pg_catalog.setweight(pg_catalog.jsonb_to_tsvector('simple', COALESCE(doc, '{}'), '["string", "numeric"]'), 'B')
+    pg_catalog.setweight(CASE WHEN pg_catalog.pg_column_size(doc) OPERATOR(pg_catalog.<=) 100000 OR doc IS NULL
+                              THEN pg_catalog.jsonb_to_tsvector('simple', COALESCE(doc, '{}'), '["string", "numeric"]')
+                              ELSE pg_catalog.to_tsvector('simple', pg_catalog.left(doc::text, 100000)) END, 'B')
 END;
 
 -- observer.event_doc(table, op, old, new): the document of an event whose words are searched.
@@ -67,25 +76,14 @@ RETURN pg_catalog.jsonb_build_object('table', table_name, 'op', op, 'old', old, 
 -- observer.attempt_docs(event_ids): the documents of a batch of jobs' events, each event_log row
 -- decoded once (observer.events_of); no rows at all when audit_search is off. The outcome calls
 -- join their jobs to it (an enqueued job's document is its payload).
+-- An event that cannot be read (observer.events_safe) gives its table, op and error.
 CREATE FUNCTION observer.attempt_docs(event_ids bigint[]) RETURNS TABLE (event_id bigint, doc jsonb)
 LANGUAGE sql STABLE AS $$
-    SELECT e.id, observer.event_doc(e.table_name, e.op, e.old, e.new)
-    FROM observer.events_of(event_ids) e
+    SELECT e.id, CASE WHEN e.error IS NULL THEN observer.event_doc(e.table_name, e.op, e.old, e.new)
+                      ELSE pg_catalog.jsonb_build_object('table', e.table_name, 'op', e.op, 'error', e.error) END
+    FROM observer.events_safe(event_ids) e
     WHERE observer.setting_on('fraiseql_observers.audit_search', true)
 $$;
-
--- observer.attempt_words(error, event id, payload): the words of one job's attempt (the rare
--- paths: expired leases).
-CREATE FUNCTION observer.attempt_doc(job_event_id bigint, job_payload jsonb) RETURNS jsonb
-LANGUAGE sql STABLE
-RETURN CASE WHEN job_event_id IS NULL THEN job_payload
-            ELSE (SELECT observer.event_doc(e.table_name, e.op, e.old, e.new)
-                  FROM observer.event(job_event_id) e) END;
-
--- (observer.words is inlined: the document is read only when audit_search is on.)
-CREATE FUNCTION observer.attempt_words(error text, job_event_id bigint, job_payload jsonb) RETURNS tsvector
-LANGUAGE sql STABLE
-RETURN observer.words(error, observer.attempt_doc(job_event_id, job_payload));
 
 -- observer.is_running(state): `state = 'running'`, opaque to the planner on purpose. Outcome calls
 -- find their jobs by id; written plainly, the planner could prove the partial index jobs_leased
@@ -154,11 +152,10 @@ BEGIN
         FROM observer.observers o
         WHERE o.id = j.observer_id AND j.state = 'running' AND j.lease_until < claim_clock
           AND j.attempt >= coalesce(j.attempts_allowed, o.max_attempts)
-        RETURNING j.id, j.attempt, j.worker, j.event_id, j.payload
+        RETURNING j.id, j.attempt, j.worker
     )
     INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error, search)
-    SELECT id, attempt, dead.worker, 'expired', 'lease expired',
-           observer.attempt_words('lease expired', dead.event_id, dead.payload) FROM dead
+    SELECT id, attempt, dead.worker, 'expired', 'lease expired', observer.words('lease expired', NULL) FROM dead
     ON CONFLICT DO NOTHING;
 
     -- An expired lease of a paused observer's job: held with the observer's other jobs, not
@@ -169,18 +166,17 @@ BEGIN
         FROM observer.observers o
         WHERE o.id = j.observer_id AND j.state = 'running' AND j.lease_until < claim_clock
           AND o.paused_at IS NOT NULL
-        RETURNING j.id, j.attempt, j.worker, j.event_id, j.payload
+        RETURNING j.id, j.attempt, j.worker
     )
     INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error, search)
-    SELECT id, attempt, held.worker, 'expired', 'lease expired',
-           observer.attempt_words('lease expired', held.event_id, held.payload) FROM held
+    SELECT id, attempt, held.worker, 'expired', 'lease expired', observer.words('lease expired', NULL) FROM held
     ON CONFLICT DO NOTHING;
 
     RETURN QUERY
     WITH expired AS (
         -- Never past the attempt budget: a lease that ran out between the statement above and
         -- this one is ended by the next claim instead.
-        SELECT j.id FROM observer.jobs j JOIN observer.observers o ON o.id = j.observer_id
+        SELECT j.id, j.event_id FROM observer.jobs j JOIN observer.observers o ON o.id = j.observer_id
         WHERE j.state = 'running' AND j.lease_until < claim_clock
           AND j.attempt < coalesce(j.attempts_allowed, o.max_attempts) AND o.paused_at IS NULL
         ORDER BY j.lease_until
@@ -195,7 +191,7 @@ BEGIN
         -- stay in jobs_ready order and stop at max_jobs whatever the statistics say (joined,
         -- with statistics taken while the queue was empty, the planner sorted every pending job
         -- on each claim).
-        SELECT j.id FROM observer.jobs j
+        SELECT j.id, j.event_id FROM observer.jobs j
         WHERE j.state = 'pending' AND j.run_at <= claim_clock
           AND (j.ordering_key IS NULL OR NOT EXISTS (
                 SELECT 1 FROM observer.jobs p JOIN observer.observers o ON o.id = p.observer_id
@@ -205,25 +201,40 @@ BEGIN
         LIMIT max_jobs
         FOR UPDATE OF j SKIP LOCKED
     ), picked AS (
-        SELECT id FROM (SELECT id FROM expired UNION ALL SELECT id FROM ready) p LIMIT max_jobs
+        SELECT id, event_id FROM (SELECT id, event_id FROM expired UNION ALL SELECT id, event_id FROM ready) p
+        LIMIT max_jobs
+    ), evs AS MATERIALIZED (
+        -- The picked jobs' events, each event_log row decoded once (not once per job). An event
+        -- that cannot be read (observer.events_safe) is never handed out: its job goes to the
+        -- dead-letter queue with the reason, and every other job of the claim goes on.
+        SELECT * FROM observer.events_safe(ARRAY(SELECT event_id FROM picked WHERE event_id IS NOT NULL))
+    ), verdicts AS (
+        SELECT p.id, e.error FROM picked p LEFT JOIN evs e ON e.id = p.event_id AND e.error IS NOT NULL
     ), expired_attempts AS (
         -- The attempt whose lease ran out is recorded before the job is handed to someone else.
         INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error, search)
-        SELECT j.id, j.attempt, j.worker, 'expired', 'lease expired',
-               observer.attempt_words('lease expired', j.event_id, j.payload)
+        SELECT j.id, j.attempt, j.worker, 'expired', 'lease expired', observer.words('lease expired', NULL)
         FROM observer.jobs j WHERE j.id IN (SELECT id FROM expired) AND j.id IN (SELECT id FROM picked)
         ON CONFLICT DO NOTHING
     ), claimed AS (
         UPDATE observer.jobs j
-        SET state = 'running',
+        SET state = CASE WHEN v.error IS NULL THEN 'running' ELSE 'dead' END,
             attempt = j.attempt + 1,
             -- One token per claim call: tokens only have to grow with each claim of a job.
             lease_token = (SELECT nextval('observer.lease_token_seq')),
-            lease_until = clock_timestamp() + lease,
+            lease_until = CASE WHEN v.error IS NULL THEN clock_timestamp() + lease END,
+            finished_at = CASE WHEN v.error IS NULL THEN j.finished_at ELSE clock_timestamp() END,
+            last_error = CASE WHEN v.error IS NULL THEN j.last_error
+                              ELSE 'event could not be read: ' || v.error END,
             worker = observer_claim.worker
-        FROM picked
-        WHERE j.id = picked.id
-        RETURNING j.*
+        FROM verdicts v
+        WHERE j.id = v.id
+        RETURNING j.*, v.error AS unreadable
+    ), unreadable_attempts AS (
+        INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error, search)
+        SELECT c.id, c.attempt, c.worker, 'dead', c.last_error, observer.words(c.last_error, NULL)
+        FROM claimed c WHERE c.unreadable IS NOT NULL
+        ON CONFLICT DO NOTHING
     )
     SELECT c.id, c.lease_token, c.attempt, c.lease_until, o.name, o.action, c.idempotency_key,
            observer.job_payload(o.name, o.columns, o.key_columns, c.event_id, c.payload, c.created_at,
@@ -233,9 +244,8 @@ BEGIN
            coalesce(e.created_at, c.created_at)
     FROM claimed c
     JOIN observer.observers o ON o.id = c.observer_id
-    -- The claimed jobs' events, each event_log row decoded once (not once per job).
-    LEFT JOIN observer.events_of(ARRAY(SELECT event_id FROM claimed WHERE event_id IS NOT NULL)) e
-           ON e.id = c.event_id
+    LEFT JOIN evs e ON e.id = c.event_id
+    WHERE c.unreadable IS NULL
     ORDER BY c.id;
 END
 $$;
@@ -483,11 +493,57 @@ BEGIN
 END
 $$;
 
+-- observer.check_enqueue: what a caller of observer_enqueue_many may enqueue.
+--   - the queue: a role granted app access for some queues only (observer_grant(role, 'app',
+--     queues => ...)) enqueues into those only. The check is on the session's login role
+--     (session_user: inside a SECURITY DEFINER function the caller's role is not visible), and a
+--     superuser session may enqueue anywhere;
+--   - payloads: each at most the queue's max_payload_bytes (as jsonb);
+--   - idempotency keys: 1 to 200 printable ASCII characters, not starting or ending with a space
+--     (a key is sent as the webhook-id header: anything else could not be sent);
+--   - ordering keys: at most 1,000 characters.
+CREATE FUNCTION observer.check_enqueue(q observer.observers, payloads jsonb[], idempotency_keys text[],
+                                       ordering_keys text[])
+RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    bad text;
+    big integer;
+BEGIN
+    IF NOT coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user), false)
+       AND EXISTS (SELECT 1 FROM observer.enqueuers g WHERE pg_has_role(session_user, g.role_name, 'MEMBER'))
+       AND NOT EXISTS (SELECT 1 FROM observer.enqueuers g
+                       WHERE g.queue_id = q.id AND pg_has_role(session_user, g.role_name, 'MEMBER')) THEN
+        RAISE EXCEPTION 'role "%" may not enqueue into job queue "%"', session_user, q.name
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'An administrator grants it with observer_grant(role, ''app'', queues => ARRAY[...]).';
+    END IF;
+    SELECT max(pg_column_size(p)) INTO big FROM unnest(payloads) p;
+    IF big > q.max_payload_bytes THEN
+        RAISE EXCEPTION 'a payload of % bytes is over job queue "%"''s max_payload_bytes (%)', big, q.name, q.max_payload_bytes
+            USING ERRCODE = 'program_limit_exceeded',
+                  HINT = 'Send a reference to the data instead, or raise the queue''s max_payload_bytes with observer_alter().';
+    END IF;
+    SELECT k INTO bad FROM unnest(idempotency_keys) k
+    WHERE k IS NOT NULL AND k <> '' AND k !~ '^[!-~]([ -~]{0,198}[!-~])?$' LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'idempotency key % cannot be a webhook-id', left(quote_literal(bad), 80)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use 1 to 200 printable ASCII characters (no control characters, no leading or trailing space).';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(ordering_keys) k WHERE length(k) > 1000) THEN
+        RAISE EXCEPTION 'ordering keys must be at most 1000 characters' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
 -- observer_enqueue_many(queue, payloads, idempotency_keys, ordering_keys, run_at): add jobs to a
 -- job queue (an observer created with no table); they get the same claim, lease, retry, FIFO and
 -- dead-letter handling as jobs made from row changes. A job with an idempotency key is unique in
 -- its queue while it is kept: enqueueing the key again returns the existing job (created =
--- false). Without a key the job's webhook-id is job_<id>. Returns one row per payload, in order.
+-- false). The job's webhook-id is key_<queue id>_<key>, or job_<id> without a key; a run_at in
+-- the past counts as now. Returns one row per payload, in order. See observer.check_enqueue for
+-- what a caller may enqueue.
 CREATE FUNCTION observer_enqueue_many(queue text, payloads jsonb[], idempotency_keys text[] DEFAULT NULL,
                                       ordering_keys text[] DEFAULT NULL, run_at timestamptz DEFAULT NULL)
 RETURNS TABLE (job_id bigint, created boolean)
@@ -521,6 +577,7 @@ BEGIN
     IF n = 0 THEN
         RETURN;
     END IF;
+    PERFORM observer.check_enqueue(q, payloads, idempotency_keys, ordering_keys);
     RETURN QUERY
     WITH input AS (
         SELECT i.payload, nullif(i.key, '') AS key, i.okey, i.ord
@@ -533,9 +590,13 @@ BEGIN
     ), made AS (
         INSERT INTO observer.jobs (id, observer_id, payload, idempotency_key, unique_key, ordering_key, run_at, priority)
         OVERRIDING SYSTEM VALUE
-        SELECT nb.id, q.id, nb.payload, coalesce(nb.key, 'job_' || nb.id), nb.key,
+        -- The webhook-id of a job with a key is key_<queue id>_<key>: enqueuers choose keys, and
+        -- a key of theirs must never be the webhook-id of a table event (evt_<event>_<observer>)
+        -- or of another queue's job. A run_at in the past is now: it never jumps the queue.
+        SELECT nb.id, q.id, nb.payload, CASE WHEN nb.key IS NULL THEN 'job_' || nb.id ELSE 'key_' || q.id || '_' || nb.key END,
+               nb.key,
                CASE WHEN q.fifo IS NOT NULL THEN nb.okey END,
-               CASE WHEN q.paused_at IS NULL THEN coalesce(observer_enqueue_many.run_at, clock_timestamp())
+               CASE WHEN q.paused_at IS NULL THEN greatest(coalesce(observer_enqueue_many.run_at, clock_timestamp()), clock_timestamp())
                     ELSE 'infinity' END, q.priority
         FROM numbered nb ORDER BY nb.ord
         ON CONFLICT (observer_id, unique_key) WHERE unique_key IS NOT NULL DO NOTHING

@@ -4,9 +4,14 @@
 --           this extension: capture runs without any grant on schema "observer".
 --   worker  what the worker calls: claim, heartbeat, complete, fail, snooze, discard, dispatch,
 --           prune, report_breakers, audit_batch, audit_done, status.
---   admin   every function and the tables of schema "observer". The admin functions run as
---           their caller, so Postgres itself checks the rest: observer_create on a table needs
---           the TRIGGER privilege on it (or its ownership).
+--   admin   every function but the internal row decoders, and the tables of schema "observer"
+--           (the event log read-only but for DELETE: only capture writes events). Admins see
+--           every captured row of every observed table. The admin functions run as their caller,
+--           so Postgres itself checks the rest: observer_create on a table needs the TRIGGER
+--           privilege on it (or its ownership).
+--   (none)  the row decoders (observer_decode_rows, observer_decode_rows_at, observer_decode_row)
+--           read the binary batches of the event log; they are called only inside the
+--           extension's own SECURITY DEFINER functions and are granted to nobody.
 --
 -- App and worker functions are SECURITY DEFINER (they run as the extension's owner, with
 -- search_path fixed to pg_catalog, pg_temp like every function here), so those roles need no
@@ -32,24 +37,48 @@ RETURN CASE access
     WHEN 'worker' THEN ARRAY['observer_claim', 'observer_heartbeat', 'observer_complete', 'observer_fail',
                              'observer_snooze', 'observer_discard', 'observer_dispatch', 'observer_prune',
                              'observer_report_breakers', 'observer_audit_batch', 'observer_audit_done',
-                             'observer_status']
+                             'observer_audit_lock', 'observer_status']
 END;
 
+-- The internal functions no role is granted: they read bytes of the event log.
+CREATE FUNCTION observer.internal_functions() RETURNS text[]
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
+RETURN ARRAY['observer_decode_rows', 'observer_decode_rows_at', 'observer_decode_row'];
 
--- observer_grant(role, access) / observer_revoke(role, access): give or take app, worker or
--- admin access (see above). Run them as the extension's owner (or a superuser).
-CREATE FUNCTION observer_grant(role_name text, access text) RETURNS void
+
+-- observer_grant(role, access, queues) / observer_revoke(role, access): give or take app,
+-- worker or admin access (see above). Run them as the extension's owner (or a superuser).
+-- `queues` (app access only): the job queues the role may enqueue into; without it, every queue.
+CREATE FUNCTION observer_grant(role_name text, access text, queues text[] DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     f regprocedure;
+    missing text;
 BEGIN
     PERFORM observer.check_access(role_name, access);
+    IF queues IS NOT NULL AND access <> 'app' THEN
+        RAISE EXCEPTION 'queues apply to app access only' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF queues IS NOT NULL THEN
+        SELECT q INTO missing FROM unnest(queues) q
+        WHERE NOT EXISTS (SELECT 1 FROM observer.observers o WHERE o.name = q AND o.table_oid IS NULL) LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'job queue "%" does not exist', missing USING ERRCODE = 'undefined_object',
+                HINT = 'observer_list() shows the queues (observers without a table).';
+        END IF;
+        INSERT INTO observer.enqueuers (queue_id, role_name)
+        SELECT o.id, role_name FROM observer.observers o WHERE o.name = ANY (queues)
+        ON CONFLICT DO NOTHING;
+    END IF;
     IF access = 'admin' THEN
-        FOR f IN SELECT * FROM observer.member_functions(NULL) LOOP
+        FOR f IN SELECT * FROM observer.member_functions(NULL) x
+                 WHERE NOT ((SELECT p.proname::text FROM pg_proc p WHERE p.oid = x) = ANY (observer.internal_functions())) LOOP
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, role_name);
         END LOOP;
         EXECUTE format('GRANT USAGE ON SCHEMA observer TO %I', role_name);
         EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA observer TO %I', role_name);
+        -- Only capture writes events: a forged event log row is read by the dispatcher.
+        EXECUTE format('REVOKE INSERT, UPDATE ON observer.event_log FROM %I', role_name);
         EXECUTE format('GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA observer TO %I', role_name);
     ELSE
         FOR f IN SELECT * FROM observer.member_functions(observer.access_functions(access)) LOOP
@@ -69,6 +98,9 @@ BEGIN
                  CASE WHEN access = 'admin' THEN NULL ELSE observer.access_functions(access) END) LOOP
         EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM %I', f, role_name);
     END LOOP;
+    IF access = 'app' THEN
+        DELETE FROM observer.enqueuers g WHERE g.role_name = observer_revoke.role_name;
+    END IF;
     IF access = 'admin' THEN
         EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA observer FROM %I', role_name);
         EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA observer FROM %I', role_name);

@@ -122,15 +122,37 @@ INSERT INTO observer.dispatch_state (done_snapshot) VALUES (pg_current_snapshot(
 
 -- Decisions that made no job but must be findable: a condition whose result was unknown on this
 -- row (a type mismatch or structural error: recorded, never raised, so one bad row blocks
--- nothing), or an event deduplicated or coalesced into another job by the observer's dedup
--- option (job_id names that job). "Condition false" is not stored: it can be recomputed.
+-- nothing), an event deduplicated or coalesced into another job by the observer's dedup option
+-- (job_id names that job), or an event that could not be read at all (`undecodable`, quarantined
+-- with the reason in `detail`: observer_replay() tries it again once the cause is fixed).
+-- "Condition false" is not stored: it can be recomputed.
 CREATE TABLE observer.skipped (
     event_id     bigint NOT NULL,
     observer_id  bigint NOT NULL REFERENCES observer.observers (id) ON DELETE CASCADE,
-    reason       text NOT NULL CHECK (reason IN ('condition_unknown', 'deduplicated', 'coalesced')),
+    reason       text NOT NULL CHECK (reason IN ('condition_unknown', 'deduplicated', 'coalesced', 'undecodable')),
     job_id       bigint,
+    detail       text,                       -- undecodable: why the event could not be read
     recorded_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (event_id, observer_id)
+);
+
+-- Per-queue enqueue grants (observer_grant(role, 'app', queues => ...)): a role listed here for
+-- some queues may enqueue into those only (observer.check_enqueue). A role granted app access
+-- without queues is not listed and may enqueue into every queue.
+CREATE TABLE observer.enqueuers (
+    queue_id   bigint NOT NULL REFERENCES observer.observers (id) ON DELETE CASCADE,
+    role_name  name NOT NULL,
+    PRIMARY KEY (queue_id, role_name)
+);
+
+-- The audit exporter: the one session that exports the audit trail to Elasticsearch
+-- (observer_audit_lock). A row nobody but the extension's roles can write, not an advisory lock,
+-- which any login role could take and stop the export.
+CREATE TABLE observer.audit_exporter (
+    singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    pid           integer NOT NULL,
+    backend_start timestamptz NOT NULL,
+    since         timestamptz NOT NULL DEFAULT now()
 );
 
 -- Fencing tokens: every claim takes a new, larger one, so a worker holding an older token can

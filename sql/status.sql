@@ -39,7 +39,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                count(j.id) FILTER (WHERE j.state = 'completed') AS completed,
                count(j.id) FILTER (WHERE j.state = 'dead')      AS dead,
                (SELECT count(*) FROM observer.skipped s WHERE s.observer_id = o.id AND s.reason = 'condition_unknown') AS condition_unknown,
-               (SELECT count(*) FROM observer.skipped s WHERE s.observer_id = o.id AND s.reason IN ('deduplicated', 'coalesced')) AS deduplicated
+               (SELECT count(*) FROM observer.skipped s WHERE s.observer_id = o.id AND s.reason IN ('deduplicated', 'coalesced')) AS deduplicated,
+               (SELECT count(*) FROM observer.skipped s WHERE s.observer_id = o.id AND s.reason = 'undecodable') AS quarantined
         FROM observer.observers o
         LEFT JOIN observer.jobs j ON j.observer_id = o.id
         GROUP BY o.id
@@ -64,7 +65,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             'name', p.name, 'table', p.table_name, 'enabled', p.enabled,
             'paused_at', p.paused_at, 'paused_reason', p.paused_reason,
             'pending', p.pending, 'running', p.running, 'completed', p.completed, 'dead', p.dead,
-            'condition_unknown', p.condition_unknown, 'deduplicated', p.deduplicated)
+            'condition_unknown', p.condition_unknown, 'deduplicated', p.deduplicated,
+            'quarantined', p.quarantined)
             ORDER BY p.name) FILTER (WHERE p.name IS NOT NULL), '[]'),
         'audit', jsonb_build_object(
             'export_on', observer.setting_on('fraiseql_observers.audit_export', false),
@@ -101,6 +103,19 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             'undispatched_events', u.events,
             'lag_seconds', coalesce(round(extract(epoch FROM clock_timestamp() - u.oldest)::numeric, 3), 0),
             'background_worker', b.running > 0,
+            -- Events set aside because they could not be read (observer.skipped, 'undecodable').
+            'quarantined_events', (SELECT count(DISTINCT s.event_id) FROM observer.skipped s WHERE s.reason = 'undecodable'),
+            -- Sessions that have held the checkpoint row (the round's lock) for more than 5 s:
+            -- no round can run meanwhile. Only the extension's owner and admins can lock it.
+            'blocked_by', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                    'pid', a.pid, 'role', a.usename, 'application_name', a.application_name,
+                    'state', a.state, 'xact_start', a.xact_start) ORDER BY a.pid), '[]')
+                FROM pg_locks k JOIN pg_stat_activity a ON a.pid = k.pid
+                WHERE k.locktype = 'relation' AND k.relation = 'observer.dispatch_state'::regclass
+                  AND k.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+                  AND k.mode IN ('RowShareLock', 'RowExclusiveLock') AND k.granted
+                  AND k.pid <> pg_backend_pid()
+                  AND a.xact_start < clock_timestamp() - interval '5 seconds'),
             -- Healthy: a round ran recently (rounds run at least every dispatch_interval, and
             -- at least once a second while idle writes are throttled) or nothing waits.
             'healthy', u.events = 0 OR st.last_round_at > clock_timestamp() - make_interval(secs => greatest(5, 3 * i.ms / 1000.0)))
@@ -119,13 +134,13 @@ $$;
 CREATE FUNCTION observer_debug_event(event_id bigint) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    e          observer.event;
+    e          observer.decoded_event;
     st         observer.dispatch_state;
     dispatched boolean;
     changed    text[];
     result     jsonb;
 BEGIN
-    SELECT * INTO e FROM observer.event(event_id);
+    SELECT * INTO e FROM observer.events_safe(ARRAY[event_id]);
     IF e.id IS NULL THEN
         RAISE EXCEPTION 'event % does not exist', event_id USING ERRCODE = 'undefined_object',
             HINT = 'Events are kept for fraiseql_observers.event_retention after dispatch; observer_status()->''events''->''oldest_at'' is the oldest one kept.';
@@ -140,7 +155,7 @@ BEGIN
             'id', e.id, 'table', e.table_name, 'op', e.op, 'captured_at', e.created_at,
             'transaction', jsonb_build_object('xid', e.tx::text, 'status', pg_xact_status(e.tx)),
             'dispatched', dispatched, 'changed', to_jsonb(changed), 'oversize', e.oversize,
-            'old', e.old, 'new', e.new),
+            'old', e.old, 'new', e.new, 'error', e.error),
         'observers', coalesce(jsonb_agg(d.story ORDER BY d.name), '[]'))
     INTO result
     FROM (
@@ -152,6 +167,7 @@ BEGIN
             'decision', CASE
                 WHEN j.id IS NOT NULL THEN 'job'
                 WHEN s.reason IS NOT NULL THEN s.reason
+                WHEN e.error IS NOT NULL THEN 'undecodable'
                 WHEN o.created_at > e.created_at THEN 'observer_created_later'
                 WHEN NOT (e.op = ANY (o.events)) THEN 'operation_not_observed'
                 WHEN NOT dispatched THEN 'not_dispatched_yet'
@@ -160,6 +176,7 @@ BEGIN
                                      o.changed_columns, e.oversize) IS FALSE THEN 'condition_false'
                 ELSE 'no_job' END,
             'deduplicated_into_job', s.job_id,
+            'reason', s.detail,
             'job', CASE WHEN j.id IS NULL THEN NULL ELSE jsonb_build_object(
                 'id', j.id, 'state', j.state, 'attempt', j.attempt, 'run_at', j.run_at,
                 'webhook_id', j.idempotency_key, 'last_error', j.last_error, 'worker', j.worker,

@@ -173,23 +173,51 @@ impl Args {
 fn capture(trigger: &PgTrigger<'_>) -> Result<(), CaptureError> {
     let (args, op) = Args::of(trigger, true)?;
     let data = trigger.trigger_data();
-
+    let excluded = if args.excluded == "{}" {
+        Vec::new()
+    } else {
+        args.excluded()?
+    };
     // SAFETY: inside a row-level AFTER trigger call: tg_relation, tg_trigtuple and (for UPDATE)
-    // tg_newtuple are valid for the duration of the call; the datums made here live in the
-    // trigger's memory context.
+    // tg_newtuple are valid for the duration of the call.
     unsafe {
         let tupdesc = (*data.tg_relation).rd_att;
-        let row = |tuple: pg_sys::HeapTuple| row_to_jsonb(tuple, tupdesc);
-        let (mut old, mut new) = match op {
-            "INSERT" => (None, Some(row(data.tg_trigtuple))),
-            "UPDATE" => (Some(row(data.tg_trigtuple)), Some(row(data.tg_newtuple))),
-            _ => (Some(row(data.tg_trigtuple)), None),
+        let (old, new) = match op {
+            "INSERT" => (None, Some(data.tg_trigtuple)),
+            "UPDATE" => (Some(data.tg_trigtuple), Some(data.tg_newtuple)),
+            _ => (Some(data.tg_trigtuple), None),
         };
-        if args.excluded != "{}" {
-            let excluded = args.excluded()?;
-            old = old.map(|j| jsonb_delete_keys(j, &excluded));
-            new = new.map(|j| jsonb_delete_keys(j, &excluded));
-        }
+        json_event(&args, op, tupdesc, old, new, &excluded)?;
+    }
+    wake::wake_at_commit();
+    Ok(())
+}
+
+/// Write one row change as a JSON event (old/new jsonb): row-level capture, and statement
+/// capture of tables with composite columns. A row over the payload cap keeps its key only.
+///
+/// # Safety
+/// The tuples are rows of `tupdesc`, valid for the call; the datums made here live in the
+/// current memory context.
+unsafe fn json_event(
+    args: &Args,
+    op: &'static str,
+    tupdesc: pg_sys::TupleDesc,
+    old: Option<pg_sys::HeapTuple>,
+    new: Option<pg_sys::HeapTuple>,
+    excluded: &[String],
+) -> Result<(), CaptureError> {
+    // SAFETY: see the function's contract.
+    unsafe {
+        let row = |tuple: pg_sys::HeapTuple| {
+            let j = row_to_jsonb(tuple, tupdesc);
+            if excluded.is_empty() {
+                j
+            } else {
+                jsonb_delete_keys(j, excluded)
+            }
+        };
+        let (mut old, mut new) = (old.map(row), new.map(row));
         let size: usize = [old, new]
             .iter()
             .flatten()
@@ -207,11 +235,9 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), CaptureError> {
             old,
             new,
             oversize,
-            ..Event::new(&args, op)
-        })?;
+            ..Event::new(args, op)
+        })
     }
-    wake::wake_at_commit();
-    Ok(())
 }
 
 /// Capture the rows of the statement that fired `trigger` (statement-level, transition tables).
@@ -259,6 +285,16 @@ fn capture_statement(trigger: &PgTrigger<'_>) -> Result<(), CaptureError> {
                     return Err(CaptureError::UnpairedRows(0, 1));
                 }
                 _ => {}
+            }
+            if layout.json_rows {
+                // A column holds composite values: they are read with their type's current
+                // layout, which may change after capture (pg::types), so these rows become JSON
+                // now, each an event of its own, as row-level capture makes them.
+                flush(&args, op, &layout, &mut old_batch, &mut new_batch)?;
+                json_event(&args, op, reldesc, old, new, &excluded)?;
+                captured = true;
+                pg_sys::MemoryContextReset(scratch);
+                continue;
             }
             let old_datum = old.map(|t| layout.datum(t));
             let new_datum = new.map(|t| layout.datum(t));
@@ -348,6 +384,8 @@ struct Layout {
     rebuild: bool,
     cols: Vec<String>,
     types: Vec<pg_sys::Oid>,
+    /// A kept column holds composite values (`pg::types`): rows are captured as JSON events.
+    json_rows: bool,
 }
 
 impl Layout {
@@ -387,6 +425,9 @@ impl Layout {
             } else {
                 reldesc
             };
+            let json_rows = types
+                .iter()
+                .any(|t| crate::pg::types::class_of(*t) == crate::pg::types::JsonClass::Composite);
             Layout {
                 reldesc,
                 desc,
@@ -394,6 +435,7 @@ impl Layout {
                 rebuild,
                 cols,
                 types,
+                json_rows,
             }
         }
     }

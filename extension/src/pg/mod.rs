@@ -5,4 +5,5 @@
 pub mod capture;
 pub mod dispatcher;
 pub mod rows;
+pub mod types;
 pub mod wake;

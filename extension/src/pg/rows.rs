@@ -19,10 +19,13 @@
 
 use std::ffi::CString;
 
-use pgrx::callconv::{BoxRet, FcInfo};
+use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
+use pgrx::nullable::Nullable;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
-use pgrx::{AnyElement, PgSqlErrorCode};
+use pgrx::PgSqlErrorCode;
+
+use crate::pg::types::{self, JsonClass};
 
 /// Rows per batch at most (event ids are allocated in blocks of this size: row i of the event
 /// whose id is `b` has event id `b + i`; see `observer.events_id_seq`).
@@ -80,6 +83,11 @@ pub enum DecodeError {
     Malformed(&'static str),
     #[error("column {0:?} of a captured row has type oid {1}, which no longer exists")]
     MissingType(String, u32),
+    #[error(
+        "column {0:?} of a captured row holds a composite value stored in binary form (an earlier \
+         version's capture), which cannot be read safely once its type may have changed"
+    )]
+    StoredComposite(String),
     #[error("row batch describes {0} column names and {1} column types")]
     Descriptor(usize, usize),
 }
@@ -102,6 +110,9 @@ fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
 /// The byte span of every row of a whole batch, checked against its length.
 pub fn spans(batch: &[u8]) -> Result<Vec<(usize, usize)>, DecodeError> {
     let n = read_u32(batch, 0).ok_or(DecodeError::Malformed("no header"))?;
+    if n > MAX_ROWS {
+        return Err(DecodeError::Malformed("too many rows"));
+    }
     let mut start = 4 + 4 * n;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
@@ -119,6 +130,9 @@ pub fn spans(batch: &[u8]) -> Result<Vec<(usize, usize)>, DecodeError> {
 /// when the batch has no row `k`.
 pub fn span_of(prefix: &[u8], k: usize) -> Result<Option<(usize, usize)>, DecodeError> {
     let n = read_u32(prefix, 0).ok_or(DecodeError::Malformed("no header"))?;
+    if n > MAX_ROWS {
+        return Err(DecodeError::Malformed("too many rows"));
+    }
     if k >= n {
         return Ok(None);
     }
@@ -149,11 +163,111 @@ unsafe impl BoxRet for RawJsonb {
     }
 }
 
-/// A blessed (registered) record descriptor for the stored column names and types.
-fn descriptor(cols: &[String], types: &[pg_sys::Oid]) -> Result<pg_sys::TupleDesc, DecodeError> {
+/// A `bytea` argument, kept as its (possibly compressed or TOASTed) datum so that a slice of it
+/// can be read without reading the rest (`pg_detoast_datum_slice`). The SQL signature says
+/// `bytea`, so the server passes nothing else; the type is checked again at the call.
+pub struct RawBytea(pg_sys::Datum);
+
+pgrx::impl_sql_translatable!(RawBytea, "bytea");
+
+impl pgrx::FromDatum for RawBytea {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _typoid: pg_sys::Oid,
+    ) -> Option<Self> {
+        (!is_null).then_some(RawBytea(datum))
+    }
+}
+
+// SAFETY: the datum is the argument's own, unboxed as is (a varlena pointer for bytea).
+unsafe impl<'fcx> ArgAbi<'fcx> for RawBytea {
+    unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
+        let index = arg.index();
+        // SAFETY: see the impl.
+        unsafe {
+            arg.unbox_arg_using_from_datum()
+                .unwrap_or_else(|| panic!("argument {index} must not be null"))
+        }
+    }
+
+    unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
+        // SAFETY: see the impl.
+        unsafe { arg.unbox_arg_using_from_datum().into() }
+    }
+}
+
+/// What decoding one batch's rows needs: the descriptor of the stored rows and, when some
+/// column's type must not go through `to_jsonb` (see `pg::types`), a second descriptor in which
+/// those columns are `text`, with the output functions that make their text.
+struct Decoder {
+    desc: pg_sys::TupleDesc,
+    text: Option<TextColumns>,
+}
+
+struct TextColumns {
+    desc: pg_sys::TupleDesc,
+    /// Per column: the output function to apply, or None to keep the value.
+    output: Vec<Option<pg_sys::FmgrInfo>>,
+}
+
+/// The decoder for the stored column names and types.
+fn decoder(cols: &[String], types: &[pg_sys::Oid]) -> Result<Decoder, DecodeError> {
     if cols.len() != types.len() {
         return Err(DecodeError::Descriptor(cols.len(), types.len()));
     }
+    let classes: Vec<JsonClass> = types.iter().map(|t| types::class_of(*t)).collect();
+    for ((name, typ), class) in cols.iter().zip(types).zip(&classes) {
+        match class {
+            JsonClass::Missing => return Err(DecodeError::MissingType(name.clone(), typ.to_u32())),
+            JsonClass::Composite => return Err(DecodeError::StoredComposite(name.clone())),
+            _ => {}
+        }
+    }
+    let desc = descriptor(cols, types)?;
+    if !classes.contains(&JsonClass::Text) {
+        return Ok(Decoder { desc, text: None });
+    }
+    let as_text: Vec<pg_sys::Oid> = types
+        .iter()
+        .zip(&classes)
+        .map(|(t, c)| {
+            if *c == JsonClass::Text {
+                pg_sys::TEXTOID
+            } else {
+                *t
+            }
+        })
+        .collect();
+    let output = types
+        .iter()
+        .zip(&classes)
+        .map(|(t, c)| {
+            (*c == JsonClass::Text).then(|| {
+                // SAFETY: the output function of an existing type (checked above), looked up
+                // into a FmgrInfo owned by this decoder (CurrentMemoryContext).
+                unsafe {
+                    let mut func = pg_sys::InvalidOid;
+                    let mut varlena = false;
+                    pg_sys::getTypeOutputInfo(*t, &mut func, &mut varlena);
+                    let mut info: pg_sys::FmgrInfo = std::mem::zeroed();
+                    pg_sys::fmgr_info(func, &mut info);
+                    info
+                }
+            })
+        })
+        .collect();
+    Ok(Decoder {
+        desc,
+        text: Some(TextColumns {
+            desc: descriptor(cols, &as_text)?,
+            output,
+        }),
+    })
+}
+
+/// A blessed (registered) record descriptor for the stored column names and types.
+fn descriptor(cols: &[String], types: &[pg_sys::Oid]) -> Result<pg_sys::TupleDesc, DecodeError> {
     let natts =
         i32::try_from(cols.len()).map_err(|_| DecodeError::Malformed("too many columns"))?;
     // SAFETY: a template descriptor of `natts` entries, each initialised below from a type that
@@ -183,28 +297,181 @@ fn varsize_4b(header: usize) -> Option<usize> {
     }
 }
 
-/// One stored row as jsonb, through the server's `to_jsonb(record)`.
-fn row_to_jsonb(row: &[u8], desc: pg_sys::TupleDesc) -> Result<pg_sys::Datum, DecodeError> {
-    let header = std::mem::size_of::<pg_sys::HeapTupleHeaderData>();
+/// `TYPEALIGN`: `off` rounded up to a multiple of `align` (a power of two).
+fn align_up(off: usize, align: usize) -> usize {
+    (off + align - 1) & !(align - 1)
+}
+
+fn alignment(attalign: std::ffi::c_char) -> usize {
+    match attalign as u8 {
+        pg_sys::TYPALIGN_SHORT => 2,
+        pg_sys::TYPALIGN_INT => 4,
+        pg_sys::TYPALIGN_DOUBLE => 8,
+        _ => 1,
+    }
+}
+
+/// Check that a stored row is a heap tuple of `desc` whose every attribute lies inside it, with
+/// no TOAST pointer: the bytes come from the event log, and the server's tuple code trusts what
+/// it reads (an attribute length past the end, or an external pointer, would read memory or
+/// relations it must not). Values themselves are checked by their types' output functions.
+fn check_tuple(row: &[u8], desc: pg_sys::TupleDesc) -> Result<(), DecodeError> {
+    const HEADER: usize = std::mem::offset_of!(pg_sys::HeapTupleHeaderData, t_bits);
+    if row.len() < HEADER {
+        return Err(DecodeError::Malformed("row shorter than a tuple header"));
+    }
+    let infomask = u16::from_ne_bytes([
+        row[std::mem::offset_of!(pg_sys::HeapTupleHeaderData, t_infomask)],
+        row[std::mem::offset_of!(pg_sys::HeapTupleHeaderData, t_infomask) + 1],
+    ]);
+    let infomask2 = u16::from_ne_bytes([
+        row[std::mem::offset_of!(pg_sys::HeapTupleHeaderData, t_infomask2)],
+        row[std::mem::offset_of!(pg_sys::HeapTupleHeaderData, t_infomask2) + 1],
+    ]);
+    let hoff = usize::from(row[std::mem::offset_of!(pg_sys::HeapTupleHeaderData, t_hoff)]);
+    let natts = usize::from(infomask2 & pg_sys::HEAP_NATTS_MASK as u16);
+    // SAFETY: `desc` is a descriptor built by `descriptor()`, with natts entries.
+    let (desc_natts, attrs) = unsafe {
+        let n = usize::try_from((*desc).natts).unwrap_or(0);
+        (n, (*desc).attrs.as_slice(n))
+    };
+    if natts > desc_natts {
+        return Err(DecodeError::Malformed(
+            "row has more columns than its batch",
+        ));
+    }
+    if u32::from(infomask) & pg_sys::HEAP_HASEXTERNAL != 0 {
+        return Err(DecodeError::Malformed("row holds a TOAST pointer"));
+    }
+    let has_nulls = u32::from(infomask) & pg_sys::HEAP_HASNULL != 0;
+    let bitmap = if has_nulls { natts.div_ceil(8) } else { 0 };
+    if hoff < HEADER + bitmap || hoff > row.len() || hoff % 8 != 0 {
+        return Err(DecodeError::Malformed("tuple header"));
+    }
+    let data = &row[hoff..];
+    let mut off = 0usize;
+    for (i, attr) in attrs.iter().enumerate().take(natts) {
+        if has_nulls && row[HEADER + i / 8] & (1 << (i % 8)) == 0 {
+            continue;
+        }
+        let len = match attr.attlen {
+            -1 => {
+                // att_align_pointer: a short (1-byte header) varlena is not aligned.
+                let first = *data
+                    .get(off)
+                    .ok_or(DecodeError::Malformed("attribute past the end"))?;
+                if first == 0 {
+                    off = align_up(off, alignment(attr.attalign));
+                }
+                let first = *data
+                    .get(off)
+                    .ok_or(DecodeError::Malformed("attribute past the end"))?;
+                let one_byte = if cfg!(target_endian = "little") {
+                    first & 0x01 == 0x01
+                } else {
+                    first & 0x80 == 0x80
+                };
+                let external = if cfg!(target_endian = "little") {
+                    first == 0x01
+                } else {
+                    first == 0x80
+                };
+                if external {
+                    return Err(DecodeError::Malformed("row holds a TOAST pointer"));
+                }
+                if one_byte {
+                    let n = if cfg!(target_endian = "little") {
+                        usize::from(first >> 1)
+                    } else {
+                        usize::from(first & 0x7F)
+                    };
+                    if n < 1 {
+                        return Err(DecodeError::Malformed("varlena length"));
+                    }
+                    n
+                } else {
+                    let raw =
+                        read_u32(data, off).ok_or(DecodeError::Malformed("varlena header"))?;
+                    // 4-byte header, plain or compressed: the length is in the same bits.
+                    let n = if cfg!(target_endian = "little") {
+                        raw >> 2
+                    } else {
+                        raw & 0x3FFF_FFFF
+                    };
+                    if n < 4 {
+                        return Err(DecodeError::Malformed("varlena length"));
+                    }
+                    n
+                }
+            }
+            -2 => {
+                let rest = data
+                    .get(off..)
+                    .ok_or(DecodeError::Malformed("attribute past the end"))?;
+                rest.iter()
+                    .position(|b| *b == 0)
+                    .ok_or(DecodeError::Malformed("unterminated cstring"))?
+                    + 1
+            }
+            n if n > 0 => {
+                off = align_up(off, alignment(attr.attalign));
+                usize::try_from(n).unwrap_or(usize::MAX)
+            }
+            _ => return Err(DecodeError::Malformed("attribute length")),
+        };
+        off = off
+            .checked_add(len)
+            .filter(|end| *end <= data.len())
+            .ok_or(DecodeError::Malformed("attribute past the end"))?;
+    }
+    Ok(())
+}
+
+/// One stored row as jsonb, through the server's `to_jsonb(record)` (columns whose type must not
+/// go through it become their text first, see [`Decoder`]).
+fn row_to_jsonb(row: &[u8], decoder: &Decoder) -> Result<pg_sys::Datum, DecodeError> {
     let stated = read_u32(row, 0).and_then(varsize_4b);
-    if row.len() < header || stated != Some(row.len()) {
+    if stated != Some(row.len()) {
         return Err(DecodeError::Malformed("row length"));
     }
+    // The tuple proper starts after the composite datum's own header (a HeapTupleHeaderData whose
+    // first field is the varlena length).
+    check_tuple(row, decoder.desc)?;
     // SAFETY: the copy is palloc'd (MAXALIGNed, as tuple data must be) with the row's exact
-    // length, checked above to cover a tuple header. heap_copy_tuple_as_datum makes it a record
-    // of the blessed type (type id, typmod and whatever else the server stamps on a composite
-    // datum for its descriptor), so no header field is written by hand here.
+    // length, checked above to be a tuple of `desc` whose attributes all lie inside it and hold
+    // no TOAST pointer. heap_copy_tuple_as_datum makes it a record of the blessed type (type id,
+    // typmod and whatever else the server stamps on a composite datum for its descriptor), so no
+    // header field is written by hand here.
     unsafe {
         let copy = pg_sys::palloc(row.len()).cast::<u8>();
         std::ptr::copy_nonoverlapping(row.as_ptr(), copy, row.len());
-        let header = copy.cast::<pg_sys::HeapTupleHeaderData>();
-        if usize::from((*header).t_hoff) > row.len() {
-            return Err(DecodeError::Malformed("tuple header"));
-        }
         let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
         tuple.t_len = u32::try_from(row.len()).map_err(|_| DecodeError::Malformed("row length"))?;
-        tuple.t_data = header;
-        let record = pg_sys::heap_copy_tuple_as_datum(&mut tuple, desc);
+        tuple.t_data = copy.cast::<pg_sys::HeapTupleHeaderData>();
+        let record = match &decoder.text {
+            None => pg_sys::heap_copy_tuple_as_datum(&mut tuple, decoder.desc),
+            Some(text) => {
+                let natts = usize::try_from((*decoder.desc).natts).unwrap_or(0);
+                let mut values = vec![pg_sys::Datum::from(0); natts];
+                let mut nulls = vec![true; natts];
+                pg_sys::heap_deform_tuple(
+                    &mut tuple,
+                    decoder.desc,
+                    values.as_mut_ptr(),
+                    nulls.as_mut_ptr(),
+                );
+                for (i, out) in text.output.iter().enumerate() {
+                    if let (Some(out), false) = (out, nulls[i]) {
+                        let mut out = *out;
+                        let cstr = pg_sys::OutputFunctionCall(&mut out, values[i]);
+                        values[i] = pg_sys::Datum::from(pg_sys::cstring_to_text(cstr));
+                    }
+                }
+                let formed =
+                    pg_sys::heap_form_tuple(text.desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+                pg_sys::heap_copy_tuple_as_datum(formed, text.desc)
+            }
+        };
         pg_sys::pfree(copy.cast());
         Ok(pg_sys::FunctionCall1Coll(
             crate::pg::capture::to_jsonb_fn(),
@@ -216,11 +483,11 @@ fn row_to_jsonb(row: &[u8], desc: pg_sys::TupleDesc) -> Result<pg_sys::Datum, De
 
 /// A whole batch (`rows`, a bytea datum: the SQL callers pass event_log columns), detoasted and
 /// copied into Rust memory.
-fn whole_batch(rows: &AnyElement) -> Vec<u8> {
-    // SAFETY: detoasting a bytea datum gives a 4-byte-header varlena whose data is copied out
-    // before anything else runs.
+fn whole_batch(rows: &RawBytea) -> Vec<u8> {
+    // SAFETY: detoasting a bytea datum (the SQL signature admits nothing else) gives a
+    // 4-byte-header varlena whose data is copied out before anything else runs.
     unsafe {
-        let v = pg_sys::pg_detoast_datum(rows.datum().cast_mut_ptr());
+        let v = pg_sys::pg_detoast_datum(rows.0.cast_mut_ptr());
         let len = pgrx::varsize(v) - pg_sys::VARHDRSZ;
         std::slice::from_raw_parts(pgrx::vardata_any(v).cast::<u8>(), len).to_vec()
     }
@@ -228,8 +495,8 @@ fn whole_batch(rows: &AnyElement) -> Vec<u8> {
 
 /// One row of a set-returning decode: a row that cannot be read raises (an SRF's items cannot
 /// return an error).
-fn row_or_raise(row: &[u8], desc: pg_sys::TupleDesc) -> RawJsonb {
-    match row_to_jsonb(row, desc) {
+fn row_or_raise(row: &[u8], decoder: &Decoder) -> RawJsonb {
+    match row_to_jsonb(row, decoder) {
         Ok(d) => RawJsonb(d),
         Err(err) => {
             ErrorReport::from(err).report(PgLogLevel::ERROR);
@@ -238,69 +505,72 @@ fn row_or_raise(row: &[u8], desc: pg_sys::TupleDesc) -> RawJsonb {
     }
 }
 
-/// `observer_decode_rows(cols text[], col_types oid[], rows anyelement) RETURNS SETOF jsonb`:
-/// every row of a batch as jsonb, in order. Internal (the dispatcher's); not granted to PUBLIC.
+/// `observer_decode_rows(cols text[], col_types oid[], rows bytea) RETURNS SETOF jsonb`: every
+/// row of a batch as jsonb, in order. Internal (the dispatcher's): granted to nobody.
 #[pg_extern(stable, parallel_safe)]
 pub fn observer_decode_rows(
     cols: Vec<String>,
     col_types: Vec<pg_sys::Oid>,
-    rows: AnyElement,
+    rows: RawBytea,
 ) -> Result<SetOfIterator<'static, RawJsonb>, ErrorReport> {
-    let desc = descriptor(&cols, &col_types)?;
+    let decoder = decoder(&cols, &col_types)?;
     let batch = whole_batch(&rows);
     let spans = spans(&batch)?;
     Ok(SetOfIterator::new(
         spans
             .into_iter()
-            .map(move |(s, e)| row_or_raise(&batch[s..e], desc)),
+            .map(move |(s, e)| row_or_raise(&batch[s..e], &decoder)),
     ))
 }
 
-/// `observer_decode_rows_at(cols text[], col_types oid[], rows anyelement, ks integer[]) RETURNS
+/// `observer_decode_rows_at(cols text[], col_types oid[], rows bytea, ks integer[]) RETURNS
 /// SETOF jsonb`: rows `ks` (from 0) of a batch, one result per element of `ks` in its order (NULL
 /// for a row the batch does not have), so that `ROWS FROM (unnest(ks), ...)` pairs them. The
 /// batch is detoasted and its descriptor built once for all of them: the queue reads the rows of
 /// a claimed batch of jobs, which mostly share a few batches, with one call per batch instead of
 /// one `observer_decode_row` per job (each decompressing the batch up to its row). Internal (the
-/// queue's); not granted to PUBLIC.
+/// queue's): granted to nobody.
 #[pg_extern(stable, parallel_safe)]
 pub fn observer_decode_rows_at(
     cols: Vec<String>,
     col_types: Vec<pg_sys::Oid>,
-    rows: AnyElement,
+    rows: RawBytea,
     ks: Vec<Option<i32>>,
 ) -> Result<SetOfIterator<'static, Option<RawJsonb>>, ErrorReport> {
-    let desc = descriptor(&cols, &col_types)?;
+    let decoder = decoder(&cols, &col_types)?;
     let batch = whole_batch(&rows);
     let spans = spans(&batch)?;
     Ok(SetOfIterator::new(ks.into_iter().map(move |k| {
         let (s, e) = *k
             .and_then(|k| usize::try_from(k).ok())
             .and_then(|k| spans.get(k))?;
-        Some(row_or_raise(&batch[s..e], desc))
+        Some(row_or_raise(&batch[s..e], &decoder))
     })))
 }
 
-/// `observer_decode_row(cols text[], col_types oid[], rows anyelement, k integer) RETURNS jsonb`:
+/// `observer_decode_row(cols text[], col_types oid[], rows bytea, k integer) RETURNS jsonb`:
 /// row `k` (from 0) of a batch, reading only its header and that row; NULL when there is no such
-/// row. Internal (the queue's); not granted to PUBLIC.
+/// row. Internal (the queue's): granted to nobody.
 #[pg_extern(stable, parallel_safe)]
 pub fn observer_decode_row(
     cols: Vec<String>,
     col_types: Vec<pg_sys::Oid>,
-    rows: AnyElement,
+    rows: RawBytea,
     k: i32,
 ) -> Result<Option<RawJsonb>, ErrorReport> {
     let Ok(k) = usize::try_from(k) else {
         return Ok(None);
     };
+    if k >= MAX_ROWS {
+        return Ok(None);
+    }
     let slice = |offset: usize, len: usize| -> Result<Vec<u8>, DecodeError> {
         let off = i32::try_from(offset).map_err(|_| DecodeError::Malformed("offset"))?;
         let len = i32::try_from(len).map_err(|_| DecodeError::Malformed("length"))?;
-        // SAFETY: a slice of a bytea datum; the result is a 4-byte-header varlena holding at
-        // most `len` bytes, copied out at once.
+        // SAFETY: a slice of a bytea datum (the SQL signature admits nothing else); the result
+        // is a 4-byte-header varlena holding at most `len` bytes, copied out at once.
         unsafe {
-            let v = pg_sys::pg_detoast_datum_slice(rows.datum().cast_mut_ptr(), off, len);
+            let v = pg_sys::pg_detoast_datum_slice(rows.0.cast_mut_ptr(), off, len);
             let got = pgrx::varsize(v) - pg_sys::VARHDRSZ;
             Ok(std::slice::from_raw_parts(pgrx::vardata_any(v).cast::<u8>(), got).to_vec())
         }
@@ -313,8 +583,8 @@ pub fn observer_decode_row(
     if row.len() != end - start {
         return Err(DecodeError::Malformed("row beyond the end of the batch").into());
     }
-    let desc = descriptor(&cols, &col_types)?;
-    Ok(Some(RawJsonb(row_to_jsonb(&row, desc)?)))
+    let decoder = decoder(&cols, &col_types)?;
+    Ok(Some(RawJsonb(row_to_jsonb(&row, &decoder)?)))
 }
 
 #[cfg(test)]
