@@ -305,6 +305,15 @@ impl Worker {
     /// Start `fraiseql-observers run` against `database_url` with extra `FRAISEQL_OBSERVERS_*`
     /// settings.
     pub fn start(database_url: &str, env: &[(&str, &str)]) -> Result<Self> {
+        Self::start_with_process_env(database_url, env, &[])
+    }
+
+    /// [`Worker::start`] with variables of other names too (`HTTP_PROXY`, ...), as they are.
+    pub fn start_with_process_env(
+        database_url: &str,
+        env: &[(&str, &str)],
+        process_env: &[(&str, &str)],
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let log = dir.path().join("worker.log");
         let file = std::fs::File::create(&log)?;
@@ -321,6 +330,9 @@ impl Worker {
             .stderr(file);
         for (k, v) in env {
             cmd.env(format!("FRAISEQL_OBSERVERS_{k}"), v);
+        }
+        for (k, v) in process_env {
+            cmd.env(k, v);
         }
         let child = cmd.spawn().context("failed to start the worker")?;
         Ok(Self {
