@@ -8,7 +8,11 @@
 //! `{{ old.status }}` on an INSERT (no old row) is empty rather than an error.
 //!
 //! Rendering is bounded: a template gets a fixed amount of fuel (instructions; a loop over a
-//! huge array stops with an error instead of running away) and its output a maximum size.
+//! huge array stops with an error instead of running away), `range()` at most [`MAX_RANGE`]
+//! items, and its output a maximum size checked while it is written (rendering stops at the
+//! first byte past it, so a template cannot build gigabytes before being refused). MiniJinja
+//! caps one string repetition (`"x" * n`) at 100 MB, a constant it does not let us lower: such a
+//! value is allocated once, then refused at its first write.
 
 use std::fmt::Write as _;
 use std::sync::OnceLock;
@@ -18,6 +22,9 @@ use minijinja::{Environment, UndefinedBehavior};
 
 /// Instructions one rendering may execute.
 const FUEL: u64 = 100_000;
+
+/// Most items of a `range()` (MiniJinja allows 100,000).
+pub const MAX_RANGE: usize = 10_000;
 
 /// How interpolated values are escaped (the template's own text never is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,25 +65,98 @@ fn environment(escape: Escape) -> &'static Environment<'static> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
         env.set_fuel(Some(FUEL));
+        env.add_function("range", range);
         env.set_formatter(move |out, _state, value| {
             if value.is_none() || value.is_undefined() {
                 return Ok(());
             }
+            let owned;
             let text = match value.as_str() {
-                Some(s) => s.to_string(),
-                None => value.to_string(),
+                Some(s) => s,
+                None => {
+                    owned = value.to_string();
+                    &owned
+                }
             };
-            let text = if escape == Escape::Slack && !value.is_safe() {
-                slack_escape(&text)
+            // Written straight to the capped output, never copied whole first.
+            let written = if escape == Escape::Slack && !value.is_safe() {
+                write_slack_escaped(out, text)
             } else {
-                text
+                out.write_str(text)
             };
-            out.write_str(&text).map_err(|_| {
+            written.map_err(|_| {
                 minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "cannot write output")
             })
         });
         env
     })
+}
+
+/// MiniJinja's `range()` with at most [`MAX_RANGE`] items.
+fn range(lower: i64, upper: Option<i64>, step: Option<i64>) -> Result<Value, minijinja::Error> {
+    let (start, end) = match upper {
+        Some(upper) => (lower, upper),
+        None => (0, lower),
+    };
+    let step = step.unwrap_or(1);
+    if step == 0 {
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            "cannot create range with step of 0",
+        ));
+    }
+    let span = if step > 0 {
+        end.saturating_sub(start)
+    } else {
+        start.saturating_sub(end)
+    };
+    let len = if span <= 0 {
+        0
+    } else {
+        (span - 1) / step.saturating_abs() + 1
+    };
+    if len > MAX_RANGE as i64 {
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("range has {len} items, more than the {MAX_RANGE} allowed"),
+        ));
+    }
+    Ok(Value::from(
+        (0..len).map(|i| start + i * step).collect::<Vec<i64>>(),
+    ))
+}
+
+/// [`slack_escape`] written piece by piece into `out`, at most 8 KiB at a time, so that a huge
+/// value is refused by the capped output after its first pieces, not after a scan of it all.
+fn write_slack_escaped(out: &mut impl std::fmt::Write, text: &str) -> std::fmt::Result {
+    const PIECE: usize = 8192;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut end = rest.len().min(PIECE);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        // The escaped characters are ASCII: a byte position is a character boundary.
+        match rest.as_bytes()[..end]
+            .iter()
+            .position(|b| matches!(b, b'&' | b'<' | b'>'))
+        {
+            Some(at) => {
+                out.write_str(&rest[..at])?;
+                out.write_str(match rest.as_bytes()[at] {
+                    b'&' => "&amp;",
+                    b'<' => "&lt;",
+                    _ => "&gt;",
+                })?;
+                rest = &rest[at + 1..];
+            }
+            None => {
+                out.write_str(&rest[..end])?;
+                rest = &rest[end..];
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `&`, `<` and `>` as Slack's message format requires.
@@ -122,16 +202,45 @@ pub fn render(
     escape: Escape,
     max_bytes: usize,
 ) -> Result<String, TemplateError> {
-    let out = environment(escape)
-        .template_from_str(source)?
-        .render(ctx.clone())?;
-    if out.len() > max_bytes {
-        return Err(TemplateError(format!(
-            "rendered text is {} bytes, more than the {max_bytes} allowed",
-            out.len()
-        )));
+    let template = environment(escape).template_from_str(source)?;
+    let mut out = Capped {
+        buf: Vec::new(),
+        max: max_bytes,
+        over: false,
+    };
+    match template.render_captured_to(ctx.clone(), &mut out) {
+        Ok(_) => {}
+        Err(_) if out.over => {
+            return Err(TemplateError(format!(
+                "rendered text is more than the {max_bytes} allowed bytes (rendering stopped there)"
+            )))
+        }
+        Err(e) => return Err(e.into()),
     }
-    Ok(out)
+    // Only whole strings were written.
+    String::from_utf8(out.buf).map_err(|_| TemplateError("rendered text is not UTF-8".into()))
+}
+
+/// The output of one rendering, refusing any write that would take it past `max` bytes.
+struct Capped {
+    buf: Vec<u8>,
+    max: usize,
+    over: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(data.len()) > self.max {
+            self.over = true;
+            return Err(std::io::Error::other("rendered text too long"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -208,7 +317,7 @@ mod tests {
     fn rendering_is_bounded() {
         let ctx = context(&doc());
         let e = render(
-            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+            "{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}",
             &ctx,
             Escape::None,
             usize::MAX,
@@ -217,5 +326,48 @@ mod tests {
         assert!(e.0.contains("fuel"), "{e}");
         let e = render("{{ new.customer }}", &ctx, Escape::None, 3).expect_err("too long");
         assert!(e.0.contains("more than the 3 allowed"), "{e}");
+    }
+
+    /// Regression (review F15): the output was measured only after rendering, so a template
+    /// could build gigabytes (15,000 repetitions of 100 MB) before being refused.
+    #[test]
+    fn output_is_bounded_while_rendering() {
+        let ctx = context(&doc());
+        let started = std::time::Instant::now();
+        let e = render(
+            r#"{% for i in range(15000) %}{{ "x" * 100000000 }}{% endfor %}"#,
+            &ctx,
+            Escape::Slack,
+            40_000,
+        )
+        .expect_err("too long");
+        // The range itself is over the limit; within it, the first repetition stops the render.
+        assert!(e.0.contains("range has 15000 items"), "{e}");
+        let e = render(
+            r#"{% for i in range(10000) %}{{ "x" * 100000000 }}{% endfor %}"#,
+            &ctx,
+            Escape::Slack,
+            40_000,
+        )
+        .expect_err("too long");
+        assert!(e.0.contains("more than the 40000 allowed bytes"), "{e}");
+        let e = render(
+            r#"{% for i in range(10000) %}{{ "<" * 20 }}{% endfor %}"#,
+            &ctx,
+            Escape::Slack,
+            1_000,
+        )
+        .expect_err("too long once escaped");
+        assert!(e.0.contains("more than the 1000 allowed bytes"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(
+            render("{% for i in range(3) %}{{ i }}{% endfor %}|{{ range(5, 0, -2) | join(',') }}|{{ range(0) | length }}", &ctx, Escape::None, 100)
+                .expect("small ranges"),
+            "012|5,3,1|0"
+        );
+        assert_eq!(
+            render("{{ new.customer }}", &ctx, Escape::Slack, 25).expect("exactly at the cap"),
+            "&lt;!channel&gt; &amp; co"
+        );
     }
 }
