@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fraiseql_observers_tests::{cli_json, run_cli, wait_until, Cluster, Sink, Worker};
+use fraiseql_observers_tests::{
+    cli_json, run_cli, wait_until, Cluster, Received, Reply, Sink, Worker,
+};
 
 /// A signing key (the Standard Webhooks specification's example).
 const KEY: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -327,52 +329,98 @@ async fn a_schema_named_after_the_login_role_cannot_shadow_the_extension() {
     assert_eq!(status["jobs"]["completed"], 2, "{status}");
 }
 
-/// The audit exporter is elected through `observer_audit_lock()` (only the extension's roles
-/// take part), not with an advisory lock any login role could hold to stop the export.
+/// An Elasticsearch stand-in: acknowledges the index template and stores every document of a
+/// `_bulk` request (201 each).
+fn elasticsearch() -> fraiseql_observers_tests::sink::Script {
+    Arc::new(|r: &Received, _: &[Received]| {
+        if r.method == "PUT" {
+            return Reply {
+                status: 200,
+                body: Some(r#"{"acknowledged":true}"#.to_string()),
+                ..Reply::default()
+            };
+        }
+        let items: Vec<serde_json::Value> = String::from_utf8_lossy(&r.raw)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v.get("create").is_some())
+            .map(|v| serde_json::json!({"create": {"_id": v["create"]["_id"], "status": 201}}))
+            .collect();
+        Reply {
+            status: 200,
+            body: Some(serde_json::json!({"took": 1, "errors": false, "items": items}).to_string()),
+            ..Reply::default()
+        }
+    })
+}
+
+/// Regression (issue 14, case 5): the audit exporter was elected with
+/// `pg_try_advisory_lock(hashtext('fraiseql_observers.audit_export'))`, which any login role can
+/// take to stop the export for good. It is now `observer_audit_lock()`, where only the
+/// extension's roles take part: an outsider holding the former lock changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_audit_exporter_is_elected_by_the_extension() {
+async fn an_outsiders_advisory_lock_does_not_stop_the_audit_export() {
     let cluster = Cluster::start(&[]).expect("cluster");
+    let sink = Sink::start_with(Arc::new(|_, _| 200)).await.expect("sink");
+    let es = Sink::start_scripted(elasticsearch())
+        .await
+        .expect("elasticsearch stand-in");
     let client = cluster.connect("postgres").await.expect("connect");
     client
-        .batch_execute("CREATE EXTENSION fraiseql_observers")
+        .batch_execute(&format!(
+            "ALTER DATABASE postgres SET fraiseql_observers.audit_export = on;
+             CREATE EXTENSION fraiseql_observers;
+             CREATE ROLE outsider LOGIN;
+             SELECT observer_create('jobs', NULL, action => '{{\"type\": \"webhook\", \"url\": \"{}\"}}');",
+            sink.url("/jobs")
+        ))
         .await
-        .expect("extension");
-    let exists: bool = client
+        .expect("setup");
+    // A role with no grant at all takes the former election lock and keeps it.
+    let outsider_url = format!("postgres://outsider@127.0.0.1:{}/postgres", cluster.port);
+    let (outsider, conn) = tokio_postgres::connect(&outsider_url, tokio_postgres::NoTls)
+        .await
+        .expect("outsider connects");
+    tokio::spawn(conn);
+    let locked: bool = outsider
         .query_one(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_proc WHERE proname = 'observer_audit_lock')",
+            "SELECT pg_try_advisory_lock(hashtext('fraiseql_observers.audit_export')::bigint)",
             &[],
         )
         .await
-        .expect("catalog")
+        .expect("advisory lock")
         .get(0);
-    if !exists {
-        eprintln!("observer_audit_lock() is not in the installed extension yet: skipped");
-        return;
-    }
-    // An outsider holds the former advisory lock: it no longer matters.
+    assert!(locked);
+    let client = cluster.connect("postgres").await.expect("reconnect");
+    let es_url = format!("http://{}", es.addr);
+    let worker = Worker::start(
+        &cluster.url("postgres"),
+        &[
+            ("ELASTICSEARCH__URL", es_url.as_str()),
+            ("ELASTICSEARCH__FLUSH_MS", "100"),
+        ],
+    )
+    .expect("worker");
     client
-        .batch_execute(
-            "SELECT pg_advisory_lock(hashtext('fraiseql_observers.audit_export')::bigint)",
-        )
+        .batch_execute("SELECT observer_enqueue('jobs', '{\"n\": 1}')")
         .await
-        .expect("outsider lock");
-    let first: bool = client
+        .expect("enqueue");
+    assert!(
+        wait_jobs(&client, "completed", 1, 30).await,
+        "{}",
+        worker.log()
+    );
+    let exported = wait_until(Duration::from_secs(30), || async {
+        es.received().iter().any(|r| r.path == "/_bulk")
+    })
+    .await;
+    assert!(exported, "nothing exported\n{}", worker.log());
+    // The outsider cannot take part in the new election either.
+    let refused = outsider
         .query_one("SELECT public.observer_audit_lock()", &[])
-        .await
-        .expect("lock")
-        .get(0);
-    assert!(first, "the first session becomes the exporter");
-    let other = cluster.connect("postgres").await.expect("connect");
-    let second: bool = other
-        .query_one("SELECT public.observer_audit_lock()", &[])
-        .await
-        .expect("lock")
-        .get(0);
-    assert!(!second, "a second live session is not");
-    let again: bool = client
-        .query_one("SELECT public.observer_audit_lock()", &[])
-        .await
-        .expect("lock")
-        .get(0);
-    assert!(again, "the exporter keeps its role");
+        .await;
+    assert!(
+        refused.is_err(),
+        "an outsider may not call observer_audit_lock()"
+    );
 }
