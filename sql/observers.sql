@@ -135,6 +135,32 @@ END
 $$;
 
 -- observer.check_path(path, option): parse a SQL/JSON path option (not a predicate), or raise.
+-- observer.check_path_cost(path, what): refuse the path constructs whose cost grows faster than
+-- the document they read. Conditions and dedup keys run in the dispatcher over rows any writer
+-- chooses, with no time limit of their own: a chain of `**` accessors visits a number of items
+-- that grows with the product of the document's size at each step (hours for a few thousand
+-- nested nodes), and a back-reference makes a regular expression backtrack. One `**` and
+-- like_regex without back-references stay proportional to the document (at most the payload cap).
+CREATE FUNCTION observer.check_path_cost(path jsonpath, what text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- The path's text with its string literals emptied (a "**" inside a string is no accessor).
+    bare text := regexp_replace(path::text, '"([^"\\]|\\.)*"', '""', 'g');
+BEGIN
+    IF (length(bare) - length(replace(bare, '**', ''))) / 2 > 1 THEN
+        RAISE EXCEPTION '% uses more than one ** accessor', what
+            USING ERRCODE = 'program_limit_exceeded',
+                  HINT = 'Each ** multiplies the items visited by the size of the document; name the path to the values instead (e.g. $.new.doc.items[*].sku).';
+    END IF;
+    IF EXISTS (SELECT 1 FROM regexp_matches(path::text, 'like_regex "((?:[^"\\]|\\.)*)"', 'g') m
+               WHERE m[1] ~ '\\\\[0-9]') THEN
+        RAISE EXCEPTION '% uses a back-reference in like_regex', what
+            USING ERRCODE = 'program_limit_exceeded',
+                  HINT = 'Back-references make a regular expression backtrack over row data; match without them.';
+    END IF;
+END
+$$;
+
 CREATE FUNCTION observer.check_path(path text, option text) RETURNS jsonpath
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -144,6 +170,7 @@ BEGIN
         RAISE EXCEPTION 'observer option "%" must be a SQL/JSON path of at most 4096 bytes', option
             USING ERRCODE = 'invalid_parameter_value', HINT = 'For example: "$.new.customer_id".';
     END IF;
+    PERFORM observer.check_path_cost(path::jsonpath, format('observer option "%s"', option));
     RETURN path::jsonpath;
 EXCEPTION WHEN syntax_error THEN
     GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
@@ -178,6 +205,7 @@ BEGIN
                   DETAIL = format('Condition: %s', condition),
                   HINT = 'Write a SQL/JSON path predicate over {op, table, old, new, changed}, e.g. $.new.status == "shipped".';
     END;
+    PERFORM observer.check_path_cost(path, 'observer condition');
     -- A predicate yields one boolean; a plain path such as $.new.status does not. Probe it on
     -- empty documents of every operation: a structural mistake raises here, at create time.
     BEGIN

@@ -1,0 +1,663 @@
+//! The trust boundary (issue 14, docs/security.md): what the least-privileged roles can do to a
+//! real cluster running the background dispatcher and the real worker binary (as the `worker`
+//! role), and what they must never achieve.
+//!
+//! 1. A table owner's cast to `json` never runs as the dispatcher or the queue (superuser, or the
+//!    extension's owner): the column is delivered as its text.
+//! 2. A row that cannot be read (a `json` value `\u0000`, a type dropped after dispatch) is
+//!    quarantined with its reason; every other change, on the same table and others, flows.
+//! 3. A row too big for the audit words (over 1 MiB of tsvector) is delivered, and no claim or
+//!    outcome report fails on it, also after its lease expired; likewise an enqueued payload.
+//! 4. No SQL call crashes a backend: the row decoders are granted to nobody and take bytea,
+//!    admins cannot write the event log, crafted bytes are refused with an error, and a composite
+//!    type altered after capture is never misread.
+//! 5. An outsider's advisory locks on the former dispatch and export keys change nothing; a
+//!    session holding the dispatch round is named in `observer_status()`.
+//!
+//! And the queue and condition weaknesses of the same review: per-queue enqueue grants, keys in
+//! their own webhook-id namespace and refused when they cannot be a header, past `run_at`
+//! clamped, payloads bounded, costly conditions refused. (The worker's side is
+//! tests/tests/worker_hardening.rs.)
+
+use std::time::Duration;
+
+use fraiseql_observers_tests::{observer_status, wait_until, Cluster, Sink, Worker};
+
+/// A connection as `role`.
+async fn connect_as(cluster: &Cluster, role: &str) -> tokio_postgres::Client {
+    let url = cluster
+        .url("postgres")
+        .replace("postgres@", &format!("{role}@"));
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+/// The SQLSTATE of running `sql`, or "ok".
+async fn outcome(client: &tokio_postgres::Client, sql: &str) -> String {
+    match client.batch_execute(sql).await {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e
+            .code()
+            .map(|c| c.code().to_string())
+            .unwrap_or_else(|| e.to_string()),
+    }
+}
+
+async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+/// A cluster with the extension and the roles of docs/security.md: `app` (owns the application
+/// tables, enqueues), `writer` (INSERT/UPDATE/DELETE on them only), `worker`, `ops` (admin, not
+/// a superuser) and `outsider` (no grant at all).
+async fn setup() -> (Cluster, tokio_postgres::Client) {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let root = cluster.connect("postgres").await.expect("connect");
+    root.batch_execute(
+        "CREATE EXTENSION fraiseql_observers;
+         CREATE ROLE app LOGIN; SELECT observer_grant('app', 'app');
+         CREATE ROLE writer LOGIN;
+         CREATE ROLE worker LOGIN; SELECT observer_grant('worker', 'worker');
+         CREATE ROLE ops LOGIN; SELECT observer_grant('ops', 'admin');
+         CREATE ROLE outsider LOGIN;
+         GRANT CREATE ON SCHEMA public TO app;",
+    )
+    .await
+    .expect("roles");
+    (cluster, root)
+}
+
+fn worker(cluster: &Cluster) -> Worker {
+    Worker::start(
+        &cluster.url("postgres").replace("postgres@", "worker@"),
+        &[],
+    )
+    .expect("worker")
+}
+
+async fn completed(client: &tokio_postgres::Client, observer: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM observer.jobs j JOIN observer.observers o ON o.id = j.observer_id
+             WHERE o.name = $1 AND j.state = 'completed'",
+            &[&observer],
+        )
+        .await
+        .expect("count")
+        .get(0)
+}
+
+async fn wait_completed(client: &tokio_postgres::Client, observer: &str, n: i64) -> bool {
+    wait_until(Duration::from_secs(20), || async move {
+        completed(client, observer).await >= n
+    })
+    .await
+}
+
+/// Case 1: the owner of an observed table adds a column of its own type with a cast to json that
+/// records who runs it. The dispatcher (bootstrap superuser) and the queue functions (extension
+/// owner) read those rows; the cast never runs as either of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_owners_cast_never_runs_with_the_dispatchers_privileges() {
+    let (cluster, root) = setup().await;
+    let sink = Sink::start().await.expect("sink");
+    let app = connect_as(&cluster, "app").await;
+    app.batch_execute(
+        "CREATE TABLE public.orders (id int PRIMARY KEY, status text);
+         CREATE TABLE public.pwned (who name, su boolean);
+         GRANT INSERT ON public.pwned TO PUBLIC;",
+    )
+    .await
+    .expect("app tables");
+    root.batch_execute(&format!(
+        r#"SELECT observer_create('orders_hook', 'public.orders',
+                   action => '{{"type": "webhook", "url": "{}"}}');"#,
+        sink.url("/orders")
+    ))
+    .await
+    .expect("observer");
+    // The attack, as the table owner: a cast function that writes who runs it.
+    app.batch_execute(
+        "CREATE TYPE public.mood AS ENUM ('calm');
+         CREATE FUNCTION public.mood_json(m public.mood) RETURNS json LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO public.pwned (who, su)
+             SELECT current_user, r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user;
+             RETURN pg_catalog.to_json('cast ran'::text);
+         END $$;
+         CREATE CAST (public.mood AS json) WITH FUNCTION public.mood_json(public.mood);
+         ALTER TABLE public.orders ADD COLUMN m public.mood DEFAULT 'calm';
+         INSERT INTO public.orders (id, status) VALUES (1, 'new');
+         INSERT INTO public.orders (id, status) SELECT g, 'bulk' FROM generate_series(2, 5) g;",
+    )
+    .await
+    .expect("attack");
+    let _worker = worker(&cluster);
+    assert!(
+        wait_completed(&root, "orders_hook", 5).await,
+        "{}",
+        observer_status(&root).await
+    );
+    // Every place that turns those rows into JSON for an admin, too.
+    let ops = connect_as(&cluster, "ops").await;
+    ops.batch_execute(
+        "SELECT observer_debug_event((SELECT min(id) FROM observer.events));
+         SELECT count(*) FROM observer.events;
+         SELECT count(*) FROM observer_search('calm');
+         SELECT observer_replay('orders_hook', now() - interval '1 hour');",
+    )
+    .await
+    .expect("admin reads");
+    let privileged = count(
+        &root,
+        "SELECT count(*) FROM public.pwned WHERE su OR who IN ('postgres', 'worker', 'ops')",
+    )
+    .await;
+    assert_eq!(privileged, 0, "the cast ran with someone else's privileges");
+    // The column is delivered as its text (the type's output function), not through the cast.
+    let bodies = sink.received();
+    assert!(bodies.len() >= 5);
+    for r in &bodies {
+        assert_eq!(r.body["data"]["new"]["m"], "calm", "{}", r.body);
+    }
+}
+
+/// Case 2: a row that cannot be read, by a writer with INSERT only, and a type dropped by the
+/// table owner after dispatch. Each is set aside with its reason; everything else flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_row_is_quarantined_and_every_other_change_flows() {
+    let (cluster, root) = setup().await;
+    let sink = Sink::start().await.expect("sink");
+    let app = connect_as(&cluster, "app").await;
+    app.batch_execute(
+        "CREATE TABLE public.orders (id int PRIMARY KEY, doc json);
+         CREATE TABLE public.other (id int PRIMARY KEY);
+         CREATE TYPE public.tier AS ENUM ('gold');
+         CREATE TABLE public.typed (id int PRIMARY KEY, t public.tier DEFAULT 'gold');
+         GRANT INSERT ON public.orders, public.other TO writer;",
+    )
+    .await
+    .expect("app tables");
+    root.batch_execute(&format!(
+        r#"SELECT observer_create('orders_hook', 'public.orders', action => '{{"type": "webhook", "url": "{0}"}}');
+           SELECT observer_create('other_hook', 'public.other', action => '{{"type": "webhook", "url": "{0}"}}');
+           SELECT observer_create('typed_hook', 'public.typed', action => '{{"type": "webhook", "url": "{0}"}}');"#,
+        sink.url("/hook")
+    ))
+    .await
+    .expect("observers");
+    let _worker = worker(&cluster);
+
+    // The poison: `json` accepts \u0000, jsonb (which every delivery is made of) does not.
+    let writer = connect_as(&cluster, "writer").await;
+    writer
+        .batch_execute(r#"INSERT INTO public.orders (id, doc) VALUES (1, '{"a": "\u0000"}')"#)
+        .await
+        .expect("the write itself succeeds");
+    writer
+        .batch_execute(
+            r#"INSERT INTO public.orders (id, doc) VALUES (2, '{"a": "fine"}');
+               INSERT INTO public.other (id) VALUES (1);"#,
+        )
+        .await
+        .expect("later writes");
+    assert!(
+        wait_completed(&root, "orders_hook", 1).await
+            && wait_completed(&root, "other_hook", 1).await,
+        "changes after the poison were not delivered: {}",
+        observer_status(&root).await
+    );
+    let status = observer_status(&root).await;
+    assert_eq!(status["dispatch"]["quarantined_events"], 1, "{status}");
+    assert_eq!(status["dispatch"]["healthy"], true, "{status}");
+    let orders = status["observers"]
+        .as_array()
+        .expect("observers")
+        .iter()
+        .find(|o| o["name"] == "orders_hook")
+        .expect("orders_hook")
+        .clone();
+    assert_eq!(orders["quarantined"], 1, "{orders}");
+    let poison: i64 = count(
+        &root,
+        "SELECT event_id FROM observer.skipped WHERE reason = 'undecodable'",
+    )
+    .await;
+    let ops = connect_as(&cluster, "ops").await;
+    let story: serde_json::Value = serde_json::from_str(
+        ops.query_one(&format!("SELECT observer_debug_event({poison})::text"), &[])
+            .await
+            .expect("debug the poison")
+            .get::<_, &str>(0),
+    )
+    .expect("json");
+    assert_eq!(story["observers"][0]["decision"], "undecodable", "{story}");
+    assert!(
+        story["observers"][0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Unicode"),
+        "{story}"
+    );
+    // A replay over the poison replays the rest and leaves the poison set aside.
+    let replayed: i64 = ops
+        .query_one(
+            "SELECT observer_replay('orders_hook', now() - interval '1 hour')",
+            &[],
+        )
+        .await
+        .expect("replay")
+        .get(0);
+    assert_eq!(replayed, 1, "the one readable event of orders");
+
+    // A type dropped after dispatch: the job's event cannot be read any more. The observer is
+    // paused so that its job waits, then the owner drops the column and its type.
+    root.batch_execute("SELECT observer_pause('typed_hook', 'test')")
+        .await
+        .expect("pause");
+    app.batch_execute("INSERT INTO public.typed (id) VALUES (1)")
+        .await
+        .expect("typed row");
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            count(&root, "SELECT count(*) FROM observer.jobs j JOIN observer.observers o ON o.id = j.observer_id WHERE o.name = 'typed_hook'").await == 1
+        })
+        .await
+    );
+    app.batch_execute("ALTER TABLE public.typed DROP COLUMN t; DROP TYPE public.tier;")
+        .await
+        .expect("drop the type");
+    root.batch_execute("SELECT observer_resume('typed_hook')")
+        .await
+        .expect("resume");
+    writer
+        .batch_execute("INSERT INTO public.other (id) VALUES (2)")
+        .await
+        .expect("a change after");
+    assert!(
+        wait_completed(&root, "other_hook", 2).await,
+        "{}",
+        observer_status(&root).await
+    );
+    let dead = ops
+        .query(
+            "SELECT last_error FROM observer_dlq_list(observer => 'typed_hook')",
+            &[],
+        )
+        .await
+        .expect("dlq list");
+    assert_eq!(
+        dead.len(),
+        1,
+        "the job whose event cannot be read is dead-lettered"
+    );
+    let reason: String = dead[0].get(0);
+    assert!(
+        reason.contains("could not be read") && reason.contains("no longer exists"),
+        "{reason}"
+    );
+}
+
+/// Case 3: a row of about 840 kB of distinct words (under the 1 MiB payload cap) makes more
+/// than 1 MiB of search words. It is delivered, and neither its outcome report nor a claim after
+/// its lease expired fails; an enqueued payload likewise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_too_big_for_the_search_words_never_stops_deliveries() {
+    let (cluster, root) = setup().await;
+    let sink = Sink::start().await.expect("sink");
+    let app = connect_as(&cluster, "app").await;
+    app.batch_execute("CREATE TABLE public.notes (id int PRIMARY KEY, body text)")
+        .await
+        .expect("table");
+    root.batch_execute(&format!(
+        r#"SELECT observer_create('notes_hook', 'public.notes', action => '{{"type": "webhook", "url": "{0}"}}');
+           SELECT observer_create('jobs', NULL, action => '{{"type": "webhook", "url": "{0}"}}');"#,
+        sink.url("/hook")
+    ))
+    .await
+    .expect("observers");
+    let words =
+        "SELECT string_agg(translate(substr(md5(i::text), 1, 6), '0123456789', 'ghijklmnop'), ' ')
+                 FROM generate_series(1, 120000) AS i";
+    app.batch_execute(&format!(
+        "INSERT INTO public.notes (id, body) VALUES (1, ({words}));"
+    ))
+    .await
+    .expect("big row");
+    // Before any worker runs: claim it by hand with a one-second lease and let the lease
+    // expire, so that the worker's first claim takes the expired-lease path.
+    let by_hand = connect_as(&cluster, "worker").await;
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            count(&root, "SELECT count(*) FROM observer.jobs").await == 1
+        })
+        .await
+    );
+    let claimed = by_hand
+        .query(
+            "SELECT job_id FROM observer_claim('by-hand', 10, '1 second')",
+            &[],
+        )
+        .await
+        .expect("claim by hand");
+    assert_eq!(claimed.len(), 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    app.batch_execute(&format!(
+        "INSERT INTO public.notes (id, body) VALUES (2, 'small');
+         SELECT observer_enqueue('jobs', jsonb_build_object('t', ({words})));"
+    ))
+    .await
+    .expect("more");
+    let _worker = worker(&cluster);
+    assert!(
+        wait_completed(&root, "notes_hook", 2).await && wait_completed(&root, "jobs", 1).await,
+        "{}",
+        observer_status(&root).await
+    );
+    assert_eq!(
+        count(
+            &root,
+            "SELECT count(*) FROM observer.attempts WHERE outcome = 'expired'"
+        )
+        .await,
+        1,
+        "the expired lease is recorded"
+    );
+    let biggest = sink
+        .received()
+        .iter()
+        .map(|r| r.raw.len())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        biggest > 800_000,
+        "the big row was delivered whole ({biggest} bytes)"
+    );
+    // Its words are searchable (bounded, not dropped).
+    let ops = connect_as(&cluster, "ops").await;
+    let found: i64 = count(&ops, "SELECT count(*) FROM observer_search('ckcaki')").await;
+    assert!(found >= 1);
+}
+
+/// Case 4: nothing callable by a non-superuser trusts bytes, and crafted or stale bytes are
+/// refused with an error, never a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_sql_call_crashes_a_backend() {
+    let (cluster, root) = setup().await;
+    let sink = Sink::start().await.expect("sink");
+    let app = connect_as(&cluster, "app").await;
+    app.batch_execute("CREATE TABLE public.orders (id int PRIMARY KEY, status text)")
+        .await
+        .expect("table");
+    root.batch_execute(&format!(
+        r#"SELECT observer_create('orders_hook', 'public.orders', action => '{{"type": "webhook", "url": "{}"}}');"#,
+        sink.url("/hook")
+    ))
+    .await
+    .expect("observer");
+    let ops = connect_as(&cluster, "ops").await;
+    // The review's crash: a pass-by-value argument where the decoder expected a pointer.
+    assert_eq!(
+        outcome(
+            &ops,
+            "SELECT observer_decode_rows('{}'::text[], '{}'::oid[], 1::bigint)"
+        )
+        .await,
+        "42883",
+        "the decoders take bytea"
+    );
+    for sql in [
+        "SELECT observer_decode_rows('{}'::text[], '{}'::oid[], '\\x00'::bytea)",
+        "SELECT observer_decode_rows_at('{}'::text[], '{}'::oid[], '\\x00'::bytea, '{0}')",
+        "SELECT observer_decode_row('{}'::text[], '{}'::oid[], '\\x00'::bytea, 0)",
+    ] {
+        assert_eq!(
+            outcome(&ops, sql).await,
+            "42501",
+            "granted to nobody: {sql}"
+        );
+    }
+    assert_eq!(
+        outcome(
+            &ops,
+            "INSERT INTO observer.event_log (table_oid, table_name, op) VALUES (1, 'x', 'INSERT')"
+        )
+        .await,
+        "42501",
+        "only capture writes the event log"
+    );
+    assert_eq!(
+        outcome(&ops, "UPDATE observer.event_log SET nrows = 1").await,
+        "42501"
+    );
+    // Crafted batches, even from a superuser: an attribute longer than the row (a heap
+    // over-read) and a TOAST pointer to address 0x1 (the dispatcher's crash loop).
+    let over_read = "decode('01000000' || '28000000' || '80000000' || 'ffffffff' || '00000000' ||
+                            '000000000000' || '0100' || '0000' || '18' || '00' || '00400000' || '41414141', 'hex')";
+    let toast_pointer = "decode('01000000' || '2a000000' || '88000000' || 'ffffffff' || '00000000' ||
+                                '000000000000' || '0100' || '0600' || '18' || '00' || '0101' || '0100000000000000', 'hex')";
+    assert_eq!(
+        outcome(
+            &root,
+            &format!("SELECT observer_decode_rows(ARRAY['x'], ARRAY['bytea'::regtype::oid], {over_read})")
+        )
+        .await,
+        "XX001"
+    );
+    assert_eq!(
+        outcome(
+            &root,
+            &format!("SELECT observer_decode_rows(ARRAY['x'], ARRAY['text'::regtype::oid], {toast_pointer})")
+        )
+        .await,
+        "XX001"
+    );
+    // The same row planted in the event log (as only a superuser now can) is quarantined by the
+    // dispatcher instead of crashing it.
+    root.batch_execute(&format!(
+        "INSERT INTO observer.event_log (table_oid, table_name, op, nrows, cols, col_types, new_rows)
+         VALUES ('public.orders'::regclass, 'public.orders', 'INSERT', 1, ARRAY['x'],
+                 ARRAY['text'::regtype::oid], {toast_pointer})"
+    ))
+    .await
+    .expect("plant");
+    // The table owner alters a composite type after capture: the row was converted to JSON at
+    // capture, so nothing reads the old bytes with the new layout.
+    app.batch_execute(
+        "CREATE TYPE public.c AS (a int8);
+         BEGIN;
+         ALTER TABLE public.orders ADD COLUMN x public.c;
+         INSERT INTO public.orders (id, x) VALUES (3001, ROW(257)::public.c);
+         ALTER TABLE public.orders DROP COLUMN x;
+         ALTER TYPE public.c ALTER ATTRIBUTE a TYPE text;
+         COMMIT;
+         INSERT INTO public.orders (id, status) VALUES (1, 'after');",
+    )
+    .await
+    .expect("composite");
+    let _worker = worker(&cluster);
+    assert!(
+        wait_completed(&root, "orders_hook", 2).await,
+        "{}",
+        observer_status(&root).await
+    );
+    let composite = sink
+        .received()
+        .into_iter()
+        .find(|r| r.body["data"]["new"]["id"] == 3001)
+        .expect("the composite row delivered");
+    assert_eq!(
+        composite.body["data"]["new"]["x"],
+        serde_json::json!({"a": 257})
+    );
+    assert_eq!(
+        count(
+            &root,
+            "SELECT count(*) FROM observer.skipped WHERE reason = 'undecodable'"
+        )
+        .await,
+        1,
+        "the planted row is quarantined"
+    );
+    let log = cluster.server_log();
+    assert!(!log.contains("terminated by signal"), "{log}");
+}
+
+/// Case 5: a role with no grant at all holds the advisory lock keys the dispatcher and the audit
+/// exporter used; deliveries go on. It cannot lock the checkpoint row either; an admin that holds
+/// it is named in observer_status().
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outsiders_advisory_locks_change_nothing() {
+    let (cluster, root) = setup().await;
+    let sink = Sink::start().await.expect("sink");
+    let app = connect_as(&cluster, "app").await;
+    app.batch_execute("CREATE TABLE public.orders (id int PRIMARY KEY)")
+        .await
+        .expect("table");
+    root.batch_execute(&format!(
+        r#"SELECT observer_create('orders_hook', 'public.orders', action => '{{"type": "webhook", "url": "{}"}}');"#,
+        sink.url("/hook")
+    ))
+    .await
+    .expect("observer");
+    let outsider = connect_as(&cluster, "outsider").await;
+    outsider
+        .batch_execute(
+            "SELECT pg_advisory_lock(7460944093541646447);
+             SELECT pg_advisory_lock(hashtext('fraiseql_observers.audit_export')::bigint);",
+        )
+        .await
+        .expect("any role can take advisory locks");
+    assert_eq!(
+        outcome(
+            &outsider,
+            "BEGIN; SELECT * FROM observer.dispatch_state FOR UPDATE"
+        )
+        .await,
+        "42501"
+    );
+    let _worker = worker(&cluster);
+    app.batch_execute("INSERT INTO public.orders SELECT g FROM generate_series(1, 10) g")
+        .await
+        .expect("rows");
+    assert!(
+        wait_completed(&root, "orders_hook", 10).await,
+        "{}",
+        observer_status(&root).await
+    );
+
+    // An admin session that holds the round (the checkpoint row) is named.
+    let ops = connect_as(&cluster, "ops").await;
+    ops.batch_execute("BEGIN; SELECT 1 FROM observer.dispatch_state FOR UPDATE;")
+        .await
+        .expect("admin holds the round");
+    let ops_pid: i32 = ops
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    assert!(
+        wait_until(Duration::from_secs(15), || async {
+            observer_status(&root).await["dispatch"]["blocked_by"]
+                .as_array()
+                .is_some_and(|b| b.iter().any(|s| s["pid"] == ops_pid))
+        })
+        .await,
+        "{}",
+        observer_status(&root).await
+    );
+    ops.batch_execute("ROLLBACK").await.expect("release");
+}
+
+/// The queue and condition weaknesses: per-queue grants, key namespace and header-safe keys,
+/// past run_at clamped, payloads bounded, costly conditions refused at create.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueuers_and_observer_definitions_stay_within_bounds() {
+    let (cluster, root) = setup().await;
+    let cluster = &cluster;
+    root.batch_execute(
+        r#"SELECT observer_create('mail', NULL, action => '{"type": "webhook", "url": "https://example.com/mail"}');
+           SELECT observer_create('billing', NULL, action => '{"type": "webhook", "url": "https://example.com/billing"}');
+           CREATE ROLE mailer LOGIN; SELECT observer_grant('mailer', 'app', queues => ARRAY['mail']);
+           CREATE TABLE public.t (id int PRIMARY KEY, name text);"#,
+    )
+    .await
+    .expect("queues");
+    let mailer = connect_as(cluster, "mailer").await;
+    assert_eq!(
+        outcome(&mailer, "SELECT observer_enqueue('mail', '{}')").await,
+        "ok"
+    );
+    assert_eq!(
+        outcome(&mailer, "SELECT observer_enqueue('billing', '{}')").await,
+        "42501",
+        "a role granted some queues enqueues into those only"
+    );
+    let app = connect_as(cluster, "app").await;
+    // A key sent as the webhook-id of a table event's namespace stays in the queue's own.
+    app.batch_execute("SELECT observer_enqueue('billing', '{}', 'evt_1024_1')")
+        .await
+        .expect("enqueue");
+    let webhook_id: String = root
+        .query_one(
+            "SELECT idempotency_key FROM observer.jobs WHERE unique_key = 'evt_1024_1'",
+            &[],
+        )
+        .await
+        .expect("job")
+        .get(0);
+    assert!(webhook_id.starts_with("key_"), "{webhook_id}");
+    assert_eq!(
+        outcome(
+            &app,
+            "SELECT observer_enqueue('billing', '{}', E'bad\\nkey')"
+        )
+        .await,
+        "22023",
+        "a key that cannot be a header value is refused at enqueue"
+    );
+    // A run_at in the past is now: it never jumps ahead of the queue.
+    app.batch_execute(
+        "SELECT observer_enqueue('billing', '{\"early\": true}', run_at => '-infinity')",
+    )
+    .await
+    .expect("enqueue");
+    assert_eq!(
+        count(
+            &root,
+            "SELECT count(*) FROM observer.jobs WHERE payload ? 'early' AND run_at >= created_at"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        outcome(
+            &app,
+            "SELECT observer_enqueue('billing', jsonb_build_object('t', repeat('x', 2000000)))"
+        )
+        .await,
+        "54000",
+        "payloads are bounded by the queue's max_payload_bytes"
+    );
+    // Conditions whose cost grows faster than the row they read are refused at create.
+    for condition in [
+        r#"exists($.new.**.**.** ? (@ == "x"))"#,
+        r#"$.new.name like_regex "(a+)\\1""#,
+    ] {
+        assert_eq!(
+            outcome(
+                &root,
+                &format!(
+                    r#"SELECT observer_create('costly', 'public.t', condition => '{condition}',
+                                              action => '{{"type": "webhook", "url": "https://example.com/"}}')"#
+                )
+            )
+            .await,
+            "54000",
+            "{condition}"
+        );
+    }
+}
