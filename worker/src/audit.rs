@@ -1,7 +1,7 @@
 //! Export of the audit trail to Elasticsearch (`[elasticsearch] url`; off when empty).
 //!
 //! The extension queues every attempt in `observer.audit_outbox` while
-//! `fraiseql_observers.audit_export` is on; one worker at a time (a session advisory lock)
+//! `fraiseql_observers.audit_export` is on; one worker at a time (`observer_audit_lock()`)
 //! takes the oldest documents (`observer_audit_batch`), sends them with the `_bulk` API and
 //! settles them (`observer_audit_done`). So documents wait in Postgres, never in the worker's
 //! memory, while Elasticsearch is away; the export runs on its own connection and task, so it

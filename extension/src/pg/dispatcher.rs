@@ -4,7 +4,7 @@
 //!
 //! It survives SQL errors (logs, aborts the transaction, backs off, goes on), idles until
 //! `CREATE EXTENSION` has run, rereads its settings on SIGHUP and exits on SIGTERM. Only one
-//! dispatcher runs a round at a time per database (an advisory lock inside `observer_dispatch`),
+//! dispatcher runs a round at a time per database (`observer_dispatch` holds the checkpoint row),
 //! so external workers running rounds for hosts without preload never collide with it.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
