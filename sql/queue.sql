@@ -73,6 +73,21 @@ CREATE FUNCTION observer.event_doc(table_name text, op text, old jsonb, new json
 LANGUAGE sql STABLE
 RETURN pg_catalog.jsonb_build_object('table', table_name, 'op', op, 'old', old, 'new', new);
 
+-- observer.project_doc(doc, columns, keys): an event document as the observer delivers it: its
+-- rows restricted to the observer's `columns` option (observer.project), so that the audit words
+-- and documents never hold a column the observer left out on purpose. Inlined (no SET clause).
+CREATE FUNCTION observer.project_doc(doc jsonb, cols text[], keys text[]) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN CASE WHEN cols IS NULL OR doc IS NULL THEN doc
+            ELSE doc OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(
+                'old', CASE WHEN pg_catalog.jsonb_typeof(doc OPERATOR(pg_catalog.->) 'old') OPERATOR(pg_catalog.=) 'object'
+                            THEN observer.project(doc OPERATOR(pg_catalog.->) 'old', cols, keys)
+                            ELSE doc OPERATOR(pg_catalog.->) 'old' END,
+                'new', CASE WHEN pg_catalog.jsonb_typeof(doc OPERATOR(pg_catalog.->) 'new') OPERATOR(pg_catalog.=) 'object'
+                            THEN observer.project(doc OPERATOR(pg_catalog.->) 'new', cols, keys)
+                            ELSE doc OPERATOR(pg_catalog.->) 'new' END)
+       END;
+
 -- observer.attempt_docs(event_ids): the documents of a batch of jobs' events, each event_log row
 -- decoded once (observer.events_of); no rows at all when audit_search is off. The outcome calls
 -- join their jobs to it (an enqueued job's document is its payload).
@@ -294,14 +309,15 @@ BEGIN
         SET state = 'completed', finished_at = clock_timestamp(), lease_until = NULL, last_error = NULL
         FROM input
         WHERE j.id = input.id AND j.lease_token = input.token AND observer.is_running(j.state)
-        RETURNING j.id, j.attempt, j.worker, j.event_id, j.payload, input.endpoint, input.status, input.ms
+        RETURNING j.id, j.attempt, j.worker, j.observer_id, j.event_id, j.payload, input.endpoint, input.status, input.ms
     ), docs AS (
         SELECT * FROM observer.attempt_docs(ARRAY(SELECT event_id FROM done WHERE event_id IS NOT NULL))
     ), logged AS (
         INSERT INTO observer.attempts (job_id, attempt, worker, outcome, endpoint, status, duration_ms, search)
         SELECT d.id, d.attempt, d.worker, 'completed', d.endpoint, d.status, d.ms,
-               observer.words(NULL, CASE WHEN d.event_id IS NULL THEN d.payload ELSE docs.doc END)
-        FROM done d LEFT JOIN docs ON docs.event_id = d.event_id
+               observer.words(NULL, CASE WHEN d.event_id IS NULL THEN d.payload
+                                         ELSE observer.project_doc(docs.doc, o.columns, o.key_columns) END)
+        FROM done d JOIN observer.observers o ON o.id = d.observer_id LEFT JOIN docs ON docs.event_id = d.event_id
         ON CONFLICT (job_id, attempt) DO UPDATE SET outcome = excluded.outcome, finished_at = excluded.finished_at,
             endpoint = excluded.endpoint, status = excluded.status, duration_ms = excluded.duration_ms,
             search = excluded.search
@@ -359,14 +375,15 @@ BEGIN
         WHERE j.id = input.id AND j.lease_token = input.token AND observer.is_running(j.state)
           AND o.id = j.observer_id
         RETURNING j.id, j.attempt, j.worker, j.state, j.run_at, j.event_id, j.payload, input.error,
-                  input.endpoint, input.status, input.ms
+                  input.endpoint, input.status, input.ms, o.columns, o.key_columns
     ), docs AS (
         SELECT * FROM observer.attempt_docs(ARRAY(SELECT event_id FROM failed WHERE event_id IS NOT NULL))
     ), logged AS (
         INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error, endpoint, status, duration_ms, search)
         SELECT f.id, f.attempt, f.worker, CASE WHEN f.state = 'dead' THEN 'dead' ELSE 'retry' END, f.error,
                f.endpoint, f.status, f.ms,
-               observer.words(f.error, CASE WHEN f.event_id IS NULL THEN f.payload ELSE docs.doc END)
+               observer.words(f.error, CASE WHEN f.event_id IS NULL THEN f.payload
+                                            ELSE observer.project_doc(docs.doc, f.columns, f.key_columns) END)
         FROM failed f LEFT JOIN docs ON docs.event_id = f.event_id
         ON CONFLICT (job_id, attempt) DO UPDATE SET outcome = excluded.outcome, error = excluded.error,
             finished_at = excluded.finished_at, endpoint = excluded.endpoint, status = excluded.status,
@@ -482,8 +499,9 @@ BEGIN
     ), logged AS (
         INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error, endpoint, status, duration_ms, search)
         SELECT d.id, d.attempt, d.worker, 'discarded', d.reason, d.endpoint, d.status, d.ms,
-               observer.words(d.reason, CASE WHEN d.event_id IS NULL THEN d.payload ELSE docs.doc END)
-        FROM discarded d LEFT JOIN docs ON docs.event_id = d.event_id
+               observer.words(d.reason, CASE WHEN d.event_id IS NULL THEN d.payload
+                                             ELSE observer.project_doc(docs.doc, o.columns, o.key_columns) END)
+        FROM discarded d JOIN observer.observers o ON o.id = d.observer_id LEFT JOIN docs ON docs.event_id = d.event_id
         ON CONFLICT (job_id, attempt) DO UPDATE SET outcome = excluded.outcome, error = excluded.error,
             finished_at = excluded.finished_at, endpoint = excluded.endpoint, status = excluded.status,
             duration_ms = excluded.duration_ms, search = excluded.search

@@ -661,3 +661,48 @@ async fn enqueuers_and_observer_definitions_stay_within_bounds() {
         );
     }
 }
+
+/// Review F13: an observer's `columns` option holds in the audit trail too. Observer `partner`
+/// delivers `id` and `status` only; another observer of the table takes every column. The
+/// column `partner` leaves out is neither in its attempts' search words nor in their documents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observers_columns_option_holds_in_the_audit_trail() {
+    let (cluster, root) = setup().await;
+    let sink = Sink::start().await.expect("sink");
+    root.batch_execute(&format!(
+        r#"CREATE TABLE public.orders (id int PRIMARY KEY, status text, secret text);
+           SELECT observer_create('partner', 'public.orders', action => '{{"type": "webhook", "url": "{0}"}}',
+                                  options => '{{"columns": ["id", "status"]}}');
+           SELECT observer_create('internal', 'public.orders', action => '{{"type": "webhook", "url": "{0}"}}');
+           INSERT INTO public.orders VALUES (1, 'new', 'hunter2secret');"#,
+        sink.url("/hook")
+    ))
+    .await
+    .expect("setup");
+    let _worker = worker(&cluster);
+    assert!(
+        wait_completed(&root, "partner", 1).await && wait_completed(&root, "internal", 1).await,
+        "{}",
+        observer_status(&root).await
+    );
+    let ops = connect_as(&cluster, "ops").await;
+    let hits = ops
+        .query(
+            "SELECT observer, document::text FROM observer_search('hunter2secret')",
+            &[],
+        )
+        .await
+        .expect("search");
+    let observers: Vec<String> = hits.iter().map(|r| r.get(0)).collect();
+    assert_eq!(observers, vec!["internal".to_string()], "only the observer that delivers it");
+    let partner_doc: String = ops
+        .query_one(
+            "SELECT document::text FROM observer_search(NULL, observer => 'partner')",
+            &[],
+        )
+        .await
+        .expect("partner's attempt")
+        .get(0);
+    assert!(!partner_doc.contains("hunter2secret"), "{partner_doc}");
+    assert!(partner_doc.contains("\"status\""), "{partner_doc}");
+}
