@@ -58,6 +58,7 @@ async fn the_worker_serves_prometheus_metrics() {
         "fraiseql_observers_in_flight 0",
         "fraiseql_observers_worker_up 1",
         "fraiseql_observers_open_circuits 0",
+        "fraiseql_observers_quarantined_events 0",
     ] {
         assert!(text.contains(line), "missing {line}\n{text}");
     }

@@ -99,6 +99,15 @@ impl DbError {
     }
 }
 
+/// Queue figures the worker exports as metrics (`Db::queue_figures`).
+#[derive(Debug, Default)]
+pub struct QueueFigures {
+    /// Jobs by state.
+    pub jobs: Vec<(String, i64)>,
+    /// Events set aside because they could not be read (`dispatch.quarantined_events`).
+    pub quarantined_events: i64,
+}
+
 /// A claimed job, as `observer_claim` returns it.
 #[derive(Debug, Clone)]
 pub struct ClaimedJob {
@@ -517,17 +526,33 @@ impl Db {
         Ok(())
     }
 
-    /// Jobs by state, from `observer_status()`.
-    pub async fn job_counts(&self) -> Result<Vec<(String, i64)>, DbError> {
+    /// Jobs by state and the events quarantined by dispatch, from one `observer_status()`.
+    pub async fn queue_figures(&self) -> Result<QueueFigures, DbError> {
         let rows = self
             .client
             .query(
-                &self.sql("SELECT key, value::text::bigint FROM pg_catalog.jsonb_each(@extschema@.observer_status() OPERATOR(pg_catalog.->) 'jobs')"),
+                &self.sql(
+                    "WITH st AS (SELECT @extschema@.observer_status() AS s) \
+                     SELECT key, value::text::bigint FROM st, \
+                            pg_catalog.jsonb_each(st.s OPERATOR(pg_catalog.->) 'jobs') \
+                     UNION ALL \
+                     SELECT NULL, ((st.s OPERATOR(pg_catalog.->) 'dispatch') \
+                                   OPERATOR(pg_catalog.->>) 'quarantined_events')::bigint FROM st",
+                ),
                 &[],
             )
             .await
             .map_err(DbError::call("observer_status"))?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        let mut figures = QueueFigures::default();
+        for r in &rows {
+            match r.get::<_, Option<String>>(0) {
+                Some(state) => figures
+                    .jobs
+                    .push((state, r.get::<_, Option<i64>>(1).unwrap_or(0))),
+                None => figures.quarantined_events = r.get::<_, Option<i64>>(1).unwrap_or(0),
+            }
+        }
+        Ok(figures)
     }
 
     /// One JSON value computed by `sql` (a query returning a single json/jsonb column and row)

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub open_circuits: IntGauge,
     /// Jobs in the extension's queue by state (from observer_status()).
     pub queue_jobs: GaugeVec,
+    /// Events dispatch set aside because they could not be read (from observer_status()).
+    pub quarantined_events: IntGauge,
     /// 1 while the worker runs.
     pub up: IntGauge,
     /// 1 while Redis (when configured) answers.
@@ -99,6 +101,10 @@ impl Metrics {
             ),
             &["state"],
         )?;
+        let quarantined_events = IntGauge::new(
+            "quarantined_events",
+            "Events set aside by dispatch because they could not be read, from observer_status().",
+        )?;
         let up = IntGauge::new("worker_up", "1 while the worker runs.")?;
         let redis_up = IntGauge::new(
             "redis_up",
@@ -129,6 +135,7 @@ impl Metrics {
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(open_circuits.clone()))?;
         registry.register(Box::new(queue_jobs.clone()))?;
+        registry.register(Box::new(quarantined_events.clone()))?;
         registry.register(Box::new(up.clone()))?;
         registry.register(Box::new(redis_up.clone()))?;
         registry.register(Box::new(audit_exported.clone()))?;
@@ -144,6 +151,7 @@ impl Metrics {
             in_flight,
             open_circuits,
             queue_jobs,
+            quarantined_events,
             up,
             redis_up,
             audit_exported,

@@ -279,13 +279,16 @@ async fn report_breakers(ctx: Arc<Context>, db: Arc<Db>) {
         tick = tick.wrapping_add(1);
         if tick % 20 == 1 && !ctx.config.metrics.listen.is_empty() {
             // Queue depth and dead-letter size, every 5 s (observer_status() counts the table).
-            if let Ok(jobs) = db.job_counts().await {
-                for (state, n) in jobs {
+            if let Ok(figures) = db.queue_figures().await {
+                for (state, n) in figures.jobs {
                     ctx.metrics
                         .queue_jobs
                         .with_label_values(&[state.as_str()])
                         .set(n as f64);
                 }
+                ctx.metrics
+                    .quarantined_events
+                    .set(figures.quarantined_events);
             }
         }
         let shape: Vec<(String, &'static str, i32)> =
