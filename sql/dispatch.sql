@@ -373,6 +373,10 @@ DECLARE
     dedup_ev    bigint[];
     dedup_obs   bigint[];
     fallback    boolean := false;
+    timed_out   boolean;
+    -- fraiseql_observers.condition_timeout: the longest one condition may run on one event; the
+    -- set-based path gets 30 times that for the page (pg/deadline.rs).
+    cond_ms     integer := coalesce(extract(epoch FROM nullif(current_setting('fraiseql_observers.condition_timeout', true), '')::interval) * 1000, 1000)::integer;
 BEGIN
     IF max_events IS NULL OR max_events < 1 THEN
         RAISE EXCEPTION 'max_events must be a positive integer, not %', coalesce(max_events::text, 'NULL')
@@ -400,6 +404,7 @@ BEGIN
     END IF;
     target := coalesce(st.batch_snapshot, observer.snapshot_excluding_self());
 
+    PERFORM @extschema@.observer_deadline(30 * cond_ms);
     BEGIN
         -- The set-based path: decide every (event, observer) pair of the page at once, make the
         -- jobs of observers without dedup, and hand the dedup matches to dedup_one() in event order.
@@ -437,15 +442,28 @@ BEGIN
                 (SELECT e FROM observer.event(dedup_ev[i]) e),
                 (SELECT o FROM observer.observers o WHERE o.id = dedup_obs[i]));
         END LOOP;
-    EXCEPTION WHEN OTHERS THEN
-        -- A condition raised despite silent mode, or a row broke the set-based path (it could not
-        -- be read: observer.decode_log): decide event by event so that one bad event is recorded
-        -- and every other one still goes on. Each event_log row of the page is read on its own,
-        -- and an event that cannot be read is quarantined ('undecodable', with the reason) for
-        -- every observer that would have seen it.
-        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-        RAISE WARNING 'fraiseql_observers: dispatch batch failed (%), deciding event by event', msg;
+        PERFORM @extschema@.observer_deadline(0);
+    EXCEPTION WHEN query_canceled THEN
+        -- Our deadline, or a real cancel (raised again).
+        IF NOT @extschema@.observer_deadline(0) THEN
+            RAISE;
+        END IF;
+        msg := format('the page took longer than %s ms', 30 * cond_ms);
         fallback := true;
+    WHEN OTHERS THEN
+        PERFORM @extschema@.observer_deadline(0);
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+        fallback := true;
+    END;
+
+    IF fallback THEN
+        -- A condition raised despite silent mode or ran too long, or a row broke the set-based
+        -- path (it could not be read: observer.decode_log): decide event by event so that one bad
+        -- event is recorded and every other one still goes on. Each event_log row of the page is
+        -- read on its own, and an event that cannot be read is quarantined ('undecodable', with
+        -- the reason) for every observer that would have seen it. Each decision runs under
+        -- condition_timeout; one that reaches it is recorded ('condition_timeout').
+        RAISE WARNING 'fraiseql_observers: dispatch batch failed (%), deciding event by event', msg;
         n_events := 0;
         n_jobs := 0;
         last_id := NULL;
@@ -473,7 +491,9 @@ BEGIN
                     WHERE o.table_oid = lg.table_oid AND o.enabled AND lg.op = ANY (o.events)
                     ORDER BY o.id
                 LOOP
+                    timed_out := false;
                     BEGIN
+                        PERFORM @extschema@.observer_deadline(cond_ms);
                         verdict := observer.decide(ev.op, ev.table_name, ev.old, ev.new,
                                                    CASE WHEN ev.op = 'UPDATE' THEN observer.changed(ev.old, ev.new) END,
                                                    obs.condition, obs.changed_columns, ev.oversize);
@@ -490,17 +510,30 @@ BEGIN
                             ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING;
                             n_jobs := n_jobs + 1;
                         END IF;
-                    EXCEPTION WHEN OTHERS THEN
+                        PERFORM @extschema@.observer_deadline(0);
+                    EXCEPTION WHEN query_canceled THEN
+                        IF NOT @extschema@.observer_deadline(0) THEN
+                            RAISE;
+                        END IF;
+                        timed_out := true;
+                        verdict := NULL;
+                    WHEN OTHERS THEN
+                        PERFORM @extschema@.observer_deadline(0);
                         verdict := NULL;
                     END;
-                    IF verdict IS NULL THEN
+                    IF timed_out THEN
+                        INSERT INTO observer.skipped (event_id, observer_id, reason, detail)
+                        VALUES (ev.id, obs.id, 'condition_timeout',
+                                format('the condition ran longer than %s ms (fraiseql_observers.condition_timeout)', cond_ms))
+                        ON CONFLICT DO NOTHING;
+                    ELSIF verdict IS NULL THEN
                         INSERT INTO observer.skipped (event_id, observer_id, reason)
                         VALUES (ev.id, obs.id, 'condition_unknown') ON CONFLICT DO NOTHING;
                     END IF;
                 END LOOP;
             END LOOP;
         END LOOP;
-    END;
+    END IF;
 
     -- A short page means the batch is complete: everything visible in `target` is done. A full
     -- page keeps the batch's snapshot and continues after its last id next round.

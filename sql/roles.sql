@@ -10,8 +10,9 @@
 --           so Postgres itself checks the rest: observer_create on a table needs the TRIGGER
 --           privilege on it (or its ownership).
 --   (none)  the row decoders (observer_decode_rows, observer_decode_rows_at, observer_decode_row)
---           read the binary batches of the event log; they are called only inside the
---           extension's own SECURITY DEFINER functions and are granted to nobody.
+--           read the binary batches of the event log, and observer_deadline arms the dispatch
+--           round's timeouts; they are called only inside the extension's own SECURITY DEFINER
+--           functions and are granted to nobody.
 --
 -- App and worker functions are SECURITY DEFINER (they run as the extension's owner, with
 -- search_path fixed to pg_catalog, pg_temp like every function here), so those roles need no
@@ -43,7 +44,7 @@ END;
 -- The internal functions no role is granted: they read bytes of the event log.
 CREATE FUNCTION observer.internal_functions() RETURNS text[]
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
-RETURN ARRAY['observer_decode_rows', 'observer_decode_rows_at', 'observer_decode_row'];
+RETURN ARRAY['observer_decode_rows', 'observer_decode_rows_at', 'observer_decode_row', 'observer_deadline'];
 
 
 -- observer_grant(role, access, queues) / observer_revoke(role, access): give or take app,

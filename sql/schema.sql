@@ -123,15 +123,17 @@ INSERT INTO observer.dispatch_state (done_snapshot) VALUES (pg_current_snapshot(
 -- Decisions that made no job but must be findable: a condition whose result was unknown on this
 -- row (a type mismatch or structural error: recorded, never raised, so one bad row blocks
 -- nothing), an event deduplicated or coalesced into another job by the observer's dedup option
--- (job_id names that job), or an event that could not be read at all (`undecodable`, quarantined
--- with the reason in `detail`: observer_replay() tries it again once the cause is fixed).
+-- (job_id names that job), a condition that ran out of time on this row (`condition_timeout`,
+-- fraiseql_observers.condition_timeout), or an event that could not be read at all
+-- (`undecodable`, quarantined with the reason in `detail`: observer_replay() tries it again once
+-- the cause is fixed).
 -- "Condition false" is not stored: it can be recomputed.
 CREATE TABLE observer.skipped (
     event_id     bigint NOT NULL,
     observer_id  bigint NOT NULL REFERENCES observer.observers (id) ON DELETE CASCADE,
-    reason       text NOT NULL CHECK (reason IN ('condition_unknown', 'deduplicated', 'coalesced', 'undecodable')),
+    reason       text NOT NULL CHECK (reason IN ('condition_unknown', 'condition_timeout', 'deduplicated', 'coalesced', 'undecodable')),
     job_id       bigint,
-    detail       text,                       -- undecodable: why the event could not be read
+    detail       text,                       -- undecodable, condition_timeout: why
     recorded_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (event_id, observer_id)
 );

@@ -39,6 +39,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                count(j.id) FILTER (WHERE j.state = 'completed') AS completed,
                count(j.id) FILTER (WHERE j.state = 'dead')      AS dead,
                (SELECT count(*) FROM observer.skipped s WHERE s.observer_id = o.id AND s.reason = 'condition_unknown') AS condition_unknown,
+               (SELECT count(*) FROM observer.skipped s WHERE s.observer_id = o.id AND s.reason = 'condition_timeout') AS condition_timeout,
                (SELECT count(*) FROM observer.skipped s WHERE s.observer_id = o.id AND s.reason IN ('deduplicated', 'coalesced')) AS deduplicated,
                (SELECT count(*) FROM observer.skipped s WHERE s.observer_id = o.id AND s.reason = 'undecodable') AS quarantined
         FROM observer.observers o
@@ -65,7 +66,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             'name', p.name, 'table', p.table_name, 'enabled', p.enabled,
             'paused_at', p.paused_at, 'paused_reason', p.paused_reason,
             'pending', p.pending, 'running', p.running, 'completed', p.completed, 'dead', p.dead,
-            'condition_unknown', p.condition_unknown, 'deduplicated', p.deduplicated,
+            'condition_unknown', p.condition_unknown, 'condition_timeout', p.condition_timeout,
+            'deduplicated', p.deduplicated,
             'quarantined', p.quarantined)
             ORDER BY p.name) FILTER (WHERE p.name IS NOT NULL), '[]'),
         'audit', jsonb_build_object(

@@ -42,6 +42,12 @@ static AUDIT_SEARCH: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// the database (ALTER DATABASE ... SET) when such a worker runs, else the queue only grows.
 static AUDIT_EXPORT: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// `fraiseql_observers.condition_timeout` (milliseconds, default 1000, superuser): the longest a
+/// dispatch round lets one condition (or dedup key) run on one event. A round that takes 30 times
+/// this decides again event by event, each decision under this limit; a decision that reaches it
+/// is recorded as `condition_timeout` against its observer, and the round goes on.
+static CONDITION_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
 /// Register the settings. Postmaster-context settings can only be defined while preloading.
 pub fn init(preloading: bool) {
     GucRegistry::define_bool_guc(
@@ -81,6 +87,16 @@ pub fn init(preloading: bool) {
         i32::MAX,
         GucContext::Sighup,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"fraiseql_observers.condition_timeout",
+        c"Longest a condition may run on one event in a dispatch round.",
+        c"A round that takes 30 times this decides event by event under this limit; a condition that reaches it is recorded as condition_timeout for its observer.",
+        &CONDITION_TIMEOUT_MS,
+        10,
+        600_000,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_bool_guc(
         c"fraiseql_observers.audit_search",

@@ -40,7 +40,8 @@ extension_sql_file!(
         "observers",
         pg::rows::observer_decode_rows,
         pg::rows::observer_decode_row,
-        pg::rows::observer_decode_rows_at
+        pg::rows::observer_decode_rows_at,
+        pg::deadline::observer_deadline
     ]
 );
 extension_sql_file!(

@@ -694,7 +694,11 @@ async fn an_observers_columns_option_holds_in_the_audit_trail() {
         .await
         .expect("search");
     let observers: Vec<String> = hits.iter().map(|r| r.get(0)).collect();
-    assert_eq!(observers, vec!["internal".to_string()], "only the observer that delivers it");
+    assert_eq!(
+        observers,
+        vec!["internal".to_string()],
+        "only the observer that delivers it"
+    );
     let partner_doc: String = ops
         .query_one(
             "SELECT document::text FROM observer_search(NULL, observer => 'partner')",
@@ -705,4 +709,66 @@ async fn an_observers_columns_option_holds_in_the_audit_trail() {
         .get(0);
     assert!(!partner_doc.contains("hunter2secret"), "{partner_doc}");
     assert!(partner_doc.contains("\"status\""), "{partner_doc}");
+}
+
+/// Review F21: a condition whose cost a writer controls (an admin's naive filter inside a filter,
+/// quadratic in the array a writer sends) runs under `fraiseql_observers.condition_timeout`: the
+/// round that reaches 30 times the limit decides event by event, the slow decision is recorded as
+/// `condition_timeout` against its observer, and every other event flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_condition_is_recorded_against_its_observer_not_a_stall_for_all() {
+    let cluster = Cluster::start(&["fraiseql_observers.condition_timeout = 100"]).expect("cluster");
+    let root = cluster.connect("postgres").await.expect("connect");
+    let sink = Sink::start().await.expect("sink");
+    root.batch_execute(&format!(
+        r#"CREATE EXTENSION fraiseql_observers;
+           CREATE ROLE writer LOGIN;
+           CREATE TABLE public.docs (id int PRIMARY KEY, doc jsonb);
+           CREATE TABLE public.other (id int PRIMARY KEY);
+           GRANT INSERT ON public.docs, public.other TO writer;
+           SELECT observer_create('slow', 'public.docs',
+                  condition => 'exists($.new.doc.items[*] ? (exists($.new.doc.items[*] ? (@ == -1))))',
+                  action => '{{"type": "webhook", "url": "{0}"}}');
+           SELECT observer_create('other_hook', 'public.other', action => '{{"type": "webhook", "url": "{0}"}}');"#,
+        sink.url("/hook")
+    ))
+    .await
+    .expect("setup");
+    let _worker = Worker::start(&cluster.url("postgres"), &[]).expect("worker");
+    let writer = connect_as(&cluster, "writer").await;
+    writer
+        .batch_execute(
+            r#"INSERT INTO public.docs VALUES (1, jsonb_build_object('items', (SELECT jsonb_agg(i) FROM generate_series(1, 40000) i)));
+               INSERT INTO public.docs VALUES (2, '{"items": [1, -1]}');
+               INSERT INTO public.other VALUES (1);"#,
+        )
+        .await
+        .expect("writes");
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            completed(&root, "other_hook").await == 1 && completed(&root, "slow").await == 1
+        })
+        .await,
+        "{}",
+        observer_status(&root).await
+    );
+    let timed_out = root
+        .query(
+            "SELECT s.event_id, s.detail FROM observer.skipped s WHERE s.reason = 'condition_timeout'",
+            &[],
+        )
+        .await
+        .expect("skipped");
+    assert_eq!(timed_out.len(), 1, "the slow decision is recorded");
+    let detail: String = timed_out[0].get(1);
+    assert!(detail.contains("100 ms"), "{detail}");
+    let status = observer_status(&root).await;
+    let slow = status["observers"]
+        .as_array()
+        .expect("observers")
+        .iter()
+        .find(|o| o["name"] == "slow")
+        .expect("slow")
+        .clone();
+    assert_eq!(slow["condition_timeout"], 1, "{slow}");
 }

@@ -51,20 +51,6 @@ pub fn class_of(typ: pg_sys::Oid) -> JsonClass {
     c
 }
 
-/// The worst class of several types (Missing, then Composite, then Text, then Plain).
-pub fn worst(classes: impl IntoIterator<Item = JsonClass>) -> JsonClass {
-    let rank = |c: JsonClass| match c {
-        JsonClass::Plain => 0,
-        JsonClass::Text => 1,
-        JsonClass::Composite => 2,
-        JsonClass::Missing => 3,
-    };
-    classes
-        .into_iter()
-        .max_by_key(|c| rank(*c))
-        .unwrap_or(JsonClass::Plain)
-}
-
 fn classify(typ: pg_sys::Oid, depth: u32) -> JsonClass {
     // Types nest (an array of a domain over a range of ...) but not without bound.
     if depth > 32 {
