@@ -147,18 +147,38 @@ CREATE TYPE observer.decoded_event AS (
     error       text
 );
 
--- observer.decode_log(log_id, nrows): the events of one event_log row, each read on its own when
--- the row as a whole cannot be (one subtransaction for the row, then one per event), so that an
--- event that cannot be read (a value its type cannot turn into JSON, a type dropped since capture)
--- comes back with its error instead of failing the caller. The slow path of dispatch and replay.
+-- observer.decode_one(event_id): one event, or (when it cannot be read: a value its type cannot
+-- turn into JSON, a type dropped since capture) the event with its error, in a subtransaction of
+-- its own. No row for an event that does not exist. The slow path of decode_log and events_safe.
+CREATE FUNCTION observer.decode_one(event_id bigint) RETURNS SETOF observer.decoded_event
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e   observer.event;
+    msg text;
+BEGIN
+    SELECT * INTO e FROM observer.event(event_id);
+    IF FOUND THEN
+        RETURN NEXT ROW(e.id, e.tx, e.table_oid, e.table_name, e.op, e.old, e.new, e.oversize,
+                        e.created_at, NULL::text)::observer.decoded_event;
+    END IF;
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+    RETURN QUERY SELECT decode_one.event_id, l.tx, l.table_oid, l.table_name, l.op, NULL::jsonb, NULL::jsonb,
+                        l.oversize, l.created_at, left(msg, 1000)
+                 FROM observer.event_log l WHERE l.id = observer.event_log_id(decode_one.event_id);
+END
+$$;
+
+-- observer.decode_log(log_id, nrows): the events of one event_log row, each read on its own
+-- (observer.decode_one) when the row as a whole cannot be (one subtransaction for the row, then
+-- one per event), so that an event that cannot be read comes back with its error instead of
+-- failing the caller. The slow path of dispatch and replay.
 -- SECURITY DEFINER: it reads the event log by id, and is how admins (who may not call the row
 -- decoders, which are granted to nobody) see events (observer.events, observer_replay).
 CREATE FUNCTION observer.decode_log(log_id bigint, nrows integer) RETURNS SETOF observer.decoded_event
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     evs observer.event[];
-    e   observer.event;
-    msg text;
 BEGIN
     BEGIN
         evs := ARRAY(SELECT x FROM observer.event_log l, LATERAL observer.event_rows(l) x
@@ -168,36 +188,21 @@ BEGIN
     EXCEPTION WHEN OTHERS THEN
         NULL;  -- read event by event below
     END;
-    FOR k IN 0 .. nrows - 1 LOOP
-        BEGIN
-            SELECT * INTO e FROM observer.event(log_id + k);
-            IF FOUND THEN
-                RETURN NEXT ROW(e.id, e.tx, e.table_oid, e.table_name, e.op, e.old, e.new, e.oversize,
-                                e.created_at, NULL::text)::observer.decoded_event;
-            END IF;
-        EXCEPTION WHEN OTHERS THEN
-            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-            RETURN NEXT (SELECT ROW(log_id + k, l.tx, l.table_oid, l.table_name, l.op, NULL::jsonb, NULL::jsonb,
-                                    l.oversize, l.created_at, left(msg, 1000))::observer.decoded_event
-                         FROM observer.event_log l WHERE l.id = log_id);
-        END;
-    END LOOP;
+    RETURN QUERY SELECT d.* FROM generate_series(0, nrows - 1) k, LATERAL observer.decode_one(log_id + k) d
+                 ORDER BY d.id;
 END
 $$;
 
 -- observer.events_safe(event_ids): observer.events_of for the queue, which must never fail for
 -- one event that cannot be read (every claim would fail on it): the events in one subtransaction,
--- and when that fails, each on its own, an unreadable one with its error. Not inlinable (plpgsql);
--- the one subtransaction costs a few microseconds per call, not per event.
+-- and when that fails, each on its own (observer.decode_one), an unreadable one with its error.
+-- Not inlinable (plpgsql); the one subtransaction costs a few microseconds per call, not per event.
 -- SECURITY DEFINER for the same reason as decode_log (observer_debug_event, observer_dlq_list,
 -- observer_search run as their admin caller).
 CREATE FUNCTION observer.events_safe(event_ids bigint[]) RETURNS SETOF observer.decoded_event
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     evs observer.event[];
-    e   observer.event;
-    i   bigint;
-    msg text;
 BEGIN
     IF coalesce(cardinality(event_ids), 0) = 0 THEN
         RETURN;
@@ -209,20 +214,8 @@ BEGIN
     EXCEPTION WHEN OTHERS THEN
         NULL;  -- read event by event below
     END;
-    FOR i IN SELECT DISTINCT u FROM unnest(event_ids) u LOOP
-        BEGIN
-            SELECT * INTO e FROM observer.event(i);
-            IF FOUND THEN
-                RETURN NEXT ROW(e.id, e.tx, e.table_oid, e.table_name, e.op, e.old, e.new, e.oversize,
-                                e.created_at, NULL::text)::observer.decoded_event;
-            END IF;
-        EXCEPTION WHEN OTHERS THEN
-            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-            RETURN NEXT (SELECT ROW(i, l.tx, l.table_oid, l.table_name, l.op, NULL::jsonb, NULL::jsonb,
-                                    l.oversize, l.created_at, left(msg, 1000))::observer.decoded_event
-                         FROM observer.event_log l WHERE l.id = observer.event_log_id(i));
-        END;
-    END LOOP;
+    RETURN QUERY SELECT d.* FROM (SELECT DISTINCT u.i FROM unnest(event_ids) AS u(i)) AS u,
+                                 LATERAL observer.decode_one(u.i) d;
 END
 $$;
 

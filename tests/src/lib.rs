@@ -226,6 +226,31 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// A client connection to database `postgres` as `role` (trust authentication).
+    pub async fn connect_as(&self, role: &str) -> tokio_postgres::Client {
+        let url = self
+            .url("postgres")
+            .replace("postgres@", &format!("{role}@"));
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect as {role}: {e}"));
+        tokio::spawn(conn);
+        client
+    }
+}
+
+/// The SQLSTATE of running `sql` (a batch), or "ok".
+pub async fn sqlstate(client: &tokio_postgres::Client, sql: &str) -> String {
+    match client.batch_execute(sql).await {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e
+            .code()
+            .map(|c| c.code().to_string())
+            .unwrap_or_else(|| e.to_string()),
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = self.pg_ctl(&["-m", "immediate", "-w", "stop"]);

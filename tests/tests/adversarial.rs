@@ -21,30 +21,7 @@
 
 use std::time::Duration;
 
-use fraiseql_observers_tests::{observer_status, wait_until, Cluster, Sink, Worker};
-
-/// A connection as `role`.
-async fn connect_as(cluster: &Cluster, role: &str) -> tokio_postgres::Client {
-    let url = cluster
-        .url("postgres")
-        .replace("postgres@", &format!("{role}@"));
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
-    client
-}
-
-/// The SQLSTATE of running `sql`, or "ok".
-async fn outcome(client: &tokio_postgres::Client, sql: &str) -> String {
-    match client.batch_execute(sql).await {
-        Ok(()) => "ok".to_string(),
-        Err(e) => e
-            .code()
-            .map(|c| c.code().to_string())
-            .unwrap_or_else(|| e.to_string()),
-    }
-}
+use fraiseql_observers_tests::{observer_status, sqlstate, wait_until, Cluster, Sink, Worker};
 
 async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.expect(sql).get(0)
@@ -104,7 +81,7 @@ async fn wait_completed(client: &tokio_postgres::Client, observer: &str, n: i64)
 async fn a_table_owners_cast_never_runs_with_the_dispatchers_privileges() {
     let (cluster, root) = setup().await;
     let sink = Sink::start().await.expect("sink");
-    let app = connect_as(&cluster, "app").await;
+    let app = cluster.connect_as("app").await;
     app.batch_execute(
         "CREATE TABLE public.orders (id int PRIMARY KEY, status text);
          CREATE TABLE public.pwned (who name, su boolean);
@@ -142,7 +119,7 @@ async fn a_table_owners_cast_never_runs_with_the_dispatchers_privileges() {
         observer_status(&root).await
     );
     // Every place that turns those rows into JSON for an admin, too.
-    let ops = connect_as(&cluster, "ops").await;
+    let ops = cluster.connect_as("ops").await;
     ops.batch_execute(
         "SELECT observer_debug_event((SELECT min(id) FROM observer.events));
          SELECT count(*) FROM observer.events;
@@ -171,7 +148,7 @@ async fn a_table_owners_cast_never_runs_with_the_dispatchers_privileges() {
 async fn an_unreadable_row_is_quarantined_and_every_other_change_flows() {
     let (cluster, root) = setup().await;
     let sink = Sink::start().await.expect("sink");
-    let app = connect_as(&cluster, "app").await;
+    let app = cluster.connect_as("app").await;
     app.batch_execute(
         "CREATE TABLE public.orders (id int PRIMARY KEY, doc json);
          CREATE TABLE public.other (id int PRIMARY KEY);
@@ -192,7 +169,7 @@ async fn an_unreadable_row_is_quarantined_and_every_other_change_flows() {
     let _worker = worker(&cluster);
 
     // The poison: `json` accepts \u0000, jsonb (which every delivery is made of) does not.
-    let writer = connect_as(&cluster, "writer").await;
+    let writer = cluster.connect_as("writer").await;
     writer
         .batch_execute(r#"INSERT INTO public.orders (id, doc) VALUES (1, '{"a": "\u0000"}')"#)
         .await
@@ -226,7 +203,7 @@ async fn an_unreadable_row_is_quarantined_and_every_other_change_flows() {
         "SELECT event_id FROM observer.skipped WHERE reason = 'undecodable'",
     )
     .await;
-    let ops = connect_as(&cluster, "ops").await;
+    let ops = cluster.connect_as("ops").await;
     let story: serde_json::Value = serde_json::from_str(
         ops.query_one(&format!("SELECT observer_debug_event({poison})::text"), &[])
             .await
@@ -308,7 +285,7 @@ async fn an_unreadable_row_is_quarantined_and_every_other_change_flows() {
 async fn a_row_too_big_for_the_search_words_never_stops_deliveries() {
     let (cluster, root) = setup().await;
     let sink = Sink::start().await.expect("sink");
-    let app = connect_as(&cluster, "app").await;
+    let app = cluster.connect_as("app").await;
     app.batch_execute("CREATE TABLE public.notes (id int PRIMARY KEY, body text)")
         .await
         .expect("table");
@@ -329,7 +306,7 @@ async fn a_row_too_big_for_the_search_words_never_stops_deliveries() {
     .expect("big row");
     // Before any worker runs: claim it by hand with a one-second lease and let the lease
     // expire, so that the worker's first claim takes the expired-lease path.
-    let by_hand = connect_as(&cluster, "worker").await;
+    let by_hand = cluster.connect_as("worker").await;
     assert!(
         wait_until(Duration::from_secs(10), || async {
             count(&root, "SELECT count(*) FROM observer.jobs").await == 1
@@ -377,7 +354,7 @@ async fn a_row_too_big_for_the_search_words_never_stops_deliveries() {
         "the big row was delivered whole ({biggest} bytes)"
     );
     // Its words are searchable (bounded, not dropped).
-    let ops = connect_as(&cluster, "ops").await;
+    let ops = cluster.connect_as("ops").await;
     let found: i64 = count(&ops, "SELECT count(*) FROM observer_search('ckcaki')").await;
     assert!(found >= 1);
 }
@@ -388,7 +365,7 @@ async fn a_row_too_big_for_the_search_words_never_stops_deliveries() {
 async fn no_sql_call_crashes_a_backend() {
     let (cluster, root) = setup().await;
     let sink = Sink::start().await.expect("sink");
-    let app = connect_as(&cluster, "app").await;
+    let app = cluster.connect_as("app").await;
     app.batch_execute("CREATE TABLE public.orders (id int PRIMARY KEY, status text)")
         .await
         .expect("table");
@@ -398,10 +375,10 @@ async fn no_sql_call_crashes_a_backend() {
     ))
     .await
     .expect("observer");
-    let ops = connect_as(&cluster, "ops").await;
+    let ops = cluster.connect_as("ops").await;
     // The review's crash: a pass-by-value argument where the decoder expected a pointer.
     assert_eq!(
-        outcome(
+        sqlstate(
             &ops,
             "SELECT observer_decode_rows('{}'::text[], '{}'::oid[], 1::bigint)"
         )
@@ -415,13 +392,13 @@ async fn no_sql_call_crashes_a_backend() {
         "SELECT observer_decode_row('{}'::text[], '{}'::oid[], '\\x00'::bytea, 0)",
     ] {
         assert_eq!(
-            outcome(&ops, sql).await,
+            sqlstate(&ops, sql).await,
             "42501",
             "granted to nobody: {sql}"
         );
     }
     assert_eq!(
-        outcome(
+        sqlstate(
             &ops,
             "INSERT INTO observer.event_log (table_oid, table_name, op) VALUES (1, 'x', 'INSERT')"
         )
@@ -430,7 +407,7 @@ async fn no_sql_call_crashes_a_backend() {
         "only capture writes the event log"
     );
     assert_eq!(
-        outcome(&ops, "UPDATE observer.event_log SET nrows = 1").await,
+        sqlstate(&ops, "UPDATE observer.event_log SET nrows = 1").await,
         "42501"
     );
     // Crafted batches, even from a superuser: an attribute longer than the row (a heap
@@ -440,7 +417,7 @@ async fn no_sql_call_crashes_a_backend() {
     let toast_pointer = "decode('01000000' || '2a000000' || '88000000' || 'ffffffff' || '00000000' ||
                                 '000000000000' || '0100' || '0600' || '18' || '00' || '0101' || '0100000000000000', 'hex')";
     assert_eq!(
-        outcome(
+        sqlstate(
             &root,
             &format!("SELECT observer_decode_rows(ARRAY['x'], ARRAY['bytea'::regtype::oid], {over_read})")
         )
@@ -448,7 +425,7 @@ async fn no_sql_call_crashes_a_backend() {
         "XX001"
     );
     assert_eq!(
-        outcome(
+        sqlstate(
             &root,
             &format!("SELECT observer_decode_rows(ARRAY['x'], ARRAY['text'::regtype::oid], {toast_pointer})")
         )
@@ -513,7 +490,7 @@ async fn no_sql_call_crashes_a_backend() {
 async fn an_outsiders_advisory_locks_change_nothing() {
     let (cluster, root) = setup().await;
     let sink = Sink::start().await.expect("sink");
-    let app = connect_as(&cluster, "app").await;
+    let app = cluster.connect_as("app").await;
     app.batch_execute("CREATE TABLE public.orders (id int PRIMARY KEY)")
         .await
         .expect("table");
@@ -523,7 +500,7 @@ async fn an_outsiders_advisory_locks_change_nothing() {
     ))
     .await
     .expect("observer");
-    let outsider = connect_as(&cluster, "outsider").await;
+    let outsider = cluster.connect_as("outsider").await;
     outsider
         .batch_execute(
             "SELECT pg_advisory_lock(7460944093541646447);
@@ -532,7 +509,7 @@ async fn an_outsiders_advisory_locks_change_nothing() {
         .await
         .expect("any role can take advisory locks");
     assert_eq!(
-        outcome(
+        sqlstate(
             &outsider,
             "BEGIN; SELECT * FROM observer.dispatch_state FOR UPDATE"
         )
@@ -550,7 +527,7 @@ async fn an_outsiders_advisory_locks_change_nothing() {
     );
 
     // An admin session that holds the round (the checkpoint row) is named.
-    let ops = connect_as(&cluster, "ops").await;
+    let ops = cluster.connect_as("ops").await;
     ops.batch_execute("BEGIN; SELECT 1 FROM observer.dispatch_state FOR UPDATE;")
         .await
         .expect("admin holds the round");
@@ -586,17 +563,17 @@ async fn enqueuers_and_observer_definitions_stay_within_bounds() {
     )
     .await
     .expect("queues");
-    let mailer = connect_as(cluster, "mailer").await;
+    let mailer = cluster.connect_as("mailer").await;
     assert_eq!(
-        outcome(&mailer, "SELECT observer_enqueue('mail', '{}')").await,
+        sqlstate(&mailer, "SELECT observer_enqueue('mail', '{}')").await,
         "ok"
     );
     assert_eq!(
-        outcome(&mailer, "SELECT observer_enqueue('billing', '{}')").await,
+        sqlstate(&mailer, "SELECT observer_enqueue('billing', '{}')").await,
         "42501",
         "a role granted some queues enqueues into those only"
     );
-    let app = connect_as(cluster, "app").await;
+    let app = cluster.connect_as("app").await;
     // A key sent as the webhook-id of a table event's namespace stays in the queue's own.
     app.batch_execute("SELECT observer_enqueue('billing', '{}', 'evt_1024_1')")
         .await
@@ -611,7 +588,7 @@ async fn enqueuers_and_observer_definitions_stay_within_bounds() {
         .get(0);
     assert!(webhook_id.starts_with("key_"), "{webhook_id}");
     assert_eq!(
-        outcome(
+        sqlstate(
             &app,
             "SELECT observer_enqueue('billing', '{}', E'bad\\nkey')"
         )
@@ -634,7 +611,7 @@ async fn enqueuers_and_observer_definitions_stay_within_bounds() {
         1
     );
     assert_eq!(
-        outcome(
+        sqlstate(
             &app,
             "SELECT observer_enqueue('billing', jsonb_build_object('t', repeat('x', 2000000)))"
         )
@@ -648,7 +625,7 @@ async fn enqueuers_and_observer_definitions_stay_within_bounds() {
         r#"$.new.name like_regex "(a+)\\1""#,
     ] {
         assert_eq!(
-            outcome(
+            sqlstate(
                 &root,
                 &format!(
                     r#"SELECT observer_create('costly', 'public.t', condition => '{condition}',
@@ -685,7 +662,7 @@ async fn an_observers_columns_option_holds_in_the_audit_trail() {
         "{}",
         observer_status(&root).await
     );
-    let ops = connect_as(&cluster, "ops").await;
+    let ops = cluster.connect_as("ops").await;
     let hits = ops
         .query(
             "SELECT observer, document::text FROM observer_search('hunter2secret')",
@@ -735,7 +712,7 @@ async fn a_slow_condition_is_recorded_against_its_observer_not_a_stall_for_all()
     .await
     .expect("setup");
     let _worker = Worker::start(&cluster.url("postgres"), &[]).expect("worker");
-    let writer = connect_as(&cluster, "writer").await;
+    let writer = cluster.connect_as("writer").await;
     writer
         .batch_execute(
             r#"INSERT INTO public.docs VALUES (1, jsonb_build_object('items', (SELECT jsonb_agg(i) FROM generate_series(1, 40000) i)));

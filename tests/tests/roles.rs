@@ -5,29 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fraiseql_observers_tests::{wait_for_jobs, Cluster, Sink, Worker};
-
-async fn connect_as(cluster: &Cluster, role: &str) -> tokio_postgres::Client {
-    let url = cluster
-        .url("postgres")
-        .replace("postgres@", &format!("{role}@"));
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
-    client
-}
-
-/// The SQLSTATE of running `sql`, or "ok".
-async fn outcome(client: &tokio_postgres::Client, sql: &str) -> String {
-    match client.batch_execute(sql).await {
-        Ok(()) => "ok".to_string(),
-        Err(e) => e
-            .code()
-            .map(|c| c.code().to_string())
-            .unwrap_or_else(|| e.to_string()),
-    }
-}
+use fraiseql_observers_tests::{sqlstate, wait_for_jobs, Cluster, Sink, Worker};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_worker_and_admin_roles_can_do_what_they_need_and_nothing_more() {
@@ -48,9 +26,9 @@ async fn app_worker_and_admin_roles_can_do_what_they_need_and_nothing_more() {
 
     // The admin creates a table of its own, observes it, and a job queue; it cannot observe a
     // table it has no TRIGGER privilege on.
-    let admin = connect_as(&cluster, "admin").await;
+    let admin = cluster.connect_as("admin").await;
     assert_eq!(
-        outcome(
+        sqlstate(
             &admin,
             &format!(
                 r#"CREATE TABLE orders (id int PRIMARY KEY, status text);
@@ -66,7 +44,7 @@ async fn app_worker_and_admin_roles_can_do_what_they_need_and_nothing_more() {
         "ok"
     );
     assert_eq!(
-        outcome(
+        sqlstate(
             &admin,
             r#"SELECT observer_create('spy', 'private_table', ARRAY['INSERT'],
                                       action => '{"type": "webhook", "url": "https://example.com/"}')"#
@@ -77,17 +55,17 @@ async fn app_worker_and_admin_roles_can_do_what_they_need_and_nothing_more() {
     );
 
     // The application writes observed rows and enqueues jobs, and nothing else.
-    let app = connect_as(&cluster, "app").await;
+    let app = cluster.connect_as("app").await;
     assert_eq!(
-        outcome(&app, "INSERT INTO orders VALUES (1, 'new'), (2, 'new')").await,
+        sqlstate(&app, "INSERT INTO orders VALUES (1, 'new'), (2, 'new')").await,
         "ok"
     );
     assert_eq!(
-        outcome(&app, "INSERT INTO orders VALUES (3, 'new')").await,
+        sqlstate(&app, "INSERT INTO orders VALUES (3, 'new')").await,
         "ok"
     );
     assert_eq!(
-        outcome(
+        sqlstate(
             &app,
             r#"SELECT observer_enqueue('mail', '{"to": "ada@example.com"}')"#
         )
@@ -104,7 +82,7 @@ async fn app_worker_and_admin_roles_can_do_what_they_need_and_nothing_more() {
         "SELECT observer_dlq_purge(all_jobs => true)",
         "SELECT observer_grant('app', 'admin')",
     ] {
-        assert_eq!(outcome(&app, forbidden).await, "42501", "app: {forbidden}");
+        assert_eq!(sqlstate(&app, forbidden).await, "42501", "app: {forbidden}");
     }
 
     // The worker role runs the worker end to end: dispatch, claim, deliver, complete.
@@ -116,8 +94,8 @@ async fn app_worker_and_admin_roles_can_do_what_they_need_and_nothing_more() {
         _worker.log()
     );
     assert_eq!(sink.received().len(), 4);
-    let worker = connect_as(&cluster, "worker").await;
-    assert_eq!(outcome(&worker, "SELECT observer_status()").await, "ok");
+    let worker = cluster.connect_as("worker").await;
+    assert_eq!(sqlstate(&worker, "SELECT observer_status()").await, "ok");
     for forbidden in [
         "SELECT * FROM observer.jobs",
         "SELECT * FROM observer_dlq_list()",
@@ -128,7 +106,7 @@ async fn app_worker_and_admin_roles_can_do_what_they_need_and_nothing_more() {
         "INSERT INTO observer.jobs (observer_id, payload, idempotency_key) VALUES (1, '{}', 'x')",
     ] {
         assert_eq!(
-            outcome(&worker, forbidden).await,
+            sqlstate(&worker, forbidden).await,
             "42501",
             "worker: {forbidden}"
         );
@@ -136,23 +114,23 @@ async fn app_worker_and_admin_roles_can_do_what_they_need_and_nothing_more() {
 
     // The admin sees everything; revoking takes it away.
     assert_eq!(
-        outcome(&admin, "SELECT * FROM observer_search('new')").await,
+        sqlstate(&admin, "SELECT * FROM observer_search('new')").await,
         "ok"
     );
     assert_eq!(
-        outcome(&admin, "SELECT count(*) FROM observer.jobs").await,
+        sqlstate(&admin, "SELECT count(*) FROM observer.jobs").await,
         "ok"
     );
     root.batch_execute("SELECT observer_revoke('admin', 'admin')")
         .await
         .expect("revoke");
-    assert_eq!(outcome(&admin, "SELECT observer_status()").await, "42501");
+    assert_eq!(sqlstate(&admin, "SELECT observer_status()").await, "42501");
     assert_eq!(
-        outcome(&root, "SELECT observer_grant('nobody', 'app')").await,
+        sqlstate(&root, "SELECT observer_grant('nobody', 'app')").await,
         "42704"
     );
     assert_eq!(
-        outcome(&root, "SELECT observer_grant('app', 'root')").await,
+        sqlstate(&root, "SELECT observer_grant('app', 'root')").await,
         "22023"
     );
     // Nothing of the extension is granted to PUBLIC.
