@@ -749,3 +749,72 @@ async fn a_slow_condition_is_recorded_against_its_observer_not_a_stall_for_all()
         .clone();
     assert_eq!(slow["condition_timeout"], 1, "{slow}");
 }
+
+/// A quarantined event is replayable once its cause is fixed: here a superuser's own cast to
+/// json (trusted, so the dispatcher runs it) raises on one value; the event is set aside with the
+/// cast's message, the cast is fixed, and `observer_replay` delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_event_is_delivered_by_a_replay_once_its_cause_is_fixed() {
+    let (cluster, root) = setup().await;
+    let sink = Sink::start().await.expect("sink");
+    root.batch_execute(&format!(
+        r#"CREATE TYPE public.grade AS ENUM ('good', 'bad');
+           CREATE FUNCTION public.grade_json(g public.grade) RETURNS json LANGUAGE plpgsql AS $$
+           BEGIN
+               IF g = 'bad' THEN RAISE EXCEPTION 'grade_json cannot convert %', g; END IF;
+               RETURN pg_catalog.to_json(g::text);
+           END $$;
+           CREATE CAST (public.grade AS json) WITH FUNCTION public.grade_json(public.grade);
+           CREATE TABLE public.exams (id int PRIMARY KEY, g public.grade);
+           SELECT observer_create('exams_hook', 'public.exams', action => '{{"type": "webhook", "url": "{}"}}');
+           INSERT INTO public.exams VALUES (1, 'bad');
+           INSERT INTO public.exams VALUES (2, 'good');"#,
+        sink.url("/exams")
+    ))
+    .await
+    .expect("setup");
+    let _worker = worker(&cluster);
+    assert!(wait_completed(&root, "exams_hook", 1).await);
+    let detail: String = root
+        .query_one(
+            "SELECT detail FROM observer.skipped WHERE reason = 'undecodable'",
+            &[],
+        )
+        .await
+        .expect("quarantined")
+        .get(0);
+    assert!(detail.contains("grade_json cannot convert"), "{detail}");
+    // The cause is fixed; the replay delivers the event and it leaves the quarantine.
+    root.batch_execute(
+        "CREATE OR REPLACE FUNCTION public.grade_json(g public.grade) RETURNS json LANGUAGE sql
+         AS $$ SELECT pg_catalog.to_json(g::text) $$;",
+    )
+    .await
+    .expect("fix");
+    let ops = cluster.connect_as("ops").await;
+    let replayed: i64 = ops
+        .query_one(
+            "SELECT observer_replay('exams_hook', now() - interval '1 hour')",
+            &[],
+        )
+        .await
+        .expect("replay")
+        .get(0);
+    assert_eq!(
+        replayed, 2,
+        "the fixed event gets its job, the delivered one goes again"
+    );
+    assert!(wait_completed(&root, "exams_hook", 2).await);
+    assert_eq!(
+        count(
+            &root,
+            "SELECT count(*) FROM observer.skipped WHERE reason = 'undecodable'"
+        )
+        .await,
+        0
+    );
+    assert!(sink
+        .received()
+        .iter()
+        .any(|r| r.body["data"]["new"]["g"] == "bad"));
+}
