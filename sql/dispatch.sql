@@ -11,6 +11,20 @@
 -- Jobs and the checkpoint are written in the same transaction, so a crash at any point either
 -- keeps both or neither; UNIQUE (event_id, observer_id) makes a repeated round harmless anyway.
 
+-- observer.wake_workers(): NOTIFY fraiseql_observers_jobs, the workers' wake-up, unless the
+-- server's notification queue is half full. A full queue fails the committing transaction ("too
+-- many notifications in the NOTIFY queue"), and any login role can fill it (a listener that never
+-- reads, and notifications on a channel of its own): a round or an enqueue must never fail for a
+-- wake-up, which workers make up for by polling (poll_interval_ms).
+CREATE FUNCTION observer.wake_workers() RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF pg_notification_queue_usage() < 0.5 THEN
+        PERFORM pg_notify('fraiseql_observers_jobs', '');
+    END IF;
+END
+$$;
+
 -- observer.changed(old, new): names of the columns an UPDATE changed (NULL for other operations).
 CREATE FUNCTION observer.changed(old jsonb, new jsonb) RETURNS text[]
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
@@ -40,14 +54,22 @@ RETURN CASE WHEN oversize IS NOT NULL THEN true
                                   condition, '{}', true)
        END;
 
+-- observer.bounded_key(key): a FIFO or dedup key short enough for the jobs' btree indexes
+-- (2704 bytes at most): up to 512 bytes as is, longer ones as sha256:<hex of their SHA-256>. The
+-- key values come from rows any writer chooses.
+CREATE FUNCTION observer.bounded_key(k text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN octet_length(k) <= 512 THEN k
+            ELSE 'sha256:' || encode(sha256(convert_to(k, 'UTF8')), 'hex') END;
+
 -- observer.ordering_key: table + primary key values, the default per-key FIFO key (NULL when the
--- table has no primary key).
+-- table has no primary key), bounded (observer.bounded_key).
 CREATE FUNCTION observer.ordering_key(table_name text, key_columns text[], old jsonb, new jsonb)
 RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
 RETURN CASE WHEN key_columns IS NULL THEN NULL
-            ELSE table_name || ':' || (SELECT jsonb_agg(coalesce(new, old) -> k ORDER BY ord)::text
-                                       FROM unnest(key_columns) WITH ORDINALITY AS c(k, ord))
+            ELSE observer.bounded_key(table_name || ':' || (SELECT jsonb_agg(coalesce(new, old) -> k ORDER BY ord)::text
+                                                            FROM unnest(key_columns) WITH ORDINALITY AS c(k, ord)))
        END;
 
 -- observer.snapshot_excluding_self(): pg_current_snapshot(), with the calling transaction added
@@ -302,8 +324,8 @@ DECLARE
     replaced bigint;
 BEGIN
     key := CASE WHEN o.dedup_key IS NULL THEN observer.ordering_key(e.table_name, o.key_columns, e.old, e.new)
-                ELSE jsonb_path_query_first(jsonb_build_object('op', e.op, 'table', e.table_name, 'old', e.old, 'new', e.new),
-                                            o.dedup_key, '{}', true)::text END;
+                ELSE observer.bounded_key(jsonb_path_query_first(jsonb_build_object('op', e.op, 'table', e.table_name, 'old', e.old, 'new', e.new),
+                                                                 o.dedup_key, '{}', true)::text) END;
     IF key IS NOT NULL AND o.dedup_coalesce THEN
         WITH target AS (
             SELECT j.id, j.event_id FROM observer.jobs j JOIN observer.event_log prev ON prev.id = observer.event_log_id(j.event_id)
@@ -485,6 +507,7 @@ BEGIN
                     ORDER BY o.id
                 LOOP
                     timed_out := false;
+                    msg := NULL;
                     BEGIN
                         PERFORM @extschema@.observer_deadline(cond_ms);
                         verdict := observer.decide(ev.op, ev.table_name, ev.old, ev.new,
@@ -512,6 +535,7 @@ BEGIN
                         verdict := NULL;
                     WHEN OTHERS THEN
                         PERFORM @extschema@.observer_deadline(0);
+                        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
                         verdict := NULL;
                     END;
                     IF timed_out THEN
@@ -520,8 +544,9 @@ BEGIN
                                 format('the condition ran longer than %s ms (fraiseql_observers.condition_timeout)', cond_ms))
                         ON CONFLICT DO NOTHING;
                     ELSIF verdict IS NULL THEN
-                        INSERT INTO observer.skipped (event_id, observer_id, reason)
-                        VALUES (ev.id, obs.id, 'condition_unknown') ON CONFLICT DO NOTHING;
+                        -- detail: what raised (a condition's own unknown result raises nothing).
+                        INSERT INTO observer.skipped (event_id, observer_id, reason, detail)
+                        VALUES (ev.id, obs.id, 'condition_unknown', left(msg, 1000)) ON CONFLICT DO NOTHING;
                     END IF;
                 END LOOP;
             END LOOP;
@@ -546,7 +571,7 @@ BEGIN
 
     IF n_jobs > 0 THEN
         -- Postgres folds identical notifications within a transaction: one wake-up per round.
-        PERFORM pg_notify('fraiseql_observers_jobs', '');
+        PERFORM observer.wake_workers();
     END IF;
     RETURN n_events;
 END

@@ -499,7 +499,7 @@ BEGIN
     WHERE j.observer_id = oid_ AND j.state = 'pending' AND j.run_at = 'infinity';
     GET DIAGNOSTICS n = ROW_COUNT;
     IF n > 0 THEN
-        PERFORM pg_notify('fraiseql_observers_jobs', '');
+        PERFORM observer.wake_workers();
     END IF;
     RETURN n;
 END

@@ -519,7 +519,7 @@ $$;
 --   - payloads: each at most the queue's max_payload_bytes (as jsonb);
 --   - idempotency keys: 1 to 200 printable ASCII characters, not starting or ending with a space
 --     (a key is sent as the webhook-id header: anything else could not be sent);
---   - ordering keys: at most 1,000 characters.
+--   - ordering keys: at most 1,000 bytes (they are indexed).
 CREATE FUNCTION observer.check_enqueue(q observer.observers, payloads jsonb[], idempotency_keys text[],
                                        ordering_keys text[])
 RETURNS void
@@ -529,14 +529,24 @@ DECLARE
     big integer;
 BEGIN
     IF NOT coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user), false)
-       AND EXISTS (SELECT 1 FROM observer.enqueuers g WHERE pg_has_role(session_user, g.role_name, 'MEMBER'))
-       AND NOT EXISTS (SELECT 1 FROM observer.enqueuers g
-                       WHERE g.queue_id = q.id AND pg_has_role(session_user, g.role_name, 'MEMBER')) THEN
+       AND EXISTS (SELECT 1 FROM observer.enqueue_restricted x JOIN pg_roles r ON r.oid = x.role_oid
+                   WHERE pg_has_role(session_user, r.oid, 'MEMBER'))
+       AND NOT EXISTS (SELECT 1 FROM observer.enqueuers g JOIN pg_roles r ON r.oid = g.role_oid
+                       WHERE g.queue_id = q.id AND pg_has_role(session_user, r.oid, 'MEMBER')) THEN
         RAISE EXCEPTION 'role "%" may not enqueue into job queue "%"', session_user, q.name
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'An administrator grants it with observer_grant(role, ''app'', queues => ARRAY[...]).';
     END IF;
     SELECT max(pg_column_size(p)) INTO big FROM unnest(payloads) p;
+    -- Its JSON text too: a number with a huge exponent is stored in a few bytes and prints as
+    -- all its digits (observer_json_size stops measuring at the limit).
+    IF big <= q.max_payload_bytes AND EXISTS (
+        SELECT 1 FROM unnest(payloads) p
+        WHERE @extschema@.observer_json_size(p, 2 * q.max_payload_bytes::bigint + 65536) IS NULL) THEN
+        RAISE EXCEPTION 'a payload''s JSON text is over twice job queue "%"''s max_payload_bytes (%)', q.name, q.max_payload_bytes
+            USING ERRCODE = 'program_limit_exceeded',
+                  HINT = 'Numbers with huge exponents print as every digit; send them as strings.';
+    END IF;
     IF big > q.max_payload_bytes THEN
         RAISE EXCEPTION 'a payload of % bytes is over job queue "%"''s max_payload_bytes (%)', big, q.name, q.max_payload_bytes
             USING ERRCODE = 'program_limit_exceeded',
@@ -549,8 +559,8 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Use 1 to 200 printable ASCII characters (no control characters, no leading or trailing space).';
     END IF;
-    IF EXISTS (SELECT 1 FROM unnest(ordering_keys) k WHERE length(k) > 1000) THEN
-        RAISE EXCEPTION 'ordering keys must be at most 1000 characters' USING ERRCODE = 'invalid_parameter_value';
+    IF EXISTS (SELECT 1 FROM unnest(ordering_keys) k WHERE octet_length(k) > 1000) THEN
+        RAISE EXCEPTION 'ordering keys must be at most 1000 bytes' USING ERRCODE = 'invalid_parameter_value';
     END IF;
 END
 $$;
@@ -627,7 +637,7 @@ BEGIN
     FROM numbered nb LEFT JOIN made m ON m.id = nb.id
     ORDER BY nb.ord;
     -- One wake-up per transaction: Postgres folds identical notifications.
-    PERFORM pg_notify('fraiseql_observers_jobs', '');
+    PERFORM observer.wake_workers();
 END
 $$;
 

@@ -44,7 +44,8 @@ END;
 -- The internal functions no role is granted: they read bytes of the event log.
 CREATE FUNCTION observer.internal_functions() RETURNS text[]
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
-RETURN ARRAY['observer_decode_rows', 'observer_decode_rows_at', 'observer_decode_row', 'observer_deadline'];
+RETURN ARRAY['observer_decode_rows', 'observer_decode_rows_at', 'observer_decode_row', 'observer_deadline',
+             'observer_json_size'];
 
 
 -- observer_grant(role, access, queues) / observer_revoke(role, access): give or take app,
@@ -60,6 +61,10 @@ BEGIN
     IF queues IS NOT NULL AND access <> 'app' THEN
         RAISE EXCEPTION 'queues apply to app access only' USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF queues IS NOT NULL AND coalesce(cardinality(queues), 0) = 0 THEN
+        RAISE EXCEPTION 'queues must name at least one job queue' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Leave queues out to grant every queue.';
+    END IF;
     IF queues IS NOT NULL THEN
         SELECT q INTO missing FROM unnest(queues) q
         WHERE NOT EXISTS (SELECT 1 FROM observer.observers o WHERE o.name = q AND o.table_oid IS NULL) LIMIT 1;
@@ -67,8 +72,11 @@ BEGIN
             RAISE EXCEPTION 'job queue "%" does not exist', missing USING ERRCODE = 'undefined_object',
                 HINT = 'observer_list() shows the queues (observers without a table).';
         END IF;
-        INSERT INTO observer.enqueuers (queue_id, role_name)
-        SELECT o.id, role_name FROM observer.observers o WHERE o.name = ANY (queues)
+        INSERT INTO observer.enqueue_restricted (role_oid)
+        SELECT r.oid FROM pg_roles r WHERE r.rolname = role_name
+        ON CONFLICT DO NOTHING;
+        INSERT INTO observer.enqueuers (queue_id, role_oid)
+        SELECT o.id, r.oid FROM observer.observers o, pg_roles r WHERE o.name = ANY (queues) AND r.rolname = role_name
         ON CONFLICT DO NOTHING;
     END IF;
     IF access = 'admin' THEN
@@ -100,7 +108,8 @@ BEGIN
         EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM %I', f, role_name);
     END LOOP;
     IF access = 'app' THEN
-        DELETE FROM observer.enqueuers g WHERE g.role_name = observer_revoke.role_name;
+        DELETE FROM observer.enqueuers g USING pg_roles r WHERE r.rolname = role_name AND g.role_oid = r.oid;
+        DELETE FROM observer.enqueue_restricted x USING pg_roles r WHERE r.rolname = role_name AND x.role_oid = r.oid;
     END IF;
     IF access = 'admin' THEN
         EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA observer FROM %I', role_name);

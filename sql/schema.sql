@@ -138,13 +138,17 @@ CREATE TABLE observer.skipped (
     PRIMARY KEY (event_id, observer_id)
 );
 
--- Per-queue enqueue grants (observer_grant(role, 'app', queues => ...)): a role listed here for
--- some queues may enqueue into those only (observer.check_enqueue). A role granted app access
--- without queues is not listed and may enqueue into every queue.
+-- Per-queue enqueue grants (observer_grant(role, 'app', queues => ...)): a role in
+-- enqueue_restricted may enqueue into the queues enqueuers lists for it only (observer.check_enqueue),
+-- and stays restricted when those queues are dropped. A role granted app access without queues is
+-- in neither and may enqueue into every queue. Roles by oid: a dropped role matches nobody.
+CREATE TABLE observer.enqueue_restricted (
+    role_oid   oid PRIMARY KEY
+);
 CREATE TABLE observer.enqueuers (
     queue_id   bigint NOT NULL REFERENCES observer.observers (id) ON DELETE CASCADE,
-    role_name  name NOT NULL,
-    PRIMARY KEY (queue_id, role_name)
+    role_oid   oid NOT NULL,
+    PRIMARY KEY (queue_id, role_oid)
 );
 
 -- The audit exporter: the one session that exports the audit trail to Elasticsearch

@@ -41,7 +41,9 @@ extension_sql_file!(
         pg::rows::observer_decode_rows,
         pg::rows::observer_decode_row,
         pg::rows::observer_decode_rows_at,
-        pg::deadline::observer_deadline
+        pg::deadline::observer_deadline,
+        pg::jsonsize::observer_json_size,
+        pg::rows::observer_row_to_jsonb
     ]
 );
 extension_sql_file!(

@@ -120,6 +120,9 @@ async fn a_table_owners_cast_never_runs_with_the_dispatchers_privileges() {
     );
     // Every place that turns those rows into JSON for an admin, too.
     let ops = cluster.connect_as("ops").await;
+    root.batch_execute("GRANT SELECT ON public.orders TO ops")
+        .await
+        .expect("ops may read the table it backfills");
     ops.batch_execute(
         "SELECT observer_debug_event((SELECT min(id) FROM observer.events));
          SELECT count(*) FROM observer.events;
@@ -128,6 +131,13 @@ async fn a_table_owners_cast_never_runs_with_the_dispatchers_privileges() {
     )
     .await
     .expect("admin reads");
+    // A backfill converts the live rows, as the admin or superuser who calls it.
+    ops.batch_execute("SELECT * FROM observer_backfill('orders_hook')")
+        .await
+        .expect("backfill as admin");
+    root.batch_execute("SELECT * FROM observer_backfill('orders_hook', restart => true)")
+        .await
+        .expect("backfill as superuser");
     let privileged = count(
         &root,
         "SELECT count(*) FROM public.pwned WHERE su OR who IN ('postgres', 'worker', 'ops')",
@@ -140,6 +150,10 @@ async fn a_table_owners_cast_never_runs_with_the_dispatchers_privileges() {
     for r in &bodies {
         assert_eq!(r.body["data"]["new"]["m"], "calm", "{}", r.body);
     }
+    assert!(
+        bodies.iter().any(|r| r.body["data"]["op"] == "BACKFILL"),
+        "the backfill delivered"
+    );
 }
 
 /// Case 2: a row that cannot be read, by a writer with INSERT only, and a type dropped by the
@@ -817,4 +831,158 @@ async fn a_quarantined_event_is_delivered_by_a_replay_once_its_cause_is_fixed() 
         .received()
         .iter()
         .any(|r| r.body["data"]["new"]["g"] == "bad"));
+}
+
+/// Red-team finding: a number is stored in a few bytes whatever its exponent and prints as every
+/// digit. A row of 9,000 `1e131071` (about 1 kB stored) printed as 1.2 GB of JSON and failed every
+/// claim. Such a row is quarantined (statement capture), captured as its key only like any row
+/// over the payload cap (row-level capture of a partitioned table), and refused at enqueue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_that_print_huge_never_stop_deliveries() {
+    let (cluster, root) = setup().await;
+    let sink = Sink::start().await.expect("sink");
+    root.batch_execute(&format!(
+        r#"CREATE TABLE public.t (id int PRIMARY KEY, n numeric[]);
+           CREATE TABLE public.p (id int PRIMARY KEY, doc jsonb) PARTITION BY RANGE (id);
+           CREATE TABLE public.p1 PARTITION OF public.p FOR VALUES FROM (0) TO (1000);
+           CREATE TABLE public.other (id int PRIMARY KEY);
+           GRANT INSERT ON public.t, public.p, public.other TO writer;
+           SELECT observer_create('t_hook', 'public.t', action => '{{"type": "webhook", "url": "{0}"}}');
+           SELECT observer_create('p_hook', 'public.p', action => '{{"type": "webhook", "url": "{0}"}}');
+           SELECT observer_create('other_hook', 'public.other', action => '{{"type": "webhook", "url": "{0}"}}');
+           SELECT observer_create('jobs', NULL, action => '{{"type": "webhook", "url": "{0}"}}');"#,
+        sink.url("/hook")
+    ))
+    .await
+    .expect("setup");
+    let _worker = worker(&cluster);
+    let writer = cluster.connect_as("writer").await;
+    writer
+        .batch_execute(
+            "INSERT INTO public.t SELECT 1, array_fill(1e131071::numeric, ARRAY[9000]);
+             INSERT INTO public.p SELECT 1, to_jsonb(array_fill(1e131071::numeric, ARRAY[9000]));
+             INSERT INTO public.t VALUES (2, '{1.5}');
+             INSERT INTO public.other VALUES (1);",
+        )
+        .await
+        .expect("writes");
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            completed(&root, "other_hook").await == 1
+                && completed(&root, "t_hook").await == 1
+                && completed(&root, "p_hook").await == 1
+        })
+        .await,
+        "{}",
+        observer_status(&root).await
+    );
+    let reason: String = root
+        .query_one(
+            "SELECT detail FROM observer.skipped WHERE reason = 'undecodable'",
+            &[],
+        )
+        .await
+        .expect("the statement-captured row is quarantined")
+        .get(0);
+    assert!(reason.contains("JSON text"), "{reason}");
+    let oversize = sink
+        .received()
+        .into_iter()
+        .find(|r| r.path.ends_with("/hook") && r.body["type"] == "p_hook")
+        .expect("the partitioned row delivered");
+    assert!(
+        oversize.body["data"]["oversize"]["bytes"]
+            .as_i64()
+            .unwrap_or(0)
+            > 1_048_576,
+        "captured as its key only: {}",
+        oversize.body
+    );
+    let app = cluster.connect_as("app").await;
+    assert_eq!(
+        sqlstate(
+            &app,
+            "SELECT observer_enqueue('jobs', to_jsonb(array_fill(1e131071::numeric, ARRAY[9000])))"
+        )
+        .await,
+        "54000"
+    );
+}
+
+/// Red-team findings: per-queue grants fail closed (an empty list is refused; a role stays
+/// restricted when its queues are dropped; a dropped restricted role breaks nobody), and FIFO and
+/// dedup keys from long row values are bounded (they failed the jobs' btree indexes, dropping the
+/// event as condition_unknown and failing every replay over it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_fail_closed_and_long_keys_are_bounded() {
+    let (cluster, root) = setup().await;
+    let sink = Sink::start().await.expect("sink");
+    root.batch_execute(&format!(
+        r#"SELECT observer_create('mail', NULL, action => '{{"type": "webhook", "url": "{0}"}}');
+           SELECT observer_create('billing', NULL, action => '{{"type": "webhook", "url": "{0}"}}');
+           CREATE ROLE mailer LOGIN;
+           CREATE TABLE public.keyed (k text PRIMARY KEY, v int);
+           GRANT INSERT ON public.keyed TO writer;
+           SELECT observer_create('fifo_hook', 'public.keyed', action => '{{"type": "webhook", "url": "{0}"}}',
+                                  options => '{{"fifo": true}}');
+           SELECT observer_create('dedup_hook', 'public.keyed', action => '{{"type": "webhook", "url": "{0}"}}',
+                                  options => '{{"dedup_window": "1 minute", "dedup_key": "$.new.k"}}');"#,
+        sink.url("/hook")
+    ))
+    .await
+    .expect("setup");
+    assert_eq!(
+        sqlstate(
+            &root,
+            "SELECT observer_grant('mailer', 'app', queues => '{}'::text[])"
+        )
+        .await,
+        "22023",
+        "an empty list would grant every queue"
+    );
+    root.batch_execute(
+        "SELECT observer_grant('mailer', 'app', queues => ARRAY['mail']);
+         SELECT observer_drop('mail', true);",
+    )
+    .await
+    .expect("grant, then drop the queue");
+    let mailer = cluster.connect_as("mailer").await;
+    assert_eq!(
+        sqlstate(&mailer, "SELECT observer_enqueue('billing', '{}')").await,
+        "42501",
+        "still restricted after its queue was dropped"
+    );
+    root.batch_execute(
+        "CREATE ROLE gone LOGIN; SELECT observer_grant('gone', 'app', queues => ARRAY['billing']);
+         DROP OWNED BY gone; DROP ROLE gone;",
+    )
+    .await
+    .expect("a restricted role dropped");
+    let app = cluster.connect_as("app").await;
+    assert_eq!(
+        sqlstate(&app, "SELECT observer_enqueue('billing', '{}')").await,
+        "ok",
+        "a dropped restricted role breaks nobody"
+    );
+    let _worker = worker(&cluster);
+    let writer = cluster.connect_as("writer").await;
+    writer
+        // 2,000 bytes (under the table's own index limit), 4,000 once escaped as JSON.
+        .batch_execute(r#"INSERT INTO public.keyed SELECT repeat('"\', 1000), 1"#)
+        .await
+        .expect("a key of 2,000 quotes and backslashes");
+    assert!(
+        wait_completed(&root, "fifo_hook", 1).await && wait_completed(&root, "dedup_hook", 1).await,
+        "{}",
+        observer_status(&root).await
+    );
+    let ops = cluster.connect_as("ops").await;
+    assert_eq!(
+        sqlstate(
+            &ops,
+            "SELECT observer_replay('fifo_hook', now() - interval '1 hour')"
+        )
+        .await,
+        "ok"
+    );
 }

@@ -218,10 +218,26 @@ unsafe fn json_event(
             }
         };
         let (mut old, mut new) = (old.map(row), new.map(row));
+        // The payload cap counts the JSON text where a column can print much longer than it
+        // is stored (numerics with huge exponents: pg::jsonsize), else the jsonb's size.
+        let natts = usize::try_from((*tupdesc).natts).unwrap_or(0);
+        let expands = (*tupdesc)
+            .attrs
+            .as_slice(natts)
+            .iter()
+            .any(|a| !a.attisdropped && crate::pg::types::expands(a.atttypid));
         let size: usize = [old, new]
             .iter()
             .flatten()
-            .map(|d| pgrx::varsize_any(d.cast_mut_ptr()))
+            .map(|d| {
+                let stored = pgrx::varsize_any(d.cast_mut_ptr());
+                if expands {
+                    crate::pg::jsonsize::text_len(d.cast_mut_ptr(), args.cap)
+                        .map_or(args.cap + 1, |n| n.max(stored))
+                } else {
+                    stored
+                }
+            })
             .sum();
         let oversize = if size > args.cap {
             let non_key = args.non_key()?;

@@ -5,6 +5,7 @@
 pub mod capture;
 pub mod deadline;
 pub mod dispatcher;
+pub mod jsonsize;
 pub mod rows;
 pub mod types;
 pub mod wake;

@@ -25,6 +25,7 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
+use crate::pg::jsonsize;
 use crate::pg::types::{self, JsonClass};
 
 /// Rows per batch at most (event ids are allocated in blocks of this size: row i of the event
@@ -90,6 +91,11 @@ pub enum DecodeError {
     StoredComposite(String),
     #[error("row batch describes {0} column names and {1} column types")]
     Descriptor(usize, usize),
+    #[error(
+        "a captured row of {0} bytes would print as JSON text of more than {1} bytes (numbers \
+         with huge exponents?), too long to deliver"
+    )]
+    TooLong(usize, usize),
 }
 
 impl From<DecodeError> for ErrorReport {
@@ -163,39 +169,56 @@ unsafe impl BoxRet for RawJsonb {
     }
 }
 
-/// A `bytea` argument, kept as its (possibly compressed or TOASTed) datum so that a slice of it
-/// can be read without reading the rest (`pg_detoast_datum_slice`). The SQL signature says
-/// `bytea`, so the server passes nothing else; the type is checked again at the call.
-pub struct RawBytea(pg_sys::Datum);
+/// A by-reference argument kept as its datum, unboxed as is (no detoasting, no copy), with the
+/// SQL type the server checks every call against.
+macro_rules! raw_arg {
+    ($(#[$doc:meta])* $name:ident, $sql:literal) => {
+        $(#[$doc])*
+        pub struct $name(pub pg_sys::Datum);
 
-pgrx::impl_sql_translatable!(RawBytea, "bytea");
+        pgrx::impl_sql_translatable!($name, $sql);
 
-impl pgrx::FromDatum for RawBytea {
-    unsafe fn from_polymorphic_datum(
-        datum: pg_sys::Datum,
-        is_null: bool,
-        _typoid: pg_sys::Oid,
-    ) -> Option<Self> {
-        (!is_null).then_some(RawBytea(datum))
-    }
-}
-
-// SAFETY: the datum is the argument's own, unboxed as is (a varlena pointer for bytea).
-unsafe impl<'fcx> ArgAbi<'fcx> for RawBytea {
-    unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
-        let index = arg.index();
-        // SAFETY: see the impl.
-        unsafe {
-            arg.unbox_arg_using_from_datum()
-                .unwrap_or_else(|| panic!("argument {index} must not be null"))
+        impl pgrx::FromDatum for $name {
+            unsafe fn from_polymorphic_datum(
+                datum: pg_sys::Datum,
+                is_null: bool,
+                _typoid: pg_sys::Oid,
+            ) -> Option<Self> {
+                (!is_null).then_some($name(datum))
+            }
         }
-    }
 
-    unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
-        // SAFETY: see the impl.
-        unsafe { arg.unbox_arg_using_from_datum().into() }
-    }
+        // SAFETY: the datum is the argument's own, unboxed as is (a varlena pointer).
+        unsafe impl<'fcx> ArgAbi<'fcx> for $name {
+            unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
+                let index = arg.index();
+                // SAFETY: see the impl.
+                unsafe {
+                    arg.unbox_arg_using_from_datum()
+                        .unwrap_or_else(|| panic!("argument {index} must not be null"))
+                }
+            }
+
+            unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
+                // SAFETY: see the impl.
+                unsafe { arg.unbox_arg_using_from_datum().into() }
+            }
+        }
+    };
 }
+
+raw_arg!(
+    /// A `bytea` argument, kept as its (possibly compressed or TOASTed) datum so that a slice of
+    /// it can be read without reading the rest (`pg_detoast_datum_slice`).
+    RawBytea,
+    "bytea"
+);
+
+raw_arg!(
+    /// A `jsonb` argument, kept as its datum (pgrx's `JsonB` would parse it with serde_json).
+    RawJsonbArg,
+    "jsonb"
+);
 
 /// What decoding one batch's rows needs: the descriptor of the stored rows and, when some
 /// column's type must not go through `to_jsonb` (see `pg::types`), a second descriptor in which
@@ -203,7 +226,15 @@ unsafe impl<'fcx> ArgAbi<'fcx> for RawBytea {
 struct Decoder {
     desc: pg_sys::TupleDesc,
     text: Option<TextColumns>,
+    /// A column can print much longer than it is stored (`pg::types::expands`): each row's JSON
+    /// text is measured ([`MAX_EXPANSION`]).
+    expands: bool,
 }
+
+/// A row's JSON text may be this many times its stored size, plus [`EXPANSION_SLACK`] bytes; a
+/// row that would print longer (numerics with huge exponents) cannot be read (`pg::jsonsize`).
+const MAX_EXPANSION: usize = 8;
+const EXPANSION_SLACK: usize = 64 * 1024;
 
 struct TextColumns {
     desc: pg_sys::TupleDesc,
@@ -225,8 +256,13 @@ fn decoder(cols: &[String], types: &[pg_sys::Oid]) -> Result<Decoder, DecodeErro
         }
     }
     let desc = descriptor(cols, types)?;
+    let expands = types.iter().any(|t| types::expands(*t));
     if !classes.contains(&JsonClass::Text) {
-        return Ok(Decoder { desc, text: None });
+        return Ok(Decoder {
+            desc,
+            text: None,
+            expands,
+        });
     }
     let as_text: Vec<pg_sys::Oid> = types
         .iter()
@@ -263,6 +299,7 @@ fn decoder(cols: &[String], types: &[pg_sys::Oid]) -> Result<Decoder, DecodeErro
             desc: descriptor(cols, &as_text)?,
             output,
         }),
+        expands,
     })
 }
 
@@ -473,11 +510,18 @@ fn row_to_jsonb(row: &[u8], decoder: &Decoder) -> Result<pg_sys::Datum, DecodeEr
             }
         };
         pg_sys::pfree(copy.cast());
-        Ok(pg_sys::FunctionCall1Coll(
+        let json = pg_sys::FunctionCall1Coll(
             crate::pg::capture::to_jsonb_fn(),
             pg_sys::InvalidOid,
             record,
-        ))
+        );
+        if decoder.expands {
+            let limit = row.len() * MAX_EXPANSION + EXPANSION_SLACK;
+            if jsonsize::text_len(json.cast_mut_ptr(), limit).is_none() {
+                return Err(DecodeError::TooLong(row.len(), limit));
+            }
+        }
+        Ok(json)
     }
 }
 
@@ -585,6 +629,81 @@ pub fn observer_decode_row(
     }
     let decoder = decoder(&cols, &col_types)?;
     Ok(Some(RawJsonb(row_to_jsonb(&row, &decoder)?)))
+}
+
+/// `observer_row_to_jsonb(row anyelement) RETURNS jsonb`: a live row (a composite value) as jsonb,
+/// as the server's `to_jsonb` makes it but without running anyone's code: a column whose type
+/// would go through a cast to json not owned by a superuser, or that holds composite values
+/// (whose attributes could), becomes its text (`pg::types`). `observer_backfill` converts the rows
+/// of an observed table with it, as the admin who calls it.
+#[pg_extern(stable, parallel_safe)]
+pub fn observer_row_to_jsonb(row: pgrx::AnyElement) -> Result<RawJsonb, ErrorReport> {
+    // SAFETY: a type lookup by the argument's resolved type oid.
+    if !unsafe { pg_sys::type_is_rowtype(row.oid()) } {
+        return Err(ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            "observer_row_to_jsonb takes a row",
+            function_name!(),
+        ));
+    }
+    // SAFETY: the argument is a composite datum (checked above), detoasted into a heap tuple
+    // header whose type id and typmod name its descriptor (a copy, ours to use); the tuple is
+    // deformed with that descriptor, and the values copied into a new tuple of a descriptor with
+    // the same attributes, some of them retyped text and given text values.
+    unsafe {
+        let header = pg_sys::pg_detoast_datum(row.datum().cast_mut_ptr())
+            .cast::<pg_sys::HeapTupleHeaderData>();
+        let typeid = (*header).t_choice.t_datum.datum_typeid;
+        let typmod = (*header).t_choice.t_datum.datum_typmod;
+        let desc = pg_sys::lookup_rowtype_tupdesc_copy(typeid, typmod);
+        let natts = usize::try_from((*desc).natts).unwrap_or(0);
+        let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+        tuple.t_len = u32::try_from(pgrx::varsize_any(header.cast())).unwrap_or(0);
+        tuple.t_data = header;
+        let mut values = vec![pg_sys::Datum::from(0); natts];
+        let mut nulls = vec![true; natts];
+        pg_sys::heap_deform_tuple(&mut tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        let out_desc = pg_sys::CreateTupleDescCopy(desc);
+        let attrs: Vec<(bool, pg_sys::Oid, pg_sys::NameData)> = (*desc)
+            .attrs
+            .as_slice(natts)
+            .iter()
+            .map(|a| (a.attisdropped, a.atttypid, a.attname))
+            .collect();
+        for (i, (dropped, typ, name)) in attrs.iter().enumerate() {
+            if *dropped || types::class_of(*typ) == JsonClass::Plain {
+                continue;
+            }
+            if !nulls[i] {
+                let mut func = pg_sys::InvalidOid;
+                let mut varlena = false;
+                pg_sys::getTypeOutputInfo(*typ, &mut func, &mut varlena);
+                let text = pg_sys::OidOutputFunctionCall(func, values[i]);
+                values[i] = pg_sys::Datum::from(pg_sys::cstring_to_text(text));
+            }
+            let attnum = i16::try_from(i + 1).unwrap_or(i16::MAX);
+            pg_sys::TupleDescInitEntry(
+                out_desc,
+                attnum,
+                name.data.as_ptr(),
+                pg_sys::TEXTOID,
+                -1,
+                0,
+            );
+        }
+        // An anonymous record type of its own: with the table's row type kept, to_jsonb would
+        // look the table's descriptor up again (and its casts).
+        (*out_desc).tdtypeid = pg_sys::RECORDOID;
+        (*out_desc).tdtypmod = -1;
+        let out_desc = pg_sys::BlessTupleDesc(out_desc);
+        let formed = pg_sys::heap_form_tuple(out_desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        let record = pg_sys::heap_copy_tuple_as_datum(formed, out_desc);
+        Ok(RawJsonb(pg_sys::FunctionCall1Coll(
+            crate::pg::capture::to_jsonb_fn(),
+            pg_sys::InvalidOid,
+            record,
+        )))
+    }
 }
 
 #[cfg(test)]

@@ -36,6 +36,8 @@ pub enum JsonClass {
 thread_local! {
     /// Classes by type oid, for this backend; emptied by [`invalidate`].
     static CLASSES: RefCell<HashMap<pg_sys::Oid, JsonClass>> = RefCell::new(HashMap::new());
+    /// [`expands`] by type oid, for this backend; emptied by [`invalidate`].
+    static EXPANDS: RefCell<HashMap<pg_sys::Oid, bool>> = RefCell::new(HashMap::new());
     /// Whether [`invalidate`] is registered with the syscache in this backend.
     static REGISTERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -49,6 +51,48 @@ pub fn class_of(typ: pg_sys::Oid) -> JsonClass {
     let c = classify(typ, 0);
     CLASSES.with(|m| m.borrow_mut().insert(typ, c));
     c
+}
+
+/// Whether values of `typ` can print as JSON text much longer than they are stored: numeric
+/// (digits of any exponent), json and jsonb (which hold numerics), and the arrays, domains and
+/// ranges of those (`pg::jsonsize` measures such rows).
+pub fn expands(typ: pg_sys::Oid) -> bool {
+    register();
+    if let Some(e) = EXPANDS.with(|m| m.borrow().get(&typ).copied()) {
+        return e;
+    }
+    let e = expands_uncached(typ, 0);
+    EXPANDS.with(|m| m.borrow_mut().insert(typ, e));
+    e
+}
+
+fn expands_uncached(typ: pg_sys::Oid, depth: u32) -> bool {
+    if depth > 32 {
+        return true;
+    }
+    // SAFETY: catalog lookups by oid, checked to name a type first.
+    unsafe {
+        if pg_sys::get_typlen(typ) == 0 {
+            return false;
+        }
+        let base = pg_sys::getBaseType(typ);
+        if [pg_sys::NUMERICOID, pg_sys::JSONOID, pg_sys::JSONBOID].contains(&base) {
+            return true;
+        }
+        let elem = pg_sys::get_element_type(base);
+        if elem != pg_sys::InvalidOid {
+            return expands_uncached(elem, depth + 1);
+        }
+        match pg_sys::get_typtype(base) as u8 {
+            pg_sys::TYPTYPE_RANGE => expands_uncached(pg_sys::get_range_subtype(base), depth + 1),
+            pg_sys::TYPTYPE_MULTIRANGE => expands_uncached(
+                pg_sys::get_range_subtype(pg_sys::get_multirange_range(base)),
+                depth + 1,
+            ),
+            pg_sys::TYPTYPE_COMPOSITE => true,
+            _ => false,
+        }
+    }
 }
 
 fn classify(typ: pg_sys::Oid, depth: u32) -> JsonClass {
@@ -154,6 +198,11 @@ fn register() {
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn invalidate(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
     CLASSES.with(|m| {
+        if let Ok(mut m) = m.try_borrow_mut() {
+            m.clear();
+        }
+    });
+    EXPANDS.with(|m| {
         if let Ok(mut m) = m.try_borrow_mut() {
             m.clear();
         }
