@@ -133,6 +133,26 @@ BEGIN
 END
 $$;
 
+-- The extension's functions live in its schema, where a role that can CREATE could add
+-- overloads that make every call of the dispatcher and the workers ambiguous (CVE-2018-1058's
+-- lesson): say so at install. observer_status() lists such roles (schema_writable_by).
+DO $$
+DECLARE
+    who text;
+BEGIN
+    SELECT string_agg(r.rolname, ', ' ORDER BY r.rolname) INTO who
+    FROM pg_roles r
+    WHERE NOT r.rolsuper AND r.rolname NOT LIKE 'pg\_%'
+      AND r.oid <> (SELECT n.nspowner FROM pg_namespace n WHERE n.nspname = '@extschema@')
+      AND has_schema_privilege(r.oid, '@extschema@', 'CREATE');
+    IF who IS NOT NULL OR has_schema_privilege('public', '@extschema@', 'CREATE') THEN
+        RAISE WARNING 'fraiseql_observers is installed in schema "@extschema@", where % can create objects',
+            coalesce(who, 'PUBLIC')
+            USING HINT = 'Revoke CREATE on that schema from untrusted roles, or install the extension in a schema only its owner can create in (CREATE EXTENSION ... SCHEMA ...).';
+    END IF;
+END
+$$;
+
 -- Last, so that it covers every function above: nothing is executable by PUBLIC, and the app
 -- and worker functions run as the extension's owner.
 DO $$

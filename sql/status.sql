@@ -70,6 +70,14 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             'deduplicated', p.deduplicated,
             'quarantined', p.quarantined)
             ORDER BY p.name) FILTER (WHERE p.name IS NOT NULL), '[]'),
+        -- Roles other than superusers and the schema's owner that can CREATE in the extension's
+        -- schema: they can add overloads of its functions that make the calls of the dispatcher
+        -- and the workers ambiguous (docs/security.md). Should be empty.
+        'schema_writable_by', (SELECT coalesce(jsonb_agg(r.rolname ORDER BY r.rolname), '[]')
+            FROM pg_roles r
+            WHERE NOT r.rolsuper AND r.rolname NOT LIKE 'pg\_%'
+              AND r.oid <> (SELECT n.nspowner FROM pg_namespace n WHERE n.nspname = '@extschema@')
+              AND has_schema_privilege(r.oid, '@extschema@', 'CREATE')),
         'audit', jsonb_build_object(
             'export_on', observer.setting_on('fraiseql_observers.audit_export', false),
             'export_pending', (SELECT count(*) FROM observer.audit_outbox x WHERE x.refused IS NULL),

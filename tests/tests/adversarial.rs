@@ -561,6 +561,11 @@ async fn an_outsiders_advisory_locks_change_nothing() {
         observer_status(&root).await
     );
     ops.batch_execute("ROLLBACK").await.expect("release");
+    // app may CREATE in the extension's schema (setup): status says so (docs/security.md).
+    assert_eq!(
+        observer_status(&root).await["schema_writable_by"],
+        serde_json::json!(["app"])
+    );
 }
 
 /// The queue and condition weaknesses: per-queue grants, key namespace and header-safe keys,
