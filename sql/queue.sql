@@ -539,10 +539,13 @@ BEGIN
     END IF;
     SELECT max(pg_column_size(p)) INTO big FROM unnest(payloads) p;
     -- Its JSON text too: a number with a huge exponent is stored in a few bytes and prints as
-    -- all its digits (observer_json_size stops measuring at the limit).
+    -- all its digits (observer_json_size stops measuring at the limit). A number prints as at
+    -- most 147,455 characters and takes at least 8 bytes of a jsonb, so a payload of under
+    -- limit / 18,432 bytes (114 for the default cap) cannot pass the limit and is not walked.
     IF big <= q.max_payload_bytes AND EXISTS (
         SELECT 1 FROM unnest(payloads) p
-        WHERE @extschema@.observer_json_size(p, 2 * q.max_payload_bytes::bigint + 65536) IS NULL) THEN
+        WHERE pg_column_size(p)::bigint * 18432 > 2 * q.max_payload_bytes::bigint + 65536
+          AND @extschema@.observer_json_size(p, 2 * q.max_payload_bytes::bigint + 65536) IS NULL) THEN
         RAISE EXCEPTION 'a payload''s JSON text is over twice job queue "%"''s max_payload_bytes (%)', q.name, q.max_payload_bytes
             USING ERRCODE = 'program_limit_exceeded',
                   HINT = 'Numbers with huge exponents print as every digit; send them as strings.';
