@@ -45,7 +45,7 @@ END;
 CREATE FUNCTION observer.internal_functions() RETURNS text[]
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
 RETURN ARRAY['observer_decode_rows', 'observer_decode_rows_at', 'observer_decode_row', 'observer_deadline',
-             'observer_json_size'];
+             'observer_json_size', 'observer_bounded_doc'];
 
 
 -- observer_grant(role, access, queues) / observer_revoke(role, access): give or take app,

@@ -43,6 +43,7 @@ extension_sql_file!(
         pg::rows::observer_decode_rows_at,
         pg::deadline::observer_deadline,
         pg::jsonsize::observer_json_size,
+        pg::jsonsize::observer_bounded_doc,
         pg::rows::observer_row_to_jsonb
     ]
 );

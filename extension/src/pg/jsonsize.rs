@@ -90,3 +90,34 @@ pub fn observer_json_size(doc: crate::pg::rows::RawJsonbArg, max_bytes: i64) -> 
         text_len(p, limit).and_then(|n| i64::try_from(n).ok())
     }
 }
+
+/// Documents of up to this many bytes (as stored) give their own words to the audit trail.
+const WORDS_DOC_BYTES: usize = 100_000;
+
+/// `observer_bounded_doc(doc jsonb) RETURNS jsonb`: `doc` when it is stored in at most 100,000
+/// bytes, else a JSON string of the first 100,000 characters of its text. The audit words of an
+/// attempt come from it (`observer.words`): a tsvector holds at most 1 MiB, and about 840 kB of
+/// distinct words exceed it. A function (not SQL) so that `observer.words`, which names its
+/// document once, stays inlined. Internal: granted to nobody.
+#[pg_extern(immutable, parallel_safe, strict)]
+pub fn observer_bounded_doc(doc: crate::pg::rows::RawJsonbArg) -> crate::pg::rows::RawJsonb {
+    // SAFETY: the argument is a jsonb datum (the SQL signature admits nothing else): its stored
+    // size is read from its header without detoasting; only a large one is printed (jsonb_out on
+    // the detoasted value) and cut, and its cut text returned as a jsonb string.
+    unsafe {
+        if pgrx::varsize_any(doc.0.cast_mut_ptr()) <= WORDS_DOC_BYTES {
+            return crate::pg::rows::RawJsonb::from_datum(doc.0);
+        }
+        let text = pgrx::direct_function_call_as_datum(pg_sys::jsonb_out, &[Some(doc.0)])
+            .map(|d| {
+                std::ffi::CStr::from_ptr(d.cast_mut_ptr::<std::ffi::c_char>())
+                    .to_string_lossy()
+                    .chars()
+                    .take(WORDS_DOC_BYTES)
+                    .collect::<String>()
+            })
+            .unwrap_or_default();
+        let value = pgrx::JsonB(serde_json::Value::String(text));
+        crate::pg::rows::RawJsonb::from_datum(pgrx::IntoDatum::into_datum(value).unwrap_or(doc.0))
+    }
+}

@@ -158,6 +158,13 @@ pub fn span_of(prefix: &[u8], k: usize) -> Result<Option<(usize, usize)>, Decode
 /// serde_json).
 pub struct RawJsonb(pg_sys::Datum);
 
+impl RawJsonb {
+    /// A jsonb datum to return as is.
+    pub fn from_datum(datum: pg_sys::Datum) -> Self {
+        RawJsonb(datum)
+    }
+}
+
 pgrx::impl_sql_translatable!(RawJsonb, "jsonb");
 
 // SAFETY: the datum is a jsonb value allocated in the function's memory context, which is what
