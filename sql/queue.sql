@@ -53,9 +53,9 @@ RETURN COALESCE(NULLIF(pg_catalog.current_setting(name, true), '')::boolean, fal
 -- subquery).
 -- Bounded, so that they can never fail an outcome report: a tsvector holds at most 1 MiB, and
 -- about 840 kB of distinct words exceed it ("string is too long for tsvector"). The error's
--- first 4,000 characters count; a document stored in up to 100,000 bytes (compressed payloads of
--- distinct words shrink by half at most) gives its strings and numbers, a bigger one the words of
--- its first 100,000 characters of JSON text, keys included (observer_bounded_doc). Both stay well
+-- first 4,000 characters count; a document of up to 100,000 bytes (uncompressed) gives its
+-- strings and numbers, a bigger one the words of its first 100,000 characters of JSON text, keys
+-- included (observer_bounded_doc). Both stay well
 -- under the limit: at worst one distinct word per two characters of up to 4 bytes, each costing
 -- its bytes plus 8 in the tsvector. `doc` is named once, so that the function stays inlined
 -- (a parameter used several times with an expensive argument is not inlined: 4 µs a call).

@@ -138,6 +138,17 @@ async fn a_table_owners_cast_never_runs_with_the_dispatchers_privileges() {
     root.batch_execute("SELECT * FROM observer_backfill('orders_hook', restart => true)")
         .await
         .expect("backfill as superuser");
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            sink.received()
+                .iter()
+                .filter(|r| r.body["data"]["op"] == "BACKFILL")
+                .count()
+                >= 10
+        })
+        .await,
+        "both backfills delivered"
+    );
     let privileged = count(
         &root,
         "SELECT count(*) FROM public.pwned WHERE su OR who IN ('postgres', 'worker', 'ops')",
@@ -150,10 +161,6 @@ async fn a_table_owners_cast_never_runs_with_the_dispatchers_privileges() {
     for r in &bodies {
         assert_eq!(r.body["data"]["new"]["m"], "calm", "{}", r.body);
     }
-    assert!(
-        bodies.iter().any(|r| r.body["data"]["op"] == "BACKFILL"),
-        "the backfill delivered"
-    );
 }
 
 /// Case 2: a row that cannot be read, by a writer with INSERT only, and a type dropped by the

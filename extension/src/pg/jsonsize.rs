@@ -94,18 +94,19 @@ pub fn observer_json_size(doc: crate::pg::rows::RawJsonbArg, max_bytes: i64) -> 
 /// Documents of up to this many bytes (as stored) give their own words to the audit trail.
 const WORDS_DOC_BYTES: usize = 100_000;
 
-/// `observer_bounded_doc(doc jsonb) RETURNS jsonb`: `doc` when it is stored in at most 100,000
-/// bytes, else a JSON string of the first 100,000 characters of its text. The audit words of an
+/// `observer_bounded_doc(doc jsonb) RETURNS jsonb`: `doc` when it is at most 100,000 bytes
+/// (uncompressed: a compressed or TOASTed value is measured by its header, not read), else a JSON
+/// string of the first 100,000 characters of its text. The audit words of an
 /// attempt come from it (`observer.words`): a tsvector holds at most 1 MiB, and about 840 kB of
 /// distinct words exceed it. A function (not SQL) so that `observer.words`, which names its
 /// document once, stays inlined. Internal: granted to nobody.
 #[pg_extern(immutable, parallel_safe, strict)]
 pub fn observer_bounded_doc(doc: crate::pg::rows::RawJsonbArg) -> crate::pg::rows::RawJsonb {
-    // SAFETY: the argument is a jsonb datum (the SQL signature admits nothing else): its stored
-    // size is read from its header without detoasting; only a large one is printed (jsonb_out on
+    // SAFETY: the argument is a jsonb datum (the SQL signature admits nothing else): its raw
+    // size is read from its header (or TOAST pointer) without detoasting; only a large one is printed (jsonb_out on
     // the detoasted value) and cut, and its cut text returned as a jsonb string.
     unsafe {
-        if pgrx::varsize_any(doc.0.cast_mut_ptr()) <= WORDS_DOC_BYTES {
+        if pg_sys::toast_raw_datum_size(doc.0) <= WORDS_DOC_BYTES {
             return crate::pg::rows::RawJsonb::from_datum(doc.0);
         }
         let text = pgrx::direct_function_call_as_datum(pg_sys::jsonb_out, &[Some(doc.0)])
