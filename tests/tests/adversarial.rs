@@ -47,6 +47,26 @@ async fn setup() -> (Cluster, tokio_postgres::Client) {
     (cluster, root)
 }
 
+/// As `app`, run `ddl` (it owns the tables it creates); as the superuser, observe `table` with
+/// an observer named `observer` that delivers to `sink`.
+async fn observe(
+    cluster: &Cluster,
+    root: &tokio_postgres::Client,
+    sink: &Sink,
+    ddl: &str,
+    observer: &str,
+    table: &str,
+) {
+    let app = cluster.connect_as("app").await;
+    app.batch_execute(ddl).await.expect("app tables");
+    root.batch_execute(&format!(
+        r#"SELECT observer_create('{observer}', '{table}', action => '{{"type": "webhook", "url": "{}"}}');"#,
+        sink.url("/hook")
+    ))
+    .await
+    .expect("observer");
+}
+
 fn worker(cluster: &Cluster) -> Worker {
     Worker::start(
         &cluster.url("postgres").replace("postgres@", "worker@"),
@@ -386,16 +406,16 @@ async fn a_row_too_big_for_the_search_words_never_stops_deliveries() {
 async fn no_sql_call_crashes_a_backend() {
     let (cluster, root) = setup().await;
     let sink = Sink::start().await.expect("sink");
+    observe(
+        &cluster,
+        &root,
+        &sink,
+        "CREATE TABLE public.orders (id int PRIMARY KEY, status text)",
+        "orders_hook",
+        "public.orders",
+    )
+    .await;
     let app = cluster.connect_as("app").await;
-    app.batch_execute("CREATE TABLE public.orders (id int PRIMARY KEY, status text)")
-        .await
-        .expect("table");
-    root.batch_execute(&format!(
-        r#"SELECT observer_create('orders_hook', 'public.orders', action => '{{"type": "webhook", "url": "{}"}}');"#,
-        sink.url("/hook")
-    ))
-    .await
-    .expect("observer");
     let ops = cluster.connect_as("ops").await;
     // The review's crash: a pass-by-value argument where the decoder expected a pointer.
     assert_eq!(
@@ -511,16 +531,16 @@ async fn no_sql_call_crashes_a_backend() {
 async fn an_outsiders_advisory_locks_change_nothing() {
     let (cluster, root) = setup().await;
     let sink = Sink::start().await.expect("sink");
+    observe(
+        &cluster,
+        &root,
+        &sink,
+        "CREATE TABLE public.orders (id int PRIMARY KEY)",
+        "orders_hook",
+        "public.orders",
+    )
+    .await;
     let app = cluster.connect_as("app").await;
-    app.batch_execute("CREATE TABLE public.orders (id int PRIMARY KEY)")
-        .await
-        .expect("table");
-    root.batch_execute(&format!(
-        r#"SELECT observer_create('orders_hook', 'public.orders', action => '{{"type": "webhook", "url": "{}"}}');"#,
-        sink.url("/hook")
-    ))
-    .await
-    .expect("observer");
     let outsider = cluster.connect_as("outsider").await;
     outsider
         .batch_execute(
