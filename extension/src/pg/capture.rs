@@ -187,14 +187,15 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), CaptureError> {
             "UPDATE" => (Some(data.tg_trigtuple), Some(data.tg_newtuple)),
             _ => (Some(data.tg_trigtuple), None),
         };
-        json_event(&args, op, tupdesc, old, new, &excluded)?;
+        json_event(&args, op, tupdesc, old, new, &excluded, expands(tupdesc))?;
     }
     wake::wake_at_commit();
     Ok(())
 }
 
 /// Write one row change as a JSON event (old/new jsonb): row-level capture, and statement
-/// capture of tables with composite columns. A row over the payload cap keeps its key only.
+/// capture of tables with composite columns. A row over the payload cap keeps its key only;
+/// `expands` ([`expands`]): the cap counts the row's JSON text, not only its jsonb size.
 ///
 /// # Safety
 /// The tuples are rows of `tupdesc`, valid for the call; the datums made here live in the
@@ -206,6 +207,7 @@ unsafe fn json_event(
     old: Option<pg_sys::HeapTuple>,
     new: Option<pg_sys::HeapTuple>,
     excluded: &[String],
+    expands: bool,
 ) -> Result<(), CaptureError> {
     // SAFETY: see the function's contract.
     unsafe {
@@ -220,12 +222,6 @@ unsafe fn json_event(
         let (mut old, mut new) = (old.map(row), new.map(row));
         // The payload cap counts the JSON text where a column can print much longer than it
         // is stored (numerics with huge exponents: pg::jsonsize), else the jsonb's size.
-        let natts = usize::try_from((*tupdesc).natts).unwrap_or(0);
-        let expands = (*tupdesc)
-            .attrs
-            .as_slice(natts)
-            .iter()
-            .any(|a| !a.attisdropped && crate::pg::types::expands(a.atttypid));
         let size: usize = [old, new]
             .iter()
             .flatten()
@@ -307,7 +303,7 @@ fn capture_statement(trigger: &PgTrigger<'_>) -> Result<(), CaptureError> {
                 // layout, which may change after capture (pg::types), so these rows become JSON
                 // now, each an event of its own, as row-level capture makes them.
                 flush(&args, op, &layout, &mut old_batch, &mut new_batch)?;
-                json_event(&args, op, reldesc, old, new, &excluded)?;
+                json_event(&args, op, reldesc, old, new, &excluded, layout.expands)?;
                 captured = true;
                 pg_sys::MemoryContextReset(scratch);
                 continue;
@@ -402,6 +398,25 @@ struct Layout {
     types: Vec<pg_sys::Oid>,
     /// A kept column holds composite values (`pg::types`): rows are captured as JSON events.
     json_rows: bool,
+    /// A column of the table can print much longer than it is stored ([`expands`]).
+    expands: bool,
+}
+
+/// Whether a column of `tupdesc` can print as JSON text much longer than it is stored
+/// (`pg::types::expands`).
+///
+/// # Safety
+/// `tupdesc` is a valid descriptor.
+unsafe fn expands(tupdesc: pg_sys::TupleDesc) -> bool {
+    // SAFETY: see the function's contract.
+    unsafe {
+        let natts = usize::try_from((*tupdesc).natts).unwrap_or(0);
+        (*tupdesc)
+            .attrs
+            .as_slice(natts)
+            .iter()
+            .any(|a| !a.attisdropped && crate::pg::types::expands(a.atttypid))
+    }
 }
 
 impl Layout {
@@ -452,6 +467,7 @@ impl Layout {
                 cols,
                 types,
                 json_rows,
+                expands: json_rows && expands(reldesc),
             }
         }
     }
@@ -539,8 +555,11 @@ impl Reader {
     }
 }
 
-/// `to_jsonb(row)` for a heap tuple of `tupdesc`.
-unsafe fn row_to_jsonb(tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> pg_sys::Datum {
+/// `to_jsonb(row)` for a heap tuple of `tupdesc` (the row decoders use it too, `pg::rows`).
+pub(crate) unsafe fn row_to_jsonb(
+    tuple: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+) -> pg_sys::Datum {
     unsafe {
         let composite = pg_sys::heap_copy_tuple_as_datum(tuple, tupdesc);
         pg_sys::FunctionCall1Coll(to_jsonb_fn(), pg_sys::InvalidOid, composite)
@@ -548,7 +567,7 @@ unsafe fn row_to_jsonb(tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> 
 }
 
 /// The cached `to_jsonb(record)` call info, built on first use.
-pub(crate) unsafe fn to_jsonb_fn() -> *mut pg_sys::FmgrInfo {
+unsafe fn to_jsonb_fn() -> *mut pg_sys::FmgrInfo {
     TO_JSONB.with(|cell| {
         if cell.get().is_null() {
             // SAFETY: allocations in TopMemoryContext live as long as the backend, which is

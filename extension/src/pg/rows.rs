@@ -285,20 +285,7 @@ fn decoder(cols: &[String], types: &[pg_sys::Oid]) -> Result<Decoder, DecodeErro
     let output = types
         .iter()
         .zip(&classes)
-        .map(|(t, c)| {
-            (*c == JsonClass::Text).then(|| {
-                // SAFETY: the output function of an existing type (checked above), looked up
-                // into a FmgrInfo owned by this decoder (CurrentMemoryContext).
-                unsafe {
-                    let mut func = pg_sys::InvalidOid;
-                    let mut varlena = false;
-                    pg_sys::getTypeOutputInfo(*t, &mut func, &mut varlena);
-                    let mut info: pg_sys::FmgrInfo = std::mem::zeroed();
-                    pg_sys::fmgr_info(func, &mut info);
-                    info
-                }
-            })
-        })
+        .map(|(t, c)| (*c == JsonClass::Text).then(|| output_function(*t)))
         .collect();
     Ok(Decoder {
         desc,
@@ -308,6 +295,35 @@ fn decoder(cols: &[String], types: &[pg_sys::Oid]) -> Result<Decoder, DecodeErro
         }),
         expands,
     })
+}
+
+/// The output function of type `typ` (which exists), looked up into a FmgrInfo of the current
+/// memory context.
+fn output_function(typ: pg_sys::Oid) -> pg_sys::FmgrInfo {
+    // SAFETY: catalog lookups for an existing type; the FmgrInfo is filled by fmgr_info.
+    unsafe {
+        let mut func = pg_sys::InvalidOid;
+        let mut varlena = false;
+        pg_sys::getTypeOutputInfo(typ, &mut func, &mut varlena);
+        let mut info: pg_sys::FmgrInfo = std::mem::zeroed();
+        pg_sys::fmgr_info(func, &mut info);
+        info
+    }
+}
+
+/// A value as a `text` datum, through its type's output function `out` (never user code: see
+/// `pg::types`).
+///
+/// # Safety
+/// `value` is a non-null datum of the type `out` was looked up for.
+unsafe fn as_text(out: &pg_sys::FmgrInfo, value: pg_sys::Datum) -> pg_sys::Datum {
+    // SAFETY: see the function's contract; the call gets a copy of the FmgrInfo (it may cache
+    // in fn_extra).
+    unsafe {
+        let mut out = *out;
+        let cstr = pg_sys::OutputFunctionCall(&mut out, value);
+        pg_sys::Datum::from(pg_sys::cstring_to_text(cstr))
+    }
 }
 
 /// A blessed (registered) record descriptor for the stored column names and types.
@@ -492,8 +508,8 @@ fn row_to_jsonb(row: &[u8], decoder: &Decoder) -> Result<pg_sys::Datum, DecodeEr
         let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
         tuple.t_len = u32::try_from(row.len()).map_err(|_| DecodeError::Malformed("row length"))?;
         tuple.t_data = copy.cast::<pg_sys::HeapTupleHeaderData>();
-        let record = match &decoder.text {
-            None => pg_sys::heap_copy_tuple_as_datum(&mut tuple, decoder.desc),
+        let json = match &decoder.text {
+            None => crate::pg::capture::row_to_jsonb(&mut tuple, decoder.desc),
             Some(text) => {
                 let natts = usize::try_from((*decoder.desc).natts).unwrap_or(0);
                 let mut values = vec![pg_sys::Datum::from(0); natts];
@@ -506,22 +522,15 @@ fn row_to_jsonb(row: &[u8], decoder: &Decoder) -> Result<pg_sys::Datum, DecodeEr
                 );
                 for (i, out) in text.output.iter().enumerate() {
                     if let (Some(out), false) = (out, nulls[i]) {
-                        let mut out = *out;
-                        let cstr = pg_sys::OutputFunctionCall(&mut out, values[i]);
-                        values[i] = pg_sys::Datum::from(pg_sys::cstring_to_text(cstr));
+                        values[i] = as_text(out, values[i]);
                     }
                 }
                 let formed =
                     pg_sys::heap_form_tuple(text.desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-                pg_sys::heap_copy_tuple_as_datum(formed, text.desc)
+                crate::pg::capture::row_to_jsonb(formed, text.desc)
             }
         };
         pg_sys::pfree(copy.cast());
-        let json = pg_sys::FunctionCall1Coll(
-            crate::pg::capture::to_jsonb_fn(),
-            pg_sys::InvalidOid,
-            record,
-        );
         if decoder.expands {
             let limit = row.len() * MAX_EXPANSION + EXPANSION_SLACK;
             if jsonsize::text_len(json.cast_mut_ptr(), limit).is_none() {
@@ -682,11 +691,7 @@ pub fn observer_row_to_jsonb(row: pgrx::AnyElement) -> Result<RawJsonb, ErrorRep
                 continue;
             }
             if !nulls[i] {
-                let mut func = pg_sys::InvalidOid;
-                let mut varlena = false;
-                pg_sys::getTypeOutputInfo(*typ, &mut func, &mut varlena);
-                let text = pg_sys::OidOutputFunctionCall(func, values[i]);
-                values[i] = pg_sys::Datum::from(pg_sys::cstring_to_text(text));
+                values[i] = as_text(&output_function(*typ), values[i]);
             }
             let attnum = i16::try_from(i + 1).unwrap_or(i16::MAX);
             pg_sys::TupleDescInitEntry(
@@ -704,12 +709,7 @@ pub fn observer_row_to_jsonb(row: pgrx::AnyElement) -> Result<RawJsonb, ErrorRep
         (*out_desc).tdtypmod = -1;
         let out_desc = pg_sys::BlessTupleDesc(out_desc);
         let formed = pg_sys::heap_form_tuple(out_desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-        let record = pg_sys::heap_copy_tuple_as_datum(formed, out_desc);
-        Ok(RawJsonb(pg_sys::FunctionCall1Coll(
-            crate::pg::capture::to_jsonb_fn(),
-            pg_sys::InvalidOid,
-            record,
-        )))
+        Ok(RawJsonb(crate::pg::capture::row_to_jsonb(formed, out_desc)))
     }
 }
 

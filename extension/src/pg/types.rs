@@ -33,122 +33,113 @@ pub enum JsonClass {
     Missing,
 }
 
+/// What is known of a type: its [`JsonClass`], and whether its values can print as JSON text
+/// much longer than they are stored (see [`expands`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Facts {
+    class: JsonClass,
+    expands: bool,
+}
+
 thread_local! {
-    /// Classes by type oid, for this backend; emptied by [`invalidate`].
-    static CLASSES: RefCell<HashMap<pg_sys::Oid, JsonClass>> = RefCell::new(HashMap::new());
-    /// [`expands`] by type oid, for this backend; emptied by [`invalidate`].
-    static EXPANDS: RefCell<HashMap<pg_sys::Oid, bool>> = RefCell::new(HashMap::new());
+    /// Facts by type oid, for this backend; emptied by [`invalidate`].
+    static FACTS: RefCell<HashMap<pg_sys::Oid, Facts>> = RefCell::new(HashMap::new());
     /// Whether [`invalidate`] is registered with the syscache in this backend.
     static REGISTERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// The class of `typ`, from the cache or the catalogs.
 pub fn class_of(typ: pg_sys::Oid) -> JsonClass {
-    register();
-    if let Some(c) = CLASSES.with(|m| m.borrow().get(&typ).copied()) {
-        return c;
-    }
-    let c = classify(typ, 0);
-    CLASSES.with(|m| m.borrow_mut().insert(typ, c));
-    c
+    facts_of(typ).class
 }
 
 /// Whether values of `typ` can print as JSON text much longer than they are stored: numeric
 /// (digits of any exponent), json and jsonb (which hold numerics), and the arrays, domains and
 /// ranges of those (`pg::jsonsize` measures such rows).
 pub fn expands(typ: pg_sys::Oid) -> bool {
+    facts_of(typ).expands
+}
+
+fn facts_of(typ: pg_sys::Oid) -> Facts {
     register();
-    if let Some(e) = EXPANDS.with(|m| m.borrow().get(&typ).copied()) {
-        return e;
+    if let Some(f) = FACTS.with(|m| m.borrow().get(&typ).copied()) {
+        return f;
     }
-    let e = expands_uncached(typ, 0);
-    EXPANDS.with(|m| m.borrow_mut().insert(typ, e));
-    e
+    let f = facts(typ, 0);
+    FACTS.with(|m| m.borrow_mut().insert(typ, f));
+    f
 }
 
-fn expands_uncached(typ: pg_sys::Oid, depth: u32) -> bool {
-    if depth > 32 {
-        return true;
-    }
-    // SAFETY: catalog lookups by oid, checked to name a type first.
-    unsafe {
-        if pg_sys::get_typlen(typ) == 0 {
-            return false;
-        }
-        let base = pg_sys::getBaseType(typ);
-        if [pg_sys::NUMERICOID, pg_sys::JSONOID, pg_sys::JSONBOID].contains(&base) {
-            return true;
-        }
-        let elem = pg_sys::get_element_type(base);
-        if elem != pg_sys::InvalidOid {
-            return expands_uncached(elem, depth + 1);
-        }
-        match pg_sys::get_typtype(base) as u8 {
-            pg_sys::TYPTYPE_RANGE => expands_uncached(pg_sys::get_range_subtype(base), depth + 1),
-            pg_sys::TYPTYPE_MULTIRANGE => expands_uncached(
-                pg_sys::get_range_subtype(pg_sys::get_multirange_range(base)),
-                depth + 1,
-            ),
-            pg_sys::TYPTYPE_COMPOSITE => true,
-            _ => false,
-        }
-    }
-}
-
-fn classify(typ: pg_sys::Oid, depth: u32) -> JsonClass {
+/// One walk through a type (domains, arrays, ranges) for both facts.
+fn facts(typ: pg_sys::Oid, depth: u32) -> Facts {
+    let composite = Facts {
+        class: JsonClass::Composite,
+        expands: true,
+    };
     // Types nest (an array of a domain over a range of ...) but not without bound.
     if depth > 32 {
-        return JsonClass::Composite;
+        return composite;
     }
     // SAFETY: catalog lookups by oid; each returns InvalidOid (or raises nothing) for an oid
     // that names no type, which is checked first.
     unsafe {
         if pg_sys::get_typlen(typ) == 0 {
-            return JsonClass::Missing;
+            return Facts {
+                class: JsonClass::Missing,
+                expands: false,
+            };
         }
         let base = pg_sys::getBaseType(typ);
         let elem = pg_sys::get_element_type(base);
         if elem != pg_sys::InvalidOid {
-            return classify(elem, depth + 1);
+            return facts(elem, depth + 1);
         }
         if pg_sys::type_is_rowtype(base) {
-            return JsonClass::Composite;
+            return composite;
         }
-        match pg_sys::get_typtype(base) as u8 {
-            pg_sys::TYPTYPE_RANGE => {
-                let sub = pg_sys::get_range_subtype(base);
-                if classify(sub, depth + 1) == JsonClass::Composite {
-                    return JsonClass::Composite;
-                }
-            }
-            pg_sys::TYPTYPE_MULTIRANGE => {
-                let range = pg_sys::get_multirange_range(base);
-                let sub = pg_sys::get_range_subtype(range);
-                if classify(sub, depth + 1) == JsonClass::Composite {
-                    return JsonClass::Composite;
-                }
-            }
-            _ => {}
+        let subtype = match pg_sys::get_typtype(base) as u8 {
+            pg_sys::TYPTYPE_RANGE => Some(pg_sys::get_range_subtype(base)),
+            pg_sys::TYPTYPE_MULTIRANGE => Some(pg_sys::get_range_subtype(
+                pg_sys::get_multirange_range(base),
+            )),
+            _ => None,
+        };
+        let sub = subtype.map(|s| facts(s, depth + 1));
+        if sub.is_some_and(|f| f.class == JsonClass::Composite) {
+            return composite;
         }
-        if base.to_u32() < pg_sys::FirstNormalObjectId {
-            return JsonClass::Plain;
+        let expands = [pg_sys::NUMERICOID, pg_sys::JSONOID, pg_sys::JSONBOID].contains(&base)
+            || sub.is_some_and(|f| f.expands);
+        Facts {
+            class: cast_class(base),
+            expands,
         }
-        // What jsonb_categorize_type looks for: an explicit cast to json.
-        let mut func = pg_sys::InvalidOid;
-        let path = pg_sys::find_coercion_pathway(
+    }
+}
+
+/// The class of a base type that is neither an array nor composite: what
+/// jsonb_categorize_type looks for is an explicit cast to json of a type not built in.
+fn cast_class(base: pg_sys::Oid) -> JsonClass {
+    if base.to_u32() < pg_sys::FirstNormalObjectId {
+        return JsonClass::Plain;
+    }
+    let mut func = pg_sys::InvalidOid;
+    // SAFETY: a catalog lookup of the cast from an existing type to json.
+    let path = unsafe {
+        pg_sys::find_coercion_pathway(
             pg_sys::JSONOID,
             base,
             pg_sys::CoercionContext::COERCION_EXPLICIT,
             &mut func,
-        );
-        if path == pg_sys::CoercionPathType::COERCION_PATH_FUNC
-            && func != pg_sys::InvalidOid
-            && !owned_by_superuser(func)
-        {
-            JsonClass::Text
-        } else {
-            JsonClass::Plain
-        }
+        )
+    };
+    if path == pg_sys::CoercionPathType::COERCION_PATH_FUNC
+        && func != pg_sys::InvalidOid
+        && !owned_by_superuser(func)
+    {
+        JsonClass::Text
+    } else {
+        JsonClass::Plain
     }
 }
 
@@ -197,12 +188,7 @@ fn register() {
 /// Syscache callback: a type, cast, function or role changed; forget every class.
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn invalidate(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
-    CLASSES.with(|m| {
-        if let Ok(mut m) = m.try_borrow_mut() {
-            m.clear();
-        }
-    });
-    EXPANDS.with(|m| {
+    FACTS.with(|m| {
         if let Ok(mut m) = m.try_borrow_mut() {
             m.clear();
         }
