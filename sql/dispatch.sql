@@ -171,7 +171,7 @@ CREATE TYPE observer.decoded_event AS (
 
 -- observer.decode_one(event_id): one event, or (when it cannot be read: a value its type cannot
 -- turn into JSON, a type dropped since capture) the event with its error, in a subtransaction of
--- its own. No row for an event that does not exist. The slow path of decode_log and events_safe.
+-- its own. No row for an event that does not exist. The slow path of events_safe.
 CREATE FUNCTION observer.decode_one(event_id bigint) RETURNS SETOF observer.decoded_event
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -191,36 +191,13 @@ EXCEPTION WHEN OTHERS THEN
 END
 $$;
 
--- observer.decode_log(log_id, nrows): the events of one event_log row, each read on its own
--- (observer.decode_one) when the row as a whole cannot be (one subtransaction for the row, then
--- one per event), so that an event that cannot be read comes back with its error instead of
--- failing the caller. The slow path of dispatch and replay.
--- SECURITY DEFINER: it reads the event log by id, and is how admins (who may not call the row
--- decoders, which are granted to nobody) see events (observer.events, observer_replay).
-CREATE FUNCTION observer.decode_log(log_id bigint, nrows integer) RETURNS SETOF observer.decoded_event
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    evs observer.event[];
-BEGIN
-    BEGIN
-        evs := ARRAY(SELECT x FROM observer.event_log l, LATERAL observer.event_rows(l) x
-                     WHERE l.id = log_id ORDER BY x.id);
-        RETURN QUERY SELECT x.*, NULL::text FROM unnest(evs) x;
-        RETURN;
-    EXCEPTION WHEN OTHERS THEN
-        NULL;  -- read event by event below
-    END;
-    RETURN QUERY SELECT d.* FROM generate_series(0, nrows - 1) k, LATERAL observer.decode_one(log_id + k) d
-                 ORDER BY d.id;
-END
-$$;
-
 -- observer.events_safe(event_ids): observer.events_of for the queue, which must never fail for
 -- one event that cannot be read (every claim would fail on it): the events in one subtransaction,
 -- and when that fails, each on its own (observer.decode_one), an unreadable one with its error.
 -- Not inlinable (plpgsql); the one subtransaction costs a few microseconds per call, not per event.
--- SECURITY DEFINER for the same reason as decode_log (observer_debug_event, observer_dlq_list,
--- observer_search run as their admin caller).
+-- SECURITY DEFINER: it reads the event log by id, and is how admins (who may not call the row
+-- decoders, which are granted to nobody) see events (observer.events, observer_debug_event,
+-- observer_dlq_list, observer_search, observer_replay run as their admin caller).
 CREATE FUNCTION observer.events_safe(event_ids bigint[]) RETURNS SETOF observer.decoded_event
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -239,6 +216,15 @@ BEGIN
     RETURN QUERY SELECT d.* FROM (SELECT DISTINCT u.i FROM unnest(event_ids) AS u(i)) AS u,
                                  LATERAL observer.decode_one(u.i) d;
 END
+$$;
+
+-- observer.decode_log(log_id, nrows): the events of one event_log row, in id order, each with
+-- its error when it cannot be read (observer.events_safe over the row's event ids). The slow path
+-- of dispatch and replay, and how admins see events (observer.events).
+CREATE FUNCTION observer.decode_log(log_id bigint, nrows integer) RETURNS SETOF observer.decoded_event
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT e.* FROM observer.events_safe(ARRAY(SELECT log_id + k FROM generate_series(0, nrows - 1) k)) e
+    ORDER BY e.id
 $$;
 
 -- observer.events: every event kept, one row per row change (for operators and tests; code that
