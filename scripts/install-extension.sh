@@ -9,6 +9,16 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 out="$ROOT/target/pgrx-package"
 cargo pgrx package -p fraiseql_observers --pg-config "$PG_CONFIG" --out-dir "$out" >&2
+# Every released version's install script (extension/sql/fraiseql_observers--<version>.sql) next
+# to the current one: `CREATE EXTENSION ... VERSION '<version>'` installs an older release, which
+# the upgrade test does. cargo pgrx package copies the update scripts (--<from>--<to>.sql) itself.
+extdir="$out$("$PG_CONFIG" --sharedir)/extension"
+for f in "$ROOT"/extension/sql/fraiseql_observers--*.sql; do
+  case "$(basename "$f")" in
+    *--*--*) ;;
+    *) cp "$f" "$extdir/" ;;
+  esac
+done
 
 changed=0
 while IFS= read -r -d '' f; do

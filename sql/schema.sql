@@ -133,8 +133,8 @@ CREATE TABLE observer.skipped (
     observer_id  bigint NOT NULL REFERENCES observer.observers (id) ON DELETE CASCADE,
     reason       text NOT NULL CHECK (reason IN ('condition_unknown', 'condition_timeout', 'deduplicated', 'coalesced', 'undecodable')),
     job_id       bigint,
-    detail       text,                       -- undecodable, condition_timeout: why
     recorded_at  timestamptz NOT NULL DEFAULT now(),
+    detail       text,                       -- undecodable, condition_timeout: why (last: added by 0.2.0)
     PRIMARY KEY (event_id, observer_id)
 );
 

@@ -38,9 +38,9 @@ extension_sql_file!(
     name = "dispatch",
     requires = [
         "observers",
-        pg::rows::observer_decode_rows,
-        pg::rows::observer_decode_row,
-        pg::rows::observer_decode_rows_at,
+        pg::rows::decode_rows,
+        pg::rows::decode_row,
+        pg::rows::decode_rows_at,
         pg::deadline::observer_deadline,
         pg::jsonsize::observer_json_size,
         pg::jsonsize::observer_bounded_doc,

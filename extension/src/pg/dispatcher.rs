@@ -3,7 +3,8 @@
 //! `fraiseql_observers.dispatch_interval` when idle.
 //!
 //! It survives SQL errors (logs, aborts the transaction, backs off, goes on), idles until
-//! `CREATE EXTENSION` has run, rereads its settings on SIGHUP and exits on SIGTERM. Only one
+//! `CREATE EXTENSION` has run and while the extension's SQL is of another version than this
+//! library (the window of an upgrade before `ALTER EXTENSION ... UPDATE`, `pg::compat`), rereads its settings on SIGHUP and exits on SIGTERM. Only one
 //! dispatcher runs a round at a time per database (`observer_dispatch` holds the checkpoint row),
 //! so external workers running rounds for hosts without preload never collide with it.
 
@@ -17,6 +18,7 @@ use pgrx::prelude::*;
 use fraiseql_observers_core::prune;
 
 use crate::gucs;
+use crate::pg::compat;
 use crate::pg::wake;
 
 /// Longest pause after consecutive failed rounds.
@@ -40,6 +42,9 @@ pub fn register() {
 enum Tick {
     /// The extension is not installed in the database (yet).
     NotInstalled,
+    /// The extension's SQL objects are of this version, not the library's: waiting for
+    /// `ALTER EXTENSION fraiseql_observers UPDATE`.
+    OtherVersion(String),
     /// A round ran and read this many events.
     Dispatched(i64),
 }
@@ -60,6 +65,8 @@ pub extern "C-unwind" fn fraiseql_observers_dispatcher_main(_arg: pg_sys::Datum)
     let mut last_prune = std::time::Instant::now();
     let mut prune_backlog = false;
     let mut backoff_until: Option<std::time::Instant> = None;
+    // The SQL version last reported as waiting for an update: logged once, not every 2 s.
+    let mut waiting_for: Option<String> = None;
     while BackgroundWorker::wait_latch(Some(wait)) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: called from the worker's main loop, outside any transaction, as Postgres'
@@ -88,7 +95,23 @@ pub extern "C-unwind" fn fraiseql_observers_dispatcher_main(_arg: pg_sys::Datum)
                 failures = 0;
                 wait = NOT_INSTALLED_WAIT;
             }
+            Ok(Tick::OtherVersion(version)) => {
+                failures = 0;
+                wait = NOT_INSTALLED_WAIT;
+                if waiting_for.as_deref() != Some(version.as_str()) {
+                    warning!(
+                        "fraiseql_observers dispatcher: the library is {} but the extension's SQL in database \"{database}\" is {version}; \
+                         no rounds until ALTER EXTENSION fraiseql_observers UPDATE",
+                        compat::LIBRARY_VERSION
+                    );
+                    waiting_for = Some(version);
+                }
+                continue;
+            }
             Ok(Tick::Dispatched(n)) => {
+                if let Some(version) = waiting_for.take() {
+                    log!("fraiseql_observers dispatcher: the extension's SQL was updated from {version}; dispatching");
+                }
                 failures = 0;
                 // A full page means a backlog: go again at once; so does a commit that signalled
                 // during the round (its wake-up may have been consumed, see wake_requested).
@@ -144,11 +167,14 @@ pub extern "C-unwind" fn fraiseql_observers_dispatcher_main(_arg: pg_sys::Datum)
     unsafe { pg_sys::proc_exit(1) };
 }
 
-/// One transaction: find the extension's schema, run a round.
+/// One transaction: find the extension's schema, check its version, run a round.
 fn tick(batch: i32) -> Tick {
-    let Some(schema) = extension_schema() else {
+    let Some(Installed { schema, version }) = installed() else {
         return Tick::NotInstalled;
     };
+    if !compat::sql_version_matches(&version) {
+        return Tick::OtherVersion(version);
+    }
     let sql = format!(
         "SELECT {}.observer_dispatch($1, 'bgworker')",
         spi::quote_identifier(&schema)
@@ -170,9 +196,12 @@ fn tick(batch: i32) -> Tick {
 /// One transaction: delete events and completed jobs past `fraiseql_observers.event_retention`,
 /// one batch of each. Returns whether a batch was full (more is due).
 fn prune_once() -> bool {
-    let Some(schema) = extension_schema() else {
+    let Some(Installed { schema, version }) = installed() else {
         return false;
     };
+    if !compat::sql_version_matches(&version) {
+        return false;
+    }
     let sql = format!(
         "SELECT events_deleted, jobs_deleted FROM {}.observer_prune(max_rows => {})",
         spi::quote_identifier(&schema),
@@ -187,14 +216,23 @@ fn prune_once() -> bool {
     prune::more_due(events, jobs)
 }
 
-/// The schema the extension is installed in, if it is installed in this database.
-fn extension_schema() -> Option<String> {
-    Spi::get_one::<String>(
-        "SELECT n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
+/// The extension as installed in this database.
+struct Installed {
+    /// The schema of its functions.
+    schema: String,
+    /// The version of its SQL objects (`pg_extension.extversion`).
+    version: String,
+}
+
+/// The extension, if it is installed in this database.
+fn installed() -> Option<Installed> {
+    match Spi::get_two::<String, String>(
+        "SELECT n.nspname::text, e.extversion::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
          WHERE e.extname = 'fraiseql_observers'",
-    )
-    .ok()
-    .flatten()
+    ) {
+        Ok((Some(schema), Some(version))) => Some(Installed { schema, version }),
+        _ => None,
+    }
 }
 
 /// Exponential backoff after consecutive failures: 100 ms, 200 ms, ... up to [`MAX_BACKOFF`].

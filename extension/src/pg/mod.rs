@@ -3,6 +3,7 @@
 //! transactions wake it.
 
 pub mod capture;
+pub mod compat;
 pub mod deadline;
 pub mod dispatcher;
 pub mod jsonsize;

@@ -567,8 +567,13 @@ fn row_or_raise(row: &[u8], decoder: &Decoder) -> RawJsonb {
 
 /// `observer_decode_rows(cols text[], col_types oid[], rows bytea) RETURNS SETOF jsonb`: every
 /// row of a batch as jsonb, in order. Internal (the dispatcher's): granted to nobody.
-#[pg_extern(stable, parallel_safe)]
-pub fn observer_decode_rows(
+///
+/// The Rust names (and so the library's symbols, `decode_rows_wrapper`...) differ from the SQL
+/// names: 0.1.0 declared these functions over `anyelement` with the symbols
+/// `observer_decode_rows_wrapper`..., which now belong to `pg::compat` (they refuse), so 0.1.0's
+/// SQL running on this library can never hand these a value that is not a `bytea`.
+#[pg_extern(stable, parallel_safe, name = "observer_decode_rows")]
+pub fn decode_rows(
     cols: Vec<String>,
     col_types: Vec<pg_sys::Oid>,
     rows: RawBytea,
@@ -590,8 +595,8 @@ pub fn observer_decode_rows(
 /// a claimed batch of jobs, which mostly share a few batches, with one call per batch instead of
 /// one `observer_decode_row` per job (each decompressing the batch up to its row). Internal (the
 /// queue's): granted to nobody.
-#[pg_extern(stable, parallel_safe)]
-pub fn observer_decode_rows_at(
+#[pg_extern(stable, parallel_safe, name = "observer_decode_rows_at")]
+pub fn decode_rows_at(
     cols: Vec<String>,
     col_types: Vec<pg_sys::Oid>,
     rows: RawBytea,
@@ -611,8 +616,8 @@ pub fn observer_decode_rows_at(
 /// `observer_decode_row(cols text[], col_types oid[], rows bytea, k integer) RETURNS jsonb`:
 /// row `k` (from 0) of a batch, reading only its header and that row; NULL when there is no such
 /// row. Internal (the queue's): granted to nobody.
-#[pg_extern(stable, parallel_safe)]
-pub fn observer_decode_row(
+#[pg_extern(stable, parallel_safe, name = "observer_decode_row")]
+pub fn decode_row(
     cols: Vec<String>,
     col_types: Vec<pg_sys::Oid>,
     rows: RawBytea,

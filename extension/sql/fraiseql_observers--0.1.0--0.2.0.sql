@@ -1,0 +1,1564 @@
+-- fraiseql_observers 0.1.0 -> 0.2.0, run by ALTER EXTENSION fraiseql_observers UPDATE (after the
+-- server was restarted on the 0.2.0 library: docs/runbook.md, "Upgrading"; CHANGELOG.md says what
+-- changed and what operators must do).
+--
+-- Nothing is rewritten or deleted: observers, checkpoints, events (dispatched or not), jobs in
+-- every state with their leases and fencing tokens, attempts (the audit trail) and breakers keep
+-- their rows. The update adds one column and three tables, widens one CHECK, replaces functions
+-- (CREATE OR REPLACE keeps their grants), drops the ones 0.2.0 no longer has or whose arguments
+-- changed, and grants the roles that had access under 0.1.0 what the same access means in 0.2.0.
+-- A 0.1.0 worker keeps working against 0.2.0 (the functions it calls keep their signatures), so
+-- workers are upgraded after the extension. tests/tests/upgrade.rs proves all of it, and that the
+-- result has the same schema as a fresh 0.2.0 install.
+--
+-- Frozen once 0.2.0 is released: later changes go into the next version's update script.
+
+\echo Use "ALTER EXTENSION fraiseql_observers UPDATE TO '0.2.0'" to load this file. \quit
+
+-- 1. Tables and types (sql/schema.sql, sql/dispatch.sql).
+
+-- Skipped decisions: two new reasons (a condition that ran out of time, an event that could not be
+-- read) and why. `detail` comes last in a fresh install too, so both have the same layout.
+ALTER TABLE observer.skipped
+    DROP CONSTRAINT skipped_reason_check,
+    ADD CONSTRAINT skipped_reason_check
+        CHECK (reason IN ('condition_unknown', 'condition_timeout', 'deduplicated', 'coalesced', 'undecodable')),
+    ADD COLUMN detail text;
+
+-- Per-queue enqueue grants: nobody is restricted after the update (0.1.0 had no such grants).
+CREATE TABLE observer.enqueue_restricted (
+    role_oid   oid PRIMARY KEY
+);
+CREATE TABLE observer.enqueuers (
+    queue_id   bigint NOT NULL REFERENCES observer.observers (id) ON DELETE CASCADE,
+    role_oid   oid NOT NULL,
+    PRIMARY KEY (queue_id, role_oid)
+);
+
+-- The audit exporter, elected by a row (0.1.0 used an advisory lock any login role could take).
+-- A 0.1.0 worker still exporting while 0.2.0 workers start may send a batch twice: Elasticsearch
+-- documents have ids, so a second copy overwrites the first.
+CREATE TABLE observer.audit_exporter (
+    singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    pid           integer NOT NULL,
+    backend_start timestamptz NOT NULL,
+    since         timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON observer.enqueue_restricted, observer.enqueuers, observer.audit_exporter FROM PUBLIC;
+
+CREATE TYPE observer.decoded_event AS (
+    id          bigint,
+    tx          xid8,
+    table_oid   oid,
+    table_name  text,
+    op          text,
+    old         jsonb,
+    new         jsonb,
+    oversize    integer,
+    created_at  timestamptz,
+    error       text
+);
+
+-- 2. Functions 0.2.0 no longer has, or whose arguments changed. The batch decoders took
+-- `anyelement` and take `bytea` now; their 0.1.0 symbols refuse in the 0.2.0 library
+-- (extension/src/pg/compat.rs).
+DROP FUNCTION observer_decode_rows(text[], oid[], anyelement);
+DROP FUNCTION observer_decode_rows_at(text[], oid[], anyelement, integer[]);
+DROP FUNCTION observer_decode_row(text[], oid[], anyelement, integer);
+DROP FUNCTION observer.dispatch_lock_key();
+DROP FUNCTION observer.attempt_words(text, bigint, jsonb);
+DROP FUNCTION observer.attempt_doc(bigint, jsonb);
+DROP FUNCTION observer_grant(text, text);
+
+-- 3. Functions new in 0.2.0 or changed since 0.1.0, as a fresh install creates them, in its order.
+
+CREATE OR REPLACE FUNCTION "observer_bounded_doc"(
+	"doc" jsonb /* crate :: pg :: rows :: RawJsonbArg */
+) RETURNS jsonb /* crate :: pg :: rows :: RawJsonb */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'observer_bounded_doc_wrapper';
+
+CREATE OR REPLACE FUNCTION "observer_deadline"(
+	"ms" INT /* Option < i32 > */
+) RETURNS bool /* bool */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'observer_deadline_wrapper';
+
+CREATE OR REPLACE FUNCTION "observer_decode_row"(
+	"cols" TEXT[], /* Vec < String > */
+	"col_types" oid[], /* Vec < pg_sys :: Oid > */
+	"rows" bytea, /* RawBytea */
+	"k" INT /* i32 */
+) RETURNS jsonb /* Result < Option < RawJsonb > , ErrorReport > */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'decode_row_wrapper';
+
+CREATE OR REPLACE FUNCTION "observer_decode_rows"(
+	"cols" TEXT[], /* Vec < String > */
+	"col_types" oid[], /* Vec < pg_sys :: Oid > */
+	"rows" bytea /* RawBytea */
+) RETURNS SETOF jsonb /* RawJsonb */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'decode_rows_wrapper';
+
+CREATE OR REPLACE FUNCTION "observer_decode_rows_at"(
+	"cols" TEXT[], /* Vec < String > */
+	"col_types" oid[], /* Vec < pg_sys :: Oid > */
+	"rows" bytea, /* RawBytea */
+	"ks" INT[] /* Vec < Option < i32 > > */
+) RETURNS SETOF jsonb /* Option < RawJsonb > */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'decode_rows_at_wrapper';
+
+CREATE OR REPLACE FUNCTION "observer_json_size"(
+	"doc" jsonb, /* crate :: pg :: rows :: RawJsonbArg */
+	"max_bytes" bigint /* i64 */
+) RETURNS bigint /* Option < i64 > */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'observer_json_size_wrapper';
+
+CREATE OR REPLACE FUNCTION "observer_row_to_jsonb"(
+	"row" anyelement /* pgrx :: AnyElement */
+) RETURNS jsonb /* Result < RawJsonb, ErrorReport > */
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'observer_row_to_jsonb_wrapper';
+
+CREATE OR REPLACE FUNCTION observer.check_path_cost(path jsonpath, what text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- The path's text with its string literals emptied (a "**" inside a string is no accessor).
+    bare text := regexp_replace(path::text, '"([^"\\]|\\.)*"', '""', 'g');
+BEGIN
+    IF (length(bare) - length(replace(bare, '**', ''))) / 2 > 1 THEN
+        RAISE EXCEPTION '% uses more than one ** accessor', what
+            USING ERRCODE = 'program_limit_exceeded',
+                  HINT = 'Each ** multiplies the items visited by the size of the document; name the path to the values instead (e.g. $.new.doc.items[*].sku).';
+    END IF;
+    IF EXISTS (SELECT 1 FROM regexp_matches(path::text, 'like_regex "((?:[^"\\]|\\.)*)"', 'g') m
+               WHERE m[1] ~ '\\\\[0-9]') THEN
+        RAISE EXCEPTION '% uses a back-reference in like_regex', what
+            USING ERRCODE = 'program_limit_exceeded',
+                  HINT = 'Back-references make a regular expression backtrack over row data; match without them.';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer.check_path(path text, option text) RETURNS jsonpath
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    msg text;
+BEGIN
+    IF path IS NULL OR octet_length(path) > 4096 THEN
+        RAISE EXCEPTION 'observer option "%" must be a SQL/JSON path of at most 4096 bytes', option
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'For example: "$.new.customer_id".';
+    END IF;
+    PERFORM observer.check_path_cost(path::jsonpath, format('observer option "%s"', option));
+    RETURN path::jsonpath;
+EXCEPTION WHEN syntax_error THEN
+    GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+    RAISE EXCEPTION 'invalid SQL/JSON path in observer option "%": %', option, msg
+        USING ERRCODE = 'syntax_error', HINT = 'For example: "$.new.customer_id".';
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer.check_condition(condition text) RETURNS jsonpath
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    path jsonpath;
+    msg text;
+BEGIN
+    IF condition IS NULL OR btrim(condition) = '' THEN
+        RETURN NULL;
+    END IF;
+    -- A predicate worth writing fits in 4 kB; anything larger is a mistake or an attack on the
+    -- parser (deep nesting) and on every dispatch round that would evaluate it.
+    IF octet_length(condition) > 4096 THEN
+        RAISE EXCEPTION 'observer condition is too long (% bytes)', octet_length(condition)
+            USING ERRCODE = 'program_limit_exceeded',
+                  HINT = 'Keep conditions under 4096 bytes; split the logic across observers if needed.';
+    END IF;
+    BEGIN
+        path := condition::jsonpath;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+        RAISE EXCEPTION 'invalid observer condition: %', msg
+            USING ERRCODE = 'syntax_error',
+                  DETAIL = format('Condition: %s', condition),
+                  HINT = 'Write a SQL/JSON path predicate over {op, table, old, new, changed}, e.g. $.new.status == "shipped".';
+    END;
+    PERFORM observer.check_path_cost(path, 'observer condition');
+    -- A predicate yields one boolean; a plain path such as $.new.status does not. Probe it on
+    -- empty documents of every operation: a structural mistake raises here, at create time.
+    BEGIN
+        PERFORM jsonb_path_match(jsonb_build_object('op', op, 'table', 'public.t', 'old', '{}'::jsonb,
+                                                    'new', '{}'::jsonb, 'changed', '[]'::jsonb), path)
+        FROM unnest(ARRAY['INSERT', 'UPDATE', 'DELETE']) op;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+        RAISE EXCEPTION 'observer condition is not a predicate: %', msg
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('Condition: %s', condition),
+                  HINT = 'Compare a value, e.g. $.new.status == "shipped", or test existence with exists($.new.email).';
+    END;
+    RETURN path;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer_resume(name text) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    oid_ bigint;
+    n    bigint;
+BEGIN
+    UPDATE observer.observers o SET paused_at = NULL, paused_reason = NULL, updated_at = now()
+    WHERE o.name = observer_resume.name RETURNING o.id INTO oid_;
+    IF NOT FOUND THEN
+        PERFORM observer.unknown_observer(name);
+    END IF;
+    UPDATE observer.jobs j SET run_at = clock_timestamp()
+    WHERE j.observer_id = oid_ AND j.state = 'pending' AND j.run_at = 'infinity';
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM observer.wake_workers();
+    END IF;
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer.wake_workers() RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF pg_notification_queue_usage() < 0.5 THEN
+        PERFORM pg_notify('fraiseql_observers_jobs', '');
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer.bounded_key(k text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN octet_length(k) <= 512 THEN k
+            ELSE 'sha256:' || encode(sha256(convert_to(k, 'UTF8')), 'hex') END;
+
+CREATE OR REPLACE FUNCTION observer.ordering_key(table_name text, key_columns text[], old jsonb, new jsonb)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN key_columns IS NULL THEN NULL
+            ELSE observer.bounded_key(table_name || ':' || (SELECT jsonb_agg(coalesce(new, old) -> k ORDER BY ord)::text
+                                                            FROM unnest(key_columns) WITH ORDINALITY AS c(k, ord)))
+       END;
+
+CREATE OR REPLACE FUNCTION observer.decode_one(event_id bigint) RETURNS SETOF observer.decoded_event
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e   observer.event;
+    msg text;
+BEGIN
+    SELECT * INTO e FROM observer.event(event_id);
+    IF FOUND THEN
+        RETURN NEXT ROW(e.id, e.tx, e.table_oid, e.table_name, e.op, e.old, e.new, e.oversize,
+                        e.created_at, NULL::text)::observer.decoded_event;
+    END IF;
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+    RETURN QUERY SELECT decode_one.event_id, l.tx, l.table_oid, l.table_name, l.op, NULL::jsonb, NULL::jsonb,
+                        l.oversize, l.created_at, left(msg, 1000)
+                 FROM observer.event_log l WHERE l.id = observer.event_log_id(decode_one.event_id);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer.events_safe(event_ids bigint[]) RETURNS SETOF observer.decoded_event
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    evs observer.event[];
+BEGIN
+    IF coalesce(cardinality(event_ids), 0) = 0 THEN
+        RETURN;
+    END IF;
+    BEGIN
+        evs := ARRAY(SELECT x FROM observer.events_of(event_ids) x);
+        RETURN QUERY SELECT x.*, NULL::text FROM unnest(evs) x;
+        RETURN;
+    EXCEPTION WHEN OTHERS THEN
+        NULL;  -- read event by event below
+    END;
+    RETURN QUERY SELECT d.* FROM (SELECT DISTINCT u.i FROM unnest(event_ids) AS u(i)) AS u,
+                                 LATERAL observer.decode_one(u.i) d;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer.decode_log(log_id bigint, nrows integer) RETURNS SETOF observer.decoded_event
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT e.* FROM observer.events_safe(ARRAY(SELECT log_id + k FROM generate_series(0, nrows - 1) k)) e
+    ORDER BY e.id
+$$;
+
+CREATE OR REPLACE FUNCTION observer.dedup_one(e observer.event, o observer.observers) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    key      text;
+    holder   bigint;
+    replaced bigint;
+BEGIN
+    key := CASE WHEN o.dedup_key IS NULL THEN observer.ordering_key(e.table_name, o.key_columns, e.old, e.new)
+                ELSE observer.bounded_key(jsonb_path_query_first(jsonb_build_object('op', e.op, 'table', e.table_name, 'old', e.old, 'new', e.new),
+                                                                 o.dedup_key, '{}', true)::text) END;
+    IF key IS NOT NULL AND o.dedup_coalesce THEN
+        WITH target AS (
+            SELECT j.id, j.event_id FROM observer.jobs j JOIN observer.event_log prev ON prev.id = observer.event_log_id(j.event_id)
+            WHERE j.observer_id = o.id AND j.dedup_key = key AND j.state = 'pending' AND j.attempt = 0
+              AND prev.created_at > e.created_at - o.dedup_window
+            ORDER BY j.id DESC LIMIT 1
+            FOR UPDATE OF j
+        )
+        UPDATE observer.jobs j
+        SET event_id = e.id, idempotency_key = 'evt_' || e.id || '_' || o.id
+        FROM target WHERE j.id = target.id
+        RETURNING j.id, target.event_id INTO holder, replaced;
+        IF holder IS NOT NULL THEN
+            INSERT INTO observer.skipped (event_id, observer_id, reason, job_id)
+            VALUES (replaced, o.id, 'coalesced', holder) ON CONFLICT DO NOTHING;
+            RETURN 0;
+        END IF;
+    ELSIF key IS NOT NULL THEN
+        SELECT j.id INTO holder FROM observer.jobs j JOIN observer.event_log prev ON prev.id = observer.event_log_id(j.event_id)
+        WHERE j.observer_id = o.id AND j.dedup_key = key AND prev.created_at > e.created_at - o.dedup_window
+        ORDER BY j.id DESC LIMIT 1;
+        IF holder IS NOT NULL THEN
+            INSERT INTO observer.skipped (event_id, observer_id, reason, job_id)
+            VALUES (e.id, o.id, 'deduplicated', holder) ON CONFLICT DO NOTHING;
+            RETURN 0;
+        END IF;
+    END IF;
+    INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, dedup_key, priority, run_at)
+    VALUES (o.id, e.id, 'evt_' || e.id || '_' || o.id,
+            CASE WHEN o.fifo IS NOT NULL THEN observer.ordering_key(e.table_name, o.key_columns, e.old, e.new) END,
+            key, o.priority, observer.due_at(o.paused_at))
+    ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING;
+    RETURN 1;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer_dispatch(max_events integer DEFAULT 10000, dispatcher text DEFAULT NULL,
+                                  unless_active_within interval DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    me          text := coalesce(dispatcher, nullif(current_setting('application_name'), ''), session_user);
+    st          observer.dispatch_state;
+    target      pg_snapshot;
+    n_events    bigint := 0;
+    n_jobs      bigint := 0;
+    last_id     bigint;
+    done        boolean;
+    msg         text;
+    lg          record;
+    ev          observer.decoded_event;
+    obs         observer.observers;
+    verdict     boolean;
+    dedup_ev    bigint[];
+    dedup_obs   bigint[];
+    fallback    boolean := false;
+    timed_out   boolean;
+    -- fraiseql_observers.condition_timeout: the longest one condition may run on one event; the
+    -- set-based path gets 30 times that for the page (pg/deadline.rs).
+    cond_ms     integer := coalesce(extract(epoch FROM nullif(current_setting('fraiseql_observers.condition_timeout', true), '')::interval) * 1000, 1000)::integer;
+BEGIN
+    IF max_events IS NULL OR max_events < 1 THEN
+        RAISE EXCEPTION 'max_events must be a positive integer, not %', coalesce(max_events::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF unless_active_within IS NOT NULL AND EXISTS (
+        SELECT FROM observer.dispatch_state
+        WHERE last_dispatcher IS DISTINCT FROM me
+          -- At least three of the background dispatcher's idle intervals, whatever the caller
+          -- asked: an idle dispatcher with a long interval is not a stopped one.
+          AND last_round_at > clock_timestamp() - greatest(unless_active_within,
+                3 * coalesce(nullif(current_setting('fraiseql_observers.dispatch_interval', true), '')::interval,
+                             '1 second')))
+    THEN
+        RETURN NULL;
+    END IF;
+    -- One round at a time: the round holds the checkpoint row. Only the extension's owner and
+    -- admins can lock it (an advisory lock could be taken by any login role, and stop dispatch
+    -- for everyone). Another dispatcher holds the round: not an error, there is simply nothing
+    -- for us to do (a standby is told so: it is standing by). observer_status() names a session
+    -- that holds the row for long (dispatch.blocked_by).
+    SELECT * INTO st FROM observer.dispatch_state FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN CASE WHEN unless_active_within IS NULL THEN 0 END;
+    END IF;
+    target := coalesce(st.batch_snapshot, observer.snapshot_excluding_self());
+
+    PERFORM @extschema@.observer_deadline(30 * cond_ms);
+    BEGIN
+        -- The set-based path: decide every (event, observer) pair of the page at once, make the
+        -- jobs of observers without dedup, and hand the dedup matches to dedup_one() in event order.
+        WITH batch AS MATERIALIZED (
+            SELECT e.*, CASE WHEN e.op = 'UPDATE' THEN observer.changed(e.old, e.new) END AS changed
+            FROM observer.dispatch_batch(st.done_snapshot, target, st.batch_cursor, max_events) e
+        ), decisions AS MATERIALIZED (
+            SELECT b.id AS event_id, o.id AS observer_id, o.dedup_window IS NOT NULL AS dedup, o.priority,
+                   observer.due_at(o.paused_at) AS run_at,
+                   observer.decide(b.op, b.table_name, b.old, b.new, b.changed, o.condition, o.changed_columns, b.oversize) AS matched,
+                   CASE WHEN o.fifo IS NOT NULL
+                        THEN observer.ordering_key(b.table_name, o.key_columns, b.old, b.new) END AS ordering_key
+            FROM batch b
+            JOIN observer.observers o
+              ON o.table_oid = b.table_oid AND o.enabled AND b.op = ANY (o.events)
+        ), unknown AS (
+            INSERT INTO observer.skipped (event_id, observer_id, reason)
+            SELECT event_id, observer_id, 'condition_unknown' FROM decisions WHERE matched IS NULL
+            ON CONFLICT DO NOTHING
+        ), made AS (
+            INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, priority, run_at)
+            SELECT observer_id, event_id, 'evt_' || event_id || '_' || observer_id, ordering_key, priority, run_at
+            FROM decisions WHERE matched AND NOT dedup
+            ORDER BY event_id, observer_id
+            ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM batch), (SELECT max(id) FROM batch), (SELECT count(*) FROM made),
+               (SELECT array_agg(event_id ORDER BY event_id, observer_id) FROM decisions WHERE matched AND dedup),
+               (SELECT array_agg(observer_id ORDER BY event_id, observer_id) FROM decisions WHERE matched AND dedup)
+        INTO n_events, last_id, n_jobs, dedup_ev, dedup_obs;
+
+        FOR i IN 1 .. coalesce(cardinality(dedup_ev), 0) LOOP
+            n_jobs := n_jobs + observer.dedup_one(
+                (SELECT e FROM observer.event(dedup_ev[i]) e),
+                (SELECT o FROM observer.observers o WHERE o.id = dedup_obs[i]));
+        END LOOP;
+        PERFORM @extschema@.observer_deadline(0);
+    EXCEPTION WHEN query_canceled THEN
+        -- Our deadline, or a real cancel (raised again).
+        IF NOT @extschema@.observer_deadline(0) THEN
+            RAISE;
+        END IF;
+        msg := format('the page took longer than %s ms', 30 * cond_ms);
+        fallback := true;
+    WHEN OTHERS THEN
+        PERFORM @extschema@.observer_deadline(0);
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+        fallback := true;
+    END;
+
+    IF fallback THEN
+        -- A condition raised despite silent mode or ran too long, or a row broke the set-based
+        -- path (it could not be read: observer.decode_log): decide event by event so that one bad
+        -- event is recorded and every other one still goes on. Each event_log row of the page is
+        -- read on its own, and an event that cannot be read is quarantined ('undecodable', with
+        -- the reason) for every observer that would have seen it. Each decision runs under
+        -- condition_timeout; one that reaches it is recorded ('condition_timeout').
+        RAISE WARNING 'fraiseql_observers: dispatch batch failed (%), deciding event by event', msg;
+        n_events := 0;
+        n_jobs := 0;
+        last_id := NULL;
+        FOR lg IN
+            SELECT p.id, p.table_oid, p.op, p.nrows
+            FROM (SELECT l.id, l.table_oid, l.op, coalesce(l.nrows, 1) AS nrows,
+                         sum(coalesce(l.nrows, 1)) OVER (ORDER BY l.id) - coalesce(l.nrows, 1) AS before
+                  FROM observer.batch_logs(st.done_snapshot, target, st.batch_cursor, max_events) l) p
+            WHERE p.before < max_events
+            ORDER BY p.id
+        LOOP
+            n_events := n_events + lg.nrows;
+            last_id := lg.id + lg.nrows - 1;
+            FOR ev IN SELECT * FROM observer.decode_log(lg.id, lg.nrows) LOOP
+                IF ev.error IS NOT NULL THEN
+                    INSERT INTO observer.skipped (event_id, observer_id, reason, detail)
+                    SELECT ev.id, o.id, 'undecodable', ev.error
+                    FROM observer.observers o
+                    WHERE o.table_oid = lg.table_oid AND o.enabled AND lg.op = ANY (o.events)
+                    ON CONFLICT DO NOTHING;
+                    CONTINUE;
+                END IF;
+                FOR obs IN
+                    SELECT o.* FROM observer.observers o
+                    WHERE o.table_oid = lg.table_oid AND o.enabled AND lg.op = ANY (o.events)
+                    ORDER BY o.id
+                LOOP
+                    timed_out := false;
+                    msg := NULL;
+                    BEGIN
+                        PERFORM @extschema@.observer_deadline(cond_ms);
+                        verdict := observer.decide(ev.op, ev.table_name, ev.old, ev.new,
+                                                   CASE WHEN ev.op = 'UPDATE' THEN observer.changed(ev.old, ev.new) END,
+                                                   obs.condition, obs.changed_columns, ev.oversize);
+                        IF verdict AND obs.dedup_window IS NOT NULL THEN
+                            n_jobs := n_jobs + observer.dedup_one(
+                                ROW(ev.id, ev.tx, ev.table_oid, ev.table_name, ev.op, ev.old, ev.new,
+                                    ev.oversize, ev.created_at)::observer.event, obs);
+                        ELSIF verdict THEN
+                            INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, priority, run_at)
+                            VALUES (obs.id, ev.id, 'evt_' || ev.id || '_' || obs.id,
+                                    CASE WHEN obs.fifo IS NOT NULL
+                                         THEN observer.ordering_key(ev.table_name, obs.key_columns, ev.old, ev.new) END,
+                                    obs.priority, observer.due_at(obs.paused_at))
+                            ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING;
+                            n_jobs := n_jobs + 1;
+                        END IF;
+                        PERFORM @extschema@.observer_deadline(0);
+                    EXCEPTION WHEN query_canceled THEN
+                        IF NOT @extschema@.observer_deadline(0) THEN
+                            RAISE;
+                        END IF;
+                        timed_out := true;
+                        verdict := NULL;
+                    WHEN OTHERS THEN
+                        PERFORM @extschema@.observer_deadline(0);
+                        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+                        verdict := NULL;
+                    END;
+                    IF timed_out THEN
+                        INSERT INTO observer.skipped (event_id, observer_id, reason, detail)
+                        VALUES (ev.id, obs.id, 'condition_timeout',
+                                format('the condition ran longer than %s ms (fraiseql_observers.condition_timeout)', cond_ms))
+                        ON CONFLICT DO NOTHING;
+                    ELSIF verdict IS NULL THEN
+                        -- detail: what raised (a condition's own unknown result raises nothing).
+                        INSERT INTO observer.skipped (event_id, observer_id, reason, detail)
+                        VALUES (ev.id, obs.id, 'condition_unknown', left(msg, 1000)) ON CONFLICT DO NOTHING;
+                    END IF;
+                END LOOP;
+            END LOOP;
+        END LOOP;
+    END IF;
+
+    -- A short page means the batch is complete: everything visible in `target` is done. A full
+    -- page keeps the batch's snapshot and continues after its last id next round.
+    done := n_events < max_events;
+    UPDATE observer.dispatch_state SET
+        done_snapshot     = CASE WHEN done THEN target ELSE done_snapshot END,
+        batch_snapshot    = CASE WHEN done THEN NULL ELSE target END,
+        batch_cursor      = CASE WHEN done THEN 0 ELSE last_id END,
+        rounds            = rounds + 1,
+        fallback_rounds   = fallback_rounds + fallback::integer,
+        events_dispatched = events_dispatched + n_events,
+        jobs_created      = jobs_created + n_jobs,
+        last_round_at     = clock_timestamp(),
+        last_event_at     = CASE WHEN n_events > 0 THEN clock_timestamp() ELSE last_event_at END,
+        last_dispatcher   = me
+    WHERE singleton;
+
+    IF n_jobs > 0 THEN
+        -- Postgres folds identical notifications within a transaction: one wake-up per round.
+        PERFORM observer.wake_workers();
+    END IF;
+    RETURN n_events;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer.words(error text, doc jsonb) RETURNS tsvector
+LANGUAGE sql STABLE
+RETURN CASE WHEN observer.setting_on('fraiseql_observers.audit_search', true) THEN
+    pg_catalog.setweight(pg_catalog.to_tsvector('simple', pg_catalog.left(COALESCE(error, ''), 4000)), 'A')
+    OPERATOR(pg_catalog.||)
+    pg_catalog.setweight(pg_catalog.jsonb_to_tsvector('simple', @extschema@.observer_bounded_doc(COALESCE(doc, '{}')),
+                                                      '["string", "numeric"]'), 'B')
+END;
+
+CREATE OR REPLACE FUNCTION observer.project_doc(doc jsonb, cols text[], keys text[]) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN CASE WHEN cols IS NULL OR doc IS NULL THEN doc
+            ELSE doc OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(
+                'old', CASE WHEN pg_catalog.jsonb_typeof(doc OPERATOR(pg_catalog.->) 'old') OPERATOR(pg_catalog.=) 'object'
+                            THEN observer.project(doc OPERATOR(pg_catalog.->) 'old', cols, keys)
+                            ELSE doc OPERATOR(pg_catalog.->) 'old' END,
+                'new', CASE WHEN pg_catalog.jsonb_typeof(doc OPERATOR(pg_catalog.->) 'new') OPERATOR(pg_catalog.=) 'object'
+                            THEN observer.project(doc OPERATOR(pg_catalog.->) 'new', cols, keys)
+                            ELSE doc OPERATOR(pg_catalog.->) 'new' END)
+       END;
+
+CREATE OR REPLACE FUNCTION observer.attempt_docs(event_ids bigint[]) RETURNS TABLE (event_id bigint, doc jsonb)
+LANGUAGE sql STABLE AS $$
+    SELECT e.id, CASE WHEN e.error IS NULL THEN observer.event_doc(e.table_name, e.op, e.old, e.new)
+                      ELSE pg_catalog.jsonb_build_object('table', e.table_name, 'op', e.op, 'error', e.error) END
+    FROM observer.events_safe(event_ids) e
+    WHERE observer.setting_on('fraiseql_observers.audit_search', true)
+$$;
+
+CREATE OR REPLACE FUNCTION observer_claim(worker text, max_jobs integer DEFAULT 100, lease interval DEFAULT '30 seconds')
+RETURNS TABLE (job_id bigint, token bigint, attempt integer, lease_until timestamptz, observer text,
+               action jsonb, idempotency_key text, payload jsonb, event_at timestamptz)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET enable_sort = off SET enable_bitmapscan = off SET jit = off AS $$
+#variable_conflict use_column
+DECLARE
+    -- The claim's clock, read once. Compared with a variable, `lease_until < claim_clock` is an
+    -- index condition that bounds the jobs_leased scans, and `run_at <= claim_clock` is checked
+    -- in jobs_ready without fetching the row. With clock_timestamp() (volatile) in the conditions
+    -- instead, the three lease scans read every running job (with 2,000 running, 6,000 heap
+    -- fetches for each claim).
+    claim_clock timestamptz := clock_timestamp();
+BEGIN
+    IF worker IS NULL OR worker = '' THEN
+        RAISE EXCEPTION 'worker name is required' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF max_jobs IS NULL OR max_jobs < 1 OR max_jobs > 10000 THEN
+        RAISE EXCEPTION 'max_jobs must be between 1 and 10000, not %', coalesce(max_jobs::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM observer.check_lease(lease);
+
+    -- A lease that expired on the job's last attempt ends the job: a job that kills its worker
+    -- every time must not be retried forever.
+    WITH dead AS (
+        UPDATE observer.jobs j
+        SET state = 'dead', finished_at = clock_timestamp(), lease_until = NULL,
+            last_error = 'lease expired on the last attempt (worker died or stalled)'
+        FROM observer.observers o
+        WHERE o.id = j.observer_id AND j.state = 'running' AND j.lease_until < claim_clock
+          AND j.attempt >= coalesce(j.attempts_allowed, o.max_attempts)
+        RETURNING j.id, j.attempt, j.worker
+    )
+    INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error, search)
+    SELECT id, attempt, dead.worker, 'expired', 'lease expired', observer.words('lease expired', NULL) FROM dead
+    ON CONFLICT DO NOTHING;
+
+    -- An expired lease of a paused observer's job: held with the observer's other jobs, not
+    -- handed to another worker (its endpoint may be gone).
+    WITH held AS (
+        UPDATE observer.jobs j
+        SET state = 'pending', run_at = 'infinity', lease_until = NULL
+        FROM observer.observers o
+        WHERE o.id = j.observer_id AND j.state = 'running' AND j.lease_until < claim_clock
+          AND o.paused_at IS NOT NULL
+        RETURNING j.id, j.attempt, j.worker
+    )
+    INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error, search)
+    SELECT id, attempt, held.worker, 'expired', 'lease expired', observer.words('lease expired', NULL) FROM held
+    ON CONFLICT DO NOTHING;
+
+    RETURN QUERY
+    WITH expired AS (
+        -- Never past the attempt budget: a lease that ran out between the statement above and
+        -- this one is ended by the next claim instead.
+        SELECT j.id, j.event_id FROM observer.jobs j JOIN observer.observers o ON o.id = j.observer_id
+        WHERE j.state = 'running' AND j.lease_until < claim_clock
+          AND j.attempt < coalesce(j.attempts_allowed, o.max_attempts) AND o.paused_at IS NULL
+        ORDER BY j.lease_until
+        LIMIT max_jobs
+        FOR UPDATE OF j SKIP LOCKED
+    ), ready AS (
+        -- Per-key FIFO (observer option fifo): only the oldest unfinished job of a key is
+        -- claimable; a dead one still holds the key under policy 'block', not under 'park'.
+        -- Job ids follow commit order for a key (dispatch reads batches in commit order and each
+        -- batch in event id order), so "oldest" is "first committed".
+        -- A job has an ordering key only if its observer is FIFO. No join here: the scan must
+        -- stay in jobs_ready order and stop at max_jobs whatever the statistics say (joined,
+        -- with statistics taken while the queue was empty, the planner sorted every pending job
+        -- on each claim).
+        SELECT j.id, j.event_id FROM observer.jobs j
+        WHERE j.state = 'pending' AND j.run_at <= claim_clock
+          AND (j.ordering_key IS NULL OR NOT EXISTS (
+                SELECT 1 FROM observer.jobs p JOIN observer.observers o ON o.id = p.observer_id
+                WHERE p.observer_id = j.observer_id AND p.ordering_key = j.ordering_key AND p.id < j.id
+                  AND (p.state IN ('pending', 'running') OR (p.state = 'dead' AND o.fifo = 'block'))))
+        ORDER BY j.priority DESC, j.run_at, j.id
+        LIMIT max_jobs
+        FOR UPDATE OF j SKIP LOCKED
+    ), picked AS (
+        SELECT id, event_id FROM (SELECT id, event_id FROM expired UNION ALL SELECT id, event_id FROM ready) p
+        LIMIT max_jobs
+    ), evs AS MATERIALIZED (
+        -- The picked jobs' events, each event_log row decoded once (not once per job). An event
+        -- that cannot be read (observer.events_safe) is never handed out: its job goes to the
+        -- dead-letter queue with the reason, and every other job of the claim goes on.
+        SELECT * FROM observer.events_safe(ARRAY(SELECT event_id FROM picked WHERE event_id IS NOT NULL))
+    ), verdicts AS (
+        SELECT p.id, e.error FROM picked p LEFT JOIN evs e ON e.id = p.event_id AND e.error IS NOT NULL
+    ), expired_attempts AS (
+        -- The attempt whose lease ran out is recorded before the job is handed to someone else.
+        INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error, search)
+        SELECT j.id, j.attempt, j.worker, 'expired', 'lease expired', observer.words('lease expired', NULL)
+        FROM observer.jobs j WHERE j.id IN (SELECT id FROM expired) AND j.id IN (SELECT id FROM picked)
+        ON CONFLICT DO NOTHING
+    ), claimed AS (
+        UPDATE observer.jobs j
+        SET state = CASE WHEN v.error IS NULL THEN 'running' ELSE 'dead' END,
+            attempt = j.attempt + 1,
+            -- One token per claim call: tokens only have to grow with each claim of a job.
+            lease_token = (SELECT nextval('observer.lease_token_seq')),
+            lease_until = CASE WHEN v.error IS NULL THEN clock_timestamp() + lease END,
+            finished_at = CASE WHEN v.error IS NULL THEN j.finished_at ELSE clock_timestamp() END,
+            last_error = CASE WHEN v.error IS NULL THEN j.last_error
+                              ELSE 'event could not be read: ' || v.error END,
+            worker = observer_claim.worker
+        FROM verdicts v
+        WHERE j.id = v.id
+        RETURNING j.*, v.error AS unreadable
+    ), unreadable_attempts AS (
+        INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error, search)
+        SELECT c.id, c.attempt, c.worker, 'dead', c.last_error, observer.words(c.last_error, NULL)
+        FROM claimed c WHERE c.unreadable IS NOT NULL
+        ON CONFLICT DO NOTHING
+    )
+    SELECT c.id, c.lease_token, c.attempt, c.lease_until, o.name, o.action, c.idempotency_key,
+           observer.job_payload(o.name, o.columns, o.key_columns, c.event_id, c.payload, c.created_at,
+                                e.id, e.created_at, e.table_name, e.op, e.old, e.new, e.oversize),
+           -- When the change was captured (its transaction's start) or the job enqueued: the
+           -- worker's event-to-delivery lag is measured from it.
+           coalesce(e.created_at, c.created_at)
+    FROM claimed c
+    JOIN observer.observers o ON o.id = c.observer_id
+    LEFT JOIN evs e ON e.id = c.event_id
+    WHERE c.unreadable IS NULL
+    ORDER BY c.id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer_complete(job_ids bigint[], tokens bigint[], endpoints text[] DEFAULT NULL,
+                                  statuses integer[] DEFAULT NULL, durations_ms integer[] DEFAULT NULL)
+RETURNS TABLE (job_id bigint, accepted boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+#variable_conflict use_column
+DECLARE
+    n integer := coalesce(cardinality(job_ids), 0);
+BEGIN
+    PERFORM observer.check_pairs(job_ids, tokens);
+    PERFORM observer.check_audit(job_ids, endpoints, statuses, durations_ms);
+    RETURN QUERY
+    WITH input AS (
+        SELECT * FROM unnest(job_ids, tokens,
+                             coalesce(endpoints, array_fill(NULL::text, ARRAY[n])),
+                             coalesce(statuses, array_fill(NULL::integer, ARRAY[n])),
+                             coalesce(durations_ms, array_fill(NULL::integer, ARRAY[n])))
+                 AS i(id, token, endpoint, status, ms)
+    ), done AS (
+        UPDATE observer.jobs j
+        SET state = 'completed', finished_at = clock_timestamp(), lease_until = NULL, last_error = NULL
+        FROM input
+        WHERE j.id = input.id AND j.lease_token = input.token AND observer.is_running(j.state)
+        RETURNING j.id, j.attempt, j.worker, j.observer_id, j.event_id, j.payload, input.endpoint, input.status, input.ms
+    ), docs AS (
+        SELECT * FROM observer.attempt_docs(ARRAY(SELECT event_id FROM done WHERE event_id IS NOT NULL))
+    ), logged AS (
+        INSERT INTO observer.attempts (job_id, attempt, worker, outcome, endpoint, status, duration_ms, search)
+        SELECT d.id, d.attempt, d.worker, 'completed', d.endpoint, d.status, d.ms,
+               observer.words(NULL, CASE WHEN d.event_id IS NULL THEN d.payload
+                                         ELSE observer.project_doc(docs.doc, o.columns, o.key_columns) END)
+        FROM done d JOIN observer.observers o ON o.id = d.observer_id LEFT JOIN docs ON docs.event_id = d.event_id
+        ON CONFLICT (job_id, attempt) DO UPDATE SET outcome = excluded.outcome, finished_at = excluded.finished_at,
+            endpoint = excluded.endpoint, status = excluded.status, duration_ms = excluded.duration_ms,
+            search = excluded.search
+    )
+    -- A join, not EXISTS per row: a correlated scan of the CTE is quadratic in the batch size.
+    SELECT input.id, done.id IS NOT NULL FROM input LEFT JOIN done ON done.id = input.id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer_fail(job_ids bigint[], tokens bigint[], errors text[],
+                              retry_not_before timestamptz[] DEFAULT NULL, endpoints text[] DEFAULT NULL,
+                              statuses integer[] DEFAULT NULL, durations_ms integer[] DEFAULT NULL)
+RETURNS TABLE (job_id bigint, accepted boolean, state text, run_at timestamptz)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+#variable_conflict use_column
+DECLARE
+    n integer := coalesce(cardinality(job_ids), 0);
+BEGIN
+    PERFORM observer.check_pairs(job_ids, tokens);
+    PERFORM observer.check_audit(job_ids, endpoints, statuses, durations_ms);
+    IF cardinality(job_ids) IS DISTINCT FROM cardinality(errors)
+       OR (retry_not_before IS NOT NULL AND cardinality(retry_not_before) <> cardinality(job_ids)) THEN
+        RAISE EXCEPTION 'errors (and retry_not_before if given) must have the same length as job_ids'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY
+    WITH input AS (
+        SELECT i.id, i.token, left(i.error, 2000) AS error, i.not_before, i.endpoint, i.status, i.ms
+        FROM unnest(job_ids, tokens, errors,
+                    coalesce(retry_not_before, array_fill(NULL::timestamptz, ARRAY[n])),
+                    coalesce(endpoints, array_fill(NULL::text, ARRAY[n])),
+                    coalesce(statuses, array_fill(NULL::integer, ARRAY[n])),
+                    coalesce(durations_ms, array_fill(NULL::integer, ARRAY[n])))
+             AS i(id, token, error, not_before, endpoint, status, ms)
+    ), failed AS (
+        UPDATE observer.jobs j
+        SET state = CASE WHEN j.attempt >= coalesce(j.attempts_allowed, o.max_attempts) THEN 'dead' ELSE 'pending' END,
+            -- In seconds as double precision: base * 2^(attempt-1) overflows an interval for
+            -- large attempt numbers.
+            -- A paused observer's retries are held like its new jobs (observer_resume).
+            run_at = CASE WHEN j.attempt >= coalesce(j.attempts_allowed, o.max_attempts) THEN j.run_at
+                          WHEN o.paused_at IS NOT NULL THEN 'infinity' ELSE greatest(
+                         clock_timestamp() + make_interval(secs => random() * least(
+                             extract(epoch FROM o.backoff_cap)::double precision,
+                             extract(epoch FROM o.backoff_base)::double precision * power(2::double precision, least(j.attempt - 1, 60)))),
+                         input.not_before) END,
+            finished_at = CASE WHEN j.attempt >= coalesce(j.attempts_allowed, o.max_attempts) THEN clock_timestamp() END,
+            lease_until = NULL,
+            last_error = input.error
+        FROM input, observer.observers o
+        WHERE j.id = input.id AND j.lease_token = input.token AND observer.is_running(j.state)
+          AND o.id = j.observer_id
+        RETURNING j.id, j.attempt, j.worker, j.state, j.run_at, j.event_id, j.payload, input.error,
+                  input.endpoint, input.status, input.ms, o.columns, o.key_columns
+    ), docs AS (
+        SELECT * FROM observer.attempt_docs(ARRAY(SELECT event_id FROM failed WHERE event_id IS NOT NULL))
+    ), logged AS (
+        INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error, endpoint, status, duration_ms, search)
+        SELECT f.id, f.attempt, f.worker, CASE WHEN f.state = 'dead' THEN 'dead' ELSE 'retry' END, f.error,
+               f.endpoint, f.status, f.ms,
+               observer.words(f.error, CASE WHEN f.event_id IS NULL THEN f.payload
+                                            ELSE observer.project_doc(docs.doc, f.columns, f.key_columns) END)
+        FROM failed f LEFT JOIN docs ON docs.event_id = f.event_id
+        ON CONFLICT (job_id, attempt) DO UPDATE SET outcome = excluded.outcome, error = excluded.error,
+            finished_at = excluded.finished_at, endpoint = excluded.endpoint, status = excluded.status,
+            duration_ms = excluded.duration_ms, search = excluded.search
+    )
+    SELECT input.id, f.id IS NOT NULL, f.state, f.run_at
+    FROM input LEFT JOIN failed f ON f.id = input.id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer_discard(job_ids bigint[], tokens bigint[], reasons text[], pause boolean[] DEFAULT NULL,
+                                 endpoints text[] DEFAULT NULL, statuses integer[] DEFAULT NULL,
+                                 durations_ms integer[] DEFAULT NULL)
+RETURNS TABLE (job_id bigint, accepted boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+#variable_conflict use_column
+DECLARE
+    n integer := coalesce(cardinality(job_ids), 0);
+BEGIN
+    PERFORM observer.check_pairs(job_ids, tokens);
+    PERFORM observer.check_audit(job_ids, endpoints, statuses, durations_ms);
+    IF reasons IS NULL THEN
+        RAISE EXCEPTION 'reasons must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM observer.check_reasons(job_ids, reasons, 'reasons');
+    IF pause IS NOT NULL AND cardinality(pause) IS DISTINCT FROM cardinality(job_ids) THEN
+        RAISE EXCEPTION 'pause (when given) must have the same length as job_ids'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY
+    WITH input AS (
+        SELECT i.id, i.token, left(coalesce(i.reason, 'no reason given'), 2000) AS reason, coalesce(i.pause, false) AS pause,
+               i.endpoint, i.status, i.ms
+        FROM unnest(job_ids, tokens, reasons, coalesce(pause, array_fill(false, ARRAY[n])),
+                    coalesce(endpoints, array_fill(NULL::text, ARRAY[n])),
+                    coalesce(statuses, array_fill(NULL::integer, ARRAY[n])),
+                    coalesce(durations_ms, array_fill(NULL::integer, ARRAY[n])))
+             AS i(id, token, reason, pause, endpoint, status, ms)
+    ), discarded AS (
+        UPDATE observer.jobs j
+        SET state = 'dead', finished_at = clock_timestamp(), lease_until = NULL,
+            last_error = 'discarded: ' || input.reason
+        FROM input
+        WHERE j.id = input.id AND j.lease_token = input.token AND observer.is_running(j.state)
+        RETURNING j.id, j.attempt, j.worker, j.observer_id, j.event_id, j.payload, input.reason, input.pause,
+                  input.endpoint, input.status, input.ms
+    ), paused AS (
+        UPDATE observer.observers o
+        SET paused_at = clock_timestamp(), paused_reason = 'endpoint gone: ' || d.reason, updated_at = now()
+        FROM (SELECT DISTINCT ON (observer_id) observer_id, reason FROM discarded WHERE pause ORDER BY observer_id, id) d
+        WHERE o.id = d.observer_id AND o.paused_at IS NULL
+        RETURNING o.id
+    ), held AS (
+        UPDATE observer.jobs j SET run_at = 'infinity'
+        FROM paused WHERE j.observer_id = paused.id AND j.state = 'pending'
+    ), docs AS (
+        SELECT * FROM observer.attempt_docs(ARRAY(SELECT event_id FROM discarded WHERE event_id IS NOT NULL))
+    ), logged AS (
+        INSERT INTO observer.attempts (job_id, attempt, worker, outcome, error, endpoint, status, duration_ms, search)
+        SELECT d.id, d.attempt, d.worker, 'discarded', d.reason, d.endpoint, d.status, d.ms,
+               observer.words(d.reason, CASE WHEN d.event_id IS NULL THEN d.payload
+                                             ELSE observer.project_doc(docs.doc, o.columns, o.key_columns) END)
+        FROM discarded d JOIN observer.observers o ON o.id = d.observer_id LEFT JOIN docs ON docs.event_id = d.event_id
+        ON CONFLICT (job_id, attempt) DO UPDATE SET outcome = excluded.outcome, error = excluded.error,
+            finished_at = excluded.finished_at, endpoint = excluded.endpoint, status = excluded.status,
+            duration_ms = excluded.duration_ms, search = excluded.search
+    )
+    -- A join, not EXISTS per row: a correlated scan of the CTE is quadratic in the batch size.
+    SELECT input.id, discarded.id IS NOT NULL FROM input LEFT JOIN discarded ON discarded.id = input.id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer.check_enqueue(q observer.observers, payloads jsonb[], idempotency_keys text[],
+                                       ordering_keys text[])
+RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    bad      text;
+    big      integer;
+    too_long boolean;
+    -- A payload's JSON text may be twice the cap, plus 64 kB.
+    text_cap bigint := 2 * q.max_payload_bytes::bigint + 65536;
+BEGIN
+    -- (The grants are looked at only when some role is restricted at all.)
+    IF EXISTS (SELECT 1 FROM observer.enqueue_restricted)
+       AND NOT coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user), false)
+       AND EXISTS (SELECT 1 FROM observer.enqueue_restricted x JOIN pg_roles r ON r.oid = x.role_oid
+                   WHERE pg_has_role(session_user, r.oid, 'MEMBER'))
+       AND NOT EXISTS (SELECT 1 FROM observer.enqueuers g JOIN pg_roles r ON r.oid = g.role_oid
+                       WHERE g.queue_id = q.id AND pg_has_role(session_user, r.oid, 'MEMBER')) THEN
+        RAISE EXCEPTION 'role "%" may not enqueue into job queue "%"', session_user, q.name
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'An administrator grants it with observer_grant(role, ''app'', queues => ARRAY[...]).';
+    END IF;
+    -- Stored size, and the JSON text too: a number with a huge exponent is stored in a few bytes
+    -- and prints as all its digits (observer_json_size stops measuring at the limit). A number
+    -- prints as at most 147,455 characters and takes at least 8 bytes of a jsonb, so a payload of
+    -- under text_cap / 18,432 bytes (114 for the default cap) cannot pass it and is not walked.
+    SELECT max(pg_column_size(p)),
+           bool_or(CASE WHEN pg_column_size(p)::bigint * 18432 > text_cap
+                        THEN @extschema@.observer_json_size(p, text_cap) IS NULL ELSE false END)
+    INTO big, too_long
+    FROM unnest(payloads) p;
+    IF big > q.max_payload_bytes THEN
+        RAISE EXCEPTION 'a payload of % bytes is over job queue "%"''s max_payload_bytes (%)', big, q.name, q.max_payload_bytes
+            USING ERRCODE = 'program_limit_exceeded',
+                  HINT = 'Send a reference to the data instead, or raise the queue''s max_payload_bytes with observer_alter().';
+    END IF;
+    IF too_long THEN
+        RAISE EXCEPTION 'a payload''s JSON text is over twice job queue "%"''s max_payload_bytes (%)', q.name, q.max_payload_bytes
+            USING ERRCODE = 'program_limit_exceeded',
+                  HINT = 'Numbers with huge exponents print as every digit; send them as strings.';
+    END IF;
+    SELECT k INTO bad FROM unnest(idempotency_keys) k
+    WHERE k IS NOT NULL AND k <> '' AND k !~ '^[!-~]([ -~]{0,198}[!-~])?$' LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'idempotency key % cannot be a webhook-id', left(quote_literal(bad), 80)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use 1 to 200 printable ASCII characters (no control characters, no leading or trailing space).';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(ordering_keys) k WHERE octet_length(k) > 1000) THEN
+        RAISE EXCEPTION 'ordering keys must be at most 1000 bytes' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer_enqueue_many(queue text, payloads jsonb[], idempotency_keys text[] DEFAULT NULL,
+                                      ordering_keys text[] DEFAULT NULL, run_at timestamptz DEFAULT NULL)
+RETURNS TABLE (job_id bigint, created boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    q observer.observers;
+    n integer := coalesce(cardinality(payloads), 0);
+BEGIN
+    SELECT * INTO q FROM observer.observers o WHERE o.name = queue;
+    IF NOT FOUND THEN
+        PERFORM observer.unknown_observer(queue);
+    END IF;
+    IF q.table_oid IS NOT NULL THEN
+        RAISE EXCEPTION 'observer "%" watches table %: jobs can only be enqueued to a job queue', queue, q.table_name
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = 'Create a queue with observer_create(name, NULL, action => ...).';
+    END IF;
+    IF NOT q.enabled THEN
+        RAISE EXCEPTION 'job queue "%" is disabled', queue
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Enable it with observer_enable().';
+    END IF;
+    IF array_position(payloads, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'payloads must not contain NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF (idempotency_keys IS NOT NULL AND cardinality(idempotency_keys) <> n)
+       OR (ordering_keys IS NOT NULL AND cardinality(ordering_keys) <> n) THEN
+        RAISE EXCEPTION 'idempotency_keys and ordering_keys (when given) must have the same length as payloads'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF n = 0 THEN
+        RETURN;
+    END IF;
+    PERFORM observer.check_enqueue(q, payloads, idempotency_keys, ordering_keys);
+    RETURN QUERY
+    WITH input AS (
+        SELECT i.payload, nullif(i.key, '') AS key, i.okey, i.ord
+        FROM unnest(payloads,
+                    coalesce(idempotency_keys, array_fill(NULL::text, ARRAY[n])),
+                    coalesce(ordering_keys, array_fill(NULL::text, ARRAY[n])))
+             WITH ORDINALITY AS i(payload, key, okey, ord)
+    ), numbered AS MATERIALIZED (
+        SELECT nextval('observer.jobs_id_seq') AS id, input.* FROM input ORDER BY input.ord
+    ), made AS (
+        INSERT INTO observer.jobs (id, observer_id, payload, idempotency_key, unique_key, ordering_key, run_at, priority)
+        OVERRIDING SYSTEM VALUE
+        -- The webhook-id of a job with a key is key_<queue id>_<key>: enqueuers choose keys, and
+        -- a key of theirs must never be the webhook-id of a table event (evt_<event>_<observer>)
+        -- or of another queue's job. A run_at in the past is now: it never jumps the queue.
+        SELECT nb.id, q.id, nb.payload, CASE WHEN nb.key IS NULL THEN 'job_' || nb.id ELSE 'key_' || q.id || '_' || nb.key END,
+               nb.key,
+               CASE WHEN q.fifo IS NOT NULL THEN nb.okey END,
+               CASE WHEN q.paused_at IS NULL THEN greatest(coalesce(observer_enqueue_many.run_at, clock_timestamp()), clock_timestamp())
+                    ELSE 'infinity' END, q.priority
+        FROM numbered nb ORDER BY nb.ord
+        ON CONFLICT (observer_id, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+        RETURNING id, unique_key
+    )
+    SELECT coalesce(m.id,
+                    (SELECT m2.id FROM made m2 WHERE m2.unique_key = nb.key),
+                    (SELECT j.id FROM observer.jobs j WHERE j.observer_id = q.id AND j.unique_key = nb.key)),
+           m.id IS NOT NULL
+    FROM numbered nb LEFT JOIN made m ON m.id = nb.id
+    ORDER BY nb.ord;
+    -- One wake-up per transaction: Postgres folds identical notifications.
+    PERFORM observer.wake_workers();
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer_dlq_list(observer text DEFAULT NULL, since timestamptz DEFAULT NULL,
+                                  until timestamptz DEFAULT NULL, error_like text DEFAULT NULL,
+                                  max_rows integer DEFAULT 100)
+RETURNS TABLE (job_id bigint, observer text, event_id bigint, attempts integer, last_error text,
+               failed_at timestamptz, idempotency_key text, payload jsonb)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    -- The page first, then its events, read together and never failing on one that cannot be
+    -- read (observer.events_safe: its job is listed with its payload's rows empty).
+    WITH page AS MATERIALIZED (
+        SELECT j.id, o.name, j.event_id, j.attempt, j.last_error, j.finished_at, j.idempotency_key,
+               o.columns, o.key_columns, j.payload, j.created_at
+        FROM observer.dlq_match(NULL, observer, since, until, error_like, true) m
+        JOIN observer.jobs j ON j.id = m
+        JOIN observer.observers o ON o.id = j.observer_id
+        ORDER BY j.finished_at DESC, j.id DESC
+        LIMIT max_rows
+    ), evs AS MATERIALIZED (
+        SELECT * FROM observer.events_safe(ARRAY(SELECT event_id FROM page WHERE event_id IS NOT NULL))
+    )
+    SELECT p.id, p.name, p.event_id, p.attempt, p.last_error, p.finished_at, p.idempotency_key,
+           observer.job_payload(p.name, p.columns, p.key_columns, p.event_id, p.payload, p.created_at,
+                                e.id, e.created_at, e.table_name, e.op, e.old, e.new, e.oversize)
+    FROM page p
+    LEFT JOIN evs e ON e.id = p.event_id
+    ORDER BY p.finished_at DESC, p.id DESC
+$$;
+
+CREATE OR REPLACE FUNCTION observer_dlq_retry(job_ids bigint[] DEFAULT NULL, observer text DEFAULT NULL,
+                                   since timestamptz DEFAULT NULL, until timestamptz DEFAULT NULL,
+                                   error_like text DEFAULT NULL, all_jobs boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+BEGIN
+    UPDATE observer.jobs j
+    SET state = 'pending', run_at = CASE WHEN o.paused_at IS NULL THEN clock_timestamp() ELSE 'infinity' END,
+        finished_at = NULL, lease_until = NULL,
+        attempts_allowed = j.attempt + o.max_attempts
+    FROM observer.observers o
+    WHERE o.id = j.observer_id AND j.state = 'dead'  -- rechecked: a concurrent retry or purge may have won
+      AND j.id IN (SELECT observer.dlq_match(job_ids, observer, since, until, error_like, all_jobs));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM observer.wake_workers();
+    END IF;
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer_replay(observer text, since timestamptz, until timestamptz DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o     observer.observers;
+    done  pg_snapshot;
+    n_old bigint;
+    n_new bigint;
+BEGIN
+    SELECT * INTO o FROM observer.observers x WHERE x.name = observer_replay.observer;
+    IF NOT FOUND THEN
+        PERFORM observer.unknown_observer(observer);
+    END IF;
+    IF o.table_oid IS NULL THEN
+        RAISE EXCEPTION 'observer "%" is a job queue: it has no events to replay', observer
+            USING ERRCODE = 'wrong_object_type', HINT = 'Use observer_dlq_retry() for its dead jobs.';
+    END IF;
+    IF since IS NULL OR since >= coalesce(until, 'infinity') THEN
+        RAISE EXCEPTION 'replay needs since < until' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT s.done_snapshot INTO done FROM observer.dispatch_state s;
+    CREATE TEMP TABLE IF NOT EXISTS fraiseql_replay (event_id bigint PRIMARY KEY, ordering_key text) ON COMMIT DROP;
+    TRUNCATE fraiseql_replay;
+    INSERT INTO fraiseql_replay
+    SELECT e.id, CASE WHEN o.fifo IS NOT NULL THEN observer.ordering_key(e.table_name, o.key_columns, e.old, e.new) END
+    FROM observer.event_log l
+    -- Each event_log row read on its own (observer.decode_log): an event that still cannot be
+    -- read stays quarantined and the others are replayed.
+    CROSS JOIN LATERAL observer.decode_log(l.id, coalesce(l.nrows, 1)) e
+    WHERE l.table_oid = o.table_oid AND l.created_at >= since AND l.created_at < coalesce(until, 'infinity')
+      AND pg_visible_in_snapshot(l.tx, done)          -- dispatched: never race the dispatcher
+      AND e.error IS NULL
+      AND e.op = ANY (o.events)
+      AND observer.decide(e.op, e.table_name, e.old, e.new,
+                          CASE WHEN e.op = 'UPDATE' THEN observer.changed(e.old, e.new) END,
+                          o.condition, o.changed_columns, e.oversize) IS TRUE;
+    -- A quarantined event that can be read now is no longer set aside.
+    DELETE FROM observer.skipped s USING fraiseql_replay r
+    WHERE s.event_id = r.event_id AND s.observer_id = o.id AND s.reason = 'undecodable';
+    UPDATE observer.jobs j
+    SET state = 'pending', run_at = observer.due_at(o.paused_at), finished_at = NULL, lease_until = NULL,
+        attempts_allowed = j.attempt + o.max_attempts
+    FROM fraiseql_replay r
+    WHERE j.observer_id = o.id AND j.event_id = r.event_id AND j.state IN ('completed', 'dead');
+    GET DIAGNOSTICS n_old = ROW_COUNT;
+    INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, priority, run_at)
+    SELECT o.id, r.event_id, 'evt_' || r.event_id || '_' || o.id, r.ordering_key, o.priority, observer.due_at(o.paused_at)
+    FROM fraiseql_replay r ORDER BY r.event_id
+    ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING;
+    GET DIAGNOSTICS n_new = ROW_COUNT;
+    IF n_old + n_new > 0 THEN
+        PERFORM observer.wake_workers();
+    END IF;
+    RETURN n_old + n_new;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer_backfill(observer text, max_rows integer DEFAULT 10000, restart boolean DEFAULT false)
+RETURNS TABLE (rows_queued bigint, rows_total bigint, done boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o       observer.observers;
+    b       observer.backfills;
+    keys    text;
+    keyvals text;
+    cmp     text;
+    batch   jsonb;
+    n       bigint;
+BEGIN
+    SELECT * INTO o FROM observer.observers x WHERE x.name = observer_backfill.observer;
+    IF NOT FOUND THEN
+        PERFORM observer.unknown_observer(observer);
+    END IF;
+    IF o.table_oid IS NULL THEN
+        RAISE EXCEPTION 'observer "%" is a job queue: it has no table to backfill', observer
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF o.key_columns IS NULL THEN
+        RAISE EXCEPTION 'table % has no primary key', o.table_name
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'A backfill walks the table in primary-key order so that it can resume; add a primary key.';
+    END IF;
+    IF max_rows IS NULL OR max_rows < 1 OR max_rows > 1000000 THEN
+        RAISE EXCEPTION 'max_rows must be between 1 and 1000000' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO b FROM observer.backfills x WHERE x.observer_id = o.id FOR UPDATE;
+    IF NOT FOUND OR restart OR b.finished_at IS NOT NULL THEN
+        INSERT INTO observer.backfills AS x (observer_id, run)
+        VALUES (o.id, coalesce(b.run, 0) + 1)
+        ON CONFLICT (observer_id) DO UPDATE SET run = x.run + 1, last_key = NULL, rows_sent = 0,
+                                                started_at = now(), finished_at = NULL
+        RETURNING * INTO b;
+    END IF;
+
+    -- (k1, k2) > (last k1, last k2), the last values cast to the columns' types.
+    -- A domain key is compared as its base type: casting to the domain would run its CHECK
+    -- constraints, which the table's owner writes, as the admin calling this.
+    SELECT string_agg(format('t.%I', k), ', ' ORDER BY ord),
+           string_agg(format('($1 ->> %s)::%s', ord - 1,
+                             format_type(CASE WHEN t.typtype = 'd' THEN getbase.oid ELSE a.atttypid END,
+                                         CASE WHEN t.typtype = 'd' THEN -1 ELSE a.atttypmod END)), ', ' ORDER BY ord)
+    INTO keys, keyvals
+    FROM unnest(o.key_columns) WITH ORDINALITY AS c(k, ord)
+    JOIN pg_attribute a ON a.attrelid = o.table_oid AND a.attname = c.k
+    JOIN pg_type t ON t.oid = a.atttypid
+    LEFT JOIN LATERAL (
+        WITH RECURSIVE chain(oid, typtype, base) AS (
+            SELECT t.oid, t.typtype, t.typbasetype
+            UNION ALL
+            SELECT bt.oid, bt.typtype, bt.typbasetype FROM chain JOIN pg_type bt ON bt.oid = chain.base
+            WHERE chain.typtype = 'd')
+        SELECT chain.oid FROM chain WHERE chain.typtype <> 'd' LIMIT 1) getbase ON true;
+    cmp := CASE WHEN b.last_key IS NULL THEN 'true' ELSE format('(%s) > (%s)', keys, keyvals) END;
+    -- Rows become JSON without running the table owner's code (observer_row_to_jsonb).
+    EXECUTE format('SELECT coalesce(jsonb_agg(r ORDER BY ord), ''[]'') FROM (
+                        SELECT @extschema@.observer_row_to_jsonb(t) AS r, row_number() OVER (ORDER BY %1$s) AS ord
+                        FROM %2$s t WHERE %3$s ORDER BY %1$s LIMIT %4$s) s',
+                   keys, o.table_oid::regclass, cmp, max_rows)
+    INTO batch USING b.last_key;
+    n := jsonb_array_length(batch);
+
+    INSERT INTO observer.jobs (observer_id, payload, idempotency_key, unique_key, ordering_key, priority, run_at)
+    SELECT o.id,
+           jsonb_build_object('observer', o.name, 'table', o.table_name, 'op', 'BACKFILL', 'old', NULL,
+                              'new', observer.project(r, o.columns, o.key_columns)),
+           'bf_' || o.id || '_' || b.run || '_' || md5(observer.ordering_key(o.table_name, o.key_columns, NULL, r)),
+           'backfill:' || b.run || ':' || observer.ordering_key(o.table_name, o.key_columns, NULL, r),
+           CASE WHEN o.fifo IS NOT NULL THEN observer.ordering_key(o.table_name, o.key_columns, NULL, r) END,
+           o.priority, observer.due_at(o.paused_at)
+    FROM jsonb_array_elements(batch) WITH ORDINALITY AS x(r, ord)
+    WHERE observer.decide('BACKFILL', o.table_name, NULL, r, NULL, o.condition, NULL, NULL) IS TRUE
+    ORDER BY ord
+    ON CONFLICT (observer_id, unique_key) WHERE unique_key IS NOT NULL DO NOTHING;
+    GET DIAGNOSTICS rows_queued = ROW_COUNT;
+
+    UPDATE observer.backfills x SET
+        last_key = CASE WHEN n > 0 THEN (SELECT jsonb_agg(batch -> (n::integer - 1) -> k ORDER BY ord)
+                                          FROM unnest(o.key_columns) WITH ORDINALITY AS c(k, ord))
+                        ELSE x.last_key END,
+        rows_sent = x.rows_sent + rows_queued,
+        finished_at = CASE WHEN n < max_rows THEN now() END
+    WHERE x.observer_id = o.id
+    RETURNING x.rows_sent, x.finished_at IS NOT NULL INTO rows_total, done;
+    IF rows_queued > 0 THEN
+        PERFORM observer.wake_workers();
+    END IF;
+    RETURN NEXT;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer.audit_document(job_id bigint) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN j.event_id IS NULL THEN jsonb_build_object('observer', o.name, 'data', j.payload)
+                -- The rows as the observer delivers them (its `columns` option applies here too),
+                -- or why the event could not be read.
+                ELSE (SELECT jsonb_build_object('observer', o.name, 'event_id', e.id, 'table', e.table_name,
+                                                'op', e.op,
+                                                'old', observer.project(e.old, o.columns, o.key_columns),
+                                                'new', observer.project(e.new, o.columns, o.key_columns))
+                             || CASE WHEN e.error IS NULL THEN '{}'::jsonb
+                                     ELSE jsonb_build_object('error', e.error) END
+                      FROM observer.events_safe(ARRAY[j.event_id]) e) END
+    FROM observer.jobs j JOIN observer.observers o ON o.id = j.observer_id
+    WHERE j.id = audit_document.job_id
+$$;
+
+CREATE OR REPLACE FUNCTION observer_audit_lock() RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    me_start timestamptz := (SELECT a.backend_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid());
+    holder   observer.audit_exporter;
+BEGIN
+    SELECT * INTO holder FROM observer.audit_exporter FOR UPDATE;
+    IF FOUND AND holder.pid = pg_backend_pid() AND holder.backend_start = me_start THEN
+        RETURN true;
+    END IF;
+    IF FOUND AND EXISTS (SELECT 1 FROM pg_stat_activity a
+                         WHERE a.pid = holder.pid AND a.backend_start = holder.backend_start) THEN
+        RETURN false;
+    END IF;
+    INSERT INTO observer.audit_exporter (pid, backend_start) VALUES (pg_backend_pid(), me_start)
+    ON CONFLICT (singleton) DO UPDATE SET pid = excluded.pid, backend_start = excluded.backend_start,
+                                          since = now();
+    RETURN true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer_status() RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH per_observer AS (
+        SELECT o.name, o.table_name, o.enabled, o.paused_at, o.paused_reason,
+               count(j.id) FILTER (WHERE j.state = 'pending')   AS pending,
+               count(j.id) FILTER (WHERE j.state = 'running')   AS running,
+               count(j.id) FILTER (WHERE j.state = 'completed') AS completed,
+               count(j.id) FILTER (WHERE j.state = 'dead')      AS dead,
+               (SELECT count(*) FROM observer.skipped s WHERE s.observer_id = o.id AND s.reason = 'condition_unknown') AS condition_unknown,
+               (SELECT count(*) FROM observer.skipped s WHERE s.observer_id = o.id AND s.reason = 'condition_timeout') AS condition_timeout,
+               (SELECT count(*) FROM observer.skipped s WHERE s.observer_id = o.id AND s.reason IN ('deduplicated', 'coalesced')) AS deduplicated,
+               (SELECT count(*) FROM observer.skipped s WHERE s.observer_id = o.id AND s.reason = 'undecodable') AS quarantined
+        FROM observer.observers o
+        LEFT JOIN observer.jobs j ON j.observer_id = o.id
+        GROUP BY o.id
+    ), st AS (
+        SELECT * FROM observer.dispatch_state
+    ), undispatched AS (
+        -- Capped at a million: beyond that the exact figure does not change what to do.
+        SELECT coalesce(sum(coalesce(l.nrows, 1)), 0) AS events, min(l.created_at) AS oldest
+        FROM st, observer.batch_logs(st.done_snapshot, pg_current_snapshot(), st.batch_cursor, 1000000) l
+    ), bgworker AS (
+        SELECT count(*) AS running FROM pg_stat_activity WHERE backend_type = 'fraiseql_observers dispatcher'
+    ), interval_setting AS (
+        SELECT coalesce((SELECT setting::integer FROM pg_settings WHERE name = 'fraiseql_observers.dispatch_interval'), 1000) AS ms
+    )
+    SELECT jsonb_build_object(
+        'jobs', jsonb_build_object(
+            'pending',   coalesce(sum(p.pending), 0),
+            'running',   coalesce(sum(p.running), 0),
+            'completed', coalesce(sum(p.completed), 0),
+            'dead',      coalesce(sum(p.dead), 0)),
+        'observers', coalesce(jsonb_agg(jsonb_build_object(
+            'name', p.name, 'table', p.table_name, 'enabled', p.enabled,
+            'paused_at', p.paused_at, 'paused_reason', p.paused_reason,
+            'pending', p.pending, 'running', p.running, 'completed', p.completed, 'dead', p.dead,
+            'condition_unknown', p.condition_unknown, 'condition_timeout', p.condition_timeout,
+            'deduplicated', p.deduplicated,
+            'quarantined', p.quarantined)
+            ORDER BY p.name) FILTER (WHERE p.name IS NOT NULL), '[]'),
+        -- Roles other than superusers and the schema's owner that can CREATE in the extension's
+        -- schema: they can add overloads of its functions that make the calls of the dispatcher
+        -- and the workers ambiguous (docs/security.md). Should be empty.
+        'schema_writable_by', (SELECT coalesce(jsonb_agg(r.rolname ORDER BY r.rolname), '[]')
+            FROM pg_roles r
+            WHERE NOT r.rolsuper AND r.rolname NOT LIKE 'pg\_%'
+              AND r.oid <> (SELECT n.nspowner FROM pg_namespace n WHERE n.nspname = '@extschema@')
+              AND has_schema_privilege(r.oid, '@extschema@', 'CREATE')),
+        'audit', jsonb_build_object(
+            'export_on', observer.setting_on('fraiseql_observers.audit_export', false),
+            'export_pending', (SELECT count(*) FROM observer.audit_outbox x WHERE x.refused IS NULL),
+            'export_refused', (SELECT count(*) FROM observer.audit_outbox x WHERE x.refused IS NOT NULL),
+            'search_on', observer.setting_on('fraiseql_observers.audit_search', true)),
+        -- Live workers: sessions named fraiseql-observers:<worker> (the worker sets it), with the
+        -- jobs each holds now.
+        'workers', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                'worker', w.worker, 'sessions', w.sessions, 'connected_since', w.since, 'client', w.client,
+                'running_jobs', (SELECT count(*) FROM observer.jobs j WHERE j.state = 'running' AND j.worker = w.worker))
+                ORDER BY w.worker), '[]')
+            FROM (SELECT substr(a.application_name, 20) AS worker, count(*) AS sessions,
+                         min(a.backend_start) AS since, min(host(a.client_addr)) AS client
+                  FROM pg_stat_activity a
+                  WHERE a.application_name LIKE 'fraiseql-observers:%' AND a.datname = current_database()
+                  GROUP BY 1) w),
+        'breakers', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                'worker', b.worker, 'endpoint', b.endpoint, 'state', b.state, 'failures', b.failures,
+                'open_until', b.open_until, 'reported_at', b.reported_at) ORDER BY b.endpoint, b.worker), '[]')
+            FROM observer.breakers b),
+        'events', (SELECT jsonb_build_object(
+            'kept', (SELECT coalesce(sum(coalesce(l.nrows, 1)), 0) FROM observer.event_log l),
+            'oldest_at', (SELECT min(l.created_at) FROM observer.event_log l),
+            'undispatched', u.events)
+            FROM undispatched u),
+        'dispatch', (SELECT jsonb_build_object(
+            'rounds', st.rounds,
+            'fallback_rounds', st.fallback_rounds,
+            'events_dispatched', st.events_dispatched,
+            'jobs_created', st.jobs_created,
+            'last_round_at', st.last_round_at,
+            'last_dispatcher', st.last_dispatcher,
+            'undispatched_events', u.events,
+            'lag_seconds', coalesce(round(extract(epoch FROM clock_timestamp() - u.oldest)::numeric, 3), 0),
+            'background_worker', b.running > 0,
+            -- Events set aside because they could not be read (observer.skipped, 'undecodable').
+            'quarantined_events', (SELECT count(DISTINCT s.event_id) FROM observer.skipped s WHERE s.reason = 'undecodable'),
+            -- Sessions that have held the checkpoint row (the round's lock) for more than 5 s:
+            -- no round can run meanwhile. Only the extension's owner and admins can lock it.
+            'blocked_by', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                    'pid', a.pid, 'role', a.usename, 'application_name', a.application_name,
+                    'state', a.state, 'xact_start', a.xact_start) ORDER BY a.pid), '[]')
+                FROM pg_locks k JOIN pg_stat_activity a ON a.pid = k.pid
+                WHERE k.locktype = 'relation' AND k.relation = 'observer.dispatch_state'::regclass
+                  AND k.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+                  AND k.mode IN ('RowShareLock', 'RowExclusiveLock') AND k.granted
+                  AND k.pid <> pg_backend_pid()
+                  AND a.xact_start < clock_timestamp() - interval '5 seconds'),
+            -- Healthy: a round ran recently (rounds run at least every dispatch_interval, and
+            -- at least once a second while idle writes are throttled) or nothing waits.
+            'healthy', u.events = 0 OR st.last_round_at > clock_timestamp() - make_interval(secs => greatest(5, 3 * i.ms / 1000.0)))
+            FROM st, undispatched u, bgworker b, interval_setting i))
+    FROM per_observer p
+$$;
+
+CREATE OR REPLACE FUNCTION observer_debug_event(event_id bigint) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e          observer.decoded_event;
+    st         observer.dispatch_state;
+    dispatched boolean;
+    changed    text[];
+    result     jsonb;
+BEGIN
+    SELECT * INTO e FROM observer.events_safe(ARRAY[event_id]);
+    IF e.id IS NULL THEN
+        RAISE EXCEPTION 'event % does not exist', event_id USING ERRCODE = 'undefined_object',
+            HINT = 'Events are kept for fraiseql_observers.event_retention after dispatch; observer_status()->''events''->''oldest_at'' is the oldest one kept.';
+    END IF;
+    SELECT * INTO st FROM observer.dispatch_state;
+    dispatched := pg_visible_in_snapshot(e.tx, st.done_snapshot)
+                  OR (st.batch_snapshot IS NOT NULL AND pg_visible_in_snapshot(e.tx, st.batch_snapshot)
+                      AND observer.event_log_id(e.id) <= st.batch_cursor);
+    changed := CASE WHEN e.op = 'UPDATE' THEN observer.changed(e.old, e.new) END;
+    SELECT jsonb_build_object(
+        'event', jsonb_build_object(
+            'id', e.id, 'table', e.table_name, 'op', e.op, 'captured_at', e.created_at,
+            'transaction', jsonb_build_object('xid', e.tx::text, 'status', pg_xact_status(e.tx)),
+            'dispatched', dispatched, 'changed', to_jsonb(changed), 'oversize', e.oversize,
+            'old', e.old, 'new', e.new, 'error', e.error),
+        'observers', coalesce(jsonb_agg(d.story ORDER BY d.name), '[]'))
+    INTO result
+    FROM (
+        SELECT o.name, jsonb_build_object(
+            'observer', o.name,
+            'enabled', o.enabled,
+            'paused_reason', o.paused_reason,
+            'condition', o.condition::text,
+            'decision', CASE
+                WHEN j.id IS NOT NULL THEN 'job'
+                WHEN s.reason IS NOT NULL THEN s.reason
+                WHEN e.error IS NOT NULL THEN 'undecodable'
+                WHEN o.created_at > e.created_at THEN 'observer_created_later'
+                WHEN NOT (e.op = ANY (o.events)) THEN 'operation_not_observed'
+                WHEN NOT dispatched THEN 'not_dispatched_yet'
+                WHEN NOT o.enabled THEN 'disabled'
+                WHEN observer.decide(e.op, e.table_name, e.old, e.new, changed, o.condition,
+                                     o.changed_columns, e.oversize) IS FALSE THEN 'condition_false'
+                ELSE 'no_job' END,
+            'deduplicated_into_job', s.job_id,
+            'reason', s.detail,
+            'job', CASE WHEN j.id IS NULL THEN NULL ELSE jsonb_build_object(
+                'id', j.id, 'state', j.state, 'attempt', j.attempt, 'run_at', j.run_at,
+                'webhook_id', j.idempotency_key, 'last_error', j.last_error, 'worker', j.worker,
+                'lease_until', j.lease_until, 'finished_at', j.finished_at, 'snoozes', j.snoozes) END,
+            'attempts', coalesce((
+                SELECT jsonb_agg(jsonb_build_object(
+                    'attempt', a.attempt, 'outcome', a.outcome, 'status', a.status,
+                    'endpoint', a.endpoint, 'duration_ms', a.duration_ms, 'error', a.error,
+                    'worker', a.worker, 'finished_at', a.finished_at) ORDER BY a.attempt)
+                FROM observer.attempts a WHERE a.job_id = j.id), '[]'),
+            'breakers', coalesce((
+                SELECT jsonb_agg(jsonb_build_object('worker', b.worker, 'endpoint', b.endpoint,
+                                                    'state', b.state, 'failures', b.failures,
+                                                    'open_until', b.open_until) ORDER BY b.worker)
+                FROM observer.breakers b
+                WHERE b.endpoint IN (SELECT DISTINCT a.endpoint FROM observer.attempts a WHERE a.job_id = j.id)), '[]')
+        ) AS story
+        FROM observer.observers o
+        LEFT JOIN observer.jobs j ON j.event_id = e.id AND j.observer_id = o.id
+        LEFT JOIN observer.skipped s ON s.event_id = e.id AND s.observer_id = o.id
+        WHERE o.table_oid = e.table_oid
+    ) d;
+    RETURN result;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer.access_functions(access text) RETURNS text[]
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
+RETURN CASE access
+    WHEN 'app' THEN ARRAY['observer_enqueue', 'observer_enqueue_many']
+    WHEN 'worker' THEN ARRAY['observer_claim', 'observer_heartbeat', 'observer_complete', 'observer_fail',
+                             'observer_snooze', 'observer_discard', 'observer_dispatch', 'observer_prune',
+                             'observer_report_breakers', 'observer_audit_batch', 'observer_audit_done',
+                             'observer_audit_lock', 'observer_status']
+END;
+
+CREATE OR REPLACE FUNCTION observer.internal_functions() RETURNS text[]
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
+RETURN ARRAY['observer_decode_rows', 'observer_decode_rows_at', 'observer_decode_row', 'observer_deadline',
+             'observer_json_size', 'observer_bounded_doc'];
+
+CREATE OR REPLACE FUNCTION observer_grant(role_name text, access text, queues text[] DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    f regprocedure;
+    missing text;
+BEGIN
+    PERFORM observer.check_access(role_name, access);
+    IF queues IS NOT NULL AND access <> 'app' THEN
+        RAISE EXCEPTION 'queues apply to app access only' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF queues IS NOT NULL AND coalesce(cardinality(queues), 0) = 0 THEN
+        RAISE EXCEPTION 'queues must name at least one job queue' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Leave queues out to grant every queue.';
+    END IF;
+    IF queues IS NOT NULL THEN
+        SELECT q INTO missing FROM unnest(queues) q
+        WHERE NOT EXISTS (SELECT 1 FROM observer.observers o WHERE o.name = q AND o.table_oid IS NULL) LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'job queue "%" does not exist', missing USING ERRCODE = 'undefined_object',
+                HINT = 'observer_list() shows the queues (observers without a table).';
+        END IF;
+        INSERT INTO observer.enqueue_restricted (role_oid)
+        SELECT r.oid FROM pg_roles r WHERE r.rolname = role_name
+        ON CONFLICT DO NOTHING;
+        INSERT INTO observer.enqueuers (queue_id, role_oid)
+        SELECT o.id, r.oid FROM observer.observers o, pg_roles r WHERE o.name = ANY (queues) AND r.rolname = role_name
+        ON CONFLICT DO NOTHING;
+    END IF;
+    IF access = 'admin' THEN
+        FOR f IN SELECT * FROM observer.member_functions(NULL) x
+                 WHERE NOT ((SELECT p.proname::text FROM pg_proc p WHERE p.oid = x) = ANY (observer.internal_functions())) LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, role_name);
+        END LOOP;
+        EXECUTE format('GRANT USAGE ON SCHEMA observer TO %I', role_name);
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA observer TO %I', role_name);
+        -- Only capture writes events: a forged event log row is read by the dispatcher.
+        EXECUTE format('REVOKE INSERT, UPDATE ON observer.event_log FROM %I', role_name);
+        EXECUTE format('GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA observer TO %I', role_name);
+    ELSE
+        FOR f IN SELECT * FROM observer.member_functions(observer.access_functions(access)) LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, role_name);
+        END LOOP;
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer_revoke(role_name text, access text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    f regprocedure;
+BEGIN
+    PERFORM observer.check_access(role_name, access);
+    FOR f IN SELECT * FROM observer.member_functions(
+                 CASE WHEN access = 'admin' THEN NULL ELSE observer.access_functions(access) END) LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM %I', f, role_name);
+    END LOOP;
+    IF access = 'app' THEN
+        DELETE FROM observer.enqueuers g USING pg_roles r WHERE r.rolname = role_name AND g.role_oid = r.oid;
+        DELETE FROM observer.enqueue_restricted x USING pg_roles r WHERE r.rolname = role_name AND x.role_oid = r.oid;
+    END IF;
+    IF access = 'admin' THEN
+        EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA observer FROM %I', role_name);
+        EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA observer FROM %I', role_name);
+        EXECUTE format('REVOKE USAGE ON SCHEMA observer FROM %I', role_name);
+    END IF;
+END
+$$;
+
+
+-- 4. Views.
+CREATE OR REPLACE VIEW observer.events AS
+    SELECT e.* FROM observer.event_log l, LATERAL observer.decode_log(l.id, coalesce(l.nrows, 1)) e;
+
+-- 5. Access (sql/roles.sql). Roles granted access under 0.1.0 get what that access means in 0.2.0:
+-- workers observer_audit_lock, admins the new functions and tables and no more INSERT/UPDATE on
+-- observer.event_log, nobody the internal functions. Read from the grants that survive: USAGE on
+-- the schema (admin), EXECUTE on observer_claim (worker) and on observer_enqueue (app).
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        WITH owner AS (SELECT nspowner FROM pg_namespace WHERE nspname = 'observer'),
+        holders AS (
+            SELECT 'admin' AS access, a.grantee
+            FROM pg_namespace n, aclexplode(n.nspacl) a
+            WHERE n.nspname = 'observer' AND a.privilege_type = 'USAGE'
+            UNION
+            SELECT CASE p.proname WHEN 'observer_claim' THEN 'worker' ELSE 'app' END, a.grantee
+            FROM pg_proc p, aclexplode(p.proacl) a
+            WHERE p.oid IN (SELECT observer.member_functions(ARRAY['observer_claim', 'observer_enqueue']))
+              AND a.privilege_type = 'EXECUTE'
+        )
+        SELECT DISTINCT h.access, ro.rolname::text AS role_name
+        FROM holders h JOIN pg_roles ro ON ro.oid = h.grantee
+        WHERE h.grantee <> (SELECT nspowner FROM owner)
+          AND (h.access = 'admin' OR NOT EXISTS (SELECT 1 FROM holders x WHERE x.access = 'admin' AND x.grantee = h.grantee))
+        ORDER BY 2, 1
+    LOOP
+        PERFORM @extschema@.observer_grant(r.role_name, r.access);
+    END LOOP;
+END
+$$;
+
+DO $$
+DECLARE
+    who text;
+BEGIN
+    SELECT string_agg(r.rolname, ', ' ORDER BY r.rolname) INTO who
+    FROM pg_roles r
+    WHERE NOT r.rolsuper AND r.rolname NOT LIKE 'pg\_%'
+      AND r.oid <> (SELECT n.nspowner FROM pg_namespace n WHERE n.nspname = '@extschema@')
+      AND has_schema_privilege(r.oid, '@extschema@', 'CREATE');
+    IF who IS NOT NULL OR has_schema_privilege('public', '@extschema@', 'CREATE') THEN
+        RAISE WARNING 'fraiseql_observers is installed in schema "@extschema@", where % can create objects',
+            coalesce(who, 'PUBLIC')
+            USING HINT = 'Revoke CREATE on that schema from untrusted roles, or install the extension in a schema only its owner can create in (CREATE EXTENSION ... SCHEMA ...).';
+    END IF;
+END
+$$;
+
+-- Every function is private unless granted; the app's and the worker's run as the extension's
+-- owner (as a fresh install leaves them).
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT * FROM observer.member_functions(NULL) LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+    FOR f IN SELECT * FROM observer.member_functions(observer.access_functions('app') || observer.access_functions('worker')) LOOP
+        EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER', f);
+    END LOOP;
+END
+$$;
