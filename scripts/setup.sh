@@ -24,10 +24,25 @@ if [ ${#missing[@]} -eq 0 ]; then
 else
   note "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Debian starts a default Postgres cluster (port 5432) and Redis (6379) when it installs them;
+  # the project runs its own on private ports and needs neither. policy-rc.d (Debian's switch for
+  # "do not start services from package scripts") keeps the packages installed here from starting
+  # anything. Nothing is ever stopped or disabled: a service already on this machine is its
+  # owner's. A policy-rc.d the machine already has is left as it is.
+  policy=/usr/sbin/policy-rc.d
+  ours=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# scripts/setup.sh (fraiseql_observers): no service starts while it installs packages\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    ours=1
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # Debian starts a default cluster and redis on install; we run our own on private ports.
-  systemctl disable --now postgresql redis-server >/dev/null 2>&1 || true
+  if [ "$ours" = 1 ]; then
+    rm -f "$policy"
+    trap - EXIT
+  fi
 fi
 [ -x "$PG_CONFIG" ] || die "pg_config not found at $PG_CONFIG (pgrx.toml: pg_config)"
 

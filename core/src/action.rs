@@ -1,12 +1,16 @@
 //! Observer actions: what the worker does with a job. The extension stores an action as jsonb and
 //! validates it with [`Action::parse`] at `observer_create`, so a definition the worker cannot
 //! perform (a bad URL, a template that does not compile, an address that is not one) is refused
-//! with a clear error before any event is captured.
+//! with a clear error before any event is captured. A URL or header value may be a reference to
+//! a worker secret instead ([`crate::secret`]); [`Action::check_credentials`], which only
+//! `observer_create` applies, refuses credentials written where a reference belongs.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::secret::is_secret_name;
+use crate::secret::{self, SecretRef, ValueOrSecret};
 use crate::template;
 
 /// Most recipients of one e-mail action.
@@ -49,12 +53,14 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookAction {
-    /// Absolute `http` or `https` URL the event is POSTed to.
-    pub url: String,
+    /// Absolute `http` or `https` URL the event is POSTed to, or a reference to a worker secret
+    /// holding it (`{"secret": "<name>"}`).
+    pub url: ValueOrSecret,
     /// Extra request headers; names are HTTP tokens, values carry no CR/LF, and the worker's own
-    /// headers (signature, Host, framing) cannot be overridden.
+    /// headers (signature, Host, framing) cannot be overridden. A value may be a reference to a
+    /// worker secret (`{"secret": "<name>", "prefix": "Bearer "}`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, ValueOrSecret>,
     /// Per-request timeout in milliseconds (default 10,000, at most 300,000).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -63,6 +69,11 @@ pub struct WebhookAction {
     /// never the secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// Accept credentials written in the action (a literal `Authorization` header, a token in
+    /// the URL) at `observer_create`; default false: they are refused there, with the reference
+    /// to write instead.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_literal_credentials: bool,
 }
 
 /// `{"type": "slack", "url": "https://hooks.slack.com/services/...", "text": "Order {{ new.id }} shipped"}`:
@@ -72,8 +83,9 @@ pub struct WebhookAction {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlackAction {
-    /// The incoming-webhook URL (`http` or `https`).
-    pub url: String,
+    /// The incoming-webhook URL (`http` or `https`), or a reference to a worker secret holding
+    /// it (`{"secret": "<name>"}`): the URL is itself a credential.
+    pub url: ValueOrSecret,
     /// Message text template (Slack mrkdwn).
     pub text: String,
     /// Optional Block Kit blocks (a JSON array); every string in it is a template.
@@ -82,6 +94,9 @@ pub struct SlackAction {
     /// Per-request timeout in milliseconds (default 10,000, at most 300,000).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Accept a literal `hooks.slack.com` URL at `observer_create` (default false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_literal_credentials: bool,
 }
 
 /// `{"type": "email", "to": ["ops@example.com"], "subject": "...", "body": "..."}`: a plain-text
@@ -103,6 +118,10 @@ pub struct EmailAction {
 
 fn default_timeout_ms() -> u64 {
     DEFAULT_TIMEOUT_MS
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Why an action definition was refused. Each variant names the field and, through
@@ -135,6 +154,12 @@ pub enum ActionError {
     BadAddress { field: String, address: String },
     #[error("action.to must list 1 to {MAX_RECIPIENTS} recipients, not {0}")]
     BadRecipients(usize),
+    /// A malformed `{"secret": ...}` reference (`field`: `url`, `headers.<name>`).
+    #[error("action.{field} {problem}")]
+    BadReference { field: String, problem: String },
+    /// A credential written where a reference belongs; never quotes the value.
+    #[error("action.{field} holds a literal credential: {why}")]
+    LiteralCredential { field: String, why: String },
 }
 
 impl ActionError {
@@ -149,7 +174,7 @@ impl ActionError {
                 "Use an absolute http:// or https:// URL with a host.".to_string()
             }
             Self::UrlCredentials => {
-                "Remove user:password@ from the URL; put credentials in action.headers or use signing."
+                r#"Keep the whole URL in the worker's configuration ([secrets.<name>] value = "https://user:password@...") and write "url": {"secret": "<name>"}, or send the credential in a header that is a reference."#
                     .to_string()
             }
             Self::BadHeaderName(_) => {
@@ -174,6 +199,20 @@ impl ActionError {
                     .to_string()
             }
             Self::BadRecipients(_) => format!("List between 1 and {MAX_RECIPIENTS} recipients in action.to."),
+            Self::BadReference { .. } => {
+                r#"Write a string, or {"secret": "<name>"} naming a secret of the worker's [secrets] table (1 to 64 letters, digits, _ or -); a header may add a literal "prefix": {"secret": "stripe_token", "prefix": "Bearer "}."#
+                    .to_string()
+            }
+            Self::LiteralCredential { field, .. } => {
+                let example = if field == "url" {
+                    r#""url": {"secret": "<name>"}"#
+                } else {
+                    r#"{"secret": "<name>", "prefix": "Bearer "}"#
+                };
+                format!(
+                    r#"Store it in the worker's configuration ([secrets.<name>] value = "..." or FRAISEQL_OBSERVERS_SECRETS__<NAME>__VALUE, or __VALUE_FILE) and write {example}, so that the database holds only the name; if it is not a credential, set "allow_literal_credentials": true in the action."#
+                )
+            }
         }
     }
 }
@@ -181,18 +220,50 @@ impl ActionError {
 impl Action {
     /// Parse and validate an action from its JSON text.
     pub fn parse(json: &str) -> Result<Self, ActionError> {
-        let action: Action =
+        let value: serde_json::Value =
             serde_json::from_str(json).map_err(|e| ActionError::Shape(e.to_string()))?;
-        action.validate()?;
-        Ok(action)
+        Self::from_value(value)
     }
 
     /// Parse and validate an action from a JSON value.
     pub fn from_value(value: serde_json::Value) -> Result<Self, ActionError> {
+        check_references(&value)?;
         let action: Action =
             serde_json::from_value(value).map_err(|e| ActionError::Shape(e.to_string()))?;
         action.validate()?;
         Ok(action)
+    }
+
+    /// Refuse credentials written where a reference to a worker secret belongs: a header that
+    /// carries credentials ([`secret::credential_header`]) or a URL that is one
+    /// ([`secret::credential_url`]), unless the action sets `allow_literal_credentials`.
+    /// `observer_create` applies it; the worker does not, so actions stored before it existed
+    /// keep being delivered.
+    pub fn check_credentials(&self) -> Result<(), ActionError> {
+        let (url, headers, allowed) = match self {
+            Action::Webhook(w) => (&w.url, Some(&w.headers), w.allow_literal_credentials),
+            Action::Slack(s) => (&s.url, None, s.allow_literal_credentials),
+            Action::Email(_) => return Ok(()),
+        };
+        if allowed {
+            return Ok(());
+        }
+        let found = |field: String, why: &str| ActionError::LiteralCredential {
+            field,
+            why: why.to_string(),
+        };
+        if let Some(why) = url.literal().and_then(secret::credential_url) {
+            return Err(found("url".to_string(), why));
+        }
+        for (name, value) in headers.into_iter().flatten() {
+            if let Some(why) = value
+                .literal()
+                .and_then(|v| secret::credential_header(name, v))
+            {
+                return Err(found(format!("headers.{name}"), why));
+            }
+        }
+        Ok(())
     }
 
     /// Check everything serde's shape check cannot.
@@ -213,14 +284,60 @@ impl Action {
         }
     }
 
-    /// The URL the action sends to, for the actions that have one (checked against the network
-    /// policy at `observer_create` and at delivery).
-    pub fn url(&self) -> Option<&str> {
+    /// The URL the action sends to (written out or a reference), for the actions that have one.
+    pub fn url(&self) -> Option<&ValueOrSecret> {
         match self {
             Action::Webhook(w) => Some(&w.url),
             Action::Slack(s) => Some(&s.url),
             Action::Email(_) => None,
         }
+    }
+
+    /// The URL when it is written in the action (checked against the network policy at
+    /// `observer_create`; the worker checks every URL, resolved ones included, at delivery).
+    pub fn literal_url(&self) -> Option<&str> {
+        self.url().and_then(ValueOrSecret::literal)
+    }
+}
+
+/// The shape of every place a reference may stand (`url`, each of `headers`), on the raw JSON:
+/// a string or `{"secret": "<name>"}` (with `"prefix"` for a header). Other places (an unknown
+/// field, a wrong type elsewhere) are left to serde's check.
+fn check_references(value: &serde_json::Value) -> Result<(), ActionError> {
+    let kind = value.get("type").and_then(serde_json::Value::as_str);
+    if !matches!(kind, Some("webhook" | "slack")) {
+        return Ok(());
+    }
+    let bad = |field: String, problem: String| ActionError::BadReference { field, problem };
+    if let Some(url) = value.get("url") {
+        secret::check_reference("url", url).map_err(|p| bad("url".to_string(), p))?;
+    }
+    if let Some(serde_json::Value::Object(headers)) = value.get("headers") {
+        for (name, v) in headers {
+            let field = format!("headers.{name}");
+            secret::check_reference(&field, v).map_err(|p| bad(field, p))?;
+        }
+    }
+    Ok(())
+}
+
+/// A reference built otherwise than through [`Action::from_value`] is held to the same rules.
+fn validate_reference(field: &str, r: &SecretRef) -> Result<(), ActionError> {
+    let mut json = serde_json::json!({ "secret": r.secret });
+    if let Some(p) = &r.prefix {
+        json["prefix"] = serde_json::Value::String(p.clone());
+    }
+    secret::check_reference(field, &json).map_err(|problem| ActionError::BadReference {
+        field: field.to_string(),
+        problem,
+    })
+}
+
+/// A URL written out or a well-formed reference.
+fn validate_target(url: &ValueOrSecret) -> Result<(), ActionError> {
+    match url {
+        ValueOrSecret::Literal(u) => validate_url(u),
+        ValueOrSecret::Secret(r) => validate_reference("url", r),
     }
 }
 
@@ -288,7 +405,7 @@ pub fn block_strings(value: &serde_json::Value) -> Vec<(String, &str)> {
 
 impl SlackAction {
     fn validate(&self) -> Result<(), ActionError> {
-        validate_url(&self.url)?;
+        validate_target(&self.url)?;
         validate_timeout(self.timeout_ms)?;
         validate_template("text", &self.text)?;
         if let Some(blocks) = &self.blocks {
@@ -366,7 +483,7 @@ pub fn looks_like_mailbox(s: &str) -> bool {
 
 impl WebhookAction {
     fn validate(&self) -> Result<(), ActionError> {
-        validate_url(&self.url)?;
+        validate_target(&self.url)?;
         for (name, value) in &self.headers {
             if name.is_empty() || !name.bytes().all(is_token_byte) {
                 return Err(ActionError::BadHeaderName(name.clone()));
@@ -374,8 +491,19 @@ impl WebhookAction {
             if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
                 return Err(ActionError::ReservedHeader(name.clone()));
             }
-            // RFC 9110 field values: visible ASCII, space, tab and obs-text; never CR, LF or NUL.
-            if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            // The worker checks a resolved value again (a secret's value carries no control
+            // character either: its configuration refuses one).
+            let written = match value {
+                ValueOrSecret::Literal(v) => v,
+                ValueOrSecret::Secret(r) => {
+                    validate_reference(&format!("headers.{name}"), r)?;
+                    match &r.prefix {
+                        Some(p) => p,
+                        None => continue,
+                    }
+                }
+            };
+            if !is_header_value(written) {
                 return Err(ActionError::BadHeaderValue(name.clone()));
             }
         }
@@ -389,14 +517,9 @@ impl WebhookAction {
     }
 }
 
-/// A signing secret's name: 1 to 64 of `[A-Za-z0-9_-]` (it is also an environment variable
-/// suffix, `FRAISEQL_OBSERVERS_SECRETS__<NAME>`). A `whsec_` value is refused by this rule too.
-pub fn is_secret_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && !name.starts_with("whsec_")
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+/// RFC 9110 field values: visible ASCII, space, tab and obs-text; never CR, LF or NUL.
+pub fn is_header_value(value: &str) -> bool {
+    !value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
 }
 
 /// RFC 9110 `tchar`.
@@ -419,7 +542,7 @@ mod tests {
         let Action::Webhook(w) = a else {
             panic!("a webhook")
         };
-        assert_eq!(w.url, "https://example.com/hook");
+        assert_eq!(w.url.literal(), Some("https://example.com/hook"));
         assert_eq!(w.timeout_ms, DEFAULT_TIMEOUT_MS);
         assert!(w.headers.is_empty());
     }
@@ -524,7 +647,7 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(a.kind(), "slack");
-        assert_eq!(a.url(), Some("https://hooks.slack.com/services/T/B/x"));
+        assert_eq!(a.literal_url(), Some("https://hooks.slack.com/services/T/B/x"));
         let Action::Slack(s) = &a else {
             panic!("slack")
         };
@@ -569,6 +692,7 @@ mod tests {
         .expect("valid");
         assert_eq!(a.kind(), "email");
         assert_eq!(a.url(), None);
+        assert_eq!(a.check_credentials(), Ok(()), "e-mail has no credential field");
     }
 
     #[test]
@@ -599,6 +723,125 @@ mod tests {
             err(r#"{"type":"email","to":["a@b.c"],"from":"nobody","subject":"s","body":"b"}"#),
             ActionError::BadAddress { field, .. } if field == "from"
         ));
+    }
+
+    #[test]
+    fn urls_and_header_values_can_be_references() {
+        let a = Action::parse(
+            r#"{"type":"webhook","url":{"secret":"partner_url"},
+                "headers":{"Authorization":{"secret":"stripe","prefix":"Bearer "},"X-Team":"billing"}}"#,
+        )
+        .expect("valid");
+        assert_eq!(a.literal_url(), None);
+        let Action::Webhook(w) = &a else {
+            panic!("a webhook")
+        };
+        assert_eq!(
+            w.url.reference().map(|r| r.secret.as_str()),
+            Some("partner_url")
+        );
+        let auth = w.headers["Authorization"].reference().expect("a reference");
+        assert_eq!(
+            (auth.secret.as_str(), auth.prefix.as_deref()),
+            ("stripe", Some("Bearer "))
+        );
+        assert_eq!(a.check_credentials(), Ok(()), "references are what it asks for");
+        // Stored as written: the normalised form keeps the reference, never a value.
+        let back = serde_json::to_value(&a).expect("json");
+        assert_eq!(back["url"], serde_json::json!({"secret": "partner_url"}));
+        assert_eq!(
+            back["headers"]["Authorization"],
+            serde_json::json!({"secret": "stripe", "prefix": "Bearer "})
+        );
+        assert_eq!(Action::from_value(back).expect("round trip"), a);
+        let slack = Action::parse(r#"{"type":"slack","url":{"secret":"ops_channel"},"text":"t"}"#)
+            .expect("valid");
+        assert_eq!(slack.check_credentials(), Ok(()));
+    }
+
+    #[test]
+    fn malformed_references_name_their_field() {
+        let cases = [
+            (r#"{"type":"webhook","url":{"secret":42}}"#, "url", "a number, not a name"),
+            (r#"{"type":"webhook","url":{"secret":"x","file":"/etc/passwd"}}"#, "url", "unknown key \"file\""),
+            (r#"{"type":"webhook","url":{"secret":"x","prefix":"https://evil.example/?"}}"#, "url", "the whole URL is the secret"),
+            (r#"{"type":"webhook","url":"https://a.b","headers":{"Authorization":{"secret":"a b"}}}"#, "headers.Authorization", "not a secret name"),
+            (r#"{"type":"webhook","url":"https://a.b","headers":{"X-A":{"name":"x"}}}"#, "headers.X-A", "unknown key"),
+            (r#"{"type":"webhook","url":"https://a.b","headers":{"X-A":5}}"#, "headers.X-A", "a number, not a string"),
+            (r#"{"type":"slack","url":{"secret":null},"text":"t"}"#, "url", "null, not a name"),
+            (r#"{"type":"slack","url":[],"text":"t"}"#, "url", "an array"),
+        ];
+        for (json, want_field, want) in cases {
+            match err(json) {
+                ActionError::BadReference { field, problem } => {
+                    assert_eq!(field, want_field, "{json}");
+                    assert!(problem.contains(want), "{json}: {problem}");
+                    let e = ActionError::BadReference { field, problem };
+                    assert!(e.to_string().starts_with(&format!("action.{want_field} ")), "{e}");
+                    assert!(e.hint().contains(r#"{"secret": "<name>"}"#), "{}", e.hint());
+                }
+                other => panic!("{json}: {other:?}"),
+            }
+        }
+        // A header reference's prefix is a header value like any other.
+        assert_eq!(
+            err(r#"{"type":"webhook","url":"https://a.b","headers":{"Authorization":{"secret":"s","prefix":"a\u0000"}}}"#),
+            ActionError::BadReference {
+                field: "headers.Authorization".into(),
+                problem: "has a \"prefix\" with a control character".into()
+            }
+        );
+    }
+
+    #[test]
+    fn literal_credentials_are_refused_at_create_unless_allowed() {
+        let refused = |json: &str| -> ActionError {
+            let a = Action::parse(json).expect("a valid action");
+            a.check_credentials().expect_err(json)
+        };
+        for (json, field) in [
+            (r#"{"type":"webhook","url":"https://a.b","headers":{"Authorization":"Bearer sk_live_1"}}"#, "headers.Authorization"),
+            (r#"{"type":"webhook","url":"https://a.b","headers":{"proxy-authorization":"Basic eDp5"}}"#, "headers.proxy-authorization"),
+            (r#"{"type":"webhook","url":"https://a.b","headers":{"X-Api-Key":"k1"}}"#, "headers.X-Api-Key"),
+            (r#"{"type":"webhook","url":"https://a.b","headers":{"X-Custom":"Bearer k1"}}"#, "headers.X-Custom"),
+            (r#"{"type":"webhook","url":"https://a.b/h?token=sk_live_1"}"#, "url"),
+            (r#"{"type":"webhook","url":"https://hooks.slack.com/services/T0/B0/sk_live_1"}"#, "url"),
+            (r#"{"type":"slack","url":"https://hooks.slack.com/services/T0/B0/sk_live_1","text":"t"}"#, "url"),
+        ] {
+            let e = refused(json);
+            assert!(
+                matches!(&e, ActionError::LiteralCredential { field: f, .. } if f == field),
+                "{json}: {e:?}"
+            );
+            let text = format!("{e} {}", e.hint());
+            assert!(!text.contains("sk_live_1") && !text.contains("eDp5") && !text.contains("k1\""), "the value is never quoted: {text}");
+            assert!(text.contains("allow_literal_credentials"), "{text}");
+            assert!(text.contains(r#"{"secret": "<name>""#), "{text}");
+        }
+        // Userinfo is refused in every literal URL, at create and at delivery alike.
+        assert_eq!(
+            err(r#"{"type":"webhook","url":"https://u:p@example.com/","allow_literal_credentials":true}"#),
+            ActionError::UrlCredentials
+        );
+        // Opting out is explicit and stored with the action.
+        for json in [
+            r#"{"type":"webhook","url":"https://a.b","headers":{"Authorization":"Bearer public-demo"},"allow_literal_credentials":true}"#,
+            r#"{"type":"slack","url":"https://hooks.slack.com/services/T0/B0/x","text":"t","allow_literal_credentials":true}"#,
+        ] {
+            let a = Action::parse(json).expect("valid");
+            assert_eq!(a.check_credentials(), Ok(()), "{json}");
+            assert_eq!(
+                serde_json::to_value(&a).expect("json")["allow_literal_credentials"],
+                true
+            );
+        }
+        // Ordinary headers and URLs pass; the flag is not stored when false.
+        let plain = Action::parse(
+            r#"{"type":"webhook","url":"https://a.b/h?team=1","headers":{"X-Team":"billing"}}"#,
+        )
+        .expect("valid");
+        assert_eq!(plain.check_credentials(), Ok(()));
+        assert!(serde_json::to_value(&plain).expect("json").get("allow_literal_credentials").is_none());
     }
 
     #[test]

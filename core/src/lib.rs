@@ -6,7 +6,9 @@
 pub mod action;
 pub mod net;
 pub mod prune;
+pub mod secret;
 pub mod template;
 pub mod text;
 
 pub use action::{Action, ActionError, EmailAction, SlackAction, WebhookAction};
+pub use secret::{SecretRef, ValueOrSecret};

@@ -90,20 +90,26 @@ pub struct Config {
     /// when Redis is configured. Keys are normalised at load (`https://a.b` → `https://a.b:443`).
     #[serde(default)]
     pub rate_limits: BTreeMap<String, f64>,
-    /// Signing secrets by name (lowercase), each bound to the destinations it may sign for.
-    /// Actions name them (`"secret": "orders"`); the database never holds a secret. Read by
-    /// hand from the merged TOML (see [`parse_secrets`]) so that no error quotes a value.
+    /// Secrets by name (lowercase): signing secrets (`keys`), each bound to the destinations
+    /// it may sign for, and credentials (`value`) that actions reference as a URL or header
+    /// value (`{"secret": "stripe_token"}`); the database never holds a secret. Read by hand
+    /// from the merged TOML (see [`parse_secrets`]) so that no error quotes a value.
     #[serde(skip)]
     pub secrets: BTreeMap<String, Secret>,
 }
 
-/// `[secrets.<name>]`: one signing secret and where it may be used.
-#[derive(Debug, Clone, Default)]
+/// `[secrets.<name>]`: one secret and where it may be used. Either a signing secret (`keys`) or
+/// a credential (`value`), never both.
+#[derive(Clone, Default)]
 pub struct Secret {
     /// `whsec_<base64>` values, newest first while rotating (each one signs).
     pub keys: Vec<String>,
-    /// URL prefixes (`scheme://host[:port][/path]`) of the requests this secret may sign; a job
-    /// naming the secret for any other URL is refused. At least one.
+    /// A credential an action references as its URL or a header value, resolved right before
+    /// the request (`value`, or read at start from `value_file`, trailing newline trimmed).
+    pub value: Option<String>,
+    /// URL prefixes (`scheme://host[:port][/path]`) of the requests this secret may go to: the
+    /// requests a signing secret signs (at least one), the requests a credential is a header of
+    /// (none: it can only be a URL, which is then its own destination).
     pub destinations: Vec<String>,
 }
 
@@ -114,11 +120,27 @@ impl Secret {
             .iter()
             .filter_map(|d| Destination::parse(d).ok())
             .collect()
+/// Never print a secret's keys or value (`validate-config` prints the configuration).
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("keys", &vec!["whsec_***"; self.keys.len()])
+            .field("value", &self.value.as_ref().map(|_| "***"))
+            .field("destinations", &self.destinations)
+            .finish()
     }
+}
+
+    }
+    /// True when a request to `url` lies under one of [`Secret::destinations`].
+    pub fn covers(&self, url: &str) -> bool {
+        self.destinations().iter().any(|d| d.matches(url))
+    }
+
 
     /// True when this secret may sign a request to `url`.
     pub fn may_sign_for(&self, url: &str) -> bool {
-        self.destinations().iter().any(|d| d.matches(url))
+        self.covers(url)
     }
 }
 
@@ -239,7 +261,8 @@ impl Config {
             })?;
             merge(&mut merged, parse_toml(&text, &path.display().to_string())?);
         }
-        for (var, value) in env {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        for (var, value) in &env {
             let Some(key) = var.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
@@ -262,6 +285,23 @@ impl Config {
                     };
                     table.insert(endpoint.to_string(), toml::Value::Float(rate));
                 }
+            let (var, key, value) = match file_variable(key, &merged) {
+                Some(plain) => {
+                    let plain_var = format!("{ENV_PREFIX}{plain}");
+                    if env.iter().any(|(v, _)| v.eq_ignore_ascii_case(&plain_var)) {
+                        return Err(ConfigError::Env {
+                            var: var.clone(),
+                            message: format!("{plain_var} is set too; set one of them"),
+                        });
+                    }
+                    let content = read_secret_file(value).map_err(|e| ConfigError::Env {
+                        var: var.clone(),
+                        message: format!("cannot read {value}: {e}"),
+                    })?;
+                    (plain_var, plain.to_string(), content)
+                }
+                None => (var.clone(), key.to_string(), value.clone()),
+            };
                 set(
                     &mut merged,
                     &["rate_limits".to_string()],
@@ -275,25 +315,43 @@ impl Config {
                 .map(str::to_string)
                 .collect();
             // FRAISEQL_OBSERVERS_SECRETS__<NAME>="whsec_new whsec_old" (its keys, also
-            // SECRETS__<NAME>__KEYS) and SECRETS__<NAME>__DESTINATIONS="https://a/x https://b":
+            // SECRETS__<NAME>__KEYS), SECRETS__<NAME>__VALUE="..." (a credential, as it is) and
+            // SECRETS__<NAME>__DESTINATIONS="https://a/x https://b"; each also as _FILE (above):
             // names are free-form.
             if path.first().map(String::as_str) == Some("secrets") {
                 let target = match path.as_slice() {
                     [_, name] => vec!["secrets".to_string(), name.clone(), "keys".to_string()],
-                    [_, _, part] if part == "keys" || part == "destinations" => path.clone(),
+                    [_, _, part]
+                        if part == "keys" || part == "destinations" || part == "value" =>
+                    {
+                        path.clone()
+                    }
                     _ => {
                         return Err(ConfigError::Env {
                             var: var.clone(),
-                            message: "use FRAISEQL_OBSERVERS_SECRETS__<NAME> (its keys) or FRAISEQL_OBSERVERS_SECRETS__<NAME>__DESTINATIONS".to_string(),
+                            message: "use FRAISEQL_OBSERVERS_SECRETS__<NAME> (its keys), FRAISEQL_OBSERVERS_SECRETS__<NAME>__VALUE or FRAISEQL_OBSERVERS_SECRETS__<NAME>__DESTINATIONS, each also with _FILE".to_string(),
                         })
                     }
                 };
-                let values: Vec<toml::Value> = value
-                    .split([' ', ','])
-                    .filter(|v| !v.is_empty())
-                    .map(|v| toml::Value::String(v.to_string()))
-                    .collect();
-                set(&mut merged, &target, toml::Value::Array(values));
+                let typed = if target[2] == "value" {
+                    toml::Value::String(value)
+                } else {
+                    toml::Value::Array(
+                        value
+                            .split([' ', ','])
+                            .filter(|v| !v.is_empty())
+                            .map(|v| toml::Value::String(v.to_string()))
+                            .collect(),
+                    )
+                };
+                // This layer replaces the file's `keys_file` / `value_file` as it does `keys`.
+                if let Some(toml::Value::Table(entry)) = merged
+                    .get_mut("secrets")
+                    .and_then(|s| s.get_mut(&target[1]))
+                {
+                    entry.remove(&format!("{}_file", target[2]));
+                }
+                set(&mut merged, &target, typed);
                 continue;
             }
             let existing = lookup(&merged, &path).ok_or_else(|| ConfigError::Env {
@@ -437,21 +495,42 @@ impl Config {
                     "name secrets with 1 to 64 letters, digits, _ or -".to_string(),
                 ));
             }
-            if secret.keys.is_empty() {
+            if let Some(value) = &secret.value {
+                if !secret.keys.is_empty() {
+                    return Err(refuse(
+                        "it has both keys (a signing secret) and a value (a credential)".to_string(),
+                        "give each its own [secrets.<name>] table".to_string(),
+                    ));
+                }
+                if value.is_empty() {
+                    return Err(refuse(
+                        "its value is empty".to_string(),
+                        format!("give value = \"...\" or value_file = \"/run/secrets/{name}\" (or {var}__VALUE, {var}__VALUE_FILE)"),
+                    ));
+                }
+                // It becomes a header value or a URL: a line break would split the request.
+                if value.chars().any(char::is_control) {
+                    return Err(refuse(
+                        "its value holds a control character (a line break inside its file?)".to_string(),
+                        "keep the value on one line; only trailing line breaks of a file are trimmed".to_string(),
+                    ));
+                }
+            } else if secret.keys.is_empty() {
                 return Err(refuse(
-                    "it has no key".to_string(),
-                    format!("give keys = [\"whsec_<base64>\"] (the newest first while rotating), or {var}"),
+                    "it has no key and no value".to_string(),
+                    format!("give a signing secret keys = [\"whsec_<base64>\"] (the newest first while rotating, or {var}), a credential value = \"...\" or value_file = \"/run/secrets/{name}\" (or {var}__VALUE, {var}__VALUE_FILE)"),
                 ));
             }
             for (i, v) in secret.keys.iter().enumerate() {
                 SigningKey::parse(v).map_err(|e| {
                     refuse(
                         format!("key {} is not usable: {e}", i + 1),
-                        "use whsec_ followed by the base64 of 24 to 64 random bytes".to_string(),
+                        format!("use whsec_ followed by the base64 of 24 to 64 random bytes; a credential that is not a signing key is a value = \"...\" (or {var}__VALUE)"),
                     )
                 })?;
             }
-            if secret.destinations.is_empty() {
+            // A credential without destinations can only be a URL (its own destination).
+            if secret.destinations.is_empty() && secret.value.is_none() {
                 return Err(refuse(
                     "it is bound to no destination, so it could sign nothing".to_string(),
                     format!("list the URL prefixes it may sign for: destinations = [\"https://receiver.example/hooks\"] (or {var}__DESTINATIONS)"),
@@ -630,7 +709,8 @@ impl Config {
         self.secrets.get(&name.to_ascii_lowercase())
     }
 
-    /// The signing keys of the secret `name` (case-insensitive), or None if it is not configured.
+    /// The signing keys of the secret `name` (case-insensitive), or None if it is not configured
+    /// or is a credential (`value`), which never signs.
     pub fn signing_keys(&self, name: &str) -> Option<Vec<SigningKey>> {
         let secret = self.secret(name)?;
         secret
@@ -696,6 +776,9 @@ fn merge(base: &mut toml::Value, top: toml::Value) {
             }
         }
         (b, t) => *b = t,
+        if secret.keys.is_empty() {
+            return None;
+        }
     }
 }
 
@@ -890,7 +973,7 @@ fn parse_secrets(value: Option<toml::Value>) -> Result<BTreeMap<String, Secret>,
             name: name.clone(),
             problem,
             fix: format!(
-                "write [secrets.{name}] with keys = [\"whsec_...\"] and destinations = [\"https://receiver.example/hooks\"] (or {ENV_PREFIX}SECRETS__{0} and {ENV_PREFIX}SECRETS__{0}__DESTINATIONS)",
+                "write [secrets.{name}] with keys = [\"whsec_...\"] and destinations = [\"https://receiver.example/hooks\"] (or {ENV_PREFIX}SECRETS__{0} and {ENV_PREFIX}SECRETS__{0}__DESTINATIONS) for a signing secret, or value = \"...\" or value_file = \"/run/secrets/{name}\" (or {ENV_PREFIX}SECRETS__{0}__VALUE) for a credential",
                 name.to_ascii_uppercase()
             ),
         }
@@ -930,6 +1013,33 @@ fn parse_secrets(value: Option<toml::Value>) -> Result<BTreeMap<String, Secret>,
         secrets.insert(name, secret);
     }
     Ok(secrets)
+/// `<KEY>` when the environment variable `FRAISEQL_OBSERVERS_<KEY>_FILE` stands for the file
+/// holding `<KEY>`'s value (any case), or None: the container convention for secrets (Docker
+/// secrets, Kubernetes secret volumes mounted as files). A setting whose own name ends in
+/// `_file` keeps its variable; under `SECRETS__` the suffix always means a file (a secret whose
+/// name ends in `_file` is written in the TOML file).
+fn file_variable<'a>(key: &'a str, merged: &toml::Value) -> Option<&'a str> {
+    let plain = key
+        .len()
+        .checked_sub("_FILE".len())
+        .filter(|&at| key.is_char_boundary(at) && key[at..].eq_ignore_ascii_case("_FILE"))
+        .map(|at| &key[..at])?;
+    let path: Vec<String> = key
+        .to_ascii_lowercase()
+        .split("__")
+        .map(str::to_string)
+        .collect();
+    let setting = path.first().map(String::as_str) != Some("secrets") && lookup(merged, &path).is_some();
+    (!setting && !plain.is_empty()).then_some(plain)
+}
+
+/// A secret's file (`*_FILE`, `value_file`, `keys_file`), read at start: its content with the
+/// trailing line break an editor or `echo` adds removed (`\n` or `\r\n`, repeated).
+pub fn read_secret_file(path: &str) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
 }
 
 impl Config {
@@ -970,7 +1080,19 @@ mod tests {
         assert_eq!(c.batch_size, 100);
         assert!(c.dispatch);
         assert_eq!(c.http.user_agent, "fraiseql-observers");
+        let mut files = Vec::new();
     }
+            if key == "value" || key == "value_file" || key == "keys_file" {
+                let toml::Value::String(text) = v else {
+                    return Err(refuse(format!("`{key}` must be a string")));
+                };
+                if key == "value" {
+                    secret.value = Some(text);
+                } else {
+                    files.push((key, text));
+                }
+                continue;
+            }
 
     #[test]
     fn layers_apply_in_order_file_env_flags() {
@@ -990,6 +1112,30 @@ mod tests {
             ]),
             &[("concurrency".to_string(), toml::Value::Integer(13))],
         )
+        for (key, path) in files {
+            let inline = if key == "value_file" {
+                secret.value.is_some()
+            } else {
+                !secret.keys.is_empty()
+            };
+            if inline {
+                return Err(refuse(format!(
+                    "it has both `{key}` and `{}`",
+                    key.trim_end_matches("_file")
+                )));
+            }
+            let text = read_secret_file(&path)
+                .map_err(|e| refuse(format!("cannot read `{key}` {path}: {e}")))?;
+            if key == "value_file" {
+                secret.value = Some(text);
+            } else {
+                secret.keys = text
+                    .split([' ', ',', '\n', '\r', '\t'])
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_string)
+                    .collect();
+            }
+        }
         .expect("valid");
         assert_eq!(c.batch_size, 7, "file beats defaults");
         assert_eq!(c.http.user_agent, "env", "env beats file");
@@ -1011,6 +1157,9 @@ mod tests {
             .expect_err("unknown key");
         assert!(e.to_string().contains("no such setting"), "{e}");
         let e = Config::load(None, env(&[("FRAISEQL_OBSERVERS_LOG__FORMAT", "xml")]), &[])
+            if let Some(v) = secret.value.as_mut() {
+                *v = "***".to_string();
+            }
             .expect_err("bad enum");
         assert!(e.to_string().contains("`log.format`"), "{e}");
     }
@@ -1186,6 +1335,133 @@ mod tests {
         .expect("valid");
         assert_eq!(c.smtp.allowed_from.len(), 2);
         let e = Config::load(
+    /// Credentials (`value`) referenced by actions come inline, from the environment, or from
+    /// files (`value_file`, `*_FILE`), the way containers and Kubernetes pass secrets.
+    #[test]
+    fn credentials_come_inline_from_the_environment_or_from_files() {
+        let dir = tempdir();
+        let token = dir.join("stripe-token");
+        std::fs::write(&token, "sk_test_from_file\n").expect("write");
+        let crlf = dir.join("crlf");
+        std::fs::write(&crlf, "tok_crlf\r\n").expect("write");
+        let keys = dir.join("orders-keys");
+        std::fs::write(&keys, format!("{KEY}\n")).expect("write");
+        let db = dir.join("database-url");
+        std::fs::write(&db, "postgres://w:pw@db/app\n").expect("write");
+        let file = dir.join("credentials.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[secrets.inline]\nvalue = \"Bearer-less token\"\ndestinations = [\"https://api.example.com\"]\n\
+                 [secrets.stripe]\nvalue_file = \"{}\"\ndestinations = [\"https://api.stripe.com/v1\"]\n\
+                 [secrets.overridden]\nvalue_file = \"/nonexistent/overridden\"\n",
+                token.display()
+            ),
+        )
+        .expect("write");
+        let crlf_path = crlf.display().to_string();
+        let keys_path = keys.display().to_string();
+        let db_path = db.display().to_string();
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("FRAISEQL_OBSERVERS_SECRETS__SLACK_OPS__VALUE", "https://hooks.slack.com/services/T/B/x"),
+                ("FRAISEQL_OBSERVERS_SECRETS__CRLF__VALUE_FILE", &crlf_path),
+                ("FRAISEQL_OBSERVERS_SECRETS__ORDERS_FILE", &keys_path),
+                ("FRAISEQL_OBSERVERS_SECRETS__ORDERS__DESTINATIONS", "https://orders.example.com"),
+                // The environment layer replaces the file's value_file (never read).
+                ("FRAISEQL_OBSERVERS_SECRETS__OVERRIDDEN__VALUE", "from env"),
+                ("FRAISEQL_OBSERVERS_DATABASE_URL_FILE", &db_path),
+            ]),
+            &[],
+        )
+        .expect("valid");
+        let value = |name: &str| c.secret(name).and_then(|s| s.value.clone());
+        assert_eq!(value("inline").as_deref(), Some("Bearer-less token"));
+        assert_eq!(value("stripe").as_deref(), Some("sk_test_from_file"), "trailing newline trimmed");
+        assert_eq!(value("crlf").as_deref(), Some("tok_crlf"));
+        assert_eq!(value("slack_ops").as_deref(), Some("https://hooks.slack.com/services/T/B/x"));
+        assert_eq!(value("overridden").as_deref(), Some("from env"));
+        assert!(c.secret("stripe").expect("stripe").covers("https://api.stripe.com/v1/charges"));
+        assert!(c.secret("slack_ops").expect("slack").destinations.is_empty(), "a URL needs none");
+        assert_eq!(c.signing_keys("orders").map(|k| k.len()), Some(1), "keys from a file");
+        assert_eq!(c.signing_keys("stripe"), None, "a credential never signs");
+        assert_eq!(c.database_url, "postgres://w:pw@db/app", "any setting has a _FILE form");
+        // Never printed: validate-config prints the redacted configuration with {:#?}.
+        for printed in [format!("{:#?}", c.redacted()), format!("{c:?}")] {
+            for value in ["sk_test_from_file", "Bearer-less", "hooks.slack.com", "tok_crlf", "from env", "MfKQ9r8G"] {
+                assert!(!printed.contains(value), "{value} in {printed}");
+            }
+        }
+    }
+
+    /// A secret file that cannot be read stops the worker at start, naming the path; a value
+    /// given twice, or both kinds of secret at once, is refused too, never quoting a value.
+    #[test]
+    fn unreadable_or_ambiguous_secrets_stop_the_start() {
+        let dir = tempdir();
+        let e = Config::load(
+            None,
+            env(&[("FRAISEQL_OBSERVERS_SECRETS__STRIPE__VALUE_FILE", "/nonexistent/stripe")]),
+            &[],
+        )
+        .expect_err("missing file");
+        let text = e.to_string();
+        assert!(text.contains("FRAISEQL_OBSERVERS_SECRETS__STRIPE__VALUE_FILE"), "{text}");
+        assert!(text.contains("cannot read /nonexistent/stripe"), "{text}");
+
+        let file = dir.join("missing-file.toml");
+        std::fs::write(&file, "[secrets.stripe]\nvalue_file = \"/nonexistent/stripe\"\n").expect("write");
+        let text = Config::load(Some(&file), env(&[]), &[]).expect_err("missing").to_string();
+        assert!(text.contains("`secrets.stripe`"), "{text}");
+        assert!(text.contains("cannot read `value_file` /nonexistent/stripe"), "{text}");
+
+        let token = dir.join("token");
+        std::fs::write(&token, "sk_live_twice").expect("write");
+        let path = token.display().to_string();
+        let text = Config::load(
+            None,
+            env(&[
+                ("FRAISEQL_OBSERVERS_SECRETS__STRIPE__VALUE", "sk_live_twice"),
+                ("FRAISEQL_OBSERVERS_SECRETS__STRIPE__VALUE_FILE", &path),
+            ]),
+            &[],
+        )
+        .expect_err("twice")
+        .to_string();
+        assert!(text.contains("set one of them"), "{text}");
+        assert!(!text.contains("sk_live_twice"), "{text}");
+
+        for (body, problem) in [
+            (format!("[secrets.s]\nvalue = \"v\"\nvalue_file = \"{path}\"\n"), "both `value_file` and `value`"),
+            (format!("[secrets.s]\nvalue = \"sk_live_twice\"\nkeys = [\"{KEY}\"]\ndestinations = [\"https://a.example\"]\n"), "both keys"),
+            ("[secrets.s]\nvalue = \"\"\n".to_string(), "its value is empty"),
+            ("[secrets.s]\nvalue = \"sk_live_twice\\nX-Evil: 1\"\n".to_string(), "control character"),
+            ("[secrets.s]\nvalue = 3\n".to_string(), "`value` must be a string"),
+            ("[secrets.s]\ndestinations = [\"https://a.example\"]\n".to_string(), "no key and no value"),
+        ] {
+            std::fs::write(&file, &body).expect("write");
+            let text = Config::load(Some(&file), env(&[]), &[]).expect_err(&body).to_string();
+            assert!(text.contains("`secrets.s`"), "{body}: {text}");
+            assert!(text.contains(problem), "{body}: {text}");
+            assert!(!text.contains("sk_live_twice"), "{body}: {text}");
+            assert!(!text.contains("MfKQ9r8G"), "{body}: {text}");
+        }
+        // A signing key that is not one points to `value` for a credential.
+        let text = Config::load(
+            None,
+            env(&[
+                ("FRAISEQL_OBSERVERS_SECRETS__S", "sk_live_twice"),
+                ("FRAISEQL_OBSERVERS_SECRETS__S__DESTINATIONS", "https://a.example"),
+            ]),
+            &[],
+        )
+        .expect_err("not whsec")
+        .to_string();
+        assert!(text.contains("FRAISEQL_OBSERVERS_SECRETS__S__VALUE"), "{text}");
+        assert!(!text.contains("sk_live_twice"), "{text}");
+    }
+
             None,
             env(&[("FRAISEQL_OBSERVERS_SMTP__ALLOWED_FROM", "example.org")]),
             &[],

@@ -10,6 +10,7 @@ pub mod email;
 pub mod metrics;
 pub mod ratelimit;
 pub mod runner;
+pub mod secrets;
 pub mod shared;
 pub mod signing;
 pub mod slack;

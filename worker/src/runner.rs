@@ -23,6 +23,7 @@ use crate::db::{Audit, ClaimedJob, Db, DbError, Failure};
 use crate::email::{Mailer, MailerError};
 use crate::metrics::{self, Metrics};
 use crate::ratelimit::{self, Slot};
+use crate::secrets::{self, Wire};
 use crate::shared::{Shared, SharedError};
 use crate::slack;
 use crate::webhook::{self, Attempted, Outcome};
@@ -524,18 +525,18 @@ async fn perform(
     };
     let endpoint = match &action {
         Action::Email(_) => ctx.mailer.endpoint().to_string(),
-        other => webhook::endpoint(other.url().unwrap_or_default()),
+        _ => webhook::endpoint(&wire.url),
     };
     // A job that can never be sent as it is goes to the dead-letter queue before anything
     // touches its endpoint: the job's fault never counts against the endpoint's breaker.
-    if let Err(error) = refuse_job(ctx, job, &action) {
+    if let Err(error) = refuse_job(ctx, job, &action, &wire.url) {
         let refused = Outcome::Discard {
             error,
             pause: false,
         };
         return (refused.into(), Some(endpoint));
     }
-    let attempted = perform_at(ctx, job, &action, &endpoint).await;
+    let attempted = perform_at(ctx, job, &action, &wire, &endpoint).await;
     (attempted, Some(endpoint))
 }
 
@@ -543,15 +544,15 @@ async fn perform(
 /// (chosen by whoever enqueued it), its signing secret is not bound to its URL, or its e-mail
 /// sender is not one the worker's configuration allows. A secret that is not configured at all
 /// is left to [`perform_at`], which retries (the operator may be adding it).
-fn refuse_job(ctx: &Context, job: &ClaimedJob, action: &Action) -> Result<(), String> {
+fn refuse_job(ctx: &Context, job: &ClaimedJob, action: &Action, url: &str) -> Result<(), String> {
     webhook::check_key(&job.idempotency_key)?;
     match action {
         Action::Webhook(w) => {
             let Some(name) = &w.secret else { return Ok(()) };
             match ctx.config.secret(name) {
-                Some(secret) if !secret.may_sign_for(&w.url) => Err(format!(
+                Some(secret) if !secret.may_sign_for(url) => Err(format!(
                     "signing secret {name:?} is not bound to {}: its destinations (secrets.{}.destinations) do not cover this URL; the request is neither signed nor sent",
-                    webhook::endpoint(&w.url),
+                    webhook::endpoint(url),
                     name.to_ascii_lowercase()
                 )),
                 _ => Ok(()),
@@ -565,7 +566,13 @@ fn refuse_job(ctx: &Context, job: &ClaimedJob, action: &Action) -> Result<(), St
     }
 }
 
-async fn perform_at(ctx: &Context, job: &ClaimedJob, action: &Action, endpoint: &str) -> Attempted {
+async fn perform_at(
+    ctx: &Context,
+    job: &ClaimedJob,
+    action: &Action,
+    wire: &Wire,
+    endpoint: &str,
+) -> Attempted {
     // An open circuit sends the job back at once, without waiting for a slot of the endpoint (a
     // hanging endpoint's slots stay taken until its requests time out).
     let circuit_open = |until| -> Attempted {
@@ -588,6 +595,12 @@ async fn perform_at(ctx: &Context, job: &ClaimedJob, action: &Action, endpoint: 
     // Per-endpoint limit: a job whose endpoint stays saturated goes back to the queue (no attempt
     // used) after a short wait instead of holding one of the global slots, so a slow endpoint
     // cannot starve the others. Taken before the breaker decides, so that a job that waited for
+    // References to secrets are resolved here, right before the request, and nowhere else; one
+    // that cannot be never counts against the endpoint (nothing was sent).
+    let wire = match secrets::resolve(&ctx.config, &action) {
+        Ok(wire) => wire,
+        Err(unresolved) => return (unresolved.outcome().into(), unresolved.endpoint()),
+    };
     // its slot sees the circuit as it is when it would be sent.
     let Some(_slot) = ctx.endpoints.enter(endpoint, ENDPOINT_WAIT).await else {
         return Outcome::Snooze {
@@ -643,9 +656,9 @@ async fn perform_at(ctx: &Context, job: &ClaimedJob, action: &Action, endpoint: 
                     }
                 },
             };
-            webhook::deliver(&ctx.http, w, job, keys.as_deref(), &ctx.allow, cap).await
+            webhook::deliver(&ctx.http, w, wire, job, keys.as_deref(), &ctx.allow, cap).await
         }
-        Action::Slack(s) => slack::deliver(&ctx.http, s, job, &ctx.allow, cap).await,
+        Action::Slack(s) => slack::deliver(&ctx.http, s, wire, job, &ctx.allow, cap).await,
         Action::Email(e) => ctx.mailer.deliver(e, job).await,
     };
     let verdict = match &attempted.outcome {

@@ -15,6 +15,7 @@ use fraiseql_observers_core::SlackAction;
 use reqwest::header::CONTENT_TYPE;
 
 use crate::db::ClaimedJob;
+use crate::secrets::Wire;
 use crate::webhook::{self, Attempted, Outcome};
 
 /// Slack truncates message text beyond 40,000 characters; we refuse instead of cutting.
@@ -62,15 +63,17 @@ fn pointer_mut<'a>(
     blocks.pointer_mut(&pointer)
 }
 
-/// Post one job's message.
+/// Post one job's message to `wire`'s URL (the action's, resolved when it is a reference to a
+/// secret); the error text is scrubbed of it.
 pub async fn deliver(
     http: &reqwest::Client,
     action: &SlackAction,
+    wire: &Wire,
     job: &ClaimedJob,
     allow: &[net::Cidr],
     error_body_bytes: usize,
 ) -> Attempted {
-    if let Some(refused) = webhook::refuse_literal(&action.url, allow) {
+    if let Some(refused) = webhook::refuse_literal(&wire.url, allow) {
         return refused.into();
     }
     let body = match message(action, &job.payload) {
@@ -86,11 +89,11 @@ pub async fn deliver(
         }
     };
     let request = http
-        .post(&action.url)
+        .post(&wire.url)
         .timeout(Duration::from_millis(action.timeout_ms))
         .header(CONTENT_TYPE, "application/json")
         .body(body.to_string());
-    webhook::send(request, error_body_bytes).await
+    wire.scrub_attempt(webhook::send(request, error_body_bytes).await)
 }
 
 #[cfg(test)]

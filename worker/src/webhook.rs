@@ -15,6 +15,7 @@ use fraiseql_observers_core::text::printable;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use crate::db::ClaimedJob;
+use crate::secrets::Wire;
 use crate::signing::{self, SigningKey};
 
 /// What became of one delivery attempt.
@@ -166,16 +167,19 @@ pub fn refuse_literal(url: &str, allow: &[net::Cidr]) -> Option<Outcome> {
     })
 }
 
-/// Deliver one job to a webhook.
+/// Deliver one job to a webhook: to `wire`'s URL with `wire`'s headers (the action's, its
+/// references to secrets resolved); the error text is scrubbed of the secrets sent.
 pub async fn deliver(
     http: &reqwest::Client,
     action: &WebhookAction,
+    wire: &Wire,
     job: &ClaimedJob,
     keys: Option<&[SigningKey]>,
     allow: &[net::Cidr],
     error_body_bytes: usize,
 ) -> Attempted {
-    if let Some(refused) = refuse_literal(&action.url, allow) {
+    // The SSRF guard checks the URL the request goes to: a resolved secret's too.
+    if let Some(refused) = refuse_literal(&wire.url, allow) {
         return refused.into();
     }
     let timestamp = SystemTime::now()
@@ -183,7 +187,7 @@ pub async fn deliver(
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut request = http
-        .post(&action.url)
+        .post(&wire.url)
         .timeout(Duration::from_millis(action.timeout_ms))
         .header(CONTENT_TYPE, "application/json")
         .header("webhook-id", &job.idempotency_key)
@@ -200,13 +204,18 @@ pub async fn deliver(
         );
     }
     let mut request = request.body(job.payload.clone());
-    for (name, value) in &action.headers {
-        // Names and values were validated at observer_create; a row edited by hand is refused here.
+    for (name, value) in &wire.headers {
+        // Names and values were validated at observer_create (secret values when the worker's
+        // configuration was loaded); a row edited by hand is refused here.
         match (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value),
         ) {
-            (Ok(n), Ok(v)) => request = request.header(n, v),
+            (Ok(n), Ok(mut v)) => {
+                // Kept out of HTTP/2 header compression tables and debug output of the client.
+                v.set_sensitive(wire.is_secret_header(name));
+                request = request.header(n, v)
+            }
             _ => {
                 return Outcome::Retry {
                     error: format!("invalid header {name:?} in the observer's action"),
@@ -217,7 +226,7 @@ pub async fn deliver(
             }
         }
     }
-    send(request, error_body_bytes).await
+    wire.scrub_attempt(send(request, error_body_bytes).await)
 }
 
 /// Send a prepared request and classify the response: 2xx delivered; 410 discarded and the

@@ -8,10 +8,13 @@ use pgrx::{JsonB, PgSqlErrorCode};
 
 /// `observer_validate_action(action jsonb) RETURNS jsonb`: the action in its normalised form
 /// (defaults filled in), or SQLSTATE 22023 naming the bad field and the fix. `observer_create`
-/// calls it, so a definition the worker cannot perform never reaches the table.
+/// calls it, so a definition the worker cannot perform never reaches the table, and neither
+/// does a credential written where a reference to a worker secret belongs (a literal
+/// `Authorization` header, a Slack webhook URL) unless the action allows it explicitly.
 #[pg_extern(stable, parallel_safe)]
 pub fn observer_validate_action(action: JsonB) -> Result<JsonB, ErrorReport> {
     let parsed = Action::from_value(action.0).map_err(action_error)?;
+    parsed.check_credentials().map_err(action_error)?;
     check_network(&parsed)?;
     let normalised = serde_json::to_value(parsed).map_err(|e| {
         ErrorReport::new(
@@ -26,7 +29,7 @@ pub fn observer_validate_action(action: JsonB) -> Result<JsonB, ErrorReport> {
 /// A URL written as a literal address must pass the network policy (the worker checks every
 /// address again at delivery, including those a host name resolves to).
 fn check_network(action: &Action) -> Result<(), ErrorReport> {
-    let Some(ip) = action.url().and_then(net::literal_host_of) else {
+    let Some(ip) = action.literal_url().and_then(net::literal_host_of) else {
         return Ok(());
     };
     let allow = net::parse_allowlist(&crate::gucs::allowed_networks()).map_err(|e| {
