@@ -41,14 +41,19 @@ COPY sql sql
 COPY worker worker
 COPY tests tests
 # `cargo fetch --locked` fails if Cargo.lock would change; `cargo pgrx package` then builds
-# (release) from that lock file. Output: /out/usr/lib/postgresql/15/lib/fraiseql_observers.so and
-# /out/usr/share/postgresql/15/extension/fraiseql_observers{.control,--<version>.sql}.
+# (release) from that lock file. Output: /out/usr/lib/postgresql/<major>/lib/fraiseql_observers.so and
+# /out/usr/share/postgresql/<major>/extension/fraiseql_observers{.control,--<version>.sql}, with the
+# update scripts (extension/sql/fraiseql_observers--<from>--<to>.sql, copied by cargo pgrx package)
+# and every earlier release's install script (copied here), as scripts/install-extension.sh does.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
     cargo fetch --locked \
  && cargo pgrx package -p fraiseql_observers \
-      --pg-config "/usr/lib/postgresql/${PG_MAJOR}/bin/pg_config" --out-dir /out
+      --pg-config "/usr/lib/postgresql/${PG_MAJOR}/bin/pg_config" --out-dir /out \
+ && for f in extension/sql/fraiseql_observers--*.sql; do \
+      case "$f" in *--*--*) ;; *) cp "$f" "/out/usr/share/postgresql/${PG_MAJOR}/extension/" ;; esac; \
+    done
 
 FROM postgres:15-bookworm
 ARG PG_MAJOR
