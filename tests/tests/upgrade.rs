@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use fraiseql_observers_tests::sink::Sink;
-use fraiseql_observers_tests::{pg_bindir, wait_for_jobs, wait_until, Cluster, Worker};
+use fraiseql_observers_tests::{pg_bindir, sqlstate, wait_for_jobs, wait_until, Cluster, Worker};
 
 const PREVIOUS: &str = "0.1.0";
 const CURRENT: &str = env!("CARGO_PKG_VERSION");
@@ -63,7 +63,11 @@ async fn extension_schema_dump(cluster: &Cluster, dbname: &str) -> String {
         .await
         .expect("detach the extension's objects");
     let out = Command::new(pg_bindir().join("pg_dump"))
-        .args(["--schema-only", "--restrict-key=fraiseqlobservers", "--dbname"])
+        .args([
+            "--schema-only",
+            "--restrict-key=fraiseqlobservers",
+            "--dbname",
+        ])
         .arg(cluster.url(dbname))
         .args(["--exclude-schema", "app"])
         .output()
@@ -79,7 +83,10 @@ async fn extension_schema_dump(cluster: &Cluster, dbname: &str) -> String {
 /// The lines that differ, as `diff -u` shows them.
 fn diff(a: &str, b: &str) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (pa, pb) = (dir.path().join("fresh.sql"), dir.path().join("upgraded.sql"));
+    let (pa, pb) = (
+        dir.path().join("fresh.sql"),
+        dir.path().join("upgraded.sql"),
+    );
     std::fs::write(&pa, a).expect("write");
     std::fs::write(&pb, b).expect("write");
     let out = Command::new("diff")
@@ -153,7 +160,11 @@ async fn update_from_previous_release_keeps_everything_and_matches_a_fresh_insta
         .await
         .expect("dispatch with 0.1.0's SQL");
     assert_eq!(
-        count(&admin, "SELECT count(*) FROM observer.jobs WHERE state = 'pending'").await,
+        count(
+            &admin,
+            "SELECT count(*) FROM observer.jobs WHERE state = 'pending'"
+        )
+        .await,
         10
     );
     let old_worker = cluster.connect_as("fo_worker").await;
@@ -206,6 +217,21 @@ async fn update_from_previous_release_keeps_everything_and_matches_a_fresh_insta
         .batch_execute("INSERT INTO app.orders SELECT i, 'late' FROM generate_series(11, 15) i")
         .await
         .expect("orders captured before the update");
+    // In the window the old decoders, declared over `anyelement`, refuse anything but a batch
+    // (the library reads `bytea` only), even for a superuser.
+    assert_eq!(
+        sqlstate(&admin, "SELECT observer_decode_rows('{a}', '{23}', 42)").await,
+        "42804",
+        "an integer is not read as a batch"
+    );
+    assert_eq!(
+        sqlstate(
+            &admin,
+            "SELECT observer_decode_row('{a}', '{23}', 'not a batch'::text, 0)"
+        )
+        .await,
+        "42804"
+    );
     let states = "SELECT string_agg(state || '=' || n, ',' ORDER BY state) FROM \
                   (SELECT state, count(*) n FROM observer.jobs GROUP BY state) s";
     let before_states: String = admin.query_one(states, &[]).await.expect("states").get(0);
@@ -295,7 +321,10 @@ async fn update_from_previous_release_keeps_everything_and_matches_a_fresh_insta
         .unwrap_or_default();
     let at_sink = order_ids(&sink);
     assert_eq!(
-        at_sink.union(&done_or_held).copied().collect::<BTreeSet<_>>(),
+        at_sink
+            .union(&done_or_held)
+            .copied()
+            .collect::<BTreeSet<_>>(),
         expected,
         "every order delivered once the update ran"
     );
@@ -305,9 +334,7 @@ async fn update_from_previous_release_keeps_everything_and_matches_a_fresh_insta
 
     // Same schema as a fresh install with the same grants.
     admin
-        .batch_execute(
-            "CREATE DATABASE fresh;",
-        )
+        .batch_execute("CREATE DATABASE fresh;")
         .await
         .expect("create database");
     let fresh = cluster.connect("fresh").await.expect("connect fresh");
@@ -337,7 +364,10 @@ async fn update_from_previous_release_keeps_everything_and_matches_a_fresh_insta
         .await
         .expect("extconfig")
         .get(0);
-    assert_eq!(upgraded_config, fresh_config, "the same tables are dumped with the extension");
+    assert_eq!(
+        upgraded_config, fresh_config,
+        "the same tables are dumped with the extension"
+    );
     drop(fresh);
     let fresh_dump = extension_schema_dump(&cluster, "fresh").await;
     let upgraded_dump = extension_schema_dump(&cluster, "postgres").await;
