@@ -113,13 +113,6 @@ pub struct Secret {
     pub destinations: Vec<String>,
 }
 
-impl Secret {
-    /// The parsed [`Secret::destinations`] (validated by [`Config::validate`]).
-    pub fn destinations(&self) -> Vec<Destination> {
-        self.destinations
-            .iter()
-            .filter_map(|d| Destination::parse(d).ok())
-            .collect()
 /// Never print a secret's keys or value (`validate-config` prints the configuration).
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -131,12 +124,19 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-    }
+impl Secret {
     /// True when a request to `url` lies under one of [`Secret::destinations`].
     pub fn covers(&self, url: &str) -> bool {
         self.destinations().iter().any(|d| d.matches(url))
     }
 
+    /// The parsed [`Secret::destinations`] (validated by [`Config::validate`]).
+    pub fn destinations(&self) -> Vec<Destination> {
+        self.destinations
+            .iter()
+            .filter_map(|d| Destination::parse(d).ok())
+            .collect()
+    }
 
     /// True when this secret may sign a request to `url`.
     pub fn may_sign_for(&self, url: &str) -> bool {
@@ -270,21 +270,6 @@ impl Config {
             if key == "CONFIG" {
                 continue;
             }
-            // FRAISEQL_OBSERVERS_RATE_LIMITS="https://api.example.com=50 http://10.0.0.5:8080=5".
-            if key == "RATE_LIMITS" {
-                let mut table = toml::map::Map::new();
-                for pair in value.split([',', ' ']).filter(|p| !p.is_empty()) {
-                    let parsed = pair
-                        .rsplit_once('=')
-                        .and_then(|(e, r)| Some((e, r.trim().parse::<f64>().ok()?)));
-                    let Some((endpoint, rate)) = parsed else {
-                        return Err(ConfigError::Env {
-                            var: var.clone(),
-                            message: format!("{pair:?} is not endpoint=requests_per_second"),
-                        });
-                    };
-                    table.insert(endpoint.to_string(), toml::Value::Float(rate));
-                }
             let (var, key, value) = match file_variable(key, &merged) {
                 Some(plain) => {
                     let plain_var = format!("{ENV_PREFIX}{plain}");
@@ -302,6 +287,21 @@ impl Config {
                 }
                 None => (var.clone(), key.to_string(), value.clone()),
             };
+            // FRAISEQL_OBSERVERS_RATE_LIMITS="https://api.example.com=50 http://10.0.0.5:8080=5".
+            if key == "RATE_LIMITS" {
+                let mut table = toml::map::Map::new();
+                for pair in value.split([',', ' ']).filter(|p| !p.is_empty()) {
+                    let parsed = pair
+                        .rsplit_once('=')
+                        .and_then(|(e, r)| Some((e, r.trim().parse::<f64>().ok()?)));
+                    let Some((endpoint, rate)) = parsed else {
+                        return Err(ConfigError::Env {
+                            var: var.clone(),
+                            message: format!("{pair:?} is not endpoint=requests_per_second"),
+                        });
+                    };
+                    table.insert(endpoint.to_string(), toml::Value::Float(rate));
+                }
                 set(
                     &mut merged,
                     &["rate_limits".to_string()],
@@ -713,6 +713,9 @@ impl Config {
     /// or is a credential (`value`), which never signs.
     pub fn signing_keys(&self, name: &str) -> Option<Vec<SigningKey>> {
         let secret = self.secret(name)?;
+        if secret.keys.is_empty() {
+            return None;
+        }
         secret
             .keys
             .iter()
@@ -776,9 +779,6 @@ fn merge(base: &mut toml::Value, top: toml::Value) {
             }
         }
         (b, t) => *b = t,
-        if secret.keys.is_empty() {
-            return None;
-        }
     }
 }
 
@@ -950,6 +950,33 @@ fn connection_string_problem(raw: &str, e: &tokio_postgres::Error) -> String {
     format!("{form} does not parse: {part} (not shown: it can hold a password)")
 }
 
+/// `<KEY>` when the environment variable `FRAISEQL_OBSERVERS_<KEY>_FILE` stands for the file
+/// holding `<KEY>`'s value (any case), or None: the container convention for secrets (Docker
+/// secrets, Kubernetes secret volumes mounted as files). A setting whose own name ends in
+/// `_file` keeps its variable; under `SECRETS__` the suffix always means a file (a secret whose
+/// name ends in `_file` is written in the TOML file).
+fn file_variable<'a>(key: &'a str, merged: &toml::Value) -> Option<&'a str> {
+    let plain = key
+        .len()
+        .checked_sub("_FILE".len())
+        .filter(|&at| key.is_char_boundary(at) && key[at..].eq_ignore_ascii_case("_FILE"))
+        .map(|at| &key[..at])?;
+    let path: Vec<String> = key
+        .to_ascii_lowercase()
+        .split("__")
+        .map(str::to_string)
+        .collect();
+    let setting = path.first().map(String::as_str) != Some("secrets") && lookup(merged, &path).is_some();
+    (!setting && !plain.is_empty()).then_some(plain)
+}
+
+/// A secret's file (`*_FILE`, `value_file`, `keys_file`), read at start: its content with the
+/// trailing line break an editor or `echo` adds removed (`\n` or `\r\n`, repeated).
+pub fn read_secret_file(path: &str) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
 /// The `[secrets]` table of the merged configuration, read by hand so that no error quotes a
 /// secret's value (serde's would: `invalid type: string "whsec_..."`).
 fn parse_secrets(value: Option<toml::Value>) -> Result<BTreeMap<String, Secret>, ConfigError> {
@@ -990,7 +1017,19 @@ fn parse_secrets(value: Option<toml::Value>) -> Result<BTreeMap<String, Secret>,
             }
         };
         let mut secret = Secret::default();
+        let mut files = Vec::new();
         for (key, v) in fields {
+            if key == "value" || key == "value_file" || key == "keys_file" {
+                let toml::Value::String(text) = v else {
+                    return Err(refuse(format!("`{key}` must be a string")));
+                };
+                if key == "value" {
+                    secret.value = Some(text);
+                } else {
+                    files.push((key, text));
+                }
+                continue;
+            }
             let list = match v {
                 toml::Value::Array(items) => items
                     .into_iter()
@@ -1010,108 +1049,6 @@ fn parse_secrets(value: Option<toml::Value>) -> Result<BTreeMap<String, Secret>,
                 _ => return Err(refuse(format!("unknown key {key:?}"))),
             }
         }
-        secrets.insert(name, secret);
-    }
-    Ok(secrets)
-/// `<KEY>` when the environment variable `FRAISEQL_OBSERVERS_<KEY>_FILE` stands for the file
-/// holding `<KEY>`'s value (any case), or None: the container convention for secrets (Docker
-/// secrets, Kubernetes secret volumes mounted as files). A setting whose own name ends in
-/// `_file` keeps its variable; under `SECRETS__` the suffix always means a file (a secret whose
-/// name ends in `_file` is written in the TOML file).
-fn file_variable<'a>(key: &'a str, merged: &toml::Value) -> Option<&'a str> {
-    let plain = key
-        .len()
-        .checked_sub("_FILE".len())
-        .filter(|&at| key.is_char_boundary(at) && key[at..].eq_ignore_ascii_case("_FILE"))
-        .map(|at| &key[..at])?;
-    let path: Vec<String> = key
-        .to_ascii_lowercase()
-        .split("__")
-        .map(str::to_string)
-        .collect();
-    let setting = path.first().map(String::as_str) != Some("secrets") && lookup(merged, &path).is_some();
-    (!setting && !plain.is_empty()).then_some(plain)
-}
-
-/// A secret's file (`*_FILE`, `value_file`, `keys_file`), read at start: its content with the
-/// trailing line break an editor or `echo` adds removed (`\n` or `\r\n`, repeated).
-pub fn read_secret_file(path: &str) -> std::io::Result<String> {
-    let text = std::fs::read_to_string(path)?;
-    Ok(text.trim_end_matches(['\n', '\r']).to_string())
-}
-
-}
-
-impl Config {
-    /// This configuration with every credential masked (`validate-config` prints it): passwords
-    /// in connection URLs and the signing secrets' values.
-    pub fn redacted(&self) -> Config {
-        let mut c = self.clone();
-        c.database_url = redact(&c.database_url);
-        c.smtp.url = redact(&c.smtp.url);
-        c.redis.url = redact(&c.redis.url);
-        c.elasticsearch.url = redact(&c.elasticsearch.url);
-        if !c.elasticsearch.api_key.is_empty() {
-            c.elasticsearch.api_key = "***".to_string();
-        }
-        for secret in c.secrets.values_mut() {
-            for v in secret.keys.iter_mut() {
-                *v = "whsec_***".to_string();
-            }
-        }
-        c
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn defaults_load_and_validate() {
-        let c = Config::load(None, env(&[]), &[]).expect("defaults are valid");
-        assert_eq!(c.batch_size, 100);
-        assert!(c.dispatch);
-        assert_eq!(c.http.user_agent, "fraiseql-observers");
-        let mut files = Vec::new();
-    }
-            if key == "value" || key == "value_file" || key == "keys_file" {
-                let toml::Value::String(text) = v else {
-                    return Err(refuse(format!("`{key}` must be a string")));
-                };
-                if key == "value" {
-                    secret.value = Some(text);
-                } else {
-                    files.push((key, text));
-                }
-                continue;
-            }
-
-    #[test]
-    fn layers_apply_in_order_file_env_flags() {
-        let dir = tempdir();
-        let file = dir.join("w.toml");
-        std::fs::write(
-            &file,
-            "batch_size = 7\nconcurrency = 9\n[http]\nuser_agent = \"file\"\n",
-        )
-        .expect("write");
-        let c = Config::load(
-            Some(&file),
-            env(&[
-                ("FRAISEQL_OBSERVERS_CONCURRENCY", "11"),
-                ("FRAISEQL_OBSERVERS_HTTP__USER_AGENT", "env"),
-                ("UNRELATED", "x"),
-            ]),
-            &[("concurrency".to_string(), toml::Value::Integer(13))],
-        )
         for (key, path) in files {
             let inline = if key == "value_file" {
                 secret.value.is_some()
@@ -1136,6 +1073,72 @@ mod tests {
                     .collect();
             }
         }
+        secrets.insert(name, secret);
+    }
+    Ok(secrets)
+}
+
+impl Config {
+    /// This configuration with every credential masked (`validate-config` prints it): passwords
+    /// in connection URLs and the signing secrets' values.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        c.database_url = redact(&c.database_url);
+        c.smtp.url = redact(&c.smtp.url);
+        c.redis.url = redact(&c.redis.url);
+        c.elasticsearch.url = redact(&c.elasticsearch.url);
+        if !c.elasticsearch.api_key.is_empty() {
+            c.elasticsearch.api_key = "***".to_string();
+        }
+        for secret in c.secrets.values_mut() {
+            for v in secret.keys.iter_mut() {
+                *v = "whsec_***".to_string();
+            }
+            if let Some(v) = secret.value.as_mut() {
+                *v = "***".to_string();
+            }
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = Config::load(None, env(&[]), &[]).expect("defaults are valid");
+        assert_eq!(c.batch_size, 100);
+        assert!(c.dispatch);
+        assert_eq!(c.http.user_agent, "fraiseql-observers");
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_env_flags() {
+        let dir = tempdir();
+        let file = dir.join("w.toml");
+        std::fs::write(
+            &file,
+            "batch_size = 7\nconcurrency = 9\n[http]\nuser_agent = \"file\"\n",
+        )
+        .expect("write");
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("FRAISEQL_OBSERVERS_CONCURRENCY", "11"),
+                ("FRAISEQL_OBSERVERS_HTTP__USER_AGENT", "env"),
+                ("UNRELATED", "x"),
+            ]),
+            &[("concurrency".to_string(), toml::Value::Integer(13))],
+        )
         .expect("valid");
         assert_eq!(c.batch_size, 7, "file beats defaults");
         assert_eq!(c.http.user_agent, "env", "env beats file");
@@ -1157,9 +1160,6 @@ mod tests {
             .expect_err("unknown key");
         assert!(e.to_string().contains("no such setting"), "{e}");
         let e = Config::load(None, env(&[("FRAISEQL_OBSERVERS_LOG__FORMAT", "xml")]), &[])
-            if let Some(v) = secret.value.as_mut() {
-                *v = "***".to_string();
-            }
             .expect_err("bad enum");
         assert!(e.to_string().contains("`log.format`"), "{e}");
     }
@@ -1272,69 +1272,6 @@ mod tests {
         }
     }
 
-    /// Regression (review F17): an unparsable database_url was printed as it was, password
-    /// included.
-    #[test]
-    fn an_unparsable_database_url_is_not_echoed() {
-        for (url, part) in [
-            ("postgres://worker:S3cretPw@db:54x2/app", "`port`"),
-            ("host=db password=S3cretPw port=5x", "`port`"),
-            ("host=db password='S3cretPw", "not closed"),
-            ("host=db S3cretPw", "syntax"),
-            ("host=db sslmode=S3cretPw", "`sslmode`"),
-        ] {
-            let e = Config::load(None, env(&[("FRAISEQL_OBSERVERS_DATABASE_URL", url)]), &[])
-                .expect_err("unparsable");
-            let text = e.to_string();
-            assert!(text.contains("`database_url`"), "{text}");
-            assert!(text.contains(part), "{url}: {text}");
-            assert!(!text.contains("S3cretPw"), "{url}: {text}");
-        }
-    }
-
-    /// Regression (review F17): `?password=` in a URL and quoted libpq passwords were printed.
-    #[test]
-    fn redact_masks_every_password_form() {
-        assert_eq!(
-            redact("postgres://worker:S3cret@db/app"),
-            "postgres://worker:***@db/app"
-        );
-        let r = redact("postgres://db/app?user=worker&password=S3cret&sslmode=require");
-        assert_eq!(
-            r,
-            "postgres://db/app?user=worker&password=***&sslmode=require"
-        );
-        let r = redact("postgresql://db/app?PASSWORD=S3cret");
-        assert!(!r.contains("S3cret"), "{r}");
-        assert_eq!(
-            redact("host=db password='a b c' user=w"),
-            "host=db password=*** user=w"
-        );
-        assert_eq!(
-            redact("host=db password = 'it\\'s secret' dbname=x"),
-            "host=db password = *** dbname=x"
-        );
-        assert_eq!(redact("password=S3cret host=db"), "password=*** host=db");
-        assert_eq!(redact("host=db user=w"), "host=db user=w");
-        assert_eq!(
-            redact("host=db password='unterminated"),
-            "host=db password=***"
-        );
-    }
-
-    #[test]
-    fn allowed_senders_are_validated() {
-        let c = Config::load(
-            None,
-            env(&[(
-                "FRAISEQL_OBSERVERS_SMTP__ALLOWED_FROM",
-                "shop@example.com,@example.org",
-            )]),
-            &[],
-        )
-        .expect("valid");
-        assert_eq!(c.smtp.allowed_from.len(), 2);
-        let e = Config::load(
     /// Credentials (`value`) referenced by actions come inline, from the environment, or from
     /// files (`value_file`, `*_FILE`), the way containers and Kubernetes pass secrets.
     #[test]
@@ -1462,6 +1399,69 @@ mod tests {
         assert!(!text.contains("sk_live_twice"), "{text}");
     }
 
+    /// Regression (review F17): an unparsable database_url was printed as it was, password
+    /// included.
+    #[test]
+    fn an_unparsable_database_url_is_not_echoed() {
+        for (url, part) in [
+            ("postgres://worker:S3cretPw@db:54x2/app", "`port`"),
+            ("host=db password=S3cretPw port=5x", "`port`"),
+            ("host=db password='S3cretPw", "not closed"),
+            ("host=db S3cretPw", "syntax"),
+            ("host=db sslmode=S3cretPw", "`sslmode`"),
+        ] {
+            let e = Config::load(None, env(&[("FRAISEQL_OBSERVERS_DATABASE_URL", url)]), &[])
+                .expect_err("unparsable");
+            let text = e.to_string();
+            assert!(text.contains("`database_url`"), "{text}");
+            assert!(text.contains(part), "{url}: {text}");
+            assert!(!text.contains("S3cretPw"), "{url}: {text}");
+        }
+    }
+
+    /// Regression (review F17): `?password=` in a URL and quoted libpq passwords were printed.
+    #[test]
+    fn redact_masks_every_password_form() {
+        assert_eq!(
+            redact("postgres://worker:S3cret@db/app"),
+            "postgres://worker:***@db/app"
+        );
+        let r = redact("postgres://db/app?user=worker&password=S3cret&sslmode=require");
+        assert_eq!(
+            r,
+            "postgres://db/app?user=worker&password=***&sslmode=require"
+        );
+        let r = redact("postgresql://db/app?PASSWORD=S3cret");
+        assert!(!r.contains("S3cret"), "{r}");
+        assert_eq!(
+            redact("host=db password='a b c' user=w"),
+            "host=db password=*** user=w"
+        );
+        assert_eq!(
+            redact("host=db password = 'it\\'s secret' dbname=x"),
+            "host=db password = *** dbname=x"
+        );
+        assert_eq!(redact("password=S3cret host=db"), "password=*** host=db");
+        assert_eq!(redact("host=db user=w"), "host=db user=w");
+        assert_eq!(
+            redact("host=db password='unterminated"),
+            "host=db password=***"
+        );
+    }
+
+    #[test]
+    fn allowed_senders_are_validated() {
+        let c = Config::load(
+            None,
+            env(&[(
+                "FRAISEQL_OBSERVERS_SMTP__ALLOWED_FROM",
+                "shop@example.com,@example.org",
+            )]),
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(c.smtp.allowed_from.len(), 2);
+        let e = Config::load(
             None,
             env(&[("FRAISEQL_OBSERVERS_SMTP__ALLOWED_FROM", "example.org")]),
             &[],

@@ -523,6 +523,12 @@ async fn perform(
             return (invalid.into(), None);
         }
     };
+    // References to secrets are resolved here, right before the request, and nowhere else; one
+    // that cannot be never counts against the endpoint (nothing was sent).
+    let wire = match secrets::resolve(&ctx.config, &action) {
+        Ok(wire) => wire,
+        Err(unresolved) => return (unresolved.outcome().into(), unresolved.endpoint()),
+    };
     let endpoint = match &action {
         Action::Email(_) => ctx.mailer.endpoint().to_string(),
         _ => webhook::endpoint(&wire.url),
@@ -595,12 +601,6 @@ async fn perform_at(
     // Per-endpoint limit: a job whose endpoint stays saturated goes back to the queue (no attempt
     // used) after a short wait instead of holding one of the global slots, so a slow endpoint
     // cannot starve the others. Taken before the breaker decides, so that a job that waited for
-    // References to secrets are resolved here, right before the request, and nowhere else; one
-    // that cannot be never counts against the endpoint (nothing was sent).
-    let wire = match secrets::resolve(&ctx.config, &action) {
-        Ok(wire) => wire,
-        Err(unresolved) => return (unresolved.outcome().into(), unresolved.endpoint()),
-    };
     // its slot sees the circuit as it is when it would be sent.
     let Some(_slot) = ctx.endpoints.enter(endpoint, ENDPOINT_WAIT).await else {
         return Outcome::Snooze {
