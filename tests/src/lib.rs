@@ -68,20 +68,50 @@ pub struct RedisServer {
     child: Child,
     /// Its port on 127.0.0.1.
     pub port: u16,
+    /// The CA file `redis-cli` verifies a TLS server with; None for plain TCP.
+    tls_ca: Option<String>,
 }
 
 impl RedisServer {
     /// Start it and wait until it answers PING.
     pub fn start() -> Result<Self> {
+        Self::spawn(None)
+    }
+
+    /// Start it with TLS only (`--port 0 --tls-port`), serving `cert`/`key` (PEM files) and
+    /// not asking clients for certificates; `redis-cli` checks it against `ca`.
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> Result<Self> {
+        Self::spawn(Some((cert, key, ca)))
+    }
+
+    fn spawn(tls: Option<(&Path, &Path, &Path)>) -> Result<Self> {
         let port = free_port()?;
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        let mut cmd = Command::new("redis-server");
+        match tls {
+            None => cmd.args(["--port", &port.to_string()]),
+            Some((cert, key, ca)) => cmd
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .arg("--tls-ca-cert-file")
+                .arg(ca)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        let child = cmd
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start redis-server (installed by scripts/setup.sh)")?;
-        let server = RedisServer { child, port };
+        let tls_ca = tls.map(|(_, _, ca)| ca.display().to_string());
+        let server = RedisServer {
+            child,
+            port,
+            tls_ca,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if server.cli(&["PING"]).map(|o| o == "PONG").unwrap_or(false) {
@@ -99,11 +129,13 @@ impl RedisServer {
 
     /// Run a command with `redis-cli`; its output, trimmed.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .context("cannot run redis-cli")?;
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(ca) = &self.tls_ca {
+            // The server certificate of the TLS tests names localhost only.
+            cmd.args(["--tls", "--sni", "localhost", "--cacert", ca]);
+        }
+        let out = cmd.args(args).output().context("cannot run redis-cli")?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 }
@@ -204,6 +236,17 @@ impl Cluster {
         self.pg_ctl(&["-w", "-t", "60", "start"])
     }
 
+    /// Stop the server (`pg_ctl stop -m fast`: sessions are ended, a clean shutdown) until
+    /// [`Cluster::start_again`].
+    pub fn stop(&self) -> Result<()> {
+        self.pg_ctl(&["-m", "fast", "-w", "stop"])
+    }
+
+    /// Start a server stopped by [`Cluster::stop`], on the same port and data.
+    pub fn start_again(&self) -> Result<()> {
+        self.pg_ctl(&["-w", "-t", "60", "start"])
+    }
+
     /// The server log so far (for failure messages).
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
@@ -212,6 +255,28 @@ impl Cluster {
     /// Connection URL for `dbname`.
     pub fn url(&self, dbname: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{dbname}", self.port)
+    }
+
+    /// Connection string for `dbname` through the cluster's Unix socket (pg_hba's `local`
+    /// lines): for tests whose pg_hba refuses plain TCP.
+    pub fn socket_url(&self, dbname: &str) -> String {
+        format!(
+            "host={} port={} user=postgres dbname={dbname}",
+            self.dir.path().display(),
+            self.port
+        )
+    }
+
+    /// A client connection to `dbname` through the Unix socket.
+    pub async fn connect_socket(&self, dbname: &str) -> Result<tokio_postgres::Client> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.socket_url(dbname), tokio_postgres::NoTls)
+                .await
+                .with_context(|| format!("connect to {dbname} through the socket"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
     }
 
     /// A client connection to `dbname`.

@@ -32,6 +32,13 @@ pub enum ConfigError {
     Env { var: String, message: String },
     #[error("invalid configuration: {0}")]
     Shape(String),
+    /// TLS settings (`sslmode` and the files of `database_url`, `redis.ca_file`, ...); the
+    /// message names the parameter and the fix.
+    #[error("invalid TLS setting for `{field}`: {source}")]
+    Tls {
+        field: &'static str,
+        source: crate::tls::TlsError,
+    },
     #[error("invalid value for `{field}`: {problem}; {fix}")]
     Invalid {
         field: &'static str,
@@ -194,8 +201,16 @@ pub struct SmtpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host[:port][/db]` or `rediss://...`; empty = off.
+    /// `redis://[user:password@]host[:port][/db]` or `rediss://...` (TLS, the server's
+    /// certificate verified); empty = off.
     pub url: String,
+    /// CA certificate file (PEM) that verifies a `rediss://` server; empty = the public CAs
+    /// (Mozilla's list, compiled in).
+    pub ca_file: String,
+    /// Client certificate file (PEM) for a `rediss://` server that requires one; empty = none.
+    pub cert_file: String,
+    /// Private key file (PEM, unencrypted) of `cert_file`.
+    pub key_file: String,
     /// Prefix of every key this worker writes.
     pub key_prefix: String,
     /// Timeout of one Redis call, milliseconds; slower counts as unavailable.
@@ -384,6 +399,54 @@ impl Config {
         Ok(config)
     }
 
+    /// `redis.url` and its TLS files: a `rediss://` URL verifies the server's certificate
+    /// against `redis.ca_file` (or the public CAs); the files are read and checked here.
+    fn validate_redis_tls(&self) -> Result<(), ConfigError> {
+        let redis = &self.redis;
+        let files = [
+            ("redis.ca_file", &redis.ca_file),
+            ("redis.cert_file", &redis.cert_file),
+            ("redis.key_file", &redis.key_file),
+        ];
+        let parsed = url::Url::parse(&redis.url).ok();
+        let scheme = parsed.as_ref().map(|u| u.scheme());
+        if !redis.url.is_empty()
+            && !matches!(scheme, Some("redis" | "rediss" | "redis+unix" | "unix"))
+        {
+            return Err(ConfigError::Invalid {
+                field: "redis.url",
+                problem: format!(
+                    "{:?} is not a redis://, rediss:// or unix:// URL",
+                    redact(&redis.url)
+                ),
+                fix: "use e.g. \"redis://127.0.0.1:6379/0\", \"rediss://redis.internal:6380/0\" for TLS, or \"\" to run without Redis",
+            });
+        }
+        if scheme != Some("rediss") {
+            if let Some((field, _)) = files.iter().find(|(_, v)| !v.is_empty()) {
+                return Err(ConfigError::Invalid {
+                    field,
+                    problem: "it is set, and redis.url is not a rediss:// URL (only TLS connections use it)".to_string(),
+                    fix: "use rediss:// in redis.url for TLS to Redis, or remove the setting",
+                });
+            }
+            return Ok(());
+        }
+        if parsed.as_ref().and_then(|u| u.fragment()).is_some() {
+            return Err(ConfigError::Invalid {
+                field: "redis.url",
+                problem: "it has a #fragment (#insecure would turn certificate verification off)".to_string(),
+                fix: "remove it; for a server whose certificate a private CA signed, set redis.ca_file to that CA's certificate (PEM)",
+            });
+        }
+        crate::tls::redis_certificates(&redis.ca_file, &redis.cert_file, &redis.key_file)
+            .map(|_| ())
+            .map_err(|source| ConfigError::Tls {
+                field: "redis.url",
+                source,
+            })
+    }
+
     /// Check what types cannot: ranges and relations between fields.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.database_url.trim().is_empty() {
@@ -393,14 +456,25 @@ impl Config {
                 "set it to a postgres:// URL or a libpq connection string",
             ));
         }
-        if let Err(e) = self.database_url.parse::<tokio_postgres::Config>() {
+        // Parsed as the connection will be: the TLS parameters (sslmode, sslrootcert, ...) taken
+        // out and their files read, so a wrong mode or an unreadable certificate stops the start.
+        match crate::tls::PgConnector::from_url(&self.database_url) {
+            Ok(_) => {}
+            Err(crate::tls::PgConnectError::Tls(source)) => {
+                return Err(ConfigError::Tls {
+                    field: "database_url",
+                    source,
+                })
+            }
             // Never the string itself: it can hold a password, and an unparsable one cannot be
             // redacted reliably.
-            return Err(ConfigError::Invalid {
-                field: "database_url",
-                problem: connection_string_problem(&self.database_url, &e),
-                fix: "use postgres://user:password@host:port/dbname (percent-encode special characters of the password) or \"host=... port=... dbname=... password='a b'\"",
-            });
+            Err(crate::tls::PgConnectError::Parse(e) | crate::tls::PgConnectError::Connect(e)) => {
+                return Err(ConfigError::Invalid {
+                    field: "database_url",
+                    problem: connection_string_problem(&self.database_url, &e),
+                    fix: "use postgres://user:password@host:port/dbname (percent-encode special characters of the password) or \"host=... port=... dbname=... password='a b'\"",
+                });
+            }
         }
         if !(1..=10_000).contains(&self.batch_size) {
             return Err(invalid("batch_size", self.batch_size, "use 1 to 10000"));
@@ -589,18 +663,7 @@ impl Config {
                 "use 100 to 600000",
             ));
         }
-        if !self.redis.url.is_empty() {
-            let ok = url::Url::parse(&self.redis.url)
-                .map(|u| matches!(u.scheme(), "redis" | "redis+unix" | "unix"))
-                .unwrap_or(false);
-            if !ok {
-                return Err(ConfigError::Invalid {
-                    field: "redis.url",
-                    problem: format!("{:?} is not a redis:// or unix:// URL", redact(&self.redis.url)),
-                    fix: "use e.g. \"redis://127.0.0.1:6379/0\" (TLS to Redis, rediss://, is not built in: use a TLS proxy such as stunnel), or \"\" to run without Redis",
-                });
-            }
-        }
+        self.validate_redis_tls()?;
         if !(10..=60_000).contains(&self.redis.timeout_ms) {
             return Err(invalid(
                 "redis.timeout_ms",

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
 /// Channel on which `observer_dispatch` announces new jobs.
 pub const JOBS_CHANNEL: &str = "fraiseql_observers_jobs";
@@ -51,8 +51,9 @@ pub fn quote_ident(name: &str) -> String {
 /// A database failure, with what the worker was doing.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    /// Unreachable, refused, or failed the TLS checks of `database_url` (see [`crate::tls`]).
     #[error("cannot connect to the database: {0}")]
-    Connect(#[source] tokio_postgres::Error),
+    Connect(#[source] crate::tls::PgConnectError),
     #[error("the extension fraiseql_observers is not installed in this database (CREATE EXTENSION fraiseql_observers)")]
     NoExtension,
     #[error("{what} failed: {source}")]
@@ -181,7 +182,8 @@ pub struct Db {
 impl Db {
     /// Connect; asynchronous notifications on this connection (wake-ups) trigger `wake`.
     pub async fn connect(url: &str, wake: std::sync::Arc<Notify>) -> Result<Self, DbError> {
-        let (client, mut connection) = tokio_postgres::connect(url, NoTls)
+        // TLS as `sslmode` and the other libpq parameters of the URL say (crate::tls).
+        let (client, mut connection) = crate::tls::connect_postgres(url)
             .await
             .map_err(DbError::Connect)?;
         // The connection future must be polled for the client to work; notices and

@@ -14,4 +14,5 @@ pub mod secrets;
 pub mod shared;
 pub mod signing;
 pub mod slack;
+pub mod tls;
 pub mod webhook;

@@ -11,6 +11,10 @@
 //!   (with a TTL) before it reports the completion to Postgres; a job redelivered after a crash
 //!   in between is found there and completed without a second request.
 //!
+//! `rediss://` connects with TLS and verifies the server's certificate against `redis.ca_file`
+//! (or the public CAs), with a client certificate when `redis.cert_file` is set
+//! ([`crate::tls::redis_certificates`]).
+//!
 //! Every call has a short timeout. When Redis is down or slow, delivery goes on with this
 //! process's own state (breakers and rate limits per replica, no ledger): the
 //! `redis_up` gauge drops to 0, `redis_errors_total` counts the failures, and one log line marks
@@ -46,10 +50,14 @@ return wait
 
 /// Why Redis could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("redis.url {url}: {source}")]
-pub struct SharedError {
-    url: String,
-    source: redis::RedisError,
+pub enum SharedError {
+    #[error("redis.url {url}: {source}")]
+    Redis {
+        url: String,
+        source: redis::RedisError,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The Redis connection (or none), with its settings.
@@ -69,11 +77,28 @@ impl Shared {
         let conn = if config.url.is_empty() {
             None
         } else {
-            let error = |source| SharedError {
+            let error = |source| SharedError::Redis {
                 url: redact(&config.url),
                 source,
             };
-            let client = redis::Client::open(config.url.as_str()).map_err(error)?;
+            let certificates = if config.url.starts_with("rediss://") {
+                // The redis crate builds its rustls configuration with the process default.
+                crate::tls::install_default_provider();
+                crate::tls::redis_certificates(
+                    &config.ca_file,
+                    &config.cert_file,
+                    &config.key_file,
+                )?
+            } else {
+                None
+            };
+            let client = match certificates {
+                Some(certificates) => {
+                    redis::Client::build_with_tls(config.url.as_str(), certificates)
+                }
+                None => redis::Client::open(config.url.as_str()),
+            }
+            .map_err(error)?;
             let timeout = Duration::from_millis(config.timeout_ms);
             let manager_config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(timeout))
@@ -109,7 +134,11 @@ impl Shared {
         let conn = self.conn.clone()?;
         let result = match tokio::time::timeout(self.timeout, f(conn)).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e.to_string()),
+            // A certificate problem gets its fix: the crate reports rustls' error as text.
+            Ok(Err(e)) => Err(match crate::tls::redis_hint(&e.to_string()) {
+                Some(hint) => format!("{e}; {hint}"),
+                None => e.to_string(),
+            }),
             Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
         };
         match result {
