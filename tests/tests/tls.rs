@@ -83,6 +83,7 @@ fn pki() -> Pki {
             // is its name. The Unix socket (setup) is trusted.
             "local all all trust\n\
              hostssl all observers 127.0.0.1/32 cert\n\
+             hostssl all scram 127.0.0.1/32 scram-sha-256\n\
              hostssl all all 127.0.0.1/32 trust\n\
              hostssl all all ::1/128 trust\n"
                 .to_string(),
@@ -124,7 +125,9 @@ async fn tls_cluster(pki: &Pki) -> (Cluster, tokio_postgres::Client) {
     client
         .batch_execute(
             "CREATE EXTENSION fraiseql_observers;
-             CREATE ROLE observers LOGIN SUPERUSER;",
+             CREATE ROLE observers LOGIN SUPERUSER;
+             SET password_encryption = 'scram-sha-256';
+             CREATE ROLE scram LOGIN SUPERUSER PASSWORD 'pw-for-tls-test';",
         )
         .await
         .expect("extension and role");
@@ -260,7 +263,7 @@ async fn verification_fails_clearly_with_a_wrong_host_name_or_ca() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn require_encrypts_without_a_ca_and_disable_is_refused_by_a_tls_only_server() {
+async fn require_encrypts_without_a_ca_binds_scram_and_disable_is_refused_by_a_tls_only_server() {
     let pki = pki();
     let (cluster, _client) = tls_cluster(&pki).await;
     let port = cluster.port;
@@ -269,6 +272,12 @@ async fn require_encrypts_without_a_ca_and_disable_is_refused_by_a_tls_only_serv
     ));
     // A plain URL is sslmode=prefer, as in libpq: TLS, since the server offers it.
     status_ok(&cluster.url("postgres"));
+    // SCRAM over TLS binds the password exchange to the server's certificate
+    // (SCRAM-SHA-256-PLUS, tls-server-end-point): with channel_binding=require, a wrong binding
+    // or none would fail authentication.
+    status_ok(&format!(
+        "postgres://scram:pw-for-tls-test@127.0.0.1:{port}/postgres?sslmode=require&channel_binding=require"
+    ));
     let text = status_fails(&format!(
         "postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable"
     ));
