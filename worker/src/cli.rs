@@ -58,15 +58,17 @@ impl From<DbError> for Failure {
 
 pub type Result<T> = std::result::Result<T, Failure>;
 
-/// Connect for one command.
+/// Connect for one command. An extension of a version this CLI does not support is refused
+/// before any call, with the worker's message (both versions and the fix).
 pub async fn connect(config: &Config) -> Result<Db> {
     Db::connect(&config.database_url, Arc::new(tokio::sync::Notify::new()))
         .await
-        .map_err(|e| {
-            Failure::Runtime(format!(
+        .map_err(|e| match e {
+            DbError::Incompatible(mismatch) => Failure::Runtime(mismatch.to_string()),
+            e => Failure::Runtime(format!(
                 "cannot connect to the database ({}): {e}; check database_url / --database-url",
                 fraiseql_observers::config::redact(&config.database_url)
-            ))
+            )),
         })
 }
 

@@ -38,8 +38,9 @@ fn timestamps_param(n: u8) -> String {
 pub const EXTSCHEMA: &str = "@extschema@";
 
 /// The schema the extension `fraiseql_observers` is installed in, read from the catalogs (never
-/// from `search_path`).
-const EXTENSION_SCHEMA: &str = "SELECT n.nspname::text FROM pg_catalog.pg_extension e \
+/// from `search_path`), and its version, for the handshake ([`crate::version`]).
+const EXTENSION_SCHEMA: &str =
+    "SELECT n.nspname::text, e.extversion::text FROM pg_catalog.pg_extension e \
      JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
      WHERE e.extname = 'fraiseql_observers'";
 
@@ -56,6 +57,9 @@ pub enum DbError {
     Connect(#[source] crate::tls::PgConnectError),
     #[error("the extension fraiseql_observers is not installed in this database (CREATE EXTENSION fraiseql_observers)")]
     NoExtension,
+    /// The installed extension is of a version this worker does not support.
+    #[error(transparent)]
+    Incompatible(#[from] crate::version::Mismatch),
     #[error("{what} failed: {source}")]
     Call {
         what: &'static str,
@@ -72,7 +76,7 @@ impl DbError {
     /// The SQLSTATE of a failed statement (e.g. `42704` for an unknown event).
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
-            DbError::Connect(_) | DbError::NoExtension => None,
+            DbError::Connect(_) | DbError::NoExtension | DbError::Incompatible(_) => None,
             DbError::Call { source, .. } => source.code().map(|c| c.code()),
         }
     }
@@ -94,19 +98,68 @@ impl DbError {
     /// True when the connection itself is gone (reconnect), false for a failed statement.
     pub fn is_connection_lost(&self) -> bool {
         match self {
-            DbError::Connect(_) | DbError::NoExtension => true,
+            DbError::Connect(_) | DbError::NoExtension | DbError::Incompatible(_) => true,
             DbError::Call { source, .. } => source.is_closed() || source.code().is_none(),
         }
     }
 }
 
-/// Queue figures the worker exports as metrics (`Db::queue_figures`).
-#[derive(Debug, Default)]
-pub struct QueueFigures {
-    /// Jobs by state.
+/// Queue and dispatcher figures the worker exports as metrics ([`Db::health`]), from one
+/// `observer_status()`.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Health {
+    /// Jobs by state (`jobs`: pending, running, completed, dead).
     pub jobs: Vec<(String, i64)>,
     /// Events set aside because they could not be read (`dispatch.quarantined_events`).
     pub quarantined_events: i64,
+    /// Committed events no round has read yet (`dispatch.undispatched_events`, capped at a
+    /// million by the extension).
+    pub undispatched_events: i64,
+    /// Age of the oldest undispatched event, seconds (`dispatch.lag_seconds`; 0 when none).
+    pub lag_seconds: f64,
+    /// Seconds since the last dispatch round ended, by the database clock; None before the first.
+    pub since_last_round: Option<f64>,
+    /// Sessions that have held the dispatch round's lock for over 5 s (`dispatch.blocked_by`).
+    pub blocked_sessions: i64,
+    /// The extension's verdict (`dispatch.healthy`): nothing waits, or a round ran recently.
+    pub healthy: bool,
+    /// The extension's background dispatcher process runs (`dispatch.background_worker`).
+    pub background_worker: bool,
+    /// The installed extension's version now (it can change under a running worker).
+    pub extension_version: String,
+}
+
+impl Health {
+    /// The figures of `status` (observer_status() as JSON); missing fields count as 0 / false.
+    pub fn from_status(
+        status: &serde_json::Value,
+        since_last_round: Option<f64>,
+        extension_version: String,
+    ) -> Self {
+        let dispatch = &status["dispatch"];
+        let int = |v: &serde_json::Value| {
+            v.as_i64()
+                .or_else(|| v.as_f64().map(|f| f as i64))
+                .unwrap_or(0)
+        };
+        let jobs = status["jobs"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), int(v))).collect())
+            .unwrap_or_default();
+        Health {
+            jobs,
+            quarantined_events: int(&dispatch["quarantined_events"]),
+            undispatched_events: int(&dispatch["undispatched_events"]),
+            lag_seconds: dispatch["lag_seconds"].as_f64().unwrap_or(0.0),
+            since_last_round,
+            blocked_sessions: dispatch["blocked_by"]
+                .as_array()
+                .map_or(0, |a| i64::try_from(a.len()).unwrap_or(i64::MAX)),
+            healthy: dispatch["healthy"].as_bool().unwrap_or(false),
+            background_worker: dispatch["background_worker"].as_bool().unwrap_or(false),
+            extension_version,
+        }
+    }
 }
 
 /// A claimed job, as `observer_claim` returns it.
@@ -177,6 +230,8 @@ pub struct Db {
     client: Client,
     /// The extension's schema, quoted: what `@extschema@` stands for in statements.
     schema: String,
+    /// The installed extension's version (`pg_extension.extversion`) at connect.
+    extension_version: String,
 }
 
 impl Db {
@@ -204,13 +259,25 @@ impl Db {
                 }
             }
         });
-        let schema: Option<String> = client
+        let row = client
             .query_opt(EXTENSION_SCHEMA, &[])
             .await
             .map_err(DbError::call("reading the extension's schema"))?
-            .map(|row| row.get(0));
-        let schema = quote_ident(&schema.ok_or(DbError::NoExtension)?);
-        Ok(Self { client, schema })
+            .ok_or(DbError::NoExtension)?;
+        let schema = quote_ident(&row.get::<_, String>(0));
+        let extension_version: String = row.get(1);
+        // The handshake: no call is made against an extension of another series.
+        crate::version::check(&extension_version)?;
+        Ok(Self {
+            client,
+            schema,
+            extension_version,
+        })
+    }
+
+    /// The installed extension's version, as read at connect.
+    pub fn extension_version(&self) -> &str {
+        &self.extension_version
     }
 
     /// `statement` with `@extschema@` replaced by the extension's (quoted) schema.
@@ -528,33 +595,34 @@ impl Db {
         Ok(())
     }
 
-    /// Jobs by state and the events quarantined by dispatch, from one `observer_status()`.
-    pub async fn queue_figures(&self) -> Result<QueueFigures, DbError> {
-        let rows = self
+    /// Queue depth, dispatcher health and the extension's version now ([`Health`]), from one
+    /// `observer_status()`. The time since the last round is measured by the database clock, so
+    /// that a skew between the worker's clock and the database's does not count as a stall.
+    pub async fn health(&self) -> Result<Health, DbError> {
+        let row = self
             .client
-            .query(
+            .query_one(
                 &self.sql(
                     "WITH st AS (SELECT @extschema@.observer_status() AS s) \
-                     SELECT key, value::text::bigint FROM st, \
-                            pg_catalog.jsonb_each(st.s OPERATOR(pg_catalog.->) 'jobs') \
-                     UNION ALL \
-                     SELECT NULL, ((st.s OPERATOR(pg_catalog.->) 'dispatch') \
-                                   OPERATOR(pg_catalog.->>) 'quarantined_events')::bigint FROM st",
+                     SELECT st.s::text, \
+                            extract(epoch FROM pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) \
+                                ((st.s OPERATOR(pg_catalog.->) 'dispatch') \
+                                 OPERATOR(pg_catalog.->>) 'last_round_at')::timestamptz)::float8, \
+                            (SELECT e.extversion::text FROM pg_catalog.pg_extension e \
+                             WHERE e.extname = 'fraiseql_observers') \
+                     FROM st",
                 ),
                 &[],
             )
             .await
             .map_err(DbError::call("observer_status"))?;
-        let mut figures = QueueFigures::default();
-        for r in &rows {
-            match r.get::<_, Option<String>>(0) {
-                Some(state) => figures
-                    .jobs
-                    .push((state, r.get::<_, Option<i64>>(1).unwrap_or(0))),
-                None => figures.quarantined_events = r.get::<_, Option<i64>>(1).unwrap_or(0),
-            }
-        }
-        Ok(figures)
+        let status: serde_json::Value =
+            serde_json::from_str(row.get::<_, &str>(0)).unwrap_or(serde_json::Value::Null);
+        Ok(Health::from_status(
+            &status,
+            row.get(1),
+            row.get::<_, Option<String>>(2).unwrap_or_default(),
+        ))
     }
 
     /// One JSON value computed by `sql` (a query returning a single json/jsonb column and row)

@@ -15,4 +15,5 @@ pub mod shared;
 pub mod signing;
 pub mod slack;
 pub mod tls;
+pub mod version;
 pub mod webhook;

@@ -1,9 +1,15 @@
-//! Prometheus metrics of the worker, served at `/metrics` on `metrics.listen` (off when empty).
-//! Labels are bounded: the observer name and the action type, never URLs or endpoints.
+//! Prometheus metrics of the worker, served at `/metrics` on `metrics.listen` (off when empty),
+//! with the health endpoints beside them: `/healthz` (the process serves: always 200) and
+//! `/readyz` (200 while the database answers and its extension is of a version this worker
+//! supports; 503 with the reason otherwise).
+//! Labels are bounded: the observer name, the action type, the job state, Redis operations and
+//! the two versions of `build_info`, never URLs or endpoints. The dispatcher's health (lag,
+//! undispatched events, time since the last round, blocked) is read from `observer_status()`
+//! every 5 s by the runner, so that an alert can fire when capture stops being dispatched.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -13,9 +19,14 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
+
+use crate::db::Health;
+
+/// Why `/readyz` answers 503 before the first connection.
+const NOT_CONNECTED_YET: &str = "not connected to the database yet";
 
 /// Every metric of the worker.
 pub struct Metrics {
@@ -46,6 +57,26 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     /// Unix time of the worker's last successful contact with the database.
     pub last_heartbeat: Gauge,
+    /// Age of the oldest committed event no dispatch round has read, seconds.
+    pub dispatch_lag: Gauge,
+    /// Committed events no dispatch round has read yet.
+    pub undispatched_events: IntGauge,
+    /// Seconds since the last dispatch round (database clock); NaN before the first round.
+    pub since_last_round: Gauge,
+    /// Sessions holding the dispatch round's lock for over 5 s (0: not blocked).
+    pub dispatch_blocked: IntGauge,
+    /// 1 while observer_status() calls dispatch healthy.
+    pub dispatch_healthy: IntGauge,
+    /// 1 while the extension's background dispatcher process runs.
+    pub background_dispatcher: IntGauge,
+    /// 1, labelled with the worker's and the extension's versions.
+    pub build_info: IntGaugeVec,
+    /// 1 while `/readyz` answers 200.
+    pub ready: IntGauge,
+    /// Why the worker is not ready (None: ready), for `/readyz`.
+    not_ready: Mutex<Option<String>>,
+    /// `process_*` metrics of this process, unprefixed as every exporter names them.
+    process: Registry,
 }
 
 /// Why the metrics could not be set up.
@@ -141,7 +172,60 @@ impl Metrics {
         registry.register(Box::new(audit_exported.clone()))?;
         registry.register(Box::new(audit_export_failures.clone()))?;
         registry.register(Box::new(redis_errors.clone()))?;
+        let dispatch_lag = Gauge::new(
+            "dispatch_lag_seconds",
+            "Age of the oldest committed event no dispatch round has read (0 when none waits), from observer_status().",
+        )?;
+        let undispatched_events = IntGauge::new(
+            "dispatch_undispatched_events",
+            "Committed events no dispatch round has read yet (capped at 1000000), from observer_status().",
+        )?;
+        let since_last_round = Gauge::new(
+            "dispatch_seconds_since_last_round",
+            "Seconds since the last dispatch round ended, by the database clock (NaN before the first round), from observer_status().",
+        )?;
+        since_last_round.set(f64::NAN);
+        let dispatch_blocked = IntGauge::new(
+            "dispatch_blocked_sessions",
+            "Sessions that have held the dispatch round's lock for over 5 s (observer_status() dispatch.blocked_by lists them); 0 when dispatch is not blocked.",
+        )?;
+        let dispatch_healthy = IntGauge::new(
+            "dispatch_healthy",
+            "1 while observer_status() calls dispatch healthy: no event waits, or a round ended within max(5 s, 3 x dispatch_interval).",
+        )?;
+        let background_dispatcher = IntGauge::new(
+            "dispatch_background_running",
+            "1 while the extension's background dispatcher process runs (observer_status() dispatch.background_worker).",
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "build_info",
+                "Always 1: the worker's version and the installed extension's (empty until the first connection).",
+            ),
+            &["version", "extension_version"],
+        )?;
+        build_info
+            .with_label_values(&[crate::version::WORKER, ""])
+            .set(1);
+        let ready = IntGauge::new(
+            "ready",
+            "1 while /readyz answers 200: the database answers and its extension's version is supported.",
+        )?;
         registry.register(Box::new(last_heartbeat.clone()))?;
+        registry.register(Box::new(dispatch_lag.clone()))?;
+        registry.register(Box::new(undispatched_events.clone()))?;
+        registry.register(Box::new(since_last_round.clone()))?;
+        registry.register(Box::new(dispatch_blocked.clone()))?;
+        registry.register(Box::new(dispatch_healthy.clone()))?;
+        registry.register(Box::new(background_dispatcher.clone()))?;
+        registry.register(Box::new(build_info.clone()))?;
+        registry.register(Box::new(ready.clone()))?;
+        // Outside the prefixed registry: process_cpu_seconds_total and the rest keep the names
+        // every dashboard and alert for process health expects.
+        let process = Registry::new();
+        process.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         up.set(1);
         Ok(Arc::new(Metrics {
             registry,
@@ -158,7 +242,76 @@ impl Metrics {
             audit_export_failures,
             redis_errors,
             last_heartbeat,
+            dispatch_lag,
+            undispatched_events,
+            since_last_round,
+            dispatch_blocked,
+            dispatch_healthy,
+            background_dispatcher,
+            build_info,
+            ready,
+            not_ready: Mutex::new(Some(NOT_CONNECTED_YET.to_string())),
+            process,
         }))
+    }
+
+    /// Export what one `observer_status()` says: queue depth by state, quarantined events and
+    /// the dispatcher's health.
+    pub fn record_health(&self, health: &Health) {
+        for (state, n) in &health.jobs {
+            self.queue_jobs
+                .with_label_values(&[state.as_str()])
+                .set(*n as f64);
+        }
+        self.quarantined_events.set(health.quarantined_events);
+        self.undispatched_events.set(health.undispatched_events);
+        self.dispatch_lag.set(health.lag_seconds);
+        self.since_last_round
+            .set(health.since_last_round.unwrap_or(f64::NAN));
+        self.dispatch_blocked.set(health.blocked_sessions);
+        self.dispatch_healthy.set(i64::from(health.healthy));
+        self.background_dispatcher
+            .set(i64::from(health.background_worker));
+        self.set_extension_version(&health.extension_version);
+    }
+
+    /// Label `build_info` with the extension's version `version` (one series: the previous
+    /// version's is removed).
+    pub fn set_extension_version(&self, version: &str) {
+        let current = self
+            .build_info
+            .get_metric_with_label_values(&[crate::version::WORKER, version])
+            .map(|g| g.get() == 1)
+            .unwrap_or(false);
+        if !current {
+            self.build_info.reset();
+            self.build_info
+                .with_label_values(&[crate::version::WORKER, version])
+                .set(1);
+        }
+    }
+
+    /// The worker can work: `/readyz` answers 200.
+    pub fn set_ready(&self) {
+        self.set_readiness(None);
+    }
+
+    /// The worker cannot work, for `reason` (one line, shown by `/readyz`).
+    pub fn set_not_ready(&self, reason: impl Into<String>) {
+        self.set_readiness(Some(reason.into()));
+    }
+
+    fn set_readiness(&self, reason: Option<String>) {
+        self.ready.set(i64::from(reason.is_none()));
+        *self.not_ready.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+    }
+
+    /// Ok while ready, else why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        match &*self.not_ready.lock().unwrap_or_else(|e| e.into_inner()) {
+            None => Ok(()),
+            Some(reason) => Err(reason.clone()),
+        }
     }
 
     /// Count one job outcome.
@@ -200,7 +353,9 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for the text format.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        let _ = TextEncoder::new().encode(&families, &mut out);
         String::from_utf8_lossy(&out).into_owned()
     }
 
@@ -218,7 +373,26 @@ impl Metrics {
             })
     }
 
-    /// Serve `/metrics` on `listener` until the task is dropped.
+    /// The answer to a request for `path`: status, content type, body.
+    fn respond(&self, path: &str) -> (u16, &'static str, Bytes) {
+        const TEXT: &str = "text/plain; charset=utf-8";
+        match path {
+            "/metrics" => (200, "text/plain; version=0.0.4", Bytes::from(self.render())),
+            // The process serves: a liveness probe restarts the worker only when it does not.
+            "/healthz" => (200, TEXT, Bytes::from_static(b"ok\n")),
+            "/readyz" => match self.readiness() {
+                Ok(()) => (200, TEXT, Bytes::from_static(b"ready\n")),
+                Err(reason) => (503, TEXT, Bytes::from(format!("not ready: {reason}\n"))),
+            },
+            _ => (
+                404,
+                TEXT,
+                Bytes::from_static(b"see /metrics, /healthz, /readyz\n"),
+            ),
+        }
+    }
+
+    /// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -227,17 +401,12 @@ impl Metrics {
             let metrics = self.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let metrics = metrics.clone();
+                    let (status, content_type, body) = metrics.respond(req.uri().path());
                     async move {
-                        let response = if req.uri().path() == "/metrics" {
-                            Response::builder()
-                                .header("content-type", "text/plain; version=0.0.4")
-                                .body(Full::new(Bytes::from(metrics.render())))
-                        } else {
-                            Response::builder()
-                                .status(404)
-                                .body(Full::new(Bytes::from_static(b"see /metrics\n")))
-                        };
+                        let response = Response::builder()
+                            .status(status)
+                            .header("content-type", content_type)
+                            .body(Full::new(body));
                         Ok::<_, Infallible>(
                             response.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))),
                         )
@@ -268,5 +437,86 @@ mod tests {
             text.contains("fraiseql_observers_delivery_seconds_count"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn dispatcher_health_and_build_info_follow_observer_status() {
+        let m = Metrics::new().expect("metrics");
+        let status = serde_json::json!({
+            "jobs": {"pending": 3, "running": 1, "completed": 10, "dead": 2},
+            "dispatch": {"undispatched_events": 7, "lag_seconds": 12.5, "quarantined_events": 1,
+                         "healthy": false, "background_worker": true,
+                         "blocked_by": [{"pid": 1}, {"pid": 2}]}
+        });
+        m.record_health(&Health::from_status(&status, Some(42.0), "0.2.0".into()));
+        let text = m.render();
+        for line in [
+            r#"fraiseql_observers_queue_jobs{state="dead"} 2"#,
+            "fraiseql_observers_dispatch_undispatched_events 7",
+            "fraiseql_observers_dispatch_lag_seconds 12.5",
+            "fraiseql_observers_dispatch_seconds_since_last_round 42",
+            "fraiseql_observers_dispatch_blocked_sessions 2",
+            "fraiseql_observers_dispatch_healthy 0",
+            "fraiseql_observers_dispatch_background_running 1",
+            "fraiseql_observers_quarantined_events 1",
+        ] {
+            assert!(text.contains(line), "missing {line}\n{text}");
+        }
+        let info = |ext: &str| {
+            format!(
+                r#"fraiseql_observers_build_info{{extension_version="{ext}",version="{}"}} 1"#,
+                crate::version::WORKER
+            )
+        };
+        assert!(text.contains(&info("0.2.0")), "{text}");
+        // One series: a new extension version replaces the old one.
+        m.set_extension_version("0.3.0");
+        let text = m.render();
+        assert!(text.contains(&info("0.3.0")), "{text}");
+        assert!(!text.contains(&info("0.2.0")), "{text}");
+        // Before any round the age is unknown, not 0 (which would read "just now").
+        m.record_health(&Health::from_status(&status, None, "0.2.0".into()));
+        assert!(
+            m.render()
+                .contains("fraiseql_observers_dispatch_seconds_since_last_round NaN"),
+            "{}",
+            m.render()
+        );
+    }
+
+    #[test]
+    fn process_metrics_are_exported_unprefixed() {
+        let text = Metrics::new().expect("metrics").render();
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(name)),
+                "missing {name}\n{text}"
+            );
+        }
+        assert!(!text.contains("fraiseql_observers_process_"), "{text}");
+    }
+
+    #[test]
+    fn healthz_always_answers_and_readyz_names_the_reason() {
+        let m = Metrics::new().expect("metrics");
+        assert_eq!(m.respond("/healthz").0, 200);
+        let (status, _, body) = m.respond("/readyz");
+        assert_eq!(status, 503);
+        assert_eq!(&body[..], b"not ready: not connected to the database yet\n");
+        assert!(m.render().contains("fraiseql_observers_ready 0"));
+        m.set_ready();
+        assert_eq!(m.respond("/readyz").0, 200);
+        assert!(m.render().contains("fraiseql_observers_ready 1"));
+        m.set_not_ready("the database does not answer");
+        let (status, _, body) = m.respond("/readyz");
+        assert_eq!(status, 503);
+        assert!(String::from_utf8_lossy(&body).contains("the database does not answer"));
+        assert_eq!(m.respond("/healthz").0, 200);
+        assert_eq!(m.respond("/nope").0, 404);
     }
 }

@@ -43,6 +43,11 @@ const STANDBY_RECHECK: Duration = Duration::from_secs(1);
 /// before its job goes back to the queue: long enough for a fast endpoint's slot to free, short
 /// enough that jobs for a slow endpoint do not hold the worker's slots.
 const ENDPOINT_WAIT: Duration = Duration::from_millis(250);
+/// How often the worker reads `observer_status()` for its metrics and readiness (the status
+/// counts the jobs table: not on every claim).
+const HEALTH_EVERY: Duration = Duration::from_secs(5);
+/// Longest `observer_status()` may take before `/readyz` says the database does not answer.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Why the worker stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +60,10 @@ pub enum RunError {
     Mailer(#[from] MailerError),
     #[error(transparent)]
     Redis(#[from] SharedError),
+    /// The database's extension is of a version this worker does not support: it stops rather
+    /// than call an API it does not know.
+    #[error(transparent)]
+    Incompatible(#[from] crate::version::Mismatch),
 }
 
 /// Longest a delivery waits in its slot for a rate-limited endpoint; a later slot sends the job
@@ -85,6 +94,8 @@ struct Context {
     cancel: CancellationToken,
     /// Jobs being performed now (job id → fencing token), for heartbeats.
     in_flight: std::sync::Mutex<std::collections::HashMap<i64, i64>>,
+    /// Why the worker stopped by itself (an extension of an unsupported version), for `run`.
+    fatal: std::sync::Mutex<Option<crate::version::Mismatch>>,
 }
 
 /// Run the worker until `shutdown` resolves.
@@ -106,6 +117,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         wake: Arc::new(Notify::new()),
         cancel: CancellationToken::new(),
         in_flight: std::sync::Mutex::default(),
+        fatal: std::sync::Mutex::default(),
         metrics,
         config,
     });
@@ -114,7 +126,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         None
     } else {
         let listener = Metrics::bind(&ctx.config.metrics.listen).await?;
-        tracing::info!(listen = %ctx.config.metrics.listen, "serving Prometheus metrics at /metrics");
+        tracing::info!(listen = %ctx.config.metrics.listen, "serving Prometheus metrics at /metrics, health at /healthz and /readyz");
         Some(tokio::spawn(ctx.metrics.clone().serve(listener)))
     };
 
@@ -135,8 +147,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         )?;
         Some(tokio::spawn(exporter.run(ctx.cancel.clone())))
     };
-    shutdown.await;
-    tracing::info!("shutdown requested: no new claims; waiting for in-flight actions");
+    // The supervisor cancels by itself when the extension's version is not supported.
+    tokio::select! {
+        _ = shutdown => {
+            tracing::info!("shutdown requested: no new claims; waiting for in-flight actions");
+        }
+        _ = cancel.cancelled() => {}
+    }
+    ctx.metrics.set_not_ready("shutting down");
     cancel.cancel();
     if let Err(e) = main.await {
         tracing::error!(error = %e, "worker task failed");
@@ -150,6 +168,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(exporter) = exporter {
         let _ = exporter.await;
     }
+    let fatal = ctx.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(mismatch) = fatal {
+        return Err(mismatch.into());
+    }
     tracing::info!("worker stopped");
     Ok(())
 }
@@ -161,9 +183,23 @@ async fn supervise(ctx: Arc<Context>) {
         match connect_all(&ctx).await {
             Ok((claims, reports)) => {
                 delay = Duration::from_millis(100);
+                ctx.metrics
+                    .set_extension_version(reports.extension_version());
+                ctx.metrics.set_ready();
                 session(&ctx, claims, reports).await;
             }
+            // The handshake failed: no retry can fix it, the operator must update the extension
+            // or run another worker (the message says which).
+            Err(DbError::Incompatible(mismatch)) => {
+                tracing::error!(error = %mismatch, "the worker stops");
+                ctx.metrics.set_extension_version(&mismatch.extension);
+                ctx.metrics.set_not_ready(mismatch.to_string());
+                *ctx.fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(mismatch);
+                ctx.cancel.cancel();
+                break;
+            }
             Err(e) => {
+                ctx.metrics.set_not_ready(format!("{e}"));
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database unavailable");
             }
         }
@@ -233,6 +269,9 @@ async fn session(ctx: &Arc<Context>, claims: Vec<Arc<Db>>, reports: Arc<Db>) {
     let leases_lost = ctx.cancel.child_token();
     let heartbeats = tokio::spawn(heartbeat(ctx.clone(), reports.clone(), leases_lost.clone()));
     let breaker_reports = tokio::spawn(report_breakers(ctx.clone(), reports.clone()));
+    // Queue depth and dispatcher health for the metrics, and readiness (only served with them).
+    let health = (!ctx.config.metrics.listen.is_empty())
+        .then(|| tokio::spawn(watch_health(ctx.clone(), reports.clone())));
     let tasks = TaskTracker::new();
 
     // The first claim loop to end (connection lost, shutdown) ends the others.
@@ -247,6 +286,13 @@ async fn session(ctx: &Arc<Context>, claims: Vec<Arc<Db>>, reports: Arc<Db>) {
         }
     });
     futures_util::future::join_all(loops).await;
+    if let Some(health) = health {
+        health.abort();
+    }
+    if !ctx.cancel.is_cancelled() {
+        ctx.metrics
+            .set_not_ready("the database connection was lost; reconnecting");
+    }
 
     tasks.close();
     if tokio::time::timeout(ctx.config.shutdown_timeout(), tasks.wait())
@@ -270,28 +316,12 @@ async fn report_breakers(ctx: Arc<Context>, db: Arc<Db>) {
     let mut every = tokio::time::interval(Duration::from_millis(250));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<Vec<(String, &'static str, i32)>> = None;
-    let mut tick: u64 = 0;
     loop {
         every.tick().await;
         let report = ctx.breakers.report();
         ctx.metrics.open_circuits.set(
             i64::try_from(report.iter().filter(|b| b.1 != "closed").count()).unwrap_or(i64::MAX),
         );
-        tick = tick.wrapping_add(1);
-        if tick % 20 == 1 && !ctx.config.metrics.listen.is_empty() {
-            // Queue depth and dead-letter size, every 5 s (observer_status() counts the table).
-            if let Ok(figures) = db.queue_figures().await {
-                for (state, n) in figures.jobs {
-                    ctx.metrics
-                        .queue_jobs
-                        .with_label_values(&[state.as_str()])
-                        .set(n as f64);
-                }
-                ctx.metrics
-                    .quarantined_events
-                    .set(figures.quarantined_events);
-            }
-        }
         let shape: Vec<(String, &'static str, i32)> =
             report.iter().map(|b| (b.0.clone(), b.1, b.2)).collect();
         if last.as_ref() == Some(&shape) {
@@ -300,6 +330,42 @@ async fn report_breakers(ctx: Arc<Context>, db: Arc<Db>) {
         match db.report_breakers(&ctx.worker, &report).await {
             Ok(()) => last = Some(shape),
             Err(e) => tracing::warn!(error = %e, "cannot report circuit breakers"),
+        }
+    }
+}
+
+/// Every [`HEALTH_EVERY`]: `observer_status()` into the metrics (queue depth by state,
+/// quarantined events, the dispatcher's lag, backlog, time since its last round, blocked), and
+/// readiness: ready while the status answers within [`HEALTH_TIMEOUT`] and the extension is of a
+/// supported version. An extension updated under a running worker to another series makes it
+/// not ready (and says so once in the log) but does not stop it: the update keeps the previous
+/// series' calls working until the workers are rolled (extension first, then workers); a
+/// reconnect refuses it.
+async fn watch_health(ctx: Arc<Context>, db: Arc<Db>) {
+    let mut every = tokio::time::interval(HEALTH_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned: Option<String> = None;
+    loop {
+        every.tick().await;
+        match tokio::time::timeout(HEALTH_TIMEOUT, db.health()).await {
+            Ok(Ok(health)) => {
+                ctx.metrics.record_health(&health);
+                match crate::version::check(&health.extension_version) {
+                    Ok(()) => ctx.metrics.set_ready(),
+                    Err(mismatch) => {
+                        if warned.as_deref() != Some(mismatch.extension.as_str()) {
+                            tracing::warn!(error = %mismatch, "the extension was changed under this worker: it keeps its session, but will not reconnect");
+                            warned = Some(mismatch.extension.clone());
+                        }
+                        ctx.metrics.set_not_ready(mismatch.to_string());
+                    }
+                }
+            }
+            Ok(Err(e)) => ctx.metrics.set_not_ready(format!("{e}")),
+            Err(_) => ctx.metrics.set_not_ready(format!(
+                "the database did not answer observer_status() within {} s",
+                HEALTH_TIMEOUT.as_secs()
+            )),
         }
     }
 }
