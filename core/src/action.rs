@@ -647,7 +647,10 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(a.kind(), "slack");
-        assert_eq!(a.literal_url(), Some("https://hooks.slack.com/services/T/B/x"));
+        assert_eq!(
+            a.literal_url(),
+            Some("https://hooks.slack.com/services/T/B/x")
+        );
         let Action::Slack(s) = &a else {
             panic!("slack")
         };
@@ -692,7 +695,11 @@ mod tests {
         .expect("valid");
         assert_eq!(a.kind(), "email");
         assert_eq!(a.url(), None);
-        assert_eq!(a.check_credentials(), Ok(()), "e-mail has no credential field");
+        assert_eq!(
+            a.check_credentials(),
+            Ok(()),
+            "e-mail has no credential field"
+        );
     }
 
     #[test]
@@ -745,7 +752,11 @@ mod tests {
             (auth.secret.as_str(), auth.prefix.as_deref()),
             ("stripe", Some("Bearer "))
         );
-        assert_eq!(a.check_credentials(), Ok(()), "references are what it asks for");
+        assert_eq!(
+            a.check_credentials(),
+            Ok(()),
+            "references are what it asks for"
+        );
         // Stored as written: the normalised form keeps the reference, never a value.
         let back = serde_json::to_value(&a).expect("json");
         assert_eq!(back["url"], serde_json::json!({"secret": "partner_url"}));
@@ -762,13 +773,41 @@ mod tests {
     #[test]
     fn malformed_references_name_their_field() {
         let cases = [
-            (r#"{"type":"webhook","url":{"secret":42}}"#, "url", "a number, not a name"),
-            (r#"{"type":"webhook","url":{"secret":"x","file":"/etc/passwd"}}"#, "url", "unknown key \"file\""),
-            (r#"{"type":"webhook","url":{"secret":"x","prefix":"https://evil.example/?"}}"#, "url", "the whole URL is the secret"),
-            (r#"{"type":"webhook","url":"https://a.b","headers":{"Authorization":{"secret":"a b"}}}"#, "headers.Authorization", "not a secret name"),
-            (r#"{"type":"webhook","url":"https://a.b","headers":{"X-A":{"name":"x"}}}"#, "headers.X-A", "unknown key"),
-            (r#"{"type":"webhook","url":"https://a.b","headers":{"X-A":5}}"#, "headers.X-A", "a number, not a string"),
-            (r#"{"type":"slack","url":{"secret":null},"text":"t"}"#, "url", "null, not a name"),
+            (
+                r#"{"type":"webhook","url":{"secret":42}}"#,
+                "url",
+                "a number, not a name",
+            ),
+            (
+                r#"{"type":"webhook","url":{"secret":"x","file":"/etc/passwd"}}"#,
+                "url",
+                "unknown key \"file\"",
+            ),
+            (
+                r#"{"type":"webhook","url":{"secret":"x","prefix":"https://evil.example/?"}}"#,
+                "url",
+                "the whole URL is the secret",
+            ),
+            (
+                r#"{"type":"webhook","url":"https://a.b","headers":{"Authorization":{"secret":"a b"}}}"#,
+                "headers.Authorization",
+                "not a secret name",
+            ),
+            (
+                r#"{"type":"webhook","url":"https://a.b","headers":{"X-A":{"name":"x"}}}"#,
+                "headers.X-A",
+                "unknown key",
+            ),
+            (
+                r#"{"type":"webhook","url":"https://a.b","headers":{"X-A":5}}"#,
+                "headers.X-A",
+                "a number, not a string",
+            ),
+            (
+                r#"{"type":"slack","url":{"secret":null},"text":"t"}"#,
+                "url",
+                "null, not a name",
+            ),
             (r#"{"type":"slack","url":[],"text":"t"}"#, "url", "an array"),
         ];
         for (json, want_field, want) in cases {
@@ -777,7 +816,10 @@ mod tests {
                     assert_eq!(field, want_field, "{json}");
                     assert!(problem.contains(want), "{json}: {problem}");
                     let e = ActionError::BadReference { field, problem };
-                    assert!(e.to_string().starts_with(&format!("action.{want_field} ")), "{e}");
+                    assert!(
+                        e.to_string().starts_with(&format!("action.{want_field} ")),
+                        "{e}"
+                    );
                     assert!(e.hint().contains(r#"{"secret": "<name>"}"#), "{}", e.hint());
                 }
                 other => panic!("{json}: {other:?}"),
@@ -785,7 +827,9 @@ mod tests {
         }
         // A header reference's prefix is a header value like any other.
         assert_eq!(
-            err(r#"{"type":"webhook","url":"https://a.b","headers":{"Authorization":{"secret":"s","prefix":"a\u0000"}}}"#),
+            err(
+                r#"{"type":"webhook","url":"https://a.b","headers":{"Authorization":{"secret":"s","prefix":"a\u0000"}}}"#
+            ),
             ActionError::BadReference {
                 field: "headers.Authorization".into(),
                 problem: "has a \"prefix\" with a control character".into()
@@ -800,13 +844,34 @@ mod tests {
             a.check_credentials().expect_err(json)
         };
         for (json, field) in [
-            (r#"{"type":"webhook","url":"https://a.b","headers":{"Authorization":"Bearer sk_live_1"}}"#, "headers.Authorization"),
-            (r#"{"type":"webhook","url":"https://a.b","headers":{"proxy-authorization":"Basic eDp5"}}"#, "headers.proxy-authorization"),
-            (r#"{"type":"webhook","url":"https://a.b","headers":{"X-Api-Key":"k1"}}"#, "headers.X-Api-Key"),
-            (r#"{"type":"webhook","url":"https://a.b","headers":{"X-Custom":"Bearer k1"}}"#, "headers.X-Custom"),
-            (r#"{"type":"webhook","url":"https://a.b/h?token=sk_live_1"}"#, "url"),
-            (r#"{"type":"webhook","url":"https://hooks.slack.com/services/T0/B0/sk_live_1"}"#, "url"),
-            (r#"{"type":"slack","url":"https://hooks.slack.com/services/T0/B0/sk_live_1","text":"t"}"#, "url"),
+            (
+                r#"{"type":"webhook","url":"https://a.b","headers":{"Authorization":"Bearer sk_live_1"}}"#,
+                "headers.Authorization",
+            ),
+            (
+                r#"{"type":"webhook","url":"https://a.b","headers":{"proxy-authorization":"Basic eDp5"}}"#,
+                "headers.proxy-authorization",
+            ),
+            (
+                r#"{"type":"webhook","url":"https://a.b","headers":{"X-Api-Key":"k1"}}"#,
+                "headers.X-Api-Key",
+            ),
+            (
+                r#"{"type":"webhook","url":"https://a.b","headers":{"X-Custom":"Bearer k1"}}"#,
+                "headers.X-Custom",
+            ),
+            (
+                r#"{"type":"webhook","url":"https://a.b/h?token=sk_live_1"}"#,
+                "url",
+            ),
+            (
+                r#"{"type":"webhook","url":"https://hooks.slack.com/services/T0/B0/sk_live_1"}"#,
+                "url",
+            ),
+            (
+                r#"{"type":"slack","url":"https://hooks.slack.com/services/T0/B0/sk_live_1","text":"t"}"#,
+                "url",
+            ),
         ] {
             let e = refused(json);
             assert!(
@@ -814,13 +879,18 @@ mod tests {
                 "{json}: {e:?}"
             );
             let text = format!("{e} {}", e.hint());
-            assert!(!text.contains("sk_live_1") && !text.contains("eDp5") && !text.contains("k1\""), "the value is never quoted: {text}");
+            assert!(
+                !text.contains("sk_live_1") && !text.contains("eDp5") && !text.contains("k1\""),
+                "the value is never quoted: {text}"
+            );
             assert!(text.contains("allow_literal_credentials"), "{text}");
             assert!(text.contains(r#"{"secret": "<name>""#), "{text}");
         }
         // Userinfo is refused in every literal URL, at create and at delivery alike.
         assert_eq!(
-            err(r#"{"type":"webhook","url":"https://u:p@example.com/","allow_literal_credentials":true}"#),
+            err(
+                r#"{"type":"webhook","url":"https://u:p@example.com/","allow_literal_credentials":true}"#
+            ),
             ActionError::UrlCredentials
         );
         // Opting out is explicit and stored with the action.
@@ -841,7 +911,10 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(plain.check_credentials(), Ok(()));
-        assert!(serde_json::to_value(&plain).expect("json").get("allow_literal_credentials").is_none());
+        assert!(serde_json::to_value(&plain)
+            .expect("json")
+            .get("allow_literal_credentials")
+            .is_none());
     }
 
     #[test]

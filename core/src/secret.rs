@@ -241,11 +241,7 @@ mod tests {
     fn serialises_as_written() {
         let r: ValueOrSecret =
             serde_json::from_value(json!({"secret": "s", "prefix": "Bearer "})).expect("ref");
-        assert_eq!(
-            r.reference().map(|r| r.secret.as_str()),
-            Some("s"),
-            "{r:?}"
-        );
+        assert_eq!(r.reference().map(|r| r.secret.as_str()), Some("s"), "{r:?}");
         assert_eq!(
             serde_json::to_value(&r).expect("json"),
             json!({"secret": "s", "prefix": "Bearer "})

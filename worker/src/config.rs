@@ -572,7 +572,8 @@ impl Config {
             if let Some(value) = &secret.value {
                 if !secret.keys.is_empty() {
                     return Err(refuse(
-                        "it has both keys (a signing secret) and a value (a credential)".to_string(),
+                        "it has both keys (a signing secret) and a value (a credential)"
+                            .to_string(),
                         "give each its own [secrets.<name>] table".to_string(),
                     ));
                 }
@@ -1029,7 +1030,8 @@ fn file_variable<'a>(key: &'a str, merged: &toml::Value) -> Option<&'a str> {
         .split("__")
         .map(str::to_string)
         .collect();
-    let setting = path.first().map(String::as_str) != Some("secrets") && lookup(merged, &path).is_some();
+    let setting =
+        path.first().map(String::as_str) != Some("secrets") && lookup(merged, &path).is_some();
     (!setting && !plain.is_empty()).then_some(plain)
 }
 
@@ -1365,10 +1367,16 @@ mod tests {
         let c = Config::load(
             Some(&file),
             env(&[
-                ("FRAISEQL_OBSERVERS_SECRETS__SLACK_OPS__VALUE", "https://hooks.slack.com/services/T/B/x"),
+                (
+                    "FRAISEQL_OBSERVERS_SECRETS__SLACK_OPS__VALUE",
+                    "https://hooks.slack.com/services/T/B/x",
+                ),
                 ("FRAISEQL_OBSERVERS_SECRETS__CRLF__VALUE_FILE", &crlf_path),
                 ("FRAISEQL_OBSERVERS_SECRETS__ORDERS_FILE", &keys_path),
-                ("FRAISEQL_OBSERVERS_SECRETS__ORDERS__DESTINATIONS", "https://orders.example.com"),
+                (
+                    "FRAISEQL_OBSERVERS_SECRETS__ORDERS__DESTINATIONS",
+                    "https://orders.example.com",
+                ),
                 // The environment layer replaces the file's value_file (never read).
                 ("FRAISEQL_OBSERVERS_SECRETS__OVERRIDDEN__VALUE", "from env"),
                 ("FRAISEQL_OBSERVERS_DATABASE_URL_FILE", &db_path),
@@ -1378,18 +1386,48 @@ mod tests {
         .expect("valid");
         let value = |name: &str| c.secret(name).and_then(|s| s.value.clone());
         assert_eq!(value("inline").as_deref(), Some("Bearer-less token"));
-        assert_eq!(value("stripe").as_deref(), Some("sk_test_from_file"), "trailing newline trimmed");
+        assert_eq!(
+            value("stripe").as_deref(),
+            Some("sk_test_from_file"),
+            "trailing newline trimmed"
+        );
         assert_eq!(value("crlf").as_deref(), Some("tok_crlf"));
-        assert_eq!(value("slack_ops").as_deref(), Some("https://hooks.slack.com/services/T/B/x"));
+        assert_eq!(
+            value("slack_ops").as_deref(),
+            Some("https://hooks.slack.com/services/T/B/x")
+        );
         assert_eq!(value("overridden").as_deref(), Some("from env"));
-        assert!(c.secret("stripe").expect("stripe").covers("https://api.stripe.com/v1/charges"));
-        assert!(c.secret("slack_ops").expect("slack").destinations.is_empty(), "a URL needs none");
-        assert_eq!(c.signing_keys("orders").map(|k| k.len()), Some(1), "keys from a file");
+        assert!(c
+            .secret("stripe")
+            .expect("stripe")
+            .covers("https://api.stripe.com/v1/charges"));
+        assert!(
+            c.secret("slack_ops")
+                .expect("slack")
+                .destinations
+                .is_empty(),
+            "a URL needs none"
+        );
+        assert_eq!(
+            c.signing_keys("orders").map(|k| k.len()),
+            Some(1),
+            "keys from a file"
+        );
         assert_eq!(c.signing_keys("stripe"), None, "a credential never signs");
-        assert_eq!(c.database_url, "postgres://w:pw@db/app", "any setting has a _FILE form");
+        assert_eq!(
+            c.database_url, "postgres://w:pw@db/app",
+            "any setting has a _FILE form"
+        );
         // Never printed: validate-config prints the redacted configuration with {:#?}.
         for printed in [format!("{:#?}", c.redacted()), format!("{c:?}")] {
-            for value in ["sk_test_from_file", "Bearer-less", "hooks.slack.com", "tok_crlf", "from env", "MfKQ9r8G"] {
+            for value in [
+                "sk_test_from_file",
+                "Bearer-less",
+                "hooks.slack.com",
+                "tok_crlf",
+                "from env",
+                "MfKQ9r8G",
+            ] {
                 assert!(!printed.contains(value), "{value} in {printed}");
             }
         }
@@ -1402,19 +1440,34 @@ mod tests {
         let dir = tempdir();
         let e = Config::load(
             None,
-            env(&[("FRAISEQL_OBSERVERS_SECRETS__STRIPE__VALUE_FILE", "/nonexistent/stripe")]),
+            env(&[(
+                "FRAISEQL_OBSERVERS_SECRETS__STRIPE__VALUE_FILE",
+                "/nonexistent/stripe",
+            )]),
             &[],
         )
         .expect_err("missing file");
         let text = e.to_string();
-        assert!(text.contains("FRAISEQL_OBSERVERS_SECRETS__STRIPE__VALUE_FILE"), "{text}");
+        assert!(
+            text.contains("FRAISEQL_OBSERVERS_SECRETS__STRIPE__VALUE_FILE"),
+            "{text}"
+        );
         assert!(text.contains("cannot read /nonexistent/stripe"), "{text}");
 
         let file = dir.join("missing-file.toml");
-        std::fs::write(&file, "[secrets.stripe]\nvalue_file = \"/nonexistent/stripe\"\n").expect("write");
-        let text = Config::load(Some(&file), env(&[]), &[]).expect_err("missing").to_string();
+        std::fs::write(
+            &file,
+            "[secrets.stripe]\nvalue_file = \"/nonexistent/stripe\"\n",
+        )
+        .expect("write");
+        let text = Config::load(Some(&file), env(&[]), &[])
+            .expect_err("missing")
+            .to_string();
         assert!(text.contains("`secrets.stripe`"), "{text}");
-        assert!(text.contains("cannot read `value_file` /nonexistent/stripe"), "{text}");
+        assert!(
+            text.contains("cannot read `value_file` /nonexistent/stripe"),
+            "{text}"
+        );
 
         let token = dir.join("token");
         std::fs::write(&token, "sk_live_twice").expect("write");
@@ -1452,13 +1505,19 @@ mod tests {
             None,
             env(&[
                 ("FRAISEQL_OBSERVERS_SECRETS__S", "sk_live_twice"),
-                ("FRAISEQL_OBSERVERS_SECRETS__S__DESTINATIONS", "https://a.example"),
+                (
+                    "FRAISEQL_OBSERVERS_SECRETS__S__DESTINATIONS",
+                    "https://a.example",
+                ),
             ]),
             &[],
         )
         .expect_err("not whsec")
         .to_string();
-        assert!(text.contains("FRAISEQL_OBSERVERS_SECRETS__S__VALUE"), "{text}");
+        assert!(
+            text.contains("FRAISEQL_OBSERVERS_SECRETS__S__VALUE"),
+            "{text}"
+        );
         assert!(!text.contains("sk_live_twice"), "{text}");
     }
 

@@ -109,7 +109,11 @@ impl Unresolved {
 }
 
 /// The credential `name` of the configuration, for `field`.
-fn credential<'a>(config: &'a Config, name: &str, field: &str) -> Result<(&'a Secret, &'a str), Unresolved> {
+fn credential<'a>(
+    config: &'a Config,
+    name: &str,
+    field: &str,
+) -> Result<(&'a Secret, &'a str), Unresolved> {
     let Some(secret) = config.secret(name) else {
         return Err(Unresolved::Missing {
             name: name.to_string(),
@@ -149,7 +153,8 @@ pub fn resolve(config: &Config, action: &Action) -> Result<Wire, Unresolved> {
                     name: name.clone(),
                     field: "url".to_string(),
                     endpoint: webhook::endpoint(value),
-                    why: "its value lies outside its own destinations (secrets.<name>.destinations)",
+                    why:
+                        "its value lies outside its own destinations (secrets.<name>.destinations)",
                 });
             }
             wire.hide_url(&name, value);
@@ -286,7 +291,10 @@ mod tests {
                 "https://api.stripe.com/v1",
             ),
             ("FRAISEQL_OBSERVERS_SECRETS__HOOK__VALUE", HOOK),
-            ("FRAISEQL_OBSERVERS_SECRETS__NOWHERE__VALUE", "tok_unbound_123"),
+            (
+                "FRAISEQL_OBSERVERS_SECRETS__NOWHERE__VALUE",
+                "tok_unbound_123",
+            ),
             (
                 "FRAISEQL_OBSERVERS_SECRETS__PINNED__VALUE",
                 "https://other.example.com/x",
@@ -358,18 +366,38 @@ mod tests {
         // Not configured: retried, naming the secret and the variable to set.
         let e = outcome(r#"{"type":"webhook","url":{"secret":"absent"}}"#);
         assert!(
-            matches!(e.outcome(), Outcome::Retry { endpoint_fault: false, .. }),
+            matches!(
+                e.outcome(),
+                Outcome::Retry {
+                    endpoint_fault: false,
+                    ..
+                }
+            ),
             "{e}"
         );
-        assert!(e.to_string().contains("secret \"absent\" (action.url) is not configured"), "{e}");
-        assert!(e.to_string().contains("FRAISEQL_OBSERVERS_SECRETS__ABSENT__VALUE"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("secret \"absent\" (action.url) is not configured"),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains("FRAISEQL_OBSERVERS_SECRETS__ABSENT__VALUE"),
+            "{e}"
+        );
         assert_eq!(e.endpoint(), None);
         // A signing secret is not a credential.
         let e = outcome(
             r#"{"type":"webhook","url":"https://api.stripe.com","headers":{"X-Key":{"secret":"orders"}}}"#,
         );
         assert!(matches!(e, Unresolved::NotACredential { .. }), "{e}");
-        assert!(matches!(e.outcome(), Outcome::Retry { endpoint_fault: false, .. }));
+        assert!(matches!(
+            e.outcome(),
+            Outcome::Retry {
+                endpoint_fault: false,
+                ..
+            }
+        ));
         // A header secret bound elsewhere: dead at once, never sent, endpoint not blamed.
         for (json, why) in [
             (
@@ -384,7 +412,10 @@ mod tests {
                 r#"{"type":"webhook","url":{"secret":"hook"},"headers":{"Authorization":{"secret":"stripe"}}}"#,
                 "outside its destinations",
             ),
-            (r#"{"type":"webhook","url":{"secret":"pinned"}}"#, "outside its own destinations"),
+            (
+                r#"{"type":"webhook","url":{"secret":"pinned"}}"#,
+                "outside its own destinations",
+            ),
         ] {
             let e = outcome(json);
             assert!(
@@ -405,7 +436,12 @@ mod tests {
         );
         // A credential that is not a URL, used as one: retried (the operator fixes the value).
         let e = outcome(r#"{"type":"webhook","url":{"secret":"nowhere"}}"#);
-        assert_eq!(e, Unresolved::NotAUrl { name: "nowhere".into() });
+        assert_eq!(
+            e,
+            Unresolved::NotAUrl {
+                name: "nowhere".into()
+            }
+        );
         assert!(!e.to_string().contains("tok_unbound_123"), "{e}");
     }
 
