@@ -1,14 +1,18 @@
 # syntax=docker/dockerfile:1
 #
-# PostgreSQL 15 with the fraiseql_observers extension installed, preloaded, and created in the
+# PostgreSQL with the fraiseql_observers extension installed, preloaded, and created in the
 # default database at first start. Build context: the repository root.
 #
 #   docker build -f deploy/postgres.Dockerfile -t fraiseql-observers-postgres .
+#
+# PG_MAJOR picks the server (`--build-arg PG_MAJOR=...`) for the builder's headers and the
+# runtime image alike; the extension is built and tested for PostgreSQL 15 only.
 #
 # Not built by CI (there is no Docker engine there); the extension it packages is built the same
 # way (`cargo pgrx package`, scripts/install-extension.sh) and tested by CI. See
 # docs/deployment.md.
 
+# Declared before the first FROM so that both FROM lines and both stages can use it.
 ARG PG_MAJOR=15
 
 FROM rust:1.95-bookworm AS builder
@@ -16,7 +20,7 @@ ARG PG_MAJOR
 # cargo-pgrx must match the pgrx the extension depends on exactly (Cargo.toml: pgrx = "=0.18.0").
 ARG CARGO_PGRX_VERSION=0.18.0
 # Server headers and pg_config from the PostgreSQL project's apt repository (PGDG), the same
-# packages the postgres:15-bookworm runtime image is built from; clang/libclang for bindgen.
+# packages the postgres:${PG_MAJOR}-bookworm runtime image is built from; clang/libclang for bindgen.
 RUN set -eux; \
     apt-get update; \
     apt-get install -y --no-install-recommends ca-certificates curl clang libclang-dev; \
@@ -41,7 +45,8 @@ COPY sql sql
 COPY worker worker
 COPY tests tests
 # `cargo fetch --locked` fails if Cargo.lock would change; `cargo pgrx package` then builds
-# (release) from that lock file. Output: /out/usr/lib/postgresql/<major>/lib/fraiseql_observers.so and
+# (release) from that lock file, for PG_MAJOR (the crate's default feature is pg15). Output:
+# /out/usr/lib/postgresql/<major>/lib/fraiseql_observers.so and
 # /out/usr/share/postgresql/<major>/extension/fraiseql_observers{.control,--<version>.sql}, with the
 # update scripts (extension/sql/fraiseql_observers--<from>--<to>.sql, copied by cargo pgrx package)
 # and every earlier release's install script (copied here), as scripts/install-extension.sh does.
@@ -49,13 +54,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
     cargo fetch --locked \
- && cargo pgrx package -p fraiseql_observers \
+ && cargo pgrx package -p fraiseql_observers --no-default-features --features "pg${PG_MAJOR}" \
       --pg-config "/usr/lib/postgresql/${PG_MAJOR}/bin/pg_config" --out-dir /out \
  && for f in extension/sql/fraiseql_observers--*.sql; do \
       case "$f" in *--*--*) ;; *) cp "$f" "/out/usr/share/postgresql/${PG_MAJOR}/extension/" ;; esac; \
     done
 
-FROM postgres:15-bookworm
+FROM postgres:${PG_MAJOR}-bookworm
 ARG PG_MAJOR
 # The builder's pg_config has the same pkglibdir and sharedir as this image.
 COPY --from=builder /out/usr/lib/postgresql/${PG_MAJOR}/lib/ /usr/lib/postgresql/${PG_MAJOR}/lib/
