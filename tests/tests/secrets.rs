@@ -241,7 +241,8 @@ async fn referenced_secrets_are_sent_and_never_stored() {
 /// A header secret goes only to its destinations: an observer that names it for another URL is
 /// dead-lettered at once with the reason, nothing is sent, and the endpoint is not blamed (with
 /// a breaker that opens on the first fault for a minute, a later delivery there goes through at
-/// once). A secret the worker does not have is retried, then dead-lettered, also unsent.
+/// once). A secret the worker does not have, or a credential named as a signing secret, is
+/// retried, then dead-lettered, also unsent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_outside_its_destinations_is_refused_without_blaming_the_endpoint() {
     let cluster = Cluster::start(&[]).expect("cluster");
@@ -258,10 +259,14 @@ async fn a_secret_outside_its_destinations_is_refused_without_blaming_the_endpoi
              SELECT observer_create('absent', NULL, action =>
                  '{{"type": "webhook", "url": {{"secret": "not_configured"}}}}',
                  options => '{{"max_attempts": 1}}');
+             SELECT observer_create('misnamed_signing', NULL, action =>
+                 '{{"type": "webhook", "url": "{url}", "secret": "partner"}}',
+                 options => '{{"max_attempts": 1}}');
              SELECT observer_create('plain', NULL, action => '{{"type": "webhook", "url": "{url}"}}');
              SELECT observer_enqueue('exfiltrate', '{{"n": 1}}');
              SELECT observer_enqueue('unbound_url', '{{"n": 2}}');
-             SELECT observer_enqueue('absent', '{{"n": 3}}');"#,
+             SELECT observer_enqueue('absent', '{{"n": 3}}');
+             SELECT observer_enqueue('misnamed_signing', '{{"n": 5}}');"#,
             url = sink.url("/collect"),
         ))
         .await
@@ -281,7 +286,7 @@ async fn a_secret_outside_its_destinations_is_refused_without_blaming_the_endpoi
     )
     .expect("worker");
     assert!(
-        wait_for_jobs(&client, "dead", 3, Duration::from_secs(30)).await,
+        wait_for_jobs(&client, "dead", 4, Duration::from_secs(30)).await,
         "{}\n{}",
         observer_status(&client).await,
         worker.log()
@@ -300,7 +305,7 @@ async fn a_secret_outside_its_destinations_is_refused_without_blaming_the_endpoi
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
     let endpoint = sink.url("").trim_end_matches('/').to_string();
-    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert_eq!(errors.len(), 4, "{errors:?}");
     let (_, absent, status) = &errors[0];
     assert!(
         absent.contains("secret \"not_configured\" (action.url) is not configured in this worker")
@@ -320,7 +325,13 @@ async fn a_secret_outside_its_destinations_is_refused_without_blaming_the_endpoi
         "{exfiltrate}"
     );
     assert_eq!(*status, None, "no answer: nothing was sent");
-    let (_, unbound, _) = &errors[2];
+    // A credential named as the signing secret: not used to sign, retried with the fix.
+    let (_, misnamed, _) = &errors[2];
+    assert!(
+        misnamed.contains("signing secret \"partner\" is a credential (value) in this worker"),
+        "{misnamed}"
+    );
+    let (_, unbound, _) = &errors[3];
     assert!(unbound.contains("it has no destinations"), "{unbound}");
 
     // Not the endpoint's fault: its circuit (open for a minute after one fault) stays closed.

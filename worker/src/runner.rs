@@ -622,7 +622,8 @@ fn refuse_job(ctx: &Context, job: &ClaimedJob, action: &Action, url: &str) -> Re
         Action::Webhook(w) => {
             let Some(name) = &w.secret else { return Ok(()) };
             match ctx.config.secret(name) {
-                Some(secret) if !secret.may_sign_for(url) => Err(format!(
+                // A credential named here is not a signing secret: reported at delivery.
+                Some(secret) if !secret.keys.is_empty() && !secret.may_sign_for(url) => Err(format!(
                     "signing secret {name:?} is not bound to {}: its destinations (secrets.{}.destinations) do not cover this URL; the request is neither signed nor sent",
                     webhook::endpoint(url),
                     name.to_ascii_lowercase()
@@ -710,11 +711,16 @@ async fn perform_at(
                     // operator configures the secret.
                     None => {
                         ctx.breakers.after(endpoint, None);
-                        return Outcome::Retry {
-                            error: format!(
+                        let error = if ctx.config.secret(name).is_some() {
+                            format!("signing secret {name:?} is a credential (value) in this worker, not a signing secret: give the signing key its own [secrets.<name>] with keys = [\"whsec_...\"] and name that in action.secret")
+                        } else {
+                            format!(
                                 "signing secret {name:?} is not configured in this worker ([secrets] or FRAISEQL_OBSERVERS_SECRETS__{})",
                                 name.to_ascii_uppercase()
-                            ),
+                            )
+                        };
+                        return Outcome::Retry {
+                            error,
                             not_before: None,
                             endpoint_fault: false,
                         }
