@@ -994,6 +994,7 @@ mod tests {
         ));
         assert!(text.contains("holds no PEM certificate"), "{text}");
         assert!(err("postgres://h/db?sslpassword=x").contains("decrypt"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
