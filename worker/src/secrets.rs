@@ -26,6 +26,9 @@ use crate::webhook::{self, Attempted, Outcome};
 /// Shortest part of a secret URL (a path segment, a query value, a password) that error texts
 /// are scrubbed of on its own: tokens are longer, and shorter parts (`/hook`) are no secret.
 const MIN_HIDDEN_PART: usize = 8;
+/// Shortest start of a secret value that is scrubbed when an error text ends with it (an echo
+/// cut by the error body's cap).
+const MIN_CUT_ECHO: usize = 6;
 
 /// An action's URL and headers with every reference resolved: what goes on the wire.
 #[derive(Default)]
@@ -238,6 +241,18 @@ impl Wire {
         for (value, replacement) in &self.hidden {
             if out.contains(value.as_str()) {
                 out = out.replace(value.as_str(), replacement);
+            }
+        }
+        // The endpoint's answer is cut at http.error_body_bytes: an echo cut inside a value
+        // ends the text with the value's first characters.
+        for (value, replacement) in &self.hidden {
+            let cut = (MIN_CUT_ECHO..value.len())
+                .rev()
+                .filter(|&k| value.is_char_boundary(k))
+                .find(|&k| out.ends_with(&value[..k]));
+            if let Some(k) = cut {
+                out.truncate(out.len() - k);
+                out.push_str(replacement);
             }
         }
         out
@@ -489,5 +504,20 @@ mod tests {
             assert!(out.contains("[secret hook]"), "{out}");
         }
         assert_eq!(wire.scrub("HTTP 500: oops"), "HTTP 500: oops");
+
+        // An echo cut by the error body's cap, inside the value.
+        let wire = resolve(
+            &c,
+            &action(
+                r#"{"type":"webhook","url":"https://api.stripe.com/v1","headers":{"Authorization":{"secret":"stripe"}}}"#,
+            ),
+        )
+        .expect("resolves");
+        let cut = format!("HTTP 401: you sent {}", &TOKEN[..12]);
+        assert_eq!(
+            wire.scrub(&cut),
+            "HTTP 401: you sent [secret stripe]",
+            "{cut}"
+        );
     }
 }
