@@ -263,7 +263,8 @@ async fn verification_fails_clearly_with_a_wrong_host_name_or_ca() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn require_encrypts_without_a_ca_binds_scram_and_disable_is_refused_by_a_tls_only_server() {
+async fn require_encrypts_without_a_ca_binds_scram_and_disable_is_refused_by_a_tls_only_server_and_a_socket_is_plaintext(
+) {
     let pki = pki();
     let (cluster, _client) = tls_cluster(&pki).await;
     let port = cluster.port;
@@ -285,6 +286,14 @@ async fn require_encrypts_without_a_ca_binds_scram_and_disable_is_refused_by_a_t
         text.contains("no pg_hba.conf entry") && text.contains("no encryption"),
         "{text}"
     );
+    // A Unix socket never carries TLS (the server declines it there): the default (prefer) goes
+    // on in plaintext, and require is refused, saying why.
+    status_ok(&cluster.socket_url("postgres"));
+    let text = status_fails(&format!(
+        "{} sslmode=require",
+        cluster.socket_url("postgres")
+    ));
+    assert!(text.contains("server does not support TLS"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

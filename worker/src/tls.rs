@@ -611,15 +611,14 @@ impl MakeTlsConnect<Socket> for PgConnector {
     type Error = HandshakeError;
 
     fn make_tls_connect(&mut self, host: &str) -> Result<PgTlsConnect, HandshakeError> {
-        let name = ServerName::try_from(host.to_string()).map_err(|_| {
-            HandshakeError(format!(
-                "host {host:?} is not a valid DNS name or IP address for TLS; use the server's host name as its certificate lists it"
-            ))
-        })?;
+        // Called for every host before connecting, Unix sockets included (host ""): failing here
+        // would refuse a socket connection that never negotiates TLS (the server answers "no" to
+        // TLS on a socket, and `prefer` goes on in plaintext). A host that cannot be a TLS server
+        // name fails in the handshake instead, which only a TLS-willing TCP server reaches.
         Ok(PgTlsConnect {
             connector: self.clone(),
             host: host.to_string(),
-            name,
+            name: ServerName::try_from(host.to_string()).ok(),
         })
     }
 }
@@ -628,7 +627,8 @@ impl MakeTlsConnect<Socket> for PgConnector {
 pub struct PgTlsConnect {
     connector: PgConnector,
     host: String,
-    name: ServerName<'static>,
+    /// None: `host` is no DNS name or IP address (a Unix socket's is empty).
+    name: Option<ServerName<'static>>,
 }
 
 impl TlsConnect<Socket> for PgTlsConnect {
@@ -638,8 +638,14 @@ impl TlsConnect<Socket> for PgTlsConnect {
 
     fn connect(self, stream: Socket) -> Self::Future {
         Box::pin(async move {
+            let Some(name) = self.name else {
+                return Err(HandshakeError(format!(
+                    "host {:?} is not a valid DNS name or IP address for TLS; use the server's host name as its certificate lists it",
+                    self.host
+                )));
+            };
             let tls = tokio_rustls::TlsConnector::from(self.connector.config.clone());
-            tls.connect(self.name, stream)
+            tls.connect(name, stream)
                 .await
                 .map(PgTlsStream)
                 .map_err(|e| explain_postgres(&e, &self.connector, &self.host))
