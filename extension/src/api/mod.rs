@@ -134,6 +134,28 @@ mod tests {
         .expect("host names are checked by the worker at delivery");
     }
 
+    /// References to worker secrets are stored as written; a credential written where one
+    /// belongs is refused with 22023 naming the field (tests/tests/secrets.rs has the rest).
+    #[pg_test]
+    fn validate_action_keeps_references_and_refuses_literal_credentials() {
+        let v = Spi::get_one::<pgrx::JsonB>(
+            r#"SELECT observer_validate_action('{"type":"webhook","url":{"secret":"hook"},"headers":{"Authorization":{"secret":"api","prefix":"Bearer "}}}')"#,
+        )
+        .expect("spi")
+        .expect("not null");
+        assert_eq!(v.0["url"]["secret"], "hook");
+        assert_eq!(v.0["headers"]["Authorization"]["prefix"], "Bearer ");
+        Spi::run(
+            r#"DO $t$ BEGIN
+                 PERFORM observer_validate_action('{"type":"webhook","url":"https://a.example/h","headers":{"Authorization":"Bearer x"}}');
+                 RAISE EXCEPTION 'accepted';
+               EXCEPTION WHEN invalid_parameter_value THEN
+                 IF SQLERRM NOT LIKE '%action.headers.Authorization holds a literal credential%' THEN RAISE; END IF;
+               END $t$"#,
+        )
+        .expect("a literal Authorization header is refused with 22023 naming the field");
+    }
+
     #[pg_test(error = "invalid observer action: action.url scheme \"ftp\" is not supported")]
     fn validate_action_refuses_bad_scheme() {
         Spi::run(
