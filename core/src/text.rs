@@ -18,6 +18,20 @@ pub fn printable(text: &str) -> String {
     out
 }
 
+/// An error's message followed by those of its sources, joined by ": " ("connection failed: error
+/// connecting to server: Connection refused (os error 111)"). Clients' own messages often say
+/// only what failed and leave why to the chain.
+pub fn with_sources(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// Marks that reorder how the text around them is displayed ("Trojan Source").
 fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')

@@ -44,6 +44,19 @@ async fn extversion(client: &tokio_postgres::Client) -> String {
         .get(0)
 }
 
+/// The tables `pg_dump` dumps with the extension (its configuration tables).
+async fn extension_config(client: &tokio_postgres::Client) -> String {
+    client
+        .query_one(
+            "SELECT array_agg(c::regclass::text ORDER BY 1)::text FROM pg_extension, unnest(extconfig) c \
+             WHERE extname = 'fraiseql_observers'",
+            &[],
+        )
+        .await
+        .expect("extconfig")
+        .get(0)
+}
+
 async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.expect(sql).get(0)
 }
@@ -346,24 +359,8 @@ async fn update_from_previous_release_keeps_everything_and_matches_a_fresh_insta
         )
         .await
         .expect("fresh install");
-    let fresh_config: String = fresh
-        .query_one(
-            "SELECT array_agg(c::regclass::text ORDER BY 1)::text FROM pg_extension, unnest(extconfig) c \
-             WHERE extname = 'fraiseql_observers'",
-            &[],
-        )
-        .await
-        .expect("extconfig")
-        .get(0);
-    let upgraded_config: String = admin
-        .query_one(
-            "SELECT array_agg(c::regclass::text ORDER BY 1)::text FROM pg_extension, unnest(extconfig) c \
-             WHERE extname = 'fraiseql_observers'",
-            &[],
-        )
-        .await
-        .expect("extconfig")
-        .get(0);
+    let fresh_config = extension_config(&fresh).await;
+    let upgraded_config = extension_config(&admin).await;
     assert_eq!(
         upgraded_config, fresh_config,
         "the same tables are dumped with the extension"

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use fraiseql_observers_core::template::{self, Escape};
-use fraiseql_observers_core::text::printable;
+use fraiseql_observers_core::text::{printable, with_sources};
 use fraiseql_observers_core::EmailAction;
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
@@ -156,7 +156,7 @@ impl Mailer {
                     }
                 } else {
                     Outcome::Retry {
-                        error: printable(&format!("SMTP: {}", describe(&e))),
+                        error: printable(&format!("SMTP: {}", with_sources(&e))),
                         not_before: None,
                         endpoint_fault: true,
                     }
@@ -212,18 +212,6 @@ fn lowercase(list: &[String]) -> Vec<String> {
 /// An SMTP reply code as a number (250, 550).
 fn reply_code(code: &lettre::transport::smtp::response::Code) -> Option<u16> {
     code.to_string().parse().ok()
-}
-
-/// The error and its sources ("Connection refused").
-fn describe(e: &lettre::transport::smtp::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

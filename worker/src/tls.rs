@@ -537,21 +537,8 @@ pub enum PgConnectError {
     #[error("database_url does not parse (run validate-config for the part that is wrong)")]
     Parse(#[source] tokio_postgres::Error),
     /// The server could not be reached, refused the session, or failed the TLS checks.
-    #[error("{}", with_causes(.0))]
+    #[error("{}", fraiseql_observers_core::text::with_sources(.0))]
     Connect(#[source] tokio_postgres::Error),
-}
-
-/// tokio-postgres' message with its causes: its `Display` alone says only "error performing TLS
-/// handshake" or "db error".
-fn with_causes(e: &tokio_postgres::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// A Postgres connection string with its TLS settings, ready to connect.

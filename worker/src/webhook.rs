@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use fraiseql_observers_core::net;
-use fraiseql_observers_core::text::printable;
+use fraiseql_observers_core::text::{printable, with_sources};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use crate::db::ClaimedJob;
@@ -309,14 +309,7 @@ fn describe_send_error(e: reqwest::Error) -> String {
     // Never the URL: it can carry a credential (Slack's incoming-webhook URLs are one), and
     // this text is stored on the job and logged. The source chain carries the useful part
     // ("Connection refused").
-    let mut text = format!("{kind}: {e}");
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    format!("{kind}: {}", with_sources(e))
 }
 
 #[cfg(test)]
