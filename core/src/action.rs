@@ -825,16 +825,20 @@ mod tests {
                 other => panic!("{json}: {other:?}"),
             }
         }
-        // A header reference's prefix is a header value like any other.
-        assert_eq!(
-            err(
-                r#"{"type":"webhook","url":"https://a.b","headers":{"Authorization":{"secret":"s","prefix":"a\u0000"}}}"#
-            ),
-            ActionError::BadReference {
-                field: "headers.Authorization".into(),
-                problem: "has a \"prefix\" with a control character".into()
+        // A header reference's prefix is a scheme and its separator, nothing else (no control
+        // character, no credential).
+        match err(
+            r#"{"type":"webhook","url":"https://a.b","headers":{"Authorization":{"secret":"s","prefix":"a\u0000"}}}"#,
+        ) {
+            ActionError::BadReference { field, problem } => {
+                assert_eq!(field, "headers.Authorization");
+                assert!(
+                    problem.contains("not an authentication scheme"),
+                    "{problem}"
+                );
             }
-        );
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -110,15 +110,35 @@ pub fn check_reference(field: &str, value: &serde_json::Value) -> Result<(), Str
             "has a \"prefix\", which a URL reference cannot have: the whole URL is the secret"
                 .to_string(),
         ),
-        Some(serde_json::Value::String(p)) if p.chars().any(char::is_control) => {
-            Err("has a \"prefix\" with a control character".to_string())
-        }
+        Some(serde_json::Value::String(p)) if !is_scheme_prefix(p) => Err(format!(
+            "has a \"prefix\" of {} characters that is not an authentication scheme; a prefix is a scheme word and its separator (\"Bearer \", \"Token \", \"token=\", at most {MAX_PREFIX} characters, no digits or underscores): the credential itself belongs in the secret",
+            p.chars().count()
+        )),
         Some(serde_json::Value::String(_)) => Ok(()),
         Some(other) => Err(format!(
             "has a \"prefix\" that is {}, not a string",
             json_type(other)
         )),
     }
+}
+
+/// Longest `prefix` of a header reference.
+pub const MAX_PREFIX: usize = 32;
+
+/// Whether `prefix` is an authentication scheme and its separator (`Bearer `, `Token `,
+/// `SSWS `, `token=`, `Klaviyo-API-Key `), never a credential: ASCII letters and `-`, then one
+/// space, `=` or `:` (and optionally a space after `:`). Secrets are letters, digits and `_`
+/// mixed; schemes are words. A prefix could otherwise store a literal credential next to the
+/// reference, which `observer_create` refuses everywhere else.
+pub fn is_scheme_prefix(prefix: &str) -> bool {
+    let word = prefix
+        .strip_suffix(": ")
+        .or_else(|| prefix.strip_suffix([' ', '=', ':']))
+        .unwrap_or(prefix);
+    prefix.len() <= MAX_PREFIX
+        && !word.is_empty()
+        && word.len() < prefix.len()
+        && word.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-')
 }
 
 fn json_type(v: &serde_json::Value) -> &'static str {
@@ -175,7 +195,12 @@ pub fn credential_header(name: &str, value: &str) -> Option<&'static str> {
 /// validation.
 pub fn credential_url(raw: &str) -> Option<&'static str> {
     let url = url::Url::parse(raw).ok()?;
-    let host = url.host_str().unwrap_or("").to_ascii_lowercase();
+    // A fully qualified name ("hooks.slack.com.") reaches the same host.
+    let host = url
+        .host_str()
+        .unwrap_or("")
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
     let path = url.path();
     if host == "hooks.slack.com" || host.ends_with(".hooks.slack.com") {
         return Some("a Slack incoming-webhook URL (whoever has it can post to the channel)");
@@ -208,6 +233,47 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Red team (issue 15): a prefix held a literal credential next to the reference.
+    #[test]
+    fn a_prefix_is_a_scheme_and_its_separator() {
+        for ok in [
+            "Bearer ",
+            "Token ",
+            "SSWS ",
+            "token=",
+            "Basic:",
+            "ApiKey: ",
+            "Klaviyo-API-Key ",
+        ] {
+            assert!(is_scheme_prefix(ok), "{ok:?}");
+        }
+        for bad in [
+            "Bearer sk_live_4eC39HqLyjWDarjtT1zdp7dc ",
+            "Bearer",
+            " ",
+            "sk_live_abc ",
+            "abc123 ",
+            "Bearer\n",
+            "=",
+            "Bearer  ",
+            "ThisSchemeNameIsFarTooLongToBeOneX ",
+        ] {
+            assert!(!is_scheme_prefix(bad), "{bad:?}");
+        }
+        assert!(check_reference(
+            "headers.Authorization",
+            &json!({"secret": "s", "prefix": "Bearer sk_live_4eC39HqLyjWDarjtT1zdp7dc "})
+        )
+        .is_err());
+    }
+
+    /// Red team (issue 15): a trailing dot reached the same chat host past the check.
+    #[test]
+    fn a_fully_qualified_chat_host_is_a_credential_url() {
+        assert!(credential_url("https://hooks.slack.com./services/T0/B0/x").is_some());
+        assert!(credential_url("https://discord.com./api/webhooks/1/x").is_some());
+    }
+
     #[test]
     fn references_have_one_shape() {
         assert_eq!(check_reference("url", &json!("https://a.example")), Ok(()));
@@ -226,7 +292,8 @@ mod tests {
         assert!(bad("url", json!({"secret": "x", "env": "X"})).contains("unknown key \"env\""));
         assert!(bad("url", json!({"secret": "x", "prefix": "https://"})).contains("whole URL"));
         assert!(bad("headers.A", json!({"secret": "x", "prefix": 1})).contains("not a string"));
-        assert!(bad("headers.A", json!({"secret": "x", "prefix": "a\nb"})).contains("control"));
+        assert!(bad("headers.A", json!({"secret": "x", "prefix": "a\nb"}))
+            .contains("not an authentication scheme"));
         assert!(bad("headers.A", json!(7)).contains("a number, not a string"));
         assert!(bad("headers.A", json!(["x"])).contains("an array"));
         // A value given where its name belongs is never echoed.

@@ -145,10 +145,7 @@ pub fn resolve(config: &Config, action: &Action) -> Result<Wire, Unresolved> {
         ValueOrSecret::Secret(r) => {
             let name = r.secret.to_ascii_lowercase();
             let (secret, value) = credential(config, &name, "url")?;
-            let usable = url::Url::parse(value)
-                .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-                .unwrap_or(false);
-            if !usable {
+            if !is_http_url(value) {
                 return Err(Unresolved::NotAUrl { name });
             }
             if !secret.destinations.is_empty() && !secret.covers(value) {
@@ -171,6 +168,17 @@ pub fn resolve(config: &Config, action: &Action) -> Result<Wire, Unresolved> {
                 let name = r.secret.to_ascii_lowercase();
                 let field = format!("headers.{header}");
                 let (secret, v) = credential(config, &name, &field)?;
+                // A URL secret is its own destination: sent as a header, its value (a private
+                // URL: a Slack hook, a tokened endpoint) would reach whatever URL the action
+                // names, another tenant's path on the same host included.
+                if is_http_url(v) {
+                    return Err(Unresolved::NotBound {
+                        name,
+                        field,
+                        endpoint: webhook::endpoint(&wire.url),
+                        why: "its value is a URL, and a URL secret can only be an action's url",
+                    });
+                }
                 if !secret.covers(&wire.url) {
                     let why = if secret.destinations.is_empty() {
                         "it has no destinations, so it can only be an action's url; list where it may be sent in secrets.<name>.destinations"
@@ -196,6 +204,65 @@ pub fn resolve(config: &Config, action: &Action) -> Result<Wire, Unresolved> {
     Ok(wire)
 }
 
+/// Whether `value` is an http(s) URL with a host.
+fn is_http_url(value: &str) -> bool {
+    url::Url::parse(value)
+        .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .unwrap_or(false)
+}
+
+/// `value` as an endpoint may quote it back when it echoes what it received: JSON-escaped (a
+/// `/` as `\/` or `\u002f`, as PHP's `json_encode` writes it; `"` and `\` escaped) and
+/// percent-encoded (either case of hex digit). The forms that differ from `value`.
+fn echo_forms(value: &str) -> Vec<String> {
+    let json = serde_json::to_string(value).unwrap_or_default();
+    let json = json
+        .strip_prefix('"')
+        .and_then(|j| j.strip_suffix('"'))
+        .unwrap_or_default()
+        .to_string();
+    let percent: String = value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let mut forms = vec![
+        json.replace('/', "\\/"),
+        json.replace('/', "\\u002f"),
+        json.replace('/', "\\u002F"),
+        json,
+        percent.clone(),
+        lower_hex(&percent),
+    ];
+    forms.retain(|f| f != value);
+    forms.sort();
+    forms.dedup();
+    forms
+}
+
+/// `text` with the hex digits of its `%XX` escapes in lower case.
+fn lower_hex(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut pending = 0;
+    for c in text.chars() {
+        if c == '%' {
+            pending = 2;
+            out.push(c);
+        } else if pending > 0 {
+            pending -= 1;
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl Wire {
     /// True when the header `name` carries a secret.
     pub fn is_secret_header(&self, name: &str) -> bool {
@@ -204,8 +271,11 @@ impl Wire {
 
     fn hide(&mut self, name: &str, value: &str) {
         if !value.is_empty() {
-            self.hidden
-                .push((value.to_string(), format!("[secret {name}]")));
+            let replacement = format!("[secret {name}]");
+            for form in echo_forms(value) {
+                self.hidden.push((form, replacement.clone()));
+            }
+            self.hidden.push((value.to_string(), replacement));
         }
     }
 
@@ -294,6 +364,26 @@ impl Wire {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Red team (issue 15): an endpoint echoing a credential JSON-escaped (`\/`) or
+    /// percent-encoded kept it in last_error and the audit trail.
+    #[test]
+    fn escaped_echoes_are_scrubbed() {
+        let mut wire = Wire::default();
+        wire.hide("stripe", "sk_live_Ab/Cd+Ef\"x");
+        for echo in [
+            "sk_live_Ab\\/Cd+Ef\\\"x",
+            "sk_live_Ab\\u002fCd+Ef\\\"x",
+            "sk_live_Ab\\u002FCd+Ef\\\"x",
+            "sk_live_Ab%2FCd%2BEf%22x",
+            "sk_live_Ab%2fCd%2bEf%22x",
+        ] {
+            let text = format!("{{\"got\": \"{echo}\"}}");
+            let scrubbed = wire.scrub(&text);
+            assert!(scrubbed.contains("[secret stripe]"), "{echo}: {scrubbed}");
+            assert!(!scrubbed.contains("Ab"), "{echo}: {scrubbed}");
+        }
+    }
 
     const TOKEN: &str = "sk_live_51Hx9qTOKENvalue";
     const HOOK: &str = "https://hooks.example.com/services/T0/B0/abcdefghijklmnopqrstuvwx";
