@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fresh-machine set-up, idempotent: Debian packages, cargo-pgrx 0.18.0, `cargo pgrx init`, and the
-# extension built and installed into the system Postgres 15. Every step checks first and skips what
+# Fresh-machine set-up, idempotent: Debian packages, cargo-pgrx 0.18.0, `cargo pgrx init`, promtool
+# (unpacked from Debian's prometheus package), and the extension built and installed into the system Postgres 15. Every step checks first and skips what
 # is already done, so a second run takes seconds. Run as root on Debian 12 (the only requirement is
 # the Rust toolchain).
 set -euo pipefail
@@ -68,6 +68,28 @@ if "$venv/bin/python" -c "import standardwebhooks, aiosmtpd" 2>/dev/null; then
 else
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
+fi
+
+step "promtool in .tools (Debian's prometheus package, unpacked, not installed)"
+# worker/tests/deploy.rs runs `promtool check rules` and `promtool test rules` on deploy/. Only
+# the binary is taken out of the .deb: installing the package would add a Prometheus service.
+promtool="$ROOT/.tools/promtool"
+if "$promtool" --version >/dev/null 2>&1; then
+  note "already present ($("$promtool" --version 2>&1 | head -n1))"
+else
+  tmp="$(mktemp -d)"
+  # apt downloads as its sandbox user _apt, which must be able to write there.
+  chown _apt "$tmp" 2>/dev/null || true
+  # On a machine whose packages were all present, apt-get update has not run: the package index
+  # may be empty, so update once if the first download fails.
+  (cd "$tmp" && apt-get download -qq prometheus 2>/dev/null) \
+    || { note "not in the package index: apt-get update" && apt-get update -qq \
+      && (cd "$tmp" && apt-get download -qq prometheus); } \
+    || die "apt-get download prometheus failed (Debian 12's prometheus package carries promtool)"
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root"
+  install -D -m 0755 "$tmp/root/usr/bin/promtool" "$promtool"
+  rm -rf "$tmp"
+  note "$("$promtool" --version 2>&1 | head -n1)"
 fi
 
 step "build and install the extension (release)"
