@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fresh-machine set-up, idempotent: Debian packages, cargo-pgrx 0.18.0, `cargo pgrx init`, promtool
-# (unpacked from Debian's prometheus package), and the extension built and installed into the system Postgres 15. Every step checks first and skips what
-# is already done, so a second run takes seconds. Run as root on Debian 12 (the only requirement is
-# the Rust toolchain).
+# (unpacked from Debian's prometheus package), and the extension built and installed into the
+# system Postgres 15. Every step checks first and skips what is already done, so a second run takes
+# seconds. Run as root on Debian 12 (the only requirement is the Rust toolchain).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
