@@ -3,10 +3,13 @@
 //! exports, the rules' scrape job is the one deploy/prometheus.yml defines, the Grafana dashboard
 //! names no data source uid (it imports into any Grafana through its `DS_PROMETHEUS` input and
 //! `datasource` variable) and queries only exported metrics, and the Postgres image takes its
-//! major version from `PG_MAJOR` everywhere.
+//! major version from `PG_MAJOR` everywhere. Prometheus' own `promtool` (put at
+//! `.tools/promtool` by scripts/setup.sh) checks the rules and the config and runs the rules' unit
+//! tests, deploy/alerts.test.yml.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use fraiseql_observers::metrics::Metrics;
 use serde_norway::Value;
@@ -14,10 +17,16 @@ use serde_norway::Value;
 /// Where every runbook_url points, followed by the section's anchor.
 const RUNBOOK: &str = "https://github.com/fraiseql/fraiseql_observers/blob/main/docs/runbook.md#";
 
+/// The workspace root (the worker crate is one level below it).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the worker crate is in the workspace")
+        .to_path_buf()
+}
+
 fn repo_file(path: &str) -> String {
-    let full = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path);
+    let full = workspace_root().join(path);
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
 }
 
@@ -272,4 +281,43 @@ fn the_postgres_image_takes_its_major_version_from_pg_major() {
         );
     }
     assert!(dockerfile.contains("FROM postgres:${PG_MAJOR}-bookworm"));
+}
+
+/// Runs `.tools/promtool ARGS` in the workspace root and fails with its output unless it succeeds.
+/// A missing promtool fails too: a skipped check would read as a passed one.
+fn promtool(args: &[&str]) {
+    let root = workspace_root();
+    let bin = root.join(".tools/promtool");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run scripts/setup.sh as root (its promtool step unpacks it from Debian's \
+         prometheus package without installing a service)",
+        bin.display()
+    );
+    let out = Command::new(&bin)
+        .args(args)
+        .current_dir(&root)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    assert!(
+        out.status.success(),
+        "promtool {} failed ({}):\n{}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn promtool_accepts_the_rules_and_their_unit_tests_pass() {
+    promtool(&["check", "rules", "deploy/alerts.yml"]);
+    promtool(&["test", "rules", "deploy/alerts.test.yml"]);
+}
+
+/// `--syntax-only`: the config loads its rules from /etc/prometheus/alerts.yml, a path that exists
+/// only inside the compose stack's Prometheus container; the rules file itself is checked above.
+#[test]
+fn promtool_accepts_the_prometheus_config() {
+    promtool(&["check", "config", "--syntax-only", "deploy/prometheus.yml"]);
 }
