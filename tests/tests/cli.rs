@@ -213,7 +213,14 @@ async fn every_subcommand_against_a_real_cluster() {
     // An unreachable database is a runtime failure (1) that says what to check.
     let nowhere = cli("postgres://postgres@127.0.0.1:9/postgres", &["status"]);
     assert_eq!(nowhere.status.code(), Some(1));
-    assert!(stderr(&nowhere).contains("cannot connect to the database"));
+    let text = stderr(&nowhere);
+    assert!(text.contains("cannot connect to the database"), "{text}");
+    assert_eq!(
+        text.matches("cannot connect to the database").count(),
+        1,
+        "said once: {text}"
+    );
+    assert!(text.contains("Connection refused"), "{text}");
 }
 
 #[test]

@@ -65,10 +65,17 @@ pub async fn connect(config: &Config) -> Result<Db> {
         .await
         .map_err(|e| match e {
             DbError::Incompatible(mismatch) => Failure::Runtime(mismatch.to_string()),
-            e => Failure::Runtime(format!(
-                "cannot connect to the database ({}): {e}; check database_url / --database-url",
-                fraiseql_observers::config::redact(&config.database_url)
-            )),
+            e => {
+                // DbError's own text starts with what this line says first.
+                let text = e.to_string();
+                let why = text
+                    .strip_prefix("cannot connect to the database: ")
+                    .unwrap_or(&text);
+                Failure::Runtime(format!(
+                    "cannot connect to the database ({}): {why}; check database_url / --database-url",
+                    fraiseql_observers::config::redact(&config.database_url)
+                ))
+            }
         })
 }
 
