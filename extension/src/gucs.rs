@@ -34,7 +34,8 @@ static ALLOWED_NETWORKS: GucSetting<Option<CString>> = GucSetting::<Option<CStri
 
 /// `fraiseql_observers.audit_search` (bool, default on, superuser): each attempt row indexes the
 /// words of its error and delivered document for `observer_search()`. Off: cheaper outcome
-/// reports, no text search. Read by the SQL trigger on observer.attempts.
+/// reports, no text search. Read by `observer.words()` (`sql/queue.sql`) in the statements that
+/// record attempts.
 static AUDIT_SEARCH: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 /// `fraiseql_observers.audit_export` (bool, default off, superuser): queue every attempt for

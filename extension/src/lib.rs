@@ -1,7 +1,8 @@
 //! `fraiseql_observers`: capture committed row changes and queue reliable outbound actions.
 //!
-//! Most of the extension is SQL (`sql/*.sql`, loaded below): capture trigger, dispatcher, queue and
-//! status are set-based work that SQL does best. Rust holds what SQL cannot do well: the GUCs, the
+//! Most of the extension is SQL (`sql/*.sql`, loaded below): observers, dispatch, queue, audit and
+//! status are set-based work that SQL does best. Rust holds what SQL cannot do well: the capture
+//! triggers, native because they run inside every write (`pg/capture.rs`), the GUCs, the
 //! dispatcher background worker, and validation shared with the worker (`fraiseql-observers-core`).
 
 // pgrx raises an `Err` with its own SQLSTATE only when the error type is `ErrorReport` itself,
