@@ -393,7 +393,7 @@ impl Config {
         config.secrets = parse_secrets(secrets)?;
         config.rate_limits = std::mem::take(&mut config.rate_limits)
             .into_iter()
-            .map(|(k, v)| (crate::webhook::endpoint(&k), v))
+            .map(|(k, v)| (crate::job::endpoint(&k), v))
             .collect();
         config.validate()?;
         Ok(config)

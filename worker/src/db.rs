@@ -14,6 +14,8 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client};
 
+use crate::job::{Audit, ClaimedJob, Failure};
+
 /// Channel on which `observer_dispatch` announces new jobs.
 pub const JOBS_CHANNEL: &str = "fraiseql_observers_jobs";
 
@@ -162,54 +164,6 @@ impl Health {
     }
 }
 
-/// A claimed job, as `observer_claim` returns it.
-#[derive(Debug, Clone)]
-pub struct ClaimedJob {
-    /// `observer.jobs.id`.
-    pub job_id: i64,
-    /// Fencing token of this claim; complete/fail are rejected once it is stale.
-    pub token: i64,
-    /// 1 for the first attempt.
-    pub attempt: i32,
-    /// Observer name (a bounded label).
-    pub observer: String,
-    /// The observer's action, as JSON text.
-    pub action: String,
-    /// Stable across retries and replays: the `webhook-id`.
-    pub idempotency_key: String,
-    /// The document to deliver, as JSON text.
-    pub payload: String,
-    /// When the event was captured (its transaction's start) or the job enqueued, Unix seconds
-    /// by the database clock.
-    pub event_at: f64,
-}
-
-/// How a failed job should be retried.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    /// The job.
-    pub job_id: i64,
-    /// Its fencing token.
-    pub token: i64,
-    /// What went wrong (stored on the job and its attempt).
-    pub error: String,
-    /// Earliest retry time demanded by the endpoint (`Retry-After`).
-    pub not_before: Option<SystemTime>,
-    /// For the audit trail.
-    pub audit: Audit,
-}
-
-/// What the audit trail records of an attempt besides its outcome.
-#[derive(Debug, Clone, Default)]
-pub struct Audit {
-    /// `scheme://host:port`.
-    pub endpoint: Option<String>,
-    /// HTTP status or SMTP reply code.
-    pub status: Option<i32>,
-    /// Time spent on the attempt.
-    pub duration_ms: Option<i32>,
-}
-
 /// The audit columns of a batch, as the three optional arrays of the outcome functions.
 type AuditArrays<'a> = (Vec<Option<&'a str>>, Vec<Option<i32>>, Vec<Option<i32>>);
 
@@ -223,6 +177,23 @@ fn audit_arrays<'a>(audits: impl Iterator<Item = &'a Audit>) -> AuditArrays<'a> 
         durations.push(a.duration_ms);
     }
     (endpoints, statuses, durations)
+}
+
+/// A document waiting in the audit outbox (`observer_audit_batch`), for the Elasticsearch
+/// export ([`crate::audit_export`]).
+#[derive(Debug, Clone)]
+pub struct Doc {
+    pub job_id: i64,
+    pub attempt: i32,
+    /// The document, as JSON text (`@timestamp` in UTC).
+    pub source: String,
+}
+
+impl Doc {
+    /// `_id`: stable, so a re-send is a 409 instead of a second document.
+    pub fn id(&self) -> String {
+        format!("{}-{}", self.job_id, self.attempt)
+    }
 }
 
 /// One database session of the worker.
@@ -556,7 +527,7 @@ impl Db {
     }
 
     /// `observer_audit_batch(max)`: the oldest documents waiting for Elasticsearch.
-    pub async fn audit_batch(&self, max: u32) -> Result<Vec<crate::audit::Doc>, DbError> {
+    pub async fn audit_batch(&self, max: u32) -> Result<Vec<Doc>, DbError> {
         let rows = self
             .client
             .query(
@@ -567,7 +538,7 @@ impl Db {
             .map_err(DbError::call("observer_audit_batch"))?;
         Ok(rows
             .iter()
-            .map(|r| crate::audit::Doc {
+            .map(|r| Doc {
                 job_id: r.get(0),
                 attempt: r.get(1),
                 source: r.get(2),

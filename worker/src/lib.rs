@@ -1,19 +1,44 @@
 //! The fraiseql_observers action worker and CLI, as a library so that tests can drive it.
 //! `main.rs` only parses the command line, loads the configuration and calls in here.
+//!
+//! # Layout
+//!
+//! Each module imports only modules listed below it (arrows point down; `tests/layout.rs` fails
+//! on an import cycle):
+//!
+//! - [`runner`]: the worker's loop: claims jobs, picks their action, reports outcomes, heartbeats
+//!   and reconnects; the only module that knows every other.
+//! - [`audit_export`]: the export of the audit trail to Elasticsearch, on its own task.
+//! - [`actions`]: one file per action (`webhook`, `slack`, `email`) and `http`, the HTTP client
+//!   they share with its SSRF guard and the classification of responses into outcomes.
+//! - [`secrets`]: resolves an action's references to secrets into what goes on the wire, and
+//!   scrubs them from error texts.
+//! - [`redis`]: state shared by replicas through Redis (breakers, rate-limit slots, the
+//!   delivered-ledger), falling back to local state.
+//! - [`metrics`]: the Prometheus registry and the `/metrics`, `/healthz`, `/readyz` server.
+//! - [`db`]: the worker's database session, one method per `observer_*` SQL function.
+//! - [`config`]: the configuration (defaults, file, environment, flags) and its validation.
+//! - [`job`]: the claimed job, an attempt's outcome and what is reported back: the types every
+//!   action, the database session and the runner share.
+//! - leaves: [`breaker`] (per-endpoint circuit breakers), [`ratelimit`] (the GCRA step and the
+//!   in-process limiter), [`signing`] (Standard Webhooks signatures), [`tls`] (TLS to Postgres
+//!   and Redis), [`version`] (the worker/extension version handshake).
+//!
+//! The CLI's commands (`cli.rs`, `declare.rs`) belong to the binary and use this library from
+//! above.
 #![forbid(unsafe_code)]
 
-pub mod audit;
+pub mod actions;
+pub mod audit_export;
 pub mod breaker;
 pub mod config;
 pub mod db;
-pub mod email;
+pub mod job;
 pub mod metrics;
 pub mod ratelimit;
+pub mod redis;
 pub mod runner;
 pub mod secrets;
-pub mod shared;
 pub mod signing;
-pub mod slack;
 pub mod tls;
 pub mod version;
-pub mod webhook;

@@ -1,7 +1,7 @@
 //! Per-endpoint rate limits (`[rate_limits]`: requests per second per endpoint), as GCRA
 //! ("virtual scheduling"): each request reserves the next free slot, `1/rate` after the previous
 //! one, and waits for it. Held in Redis when configured, so the limit holds across every
-//! replica (see [`crate::shared`], which runs the same algorithm as a Lua script); held in this
+//! replica (see [`crate::redis`], which runs the same algorithm as a Lua script); held in this
 //! process otherwise, or while Redis is unavailable (each replica then allows the full rate).
 
 use std::collections::HashMap;

@@ -17,16 +17,16 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::actions::email::{Mailer, MailerError};
+use crate::actions::{http, slack, webhook};
 use crate::breaker;
 use crate::config::Config;
-use crate::db::{Audit, ClaimedJob, Db, DbError, Failure};
-use crate::email::{Mailer, MailerError};
+use crate::db::{Db, DbError};
+use crate::job::{self, Attempted, Audit, ClaimedJob, Failure, Outcome};
 use crate::metrics::{self, Metrics};
 use crate::ratelimit::{self, Slot};
+use crate::redis::{Shared, SharedError};
 use crate::secrets::{self, Wire};
-use crate::shared::{Shared, SharedError};
-use crate::slack;
-use crate::webhook::{self, Attempted, Outcome};
 
 /// Most outcomes reported in one call.
 const REPORT_BATCH: usize = 1000;
@@ -105,7 +105,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         shared: Shared::new(&config.redis, metrics.clone())?,
         local_limits: ratelimit::Local::default(),
         worker: config.worker_name(),
-        http: webhook::client(&config.http.user_agent, config.allow_networks())?,
+        http: http::client(&config.http.user_agent, config.allow_networks())?,
         mailer: Mailer::new(&config.smtp)?,
         allow: config.allow_networks(),
         endpoints: EndpointSlots::new(config.http.max_in_flight_per_endpoint),
@@ -139,7 +139,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let exporter = if ctx.config.elasticsearch.url.is_empty() {
         None
     } else {
-        let exporter = crate::audit::Exporter::new(
+        let exporter = crate::audit_export::Exporter::new(
             ctx.config.elasticsearch.clone(),
             ctx.config.database_url.clone(),
             &ctx.config.http.user_agent,
@@ -597,7 +597,7 @@ async fn perform(
     };
     let endpoint = match &action {
         Action::Email(_) => ctx.mailer.endpoint().to_string(),
-        _ => webhook::endpoint(&wire.url),
+        _ => job::endpoint(&wire.url),
     };
     // A job that can never be sent as it is goes to the dead-letter queue before anything
     // touches its endpoint: the job's fault never counts against the endpoint's breaker.
@@ -617,7 +617,7 @@ async fn perform(
 /// sender is not one the worker's configuration allows. A secret that is not configured at all
 /// is left to [`perform_at`], which retries (the operator may be adding it).
 fn refuse_job(ctx: &Context, job: &ClaimedJob, action: &Action, url: &str) -> Result<(), String> {
-    webhook::check_key(&job.idempotency_key)?;
+    http::check_key(&job.idempotency_key)?;
     match action {
         Action::Webhook(w) => {
             let Some(name) = &w.secret else { return Ok(()) };
@@ -625,7 +625,7 @@ fn refuse_job(ctx: &Context, job: &ClaimedJob, action: &Action, url: &str) -> Re
                 // A credential named here is not a signing secret: reported at delivery.
                 Some(secret) if !secret.keys.is_empty() && !secret.may_sign_for(url) => Err(format!(
                     "signing secret {name:?} is not bound to {}: its destinations (secrets.{}.destinations) do not cover this URL; the request is neither signed nor sent",
-                    webhook::endpoint(url),
+                    job::endpoint(url),
                     name.to_ascii_lowercase()
                 )),
                 _ => Ok(()),

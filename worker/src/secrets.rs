@@ -21,7 +21,7 @@
 use fraiseql_observers_core::{Action, ValueOrSecret};
 
 use crate::config::{Config, Secret, ENV_PREFIX};
-use crate::webhook::{self, Attempted, Outcome};
+use crate::job::{self, Attempted, Outcome};
 
 /// Shortest part of a secret URL (a path segment, a query value, a password) that error texts
 /// are scrubbed of on its own: tokens are longer, and shorter parts (`/hook`) are no secret.
@@ -48,7 +48,7 @@ pub struct Wire {
 impl std::fmt::Debug for Wire {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Wire")
-            .field("endpoint", &webhook::endpoint(&self.url))
+            .field("endpoint", &job::endpoint(&self.url))
             .field(
                 "headers",
                 &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
@@ -152,7 +152,7 @@ pub fn resolve(config: &Config, action: &Action) -> Result<Wire, Unresolved> {
                 return Err(Unresolved::NotBound {
                     name: name.clone(),
                     field: "url".to_string(),
-                    endpoint: webhook::endpoint(value),
+                    endpoint: job::endpoint(value),
                     why:
                         "its value lies outside its own destinations (secrets.<name>.destinations)",
                 });
@@ -175,7 +175,7 @@ pub fn resolve(config: &Config, action: &Action) -> Result<Wire, Unresolved> {
                     return Err(Unresolved::NotBound {
                         name,
                         field,
-                        endpoint: webhook::endpoint(&wire.url),
+                        endpoint: job::endpoint(&wire.url),
                         why: "its value is a URL, and a URL secret can only be an action's url",
                     });
                 }
@@ -188,7 +188,7 @@ pub fn resolve(config: &Config, action: &Action) -> Result<Wire, Unresolved> {
                     return Err(Unresolved::NotBound {
                         name,
                         field,
-                        endpoint: webhook::endpoint(&wire.url),
+                        endpoint: job::endpoint(&wire.url),
                         why,
                     });
                 }

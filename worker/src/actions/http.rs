@@ -1,77 +1,18 @@
-//! The `webhook` action: POST the job's payload as JSON. Redirects are never followed (a 3xx is a
-//! failure: the endpoint must be configured with its final URL), and a failed response's body is
-//! read only up to a cap.
-
-use std::time::{Duration, SystemTime};
-
-use fraiseql_observers_core::WebhookAction;
-use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+//! The HTTP client every HTTP action shares (webhook, Slack) and the classification of its
+//! responses into outcomes. Redirects are never followed (a 3xx is a failure: the endpoint must
+//! be configured with its final URL), no proxy is used, every resolved address passes the network
+//! policy (SSRF guard), and a failed response's body is read only up to a cap.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use fraiseql_observers_core::net;
 use fraiseql_observers_core::text::{printable, with_sources};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::header::{HeaderValue, RETRY_AFTER};
 
-use crate::db::ClaimedJob;
-use crate::secrets::Wire;
-use crate::signing::{self, SigningKey};
-
-/// What became of one delivery attempt.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// 2xx: the job is done.
-    Delivered,
-    /// Anything else: retry with the extension's backoff, not before `not_before` if set.
-    /// `endpoint_fault`: the endpoint itself failed (connection, timeout, 5xx, 429, 408), which
-    /// counts towards its circuit breaker; a refusal of this request (other 4xx) or a problem on
-    /// our side does not.
-    Retry {
-        error: String,
-        not_before: Option<SystemTime>,
-        endpoint_fault: bool,
-    },
-    /// The job can never succeed as it is: end it at once (it goes to the dead-letter queue with
-    /// the reason, replayable). `pause`: the endpoint itself is gone (HTTP 410), so the
-    /// observer's deliveries are paused too; otherwise only this job is refused (a permanent
-    /// SMTP rejection, a recipient that is not an address).
-    Discard { error: String, pause: bool },
-    /// Not attempted (the endpoint is at its in-flight limit): back to the queue, due at
-    /// `until`, without using an attempt.
-    Snooze { until: SystemTime, reason: String },
-}
-
-/// One attempt's outcome and, when the endpoint answered, its status code (HTTP status, SMTP
-/// reply code), for the audit trail.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Attempted {
-    pub outcome: Outcome,
-    pub status: Option<u16>,
-}
-
-impl From<Outcome> for Attempted {
-    /// An outcome reached without an answer from the endpoint.
-    fn from(outcome: Outcome) -> Self {
-        Attempted {
-            outcome,
-            status: None,
-        }
-    }
-}
-
-/// The endpoint of a URL, as limits are kept: `scheme://host:port` (bounded: no path or query).
-pub fn endpoint(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(u) => format!(
-            "{}://{}:{}",
-            u.scheme(),
-            u.host_str().unwrap_or(""),
-            u.port_or_known_default().unwrap_or(0)
-        ),
-        Err(_) => url.to_string(),
-    }
-}
+use crate::job::{Attempted, Outcome};
 
 /// Resolves host names for the HTTP client and keeps only the addresses the network policy
 /// allows (SSRF guard): the check happens on the very addresses the connection will use, so a
@@ -113,7 +54,7 @@ impl Resolve for GuardedResolver {
     }
 }
 
-/// Build the HTTP client shared by all webhook deliveries.
+/// Build the HTTP client shared by all HTTP deliveries (webhook and Slack actions).
 ///
 /// It never uses a proxy from the environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`):
 /// through a proxy the resolver above would check only the proxy's address, and the proxy would
@@ -165,68 +106,6 @@ pub fn refuse_literal(url: &str, allow: &[net::Cidr]) -> Option<Outcome> {
         not_before: None,
         endpoint_fault: false,
     })
-}
-
-/// Deliver one job to a webhook: to `wire`'s URL with `wire`'s headers (the action's, its
-/// references to secrets resolved); the error text is scrubbed of the secrets sent.
-pub async fn deliver(
-    http: &reqwest::Client,
-    action: &WebhookAction,
-    wire: &Wire,
-    job: &ClaimedJob,
-    keys: Option<&[SigningKey]>,
-    allow: &[net::Cidr],
-    error_body_bytes: usize,
-) -> Attempted {
-    // The SSRF guard checks the URL the request goes to: a resolved secret's too.
-    if let Some(refused) = refuse_literal(&wire.url, allow) {
-        return refused.into();
-    }
-    let timestamp = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let mut request = http
-        .post(&wire.url)
-        .timeout(Duration::from_millis(action.timeout_ms))
-        .header(CONTENT_TYPE, "application/json")
-        .header("webhook-id", &job.idempotency_key)
-        .header("webhook-timestamp", timestamp.to_string());
-    if let Some(keys) = keys {
-        request = request.header(
-            "webhook-signature",
-            signing::signature(
-                keys,
-                &job.idempotency_key,
-                timestamp,
-                job.payload.as_bytes(),
-            ),
-        );
-    }
-    let mut request = request.body(job.payload.clone());
-    for (name, value) in &wire.headers {
-        // Names and values were validated at observer_create (secret values when the worker's
-        // configuration was loaded); a row edited by hand is refused here.
-        match (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            (Ok(n), Ok(mut v)) => {
-                // Kept out of HTTP/2 header compression tables and debug output of the client.
-                v.set_sensitive(wire.is_secret_header(name));
-                request = request.header(n, v)
-            }
-            _ => {
-                return Outcome::Retry {
-                    error: format!("invalid header {name:?} in the observer's action"),
-                    not_before: None,
-                    endpoint_fault: false,
-                }
-                .into()
-            }
-        }
-    }
-    wire.scrub_attempt(send(request, error_body_bytes).await)
 }
 
 /// Send a prepared request and classify the response: 2xx delivered; 410 discarded and the

@@ -28,28 +28,12 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{redact, ElasticsearchConfig};
-use crate::db::Db;
+use crate::db::{Db, Doc};
 use crate::metrics::Metrics;
 
 /// Largest `_bulk` body sent (Elasticsearch's default `http.max_content_length` is 100 MB; a few
 /// megabytes per request is the usual advice).
 const MAX_BULK_BYTES: usize = 5 * 1024 * 1024;
-
-/// A document waiting in the outbox.
-#[derive(Debug, Clone)]
-pub struct Doc {
-    pub job_id: i64,
-    pub attempt: i32,
-    /// The document, as JSON text (`@timestamp` in UTC).
-    pub source: String,
-}
-
-impl Doc {
-    /// `_id`: stable, so a re-send is a 409 instead of a second document.
-    pub fn id(&self) -> String {
-        format!("{}-{}", self.job_id, self.attempt)
-    }
-}
 
 /// What Elasticsearch said about one document.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,8 +18,7 @@ use lettre::message::Mailbox;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::config::{redact, SmtpConfig};
-use crate::db::ClaimedJob;
-use crate::webhook::{Attempted, Outcome};
+use crate::job::{Attempted, ClaimedJob, Outcome};
 
 /// Longest rendered subject.
 const MAX_SUBJECT_BYTES: usize = 998;

@@ -14,9 +14,9 @@ use fraiseql_observers_core::template::{self, Escape};
 use fraiseql_observers_core::SlackAction;
 use reqwest::header::CONTENT_TYPE;
 
-use crate::db::ClaimedJob;
+use super::http;
+use crate::job::{Attempted, ClaimedJob, Outcome};
 use crate::secrets::Wire;
-use crate::webhook::{self, Attempted, Outcome};
 
 /// Slack truncates message text beyond 40,000 characters; we refuse instead of cutting.
 const MAX_TEXT_BYTES: usize = 40_000;
@@ -73,7 +73,7 @@ pub async fn deliver(
     allow: &[net::Cidr],
     error_body_bytes: usize,
 ) -> Attempted {
-    if let Some(refused) = webhook::refuse_literal(&wire.url, allow) {
+    if let Some(refused) = http::refuse_literal(&wire.url, allow) {
         return refused.into();
     }
     let body = match message(action, &job.payload) {
@@ -93,7 +93,7 @@ pub async fn deliver(
         .timeout(Duration::from_millis(action.timeout_ms))
         .header(CONTENT_TYPE, "application/json")
         .body(body.to_string());
-    wire.scrub_attempt(webhook::send(request, error_body_bytes).await)
+    wire.scrub_attempt(http::send(request, error_body_bytes).await)
 }
 
 #[cfg(test)]

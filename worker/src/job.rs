@@ -1,0 +1,109 @@
+//! What every action works on and returns: the claimed job (as `observer_claim` hands it out),
+//! the outcome of one attempt, and what the worker reports back (a failure, the audit columns).
+//! Below every other worker module: actions, secrets, the database session and the runner all
+//! speak these types, so none of them has to import another to say what happened.
+
+use std::time::SystemTime;
+
+/// What became of one delivery attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// 2xx: the job is done.
+    Delivered,
+    /// Anything else: retry with the extension's backoff, not before `not_before` if set.
+    /// `endpoint_fault`: the endpoint itself failed (connection, timeout, 5xx, 429, 408), which
+    /// counts towards its circuit breaker; a refusal of this request (other 4xx) or a problem on
+    /// our side does not.
+    Retry {
+        error: String,
+        not_before: Option<SystemTime>,
+        endpoint_fault: bool,
+    },
+    /// The job can never succeed as it is: end it at once (it goes to the dead-letter queue with
+    /// the reason, replayable). `pause`: the endpoint itself is gone (HTTP 410), so the
+    /// observer's deliveries are paused too; otherwise only this job is refused (a permanent
+    /// SMTP rejection, a recipient that is not an address).
+    Discard { error: String, pause: bool },
+    /// Not attempted (the endpoint is at its in-flight limit): back to the queue, due at
+    /// `until`, without using an attempt.
+    Snooze { until: SystemTime, reason: String },
+}
+
+/// One attempt's outcome and, when the endpoint answered, its status code (HTTP status, SMTP
+/// reply code), for the audit trail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempted {
+    pub outcome: Outcome,
+    pub status: Option<u16>,
+}
+
+impl From<Outcome> for Attempted {
+    /// An outcome reached without an answer from the endpoint.
+    fn from(outcome: Outcome) -> Self {
+        Attempted {
+            outcome,
+            status: None,
+        }
+    }
+}
+
+/// The endpoint of a URL, as limits are kept: `scheme://host:port` (bounded: no path or query).
+pub fn endpoint(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}:{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port_or_known_default().unwrap_or(0)
+        ),
+        Err(_) => url.to_string(),
+    }
+}
+
+/// A claimed job, as `observer_claim` returns it.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    /// `observer.jobs.id`.
+    pub job_id: i64,
+    /// Fencing token of this claim; complete/fail are rejected once it is stale.
+    pub token: i64,
+    /// 1 for the first attempt.
+    pub attempt: i32,
+    /// Observer name (a bounded label).
+    pub observer: String,
+    /// The observer's action, as JSON text.
+    pub action: String,
+    /// Stable across retries and replays: the `webhook-id`.
+    pub idempotency_key: String,
+    /// The document to deliver, as JSON text.
+    pub payload: String,
+    /// When the event was captured (its transaction's start) or the job enqueued, Unix seconds
+    /// by the database clock.
+    pub event_at: f64,
+}
+
+/// How a failed job should be retried.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The job.
+    pub job_id: i64,
+    /// Its fencing token.
+    pub token: i64,
+    /// What went wrong (stored on the job and its attempt).
+    pub error: String,
+    /// Earliest retry time demanded by the endpoint (`Retry-After`).
+    pub not_before: Option<SystemTime>,
+    /// For the audit trail.
+    pub audit: Audit,
+}
+
+/// What the audit trail records of an attempt besides its outcome.
+#[derive(Debug, Clone, Default)]
+pub struct Audit {
+    /// `scheme://host:port`.
+    pub endpoint: Option<String>,
+    /// HTTP status or SMTP reply code.
+    pub status: Option<i32>,
+    /// Time spent on the attempt.
+    pub duration_ms: Option<i32>,
+}
