@@ -305,6 +305,26 @@ impl Cluster {
     }
 }
 
+/// One `GET path` on 127.0.0.1:`port` (HTTP/1.0, read timeout 10 s): the status and the whole
+/// response, headers included; (0, "") when nothing answers. For the worker's metrics listener
+/// (`/metrics`, `/healthz`, `/readyz`).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    let mut out = String::new();
+    let _ = stream.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
+
 /// The SQLSTATE of running `sql` (a batch), or "ok".
 pub async fn sqlstate(client: &tokio_postgres::Client, sql: &str) -> String {
     match client.batch_execute(sql).await {
@@ -366,8 +386,16 @@ pub fn worker_binary() -> Result<PathBuf> {
 /// Run the real `fraiseql-observers` binary with `args` against the database at `url` (the
 /// operator CLI, as a user runs it).
 pub fn run_cli(url: &str, args: &[&str]) -> std::process::Output {
-    Command::new(worker_binary().expect("worker binary"))
-        .args(args)
+    run_cli_in(None, url, args)
+}
+
+/// [`run_cli`] in working directory `dir` (a command that reads a file by a relative name).
+pub fn run_cli_in(dir: Option<&Path>, url: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(worker_binary().expect("worker binary"));
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
+    cmd.args(args)
         .env("FRAISEQL_OBSERVERS_DATABASE_URL", url)
         .output()
         .expect("run the CLI")

@@ -12,12 +12,12 @@
 //! A ```toml block whose first line is `# FILE` is written to FILE in the commands' working
 //! directory (the file `validate-config` reads). Examples that cannot run here stay ```text.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fraiseql_observers_tests::{
-    observer_status, wait_for_jobs, worker_binary, workspace_root, Cluster, Sink, Worker,
+    observer_status, run_cli_in, wait_for_jobs, workspace_root, Cluster, Sink, Worker,
 };
 
 /// Placeholders a doc token may hold; each matches one run of non-space characters.
@@ -154,14 +154,9 @@ fn the_matcher_reads_the_convention() {
 }
 
 fn run(cwd: &std::path::Path, url: &str, args: &[String]) -> Output {
-    // run_cli (tests/src/lib.rs) with a working directory: `validate-config FILE` reads a file
-    // the doc declares.
-    Command::new(worker_binary().expect("worker binary"))
-        .args(args)
-        .current_dir(cwd)
-        .env("FRAISEQL_OBSERVERS_DATABASE_URL", url)
-        .output()
-        .expect("run the CLI")
+    // `validate-config FILE` reads a file the doc declares, relative to the working directory.
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_cli_in(Some(cwd), url, &args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,13 +5,12 @@
 //! version handshake: the worker and the CLI refuse an extension of another series, naming both
 //! versions and the fix.
 
-use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fraiseql_observers_tests::{
-    free_port, run_cli, wait_for_jobs, wait_until, worker_binary, Cluster, Sink, Worker,
+    free_port, http_get, run_cli, wait_for_jobs, wait_until, worker_binary, Cluster, Sink, Worker,
 };
 
 /// The worker's version: the workspace's, as this crate's.
@@ -19,19 +18,8 @@ const WORKER_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// `GET path` on the worker's metrics listener: (status, body); (0, "") when nothing answers.
 fn get(port: u16, path: &str) -> (u16, String) {
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
-    let mut out = String::new();
-    let _ = stream.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = out
+    let (status, response) = http_get(port, path);
+    let body = response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();

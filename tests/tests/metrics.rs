@@ -2,20 +2,15 @@
 //! histogram, in-flight and worker-up gauges, queue depth read from the extension; labels never
 //! carry URLs.
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fraiseql_observers_tests::{free_port, wait_for_jobs, wait_until, Cluster, Sink, Worker};
+use fraiseql_observers_tests::{
+    free_port, http_get, wait_for_jobs, wait_until, Cluster, Sink, Worker,
+};
 
 fn scrape(port: u16) -> String {
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n");
-    let mut out = String::new();
-    let _ = stream.read_to_string(&mut out);
-    out
+    http_get(port, "/metrics").1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

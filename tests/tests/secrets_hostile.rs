@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fraiseql_observers_tests::{
-    free_port, observer_status, run_cli, wait_until, worker_binary, Cluster, Received, Reply, Sink,
-    Worker,
+    free_port, http_get, observer_status, run_cli, wait_until, worker_binary, Cluster, Received,
+    Reply, Sink, Worker,
 };
 
 /// Distinctive values: any copy of one anywhere is found.
@@ -696,24 +696,6 @@ async fn an_app_payload_or_a_template_never_resolves_a_reference() {
     assert_eq!(slack.body["blocks"][0]["text"]["secret"], "api");
 }
 
-/// GET `path` on 127.0.0.1:`port`: (status, body).
-fn get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
-    let mut out = String::new();
-    let _ = stream.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, out)
-}
-
 /// Defended: the worker's log at `trace` for every crate (HTTP client
 /// included), `/metrics`, `/healthz`, `/readyz` and the CLI's `status`, `dlq list` and
 /// `search` hold no value, after deliveries through a header secret and a URL secret and a
@@ -785,9 +767,9 @@ async fn no_value_in_trace_logs_metrics_health_or_cli_output() {
     // The health watch reads observer_status() every 5 s.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let mut outputs = vec![
-        ("/metrics", get(port, "/metrics").1),
-        ("/healthz", get(port, "/healthz").1),
-        ("/readyz", get(port, "/readyz").1),
+        ("/metrics", http_get(port, "/metrics").1),
+        ("/healthz", http_get(port, "/healthz").1),
+        ("/readyz", http_get(port, "/readyz").1),
     ];
     assert!(
         outputs[0].1.contains("fraiseql_observers_jobs_total"),

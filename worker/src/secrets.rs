@@ -211,6 +211,13 @@ fn is_http_url(value: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Every byte but RFC 3986's unreserved characters is percent-encoded (upper-case hex).
+const URL_UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// `value` as an endpoint may quote it back when it echoes what it received: JSON-escaped (a
 /// `/` as `\/` or `\u002f`, as PHP's `json_encode` writes it; `"` and `\` escaped) and
 /// percent-encoded (either case of hex digit). The forms that differ from `value`.
@@ -221,16 +228,7 @@ fn echo_forms(value: &str) -> Vec<String> {
         .and_then(|j| j.strip_suffix('"'))
         .unwrap_or_default()
         .to_string();
-    let percent: String = value
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
+    let percent = percent_encoding::utf8_percent_encode(value, URL_UNRESERVED).to_string();
     let mut forms = vec![
         json.replace('/', "\\/"),
         json.replace('/', "\\u002f"),
