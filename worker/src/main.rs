@@ -137,6 +137,9 @@ enum Command {
     ValidateConfig {
         /// The TOML file to check.
         file: PathBuf,
+        /// Print the effective configuration as JSON instead of TOML.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -213,7 +216,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let overrides = flag_overrides(&cli);
     let file = match &cli.command {
-        Command::ValidateConfig { file } => Some(file.clone()),
+        Command::ValidateConfig { file, .. } => Some(file.clone()),
         _ => cli.config.clone(),
     };
     let config = match Config::load(file.as_deref(), std::env::vars(), &overrides) {
@@ -329,9 +332,21 @@ async fn execute(command: Command, config: Config) -> Result<(), cli::Failure> {
             }
             Ok(())
         }
-        Command::ValidateConfig { file } => {
-            outln!("{}: valid", file.display());
-            outln!("{:#?}", config.redacted());
+        Command::ValidateConfig { file, json } => {
+            use fraiseql_observers::config::Format;
+            let format = if json { Format::Json } else { Format::Toml };
+            let text = config
+                .render(format)
+                .map_err(|e| cli::Failure::Runtime(e.to_string()))?;
+            // The TOML stays a loadable file: the verdict is a comment line. JSON is only the
+            // object (exit 0 says valid).
+            if !json {
+                outln!(
+                    "# {}: valid; effective configuration, credentials masked",
+                    file.display()
+                );
+            }
+            out!("{text}");
             Ok(())
         }
     }
