@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod action;
+pub mod backoff;
 pub mod net;
 pub mod prune;
 pub mod secret;

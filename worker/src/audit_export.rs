@@ -23,12 +23,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fraiseql_observers_core::backoff::Backoff;
 use fraiseql_observers_core::text::printable;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{redact, ElasticsearchConfig};
-use crate::db::{Db, Doc};
+use crate::db::{Db, Doc, Settled};
 use crate::metrics::Metrics;
 
 /// Largest `_bulk` body sent (Elasticsearch's default `http.max_content_length` is 100 MB; a few
@@ -193,7 +194,10 @@ impl Exporter {
     /// Export until cancelled.
     pub async fn run(self, cancel: CancellationToken) {
         tracing::info!(url = %redact(&self.config.url), "exporting the audit trail to Elasticsearch");
-        let mut backoff = Backoff::new(self.config.flush_ms, self.config.max_backoff_ms);
+        let mut backoff = Backoff::new(
+            Duration::from_millis(self.config.flush_ms),
+            Duration::from_millis(self.config.max_backoff_ms),
+        );
         let mut template_installed = false;
         // The exporter's connection, and whether it holds the exporters' lock.
         let mut session: Option<(Db, bool)> = None;
@@ -208,7 +212,7 @@ impl Exporter {
                     if e.lost_session {
                         session = None;
                     }
-                    let pause = backoff.next();
+                    let pause = backoff.next_wait();
                     tracing::warn!(error = %e.message, retry_in_ms = pause.as_millis() as u64, "audit export to Elasticsearch failed; documents wait in Postgres");
                     self.metrics.audit_export_failures.inc();
                     pause
@@ -282,15 +286,23 @@ impl Exporter {
         let mut later = 0;
         for (doc, verdict) in docs.iter().zip(verdicts) {
             match verdict {
-                Verdict::Stored => settled.push((doc.job_id, doc.attempt, None)),
+                Verdict::Stored => settled.push(Settled {
+                    job_id: doc.job_id,
+                    attempt: doc.attempt,
+                    refused: None,
+                }),
                 Verdict::Refused(reason) => {
                     tracing::error!(id = %doc.id(), %reason, "Elasticsearch refused an audit document; it stays in observer.audit_outbox with the reason");
-                    settled.push((doc.job_id, doc.attempt, Some(reason)));
+                    settled.push(Settled {
+                        job_id: doc.job_id,
+                        attempt: doc.attempt,
+                        refused: Some(reason),
+                    });
                 }
                 Verdict::Later => later += 1,
             }
         }
-        let stored = settled.iter().filter(|s| s.2.is_none()).count();
+        let stored = settled.iter().filter(|s| s.refused.is_none()).count();
         db.audit_done(&settled).await.map_err(ExportError::db)?;
         self.metrics.audit_exported.inc_by(stored as u64);
         if later > 0 {
@@ -352,33 +364,6 @@ impl ExportError {
             message: message.into(),
             lost_session: false,
         }
-    }
-}
-
-/// Exponential backoff from `base` to `max` milliseconds.
-struct Backoff {
-    base: u64,
-    max: u64,
-    current: u64,
-}
-
-impl Backoff {
-    fn new(base: u64, max: u64) -> Self {
-        Backoff {
-            base,
-            max,
-            current: base,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let d = Duration::from_millis(self.current);
-        self.current = (self.current * 2).min(self.max);
-        d
-    }
-
-    fn reset(&mut self) {
-        self.current = self.base;
     }
 }
 

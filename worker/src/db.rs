@@ -10,11 +10,12 @@
 
 use std::time::{Duration, SystemTime};
 
+use fraiseql_observers_core::prune::Pruned;
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client};
 
-use crate::job::{Audit, ClaimedJob, Failure};
+use crate::job::{Audit, ClaimedJob, Completion, Discard, Failure, Lease, Snooze};
 
 /// Channel on which `observer_dispatch` announces new jobs.
 pub const JOBS_CHANNEL: &str = "fraiseql_observers_jobs";
@@ -179,6 +180,34 @@ fn audit_arrays<'a>(audits: impl Iterator<Item = &'a Audit>) -> AuditArrays<'a> 
     (endpoints, statuses, durations)
 }
 
+/// The job ids and fencing tokens of a batch, as the first two arrays of the outcome functions.
+fn lease_arrays<'a>(leases: impl Iterator<Item = &'a Lease>) -> (Vec<i64>, Vec<i64>) {
+    leases.map(|l| (l.job_id, l.token)).unzip()
+}
+
+/// One circuit breaker as `observer_report_breakers` records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerRow {
+    /// `scheme://host:port`.
+    pub endpoint: String,
+    /// `closed`, `open` or `half_open`.
+    pub state: &'static str,
+    /// Consecutive endpoint faults counted while closed.
+    pub failures: i32,
+    /// While open: until when.
+    pub open_until: Option<SystemTime>,
+}
+
+/// An audit document Elasticsearch settled (`observer_audit_done`): stored, or refused for good
+/// with the reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settled {
+    pub job_id: i64,
+    pub attempt: i32,
+    /// None when stored.
+    pub refused: Option<String>,
+}
+
 /// A document waiting in the audit outbox (`observer_audit_batch`), for the Elasticsearch
 /// export ([`crate::audit_export`]).
 #[derive(Debug, Clone)]
@@ -321,8 +350,8 @@ impl Db {
         Ok(row.get(0))
     }
 
-    /// `observer_prune()` with the server's retention setting: events deleted.
-    pub async fn prune(&self, max_rows: i32) -> Result<(i64, i64), DbError> {
+    /// `observer_prune()` with the server's retention setting: what it deleted.
+    pub async fn prune(&self, max_rows: i32) -> Result<Pruned, DbError> {
         let row = self
             .client
             .query_one(
@@ -331,7 +360,10 @@ impl Db {
             )
             .await
             .map_err(DbError::call("observer_prune"))?;
-        Ok((row.get(0), row.get(1)))
+        Ok(Pruned {
+            events: row.get(0),
+            jobs: row.get(1),
+        })
     }
 
     /// `observer_claim(worker, max, lease)`.
@@ -366,12 +398,8 @@ impl Db {
     }
 
     /// `observer_heartbeat(ids, tokens, lease)`: the ids whose lease was lost (rejected).
-    pub async fn heartbeat(
-        &self,
-        jobs: &[(i64, i64)],
-        lease: Duration,
-    ) -> Result<Vec<i64>, DbError> {
-        let (ids, tokens): (Vec<i64>, Vec<i64>) = jobs.iter().copied().unzip();
+    pub async fn heartbeat(&self, jobs: &[Lease], lease: Duration) -> Result<Vec<i64>, DbError> {
+        let (ids, tokens) = lease_arrays(jobs.iter());
         let rows = self
             .client
             .query(
@@ -385,10 +413,9 @@ impl Db {
     }
 
     /// `observer_complete(ids, tokens, audit...)`: the ids whose token was stale (rejected).
-    pub async fn complete(&self, done: &[(i64, i64, Audit)]) -> Result<Vec<i64>, DbError> {
-        let ids: Vec<i64> = done.iter().map(|d| d.0).collect();
-        let tokens: Vec<i64> = done.iter().map(|d| d.1).collect();
-        let (endpoints, statuses, durations) = audit_arrays(done.iter().map(|d| &d.2));
+    pub async fn complete(&self, done: &[Completion]) -> Result<Vec<i64>, DbError> {
+        let (ids, tokens) = lease_arrays(done.iter().map(|d| &d.lease));
+        let (endpoints, statuses, durations) = audit_arrays(done.iter().map(|d| &d.audit));
         let rows = self
             .client
             .query(
@@ -403,8 +430,7 @@ impl Db {
 
     /// `observer_fail(ids, tokens, errors, not_before)`: the ids whose token was stale.
     pub async fn fail(&self, failed: &[Failure]) -> Result<Vec<i64>, DbError> {
-        let ids: Vec<i64> = failed.iter().map(|f| f.job_id).collect();
-        let tokens: Vec<i64> = failed.iter().map(|f| f.token).collect();
+        let (ids, tokens) = lease_arrays(failed.iter().map(|f| &f.lease));
         let errors: Vec<&str> = failed.iter().map(|f| f.error.as_str()).collect();
         // Seconds since the epoch; NULL where the endpoint set no earliest time.
         let not_before: Vec<Option<f64>> = failed
@@ -435,15 +461,11 @@ impl Db {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// `observer_snooze` for (job, token, until, reason); returns the jobs whose token was stale.
-    pub async fn snooze(
-        &self,
-        items: &[(i64, i64, SystemTime, String)],
-    ) -> Result<Vec<i64>, DbError> {
-        let ids: Vec<i64> = items.iter().map(|i| i.0).collect();
-        let tokens: Vec<i64> = items.iter().map(|i| i.1).collect();
-        let until: Vec<f64> = items.iter().map(|i| epoch_seconds(i.2)).collect();
-        let reasons: Vec<&str> = items.iter().map(|i| i.3.as_str()).collect();
+    /// `observer_snooze`: returns the jobs whose token was stale.
+    pub async fn snooze(&self, items: &[Snooze]) -> Result<Vec<i64>, DbError> {
+        let (ids, tokens) = lease_arrays(items.iter().map(|i| &i.lease));
+        let until: Vec<f64> = items.iter().map(|i| epoch_seconds(i.until)).collect();
+        let reasons: Vec<&str> = items.iter().map(|i| i.reason.as_str()).collect();
         let rows = self
             .client
             .query(
@@ -459,17 +481,13 @@ impl Db {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// `observer_discard` for (job, token, reason, pause the observer) tuples; returns the jobs
-    /// whose token was stale.
-    pub async fn discard(
-        &self,
-        items: &[(i64, i64, String, bool, Audit)],
-    ) -> Result<Vec<i64>, DbError> {
-        let ids: Vec<i64> = items.iter().map(|i| i.0).collect();
-        let tokens: Vec<i64> = items.iter().map(|i| i.1).collect();
-        let reasons: Vec<&str> = items.iter().map(|i| i.2.as_str()).collect();
-        let pause: Vec<bool> = items.iter().map(|i| i.3).collect();
-        let (endpoints, statuses, durations) = audit_arrays(items.iter().map(|i| &i.4));
+    /// `observer_discard` (pausing the observer where asked); returns the jobs whose token was
+    /// stale.
+    pub async fn discard(&self, items: &[Discard]) -> Result<Vec<i64>, DbError> {
+        let (ids, tokens) = lease_arrays(items.iter().map(|i| &i.lease));
+        let reasons: Vec<&str> = items.iter().map(|i| i.error.as_str()).collect();
+        let pause: Vec<bool> = items.iter().map(|i| i.pause).collect();
+        let (endpoints, statuses, durations) = audit_arrays(items.iter().map(|i| &i.audit));
         let rows = self
             .client
             .query(
@@ -482,16 +500,19 @@ impl Db {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// `observer_report_breakers`: (endpoint, state, failures, open until) of this worker.
+    /// `observer_report_breakers`: this worker's circuit breakers.
     pub async fn report_breakers(
         &self,
         worker: &str,
-        breakers: &[(String, &'static str, i32, Option<SystemTime>)],
+        breakers: &[BreakerRow],
     ) -> Result<(), DbError> {
-        let endpoints: Vec<&str> = breakers.iter().map(|b| b.0.as_str()).collect();
-        let states: Vec<&str> = breakers.iter().map(|b| b.1).collect();
-        let failures: Vec<i32> = breakers.iter().map(|b| b.2).collect();
-        let until: Vec<Option<f64>> = breakers.iter().map(|b| b.3.map(epoch_seconds)).collect();
+        let endpoints: Vec<&str> = breakers.iter().map(|b| b.endpoint.as_str()).collect();
+        let states: Vec<&str> = breakers.iter().map(|b| b.state).collect();
+        let failures: Vec<i32> = breakers.iter().map(|b| b.failures).collect();
+        let until: Vec<Option<f64>> = breakers
+            .iter()
+            .map(|b| b.open_until.map(epoch_seconds))
+            .collect();
         self.client
             .execute(
                 &self.sql(&format!(
@@ -546,14 +567,14 @@ impl Db {
             .collect())
     }
 
-    /// `observer_audit_done`: (job, attempt, refused reason or None when stored).
-    pub async fn audit_done(&self, settled: &[(i64, i32, Option<String>)]) -> Result<(), DbError> {
+    /// `observer_audit_done`: documents stored by Elasticsearch, or refused for good.
+    pub async fn audit_done(&self, settled: &[Settled]) -> Result<(), DbError> {
         if settled.is_empty() {
             return Ok(());
         }
-        let ids: Vec<i64> = settled.iter().map(|s| s.0).collect();
-        let attempts: Vec<i32> = settled.iter().map(|s| s.1).collect();
-        let refused: Vec<Option<&str>> = settled.iter().map(|s| s.2.as_deref()).collect();
+        let ids: Vec<i64> = settled.iter().map(|s| s.job_id).collect();
+        let attempts: Vec<i32> = settled.iter().map(|s| s.attempt).collect();
+        let refused: Vec<Option<&str>> = settled.iter().map(|s| s.refused.as_deref()).collect();
         self.client
             .execute(
                 &self.sql(
@@ -653,5 +674,48 @@ impl Db {
             .await
             .map_err(DbError::call("observer_status"))?;
         Ok(row.get(0))
+    }
+
+    /// One JSON value computed by `sql` (a query returning a single row with one json/jsonb
+    /// column sent as text), with typed parameters; NULL for no value. For the CLI, which calls
+    /// the extension's public functions with these.
+    pub async fn query_json(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<serde_json::Value, DbError> {
+        let row = self
+            .client
+            .query_one(&self.sql(sql), params)
+            .await
+            .map_err(DbError::call("CLI query"))?;
+        let text: Option<String> = row.get(0);
+        Ok(text
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Run `steps` (queries with typed parameters, as [`Db::query_json`]) in one transaction:
+    /// all of them or none; `after_each` is called after each step that succeeded.
+    pub async fn in_transaction_typed(
+        &self,
+        steps: &[(String, Vec<&(dyn tokio_postgres::types::ToSql + Sync)>)],
+        mut after_each: impl FnMut(),
+    ) -> Result<(), DbError> {
+        self.client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(DbError::call("BEGIN"))?;
+        for (sql, params) in steps {
+            if let Err(e) = self.query_json(sql, params).await {
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+            after_each();
+        }
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(DbError::call("COMMIT"))
     }
 }

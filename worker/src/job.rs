@@ -60,6 +60,17 @@ pub fn endpoint(url: &str) -> String {
     }
 }
 
+/// A claim held on a job: the job and the fencing token of the claim. Every report on the job
+/// carries it; the database refuses one whose token is stale (another worker claimed the job
+/// since).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// `observer.jobs.id`.
+    pub job_id: i64,
+    /// The claim's fencing token.
+    pub token: i64,
+}
+
 /// A claimed job, as `observer_claim` returns it.
 #[derive(Debug, Clone)]
 pub struct ClaimedJob {
@@ -82,17 +93,54 @@ pub struct ClaimedJob {
     pub event_at: f64,
 }
 
+impl ClaimedJob {
+    /// The claim held on the job.
+    pub fn lease(&self) -> Lease {
+        Lease {
+            job_id: self.job_id,
+            token: self.token,
+        }
+    }
+}
+
+/// A delivered job, to complete.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub lease: Lease,
+    /// For the audit trail.
+    pub audit: Audit,
+}
+
 /// How a failed job should be retried.
 #[derive(Debug, Clone)]
 pub struct Failure {
-    /// The job.
-    pub job_id: i64,
-    /// Its fencing token.
-    pub token: i64,
+    pub lease: Lease,
     /// What went wrong (stored on the job and its attempt).
     pub error: String,
     /// Earliest retry time demanded by the endpoint (`Retry-After`).
     pub not_before: Option<SystemTime>,
+    /// For the audit trail.
+    pub audit: Audit,
+}
+
+/// A job sent back to the queue without using an attempt (circuit open, endpoint at its limit).
+#[derive(Debug, Clone)]
+pub struct Snooze {
+    pub lease: Lease,
+    /// When it is due again.
+    pub until: SystemTime,
+    /// Why (the job's last error until it runs).
+    pub reason: String,
+}
+
+/// A job ended at once into the dead-letter queue.
+#[derive(Debug, Clone)]
+pub struct Discard {
+    pub lease: Lease,
+    /// Why it can never succeed as it is.
+    pub error: String,
+    /// The endpoint is gone (HTTP 410): pause the observer too.
+    pub pause: bool,
     /// For the audit trail.
     pub audit: Audit,
 }

@@ -4,23 +4,31 @@
 //!
 //! It survives SQL errors (logs, aborts the transaction, backs off, goes on), idles until
 //! `CREATE EXTENSION` has run and while the extension's SQL is of another version than this
-//! library (the window of an upgrade before `ALTER EXTENSION ... UPDATE`, `pg::compat`), rereads its settings on SIGHUP and exits on SIGTERM. Only one
-//! dispatcher runs a round at a time per database (`observer_dispatch` holds the checkpoint row),
-//! so external workers running rounds for hosts without preload never collide with it.
+//! library (the window of an upgrade before `ALTER EXTENSION ... UPDATE`, `pg::compat`),
+//! rereads its settings on SIGHUP and exits on SIGTERM. Only one dispatcher runs a round at a
+//! time per database (`observer_dispatch` holds the checkpoint row), so external workers running
+//! rounds for hosts without preload never collide with it.
+//!
+//! Read top-down: the main function waits on the latch and calls [`Dispatcher::step`], which
+//! backs off after a failure, runs a round in a transaction ([`tick`]) and prunes when the
+//! shared schedule says so ([`prune_once`]); [`in_transaction`] is the one error-recovery path.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
-use fraiseql_observers_core::prune;
+use fraiseql_observers_core::backoff::Backoff;
+use fraiseql_observers_core::prune::{self, Pruned};
 
 use crate::gucs;
 use crate::pg::compat;
 use crate::pg::wake;
 
+/// Pause after a first failed round (doubling with each further one).
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest pause after consecutive failed rounds.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Pause between checks while the extension is not created in the database yet.
@@ -60,100 +68,11 @@ pub extern "C-unwind" fn fraiseql_observers_dispatcher_main(_arg: pg_sys::Datum)
     let procno = unsafe { (*pg_sys::MyProc).pgprocno };
     wake::publish_dispatcher(Some(procno));
 
-    let mut failures: u32 = 0;
+    let mut dispatcher = Dispatcher::new(database);
     let mut wait = Duration::ZERO;
-    let mut last_prune = std::time::Instant::now();
-    let mut prune_backlog = false;
-    let mut backoff_until: Option<std::time::Instant> = None;
-    // The SQL version last reported as waiting for an update: logged once, not every 2 s.
-    let mut waiting_for: Option<String> = None;
     while BackgroundWorker::wait_latch(Some(wait)) {
-        if BackgroundWorker::sighup_received() {
-            // SAFETY: called from the worker's main loop, outside any transaction, as Postgres'
-            // own background workers do after their SIGHUP handler set the flag.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-        }
-        // After a failed round, wait out the backoff even if commits keep setting the latch.
-        if let Some(until) = backoff_until {
-            let now = std::time::Instant::now();
-            if now < until {
-                wait = until - now;
-                continue;
-            }
-            backoff_until = None;
-        }
-        if !gucs::enabled() {
-            wait = gucs::dispatch_interval().max(Duration::from_secs(1));
-            continue;
-        }
-        let batch = gucs::batch_size();
-        wake::clear_wake_request();
-        match catch_unwind(AssertUnwindSafe(|| {
-            BackgroundWorker::transaction(|| tick(batch))
-        })) {
-            Ok(Tick::NotInstalled) => {
-                failures = 0;
-                wait = NOT_INSTALLED_WAIT;
-            }
-            Ok(Tick::OtherVersion(version)) => {
-                failures = 0;
-                wait = NOT_INSTALLED_WAIT;
-                if waiting_for.as_deref() != Some(version.as_str()) {
-                    warning!(
-                        "fraiseql_observers dispatcher: the library is {} but the extension's SQL in database \"{database}\" is {version}; \
-                         no rounds until ALTER EXTENSION fraiseql_observers UPDATE",
-                        compat::LIBRARY_VERSION
-                    );
-                    waiting_for = Some(version);
-                }
-                continue;
-            }
-            Ok(Tick::Dispatched(n)) => {
-                if let Some(version) = waiting_for.take() {
-                    log!("fraiseql_observers dispatcher: the extension's SQL was updated from {version}; dispatching");
-                }
-                failures = 0;
-                // A full page means a backlog: go again at once; so does a commit that signalled
-                // during the round (its wake-up may have been consumed, see wake_requested).
-                wait = if n >= i64::from(batch) || wake::wake_requested() {
-                    Duration::ZERO
-                } else {
-                    gucs::dispatch_interval()
-                };
-            }
-            Err(payload) => {
-                // SAFETY: the transaction body raised an ERROR that pgrx turned into a panic and
-                // the transaction is left open and failed; abort it before the next one starts.
-                unsafe { pg_sys::AbortCurrentTransaction() };
-                failures = failures.saturating_add(1);
-                wait = backoff(failures);
-                backoff_until = Some(std::time::Instant::now() + wait);
-                warning!(
-                    "fraiseql_observers dispatcher: round failed ({}); retrying in {} ms",
-                    describe(&payload),
-                    wait.as_millis()
-                );
-            }
-        }
-        // A full prune batch means more is due: go on next round instead of in a minute, so
-        // retention keeps up with any completion rate.
-        if last_prune.elapsed() >= prune::EVERY || prune_backlog {
-            last_prune = std::time::Instant::now();
-            prune_backlog = false;
-            match catch_unwind(AssertUnwindSafe(|| {
-                BackgroundWorker::transaction(prune_once)
-            })) {
-                Ok(more) => prune_backlog = more,
-                Err(payload) => {
-                    // SAFETY: as above: the failed transaction must be aborted before the next one.
-                    unsafe { pg_sys::AbortCurrentTransaction() };
-                    warning!(
-                        "fraiseql_observers dispatcher: pruning failed ({})",
-                        describe(&payload)
-                    );
-                }
-            }
-        }
+        reload_settings_on_sighup();
+        wait = dispatcher.step();
         // Background workers flush their own statistics.
         // SAFETY: outside a transaction, as the stats collector requires.
         unsafe { pg_sys::pgstat_report_stat(false) };
@@ -165,6 +84,134 @@ pub extern "C-unwind" fn fraiseql_observers_dispatcher_main(_arg: pg_sys::Datum)
     // stopped by pg_terminate_backend() comes back by itself.
     // SAFETY: ends this process the Postgres way, outside any transaction.
     unsafe { pg_sys::proc_exit(1) };
+}
+
+/// Reread postgresql.conf when the postmaster asked (SIGHUP).
+fn reload_settings_on_sighup() {
+    if BackgroundWorker::sighup_received() {
+        // SAFETY: called from the worker's main loop, outside any transaction, as Postgres'
+        // own background workers do after their SIGHUP handler set the flag.
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    }
+}
+
+/// The dispatcher's state between latch wake-ups.
+struct Dispatcher {
+    database: String,
+    /// Waits after consecutive failed rounds: 200 ms, 400 ms, ... up to [`MAX_BACKOFF`].
+    backoff: Backoff,
+    /// After a failed round, no round before this, even if commits keep setting the latch.
+    backoff_until: Option<Instant>,
+    prune: prune::Schedule,
+    /// The SQL version last reported as waiting for an update: logged once, not every 2 s.
+    waiting_for: Option<String>,
+}
+
+impl Dispatcher {
+    fn new(database: String) -> Self {
+        Dispatcher {
+            database,
+            backoff: Backoff::new(FIRST_BACKOFF, MAX_BACKOFF),
+            backoff_until: None,
+            prune: prune::Schedule::new(),
+            waiting_for: None,
+        }
+    }
+
+    /// One wake-up: a round (unless backing off or disabled), retention when due. Returns how
+    /// long to sleep before the next one (a commit's wake-up cuts it short).
+    fn step(&mut self) -> Duration {
+        if let Some(until) = self.backoff_until {
+            let now = Instant::now();
+            if now < until {
+                return until - now;
+            }
+            self.backoff_until = None;
+        }
+        if !gucs::enabled() {
+            return gucs::dispatch_interval().max(Duration::from_secs(1));
+        }
+        let batch = gucs::batch_size();
+        wake::clear_wake_request();
+        let wait = match in_transaction(|| tick(batch)) {
+            Ok(Tick::NotInstalled) => {
+                self.backoff.reset();
+                NOT_INSTALLED_WAIT
+            }
+            Ok(Tick::OtherVersion(version)) => {
+                self.backoff.reset();
+                self.wait_for_update(version);
+                return NOT_INSTALLED_WAIT;
+            }
+            Ok(Tick::Dispatched(n)) => self.dispatched(n, batch),
+            Err(error) => self.failed(&error),
+        };
+        self.prune_if_due();
+        wait
+    }
+
+    /// The extension's SQL is of another version: say so once per version.
+    fn wait_for_update(&mut self, version: String) {
+        if self.waiting_for.as_deref() != Some(version.as_str()) {
+            warning!(
+                "fraiseql_observers dispatcher: the library is {} but the extension's SQL in database \"{}\" is {version}; \
+                 no rounds until ALTER EXTENSION fraiseql_observers UPDATE",
+                compat::LIBRARY_VERSION,
+                self.database
+            );
+            self.waiting_for = Some(version);
+        }
+    }
+
+    /// A round read `n` events: go again at once on a full page (a backlog) or when a commit
+    /// signalled during the round (its wake-up may have been consumed, see wake_requested);
+    /// otherwise sleep `dispatch_interval`.
+    fn dispatched(&mut self, n: i64, batch: i32) -> Duration {
+        if let Some(version) = self.waiting_for.take() {
+            log!("fraiseql_observers dispatcher: the extension's SQL was updated from {version}; dispatching");
+        }
+        self.backoff.reset();
+        if n >= i64::from(batch) || wake::wake_requested() {
+            Duration::ZERO
+        } else {
+            gucs::dispatch_interval()
+        }
+    }
+
+    /// A round failed: back off.
+    fn failed(&mut self, error: &str) -> Duration {
+        let wait = self.backoff.next_wait();
+        self.backoff_until = Some(Instant::now() + wait);
+        warning!(
+            "fraiseql_observers dispatcher: round failed ({error}); retrying in {} ms",
+            wait.as_millis()
+        );
+        wait
+    }
+
+    /// Retention on its schedule (`fraiseql_observers_core::prune`).
+    fn prune_if_due(&mut self) {
+        if !self.prune.start_if_due() {
+            return;
+        }
+        match in_transaction(prune_once) {
+            Ok(pruned) => self.prune.finished(pruned),
+            Err(error) => warning!("fraiseql_observers dispatcher: pruning failed ({error})"),
+        }
+    }
+}
+
+/// Run `f` in a transaction of its own. An ERROR it raises (which pgrx turns into a panic)
+/// aborts the transaction and comes back as its message, so the loop goes on.
+fn in_transaction<T>(
+    f: impl FnOnce() -> T + std::panic::UnwindSafe + std::panic::RefUnwindSafe,
+) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(|| BackgroundWorker::transaction(f))).map_err(|payload| {
+        // SAFETY: the transaction body raised an ERROR that pgrx turned into a panic and the
+        // transaction is left open and failed; abort it before the next one starts.
+        unsafe { pg_sys::AbortCurrentTransaction() };
+        describe(&payload)
+    })
 }
 
 /// One transaction: find the extension's schema, check its version, run a round.
@@ -194,13 +241,13 @@ fn tick(batch: i32) -> Tick {
 }
 
 /// One transaction: delete events and completed jobs past `fraiseql_observers.event_retention`,
-/// one batch of each. Returns whether a batch was full (more is due).
-fn prune_once() -> bool {
+/// one batch of each. Returns what it deleted.
+fn prune_once() -> Pruned {
     let Some(Installed { schema, version }) = installed() else {
-        return false;
+        return Pruned::default();
     };
     if !compat::sql_version_matches(&version) {
-        return false;
+        return Pruned::default();
     }
     let sql = format!(
         "SELECT events_deleted, jobs_deleted FROM {}.observer_prune(max_rows => {})",
@@ -208,12 +255,12 @@ fn prune_once() -> bool {
         prune::BATCH
     );
     let Ok((Some(events), Some(jobs))) = Spi::get_two::<i64, i64>(&sql) else {
-        return false;
+        return Pruned::default();
     };
     if events > 0 || jobs > 0 {
         log!("fraiseql_observers dispatcher: pruned {events} events and {jobs} completed jobs");
     }
-    prune::more_due(events, jobs)
+    Pruned { events, jobs }
 }
 
 /// The extension as installed in this database.
@@ -235,11 +282,6 @@ fn installed() -> Option<Installed> {
     }
 }
 
-/// Exponential backoff after consecutive failures: 100 ms, 200 ms, ... up to [`MAX_BACKOFF`].
-fn backoff(failures: u32) -> Duration {
-    Duration::from_millis(100u64.saturating_mul(1u64 << failures.min(16))).min(MAX_BACKOFF)
-}
-
 fn describe(payload: &Box<dyn std::any::Any + Send>) -> String {
     match payload.downcast_ref::<CaughtError>() {
         Some(CaughtError::PostgresError(e) | CaughtError::ErrorReport(e)) => {
@@ -251,17 +293,5 @@ fn describe(payload: &Box<dyn std::any::Any + Send>) -> String {
             .cloned()
             .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
             .unwrap_or_else(|| "unknown error".to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert_eq!(backoff(1), Duration::from_millis(200));
-        assert_eq!(backoff(3), Duration::from_millis(800));
-        assert_eq!(backoff(40), MAX_BACKOFF);
     }
 }

@@ -3,10 +3,19 @@
 //! delivery) → Closed on its success, Open again on its failure. While a breaker is open (or its
 //! probe is out), jobs for the endpoint are snoozed back to the queue without using an attempt,
 //! so a dead endpoint burns no retries and holds no delivery slots.
+//!
+//! This file is the state machine; [`sync`] shares it: circuits opened by other replicas
+//! (through Redis), transitions published to them, and the breakers reported to the database for
+//! `observer_status()` and the metrics.
+
+pub mod sync;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
+
+use crate::db::BreakerRow;
+use crate::job::Outcome;
 
 /// A breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +34,34 @@ pub enum Decision {
     Probe,
     /// Do not deliver; the job may run again at this time.
     Reject(SystemTime),
+}
+
+/// What one delivery says about its endpoint's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// It answered with success.
+    Healthy,
+    /// It failed (connection, timeout, 5xx, 429, 408): counts towards opening the circuit.
+    Faulty,
+    /// Neither: the endpoint is up but refused this request (a 4xx), or nothing was sent (a
+    /// snooze, a refusal before sending).
+    Neutral,
+}
+
+impl Verdict {
+    /// What an attempt's outcome says about its endpoint.
+    pub fn of(outcome: &Outcome) -> Verdict {
+        match outcome {
+            Outcome::Delivered => Verdict::Healthy,
+            Outcome::Retry {
+                endpoint_fault: true,
+                ..
+            } => Verdict::Faulty,
+            Outcome::Retry { .. } | Outcome::Discard { .. } | Outcome::Snooze { .. } => {
+                Verdict::Neutral
+            }
+        }
+    }
 }
 
 /// A transition other workers should know about (shared through Redis when configured).
@@ -87,29 +124,28 @@ impl Breakers {
         }
     }
 
-    /// After a delivery to `endpoint`: `Some(true)` success, `Some(false)` an endpoint fault,
-    /// `None` neither (e.g. a 400: the endpoint is up, it refused this request). Returns the
+    /// After a delivery to `endpoint`, with what it said about the endpoint. Returns the
     /// transition, if the circuit opened or closed.
-    pub fn after(&self, endpoint: &str, verdict: Option<bool>) -> Option<Change> {
+    pub fn after(&self, endpoint: &str, verdict: Verdict) -> Option<Change> {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         let state = states
             .entry(endpoint.to_string())
             .or_insert(State::Closed { failures: 0 });
         let next = match (*state, verdict) {
-            (_, Some(true)) => State::Closed { failures: 0 },
-            (State::HalfOpen, Some(false)) => State::Open {
+            (_, Verdict::Healthy) => State::Closed { failures: 0 },
+            (State::HalfOpen, Verdict::Faulty) => State::Open {
                 until: Instant::now() + self.open_for,
             },
-            (State::Closed { failures }, Some(false)) if failures + 1 >= self.threshold => {
+            (State::Closed { failures }, Verdict::Faulty) if failures + 1 >= self.threshold => {
                 State::Open {
                     until: Instant::now() + self.open_for,
                 }
             }
-            (State::Closed { failures }, Some(false)) => State::Closed {
+            (State::Closed { failures }, Verdict::Faulty) => State::Closed {
                 failures: failures + 1,
             },
-            // A probe that was neither (None) leaves the breaker half-open for the next probe.
-            (State::HalfOpen, None) => State::Open {
+            // A probe that was neither leaves the breaker half-open for the next probe.
+            (State::HalfOpen, Verdict::Neutral) => State::Open {
                 until: Instant::now(),
             },
             (s, _) => s,
@@ -123,7 +159,7 @@ impl Breakers {
                 );
                 Some(Change::Opened(wall_clock(until)))
             }
-            (State::HalfOpen, State::Open { until }) if verdict == Some(false) => {
+            (State::HalfOpen, State::Open { until }) if verdict == Verdict::Faulty => {
                 tracing::warn!(endpoint, "circuit open again: probe failed");
                 Some(Change::Opened(wall_clock(until)))
             }
@@ -187,26 +223,24 @@ impl Breakers {
         states.keys().cloned().collect()
     }
 
-    /// Every endpoint's state as reported to the database: (endpoint, state name, failures,
-    /// open until).
-    pub fn report(&self) -> Vec<(String, &'static str, i32, Option<SystemTime>)> {
-        let now = Instant::now();
+    /// Every endpoint's state as reported to the database.
+    pub fn report(&self) -> Vec<BreakerRow> {
         self.snapshot()
             .into_iter()
-            .map(|(endpoint, state)| match state {
-                State::Closed { failures } => (
+            .map(|(endpoint, state)| {
+                let (state, failures, open_until) = match state {
+                    State::Closed { failures } => {
+                        ("closed", i32::try_from(failures).unwrap_or(i32::MAX), None)
+                    }
+                    State::Open { until } => ("open", 0, Some(wall_clock(until))),
+                    State::HalfOpen => ("half_open", 0, None),
+                };
+                BreakerRow {
                     endpoint,
-                    "closed",
-                    i32::try_from(failures).unwrap_or(i32::MAX),
-                    None,
-                ),
-                State::Open { until } => (
-                    endpoint,
-                    "open",
-                    0,
-                    Some(SystemTime::now() + until.saturating_duration_since(now)),
-                ),
-                State::HalfOpen => (endpoint, "half_open", 0, None),
+                    state,
+                    failures,
+                    open_until,
+                }
             })
             .collect()
     }
@@ -235,11 +269,14 @@ mod tests {
         let e = "http://x:80";
         for _ in 0..2 {
             assert_eq!(b.before(e), Decision::Allow);
-            b.after(e, Some(false));
+            b.after(e, Verdict::Faulty);
         }
-        b.after(e, None); // a 4xx neither opens nor resets
+        b.after(e, Verdict::Neutral); // a 4xx neither opens nor resets
         assert_eq!(b.before(e), Decision::Allow);
-        assert!(matches!(b.after(e, Some(false)), Some(Change::Opened(_)))); // third fault: open
+        assert!(matches!(
+            b.after(e, Verdict::Faulty),
+            Some(Change::Opened(_))
+        )); // third fault: open
         assert!(matches!(b.before(e), Decision::Reject(_)));
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(b.before(e), Decision::Probe);
@@ -247,11 +284,11 @@ mod tests {
             matches!(b.before(e), Decision::Reject(_)),
             "one probe at a time"
         );
-        b.after(e, Some(false)); // probe failed: open again
+        b.after(e, Verdict::Faulty); // probe failed: open again
         assert!(matches!(b.before(e), Decision::Reject(_)));
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(b.before(e), Decision::Probe);
-        assert_eq!(b.after(e, Some(true)), Some(Change::Closed)); // probe succeeded: closed
+        assert_eq!(b.after(e, Verdict::Healthy), Some(Change::Closed)); // probe succeeded: closed
         assert_eq!(b.before(e), Decision::Allow);
         assert_eq!(
             b.snapshot(),
@@ -291,7 +328,7 @@ mod tests {
         let b = Breakers::new(1, Duration::from_millis(50));
         let e = "http://w:80";
         assert_eq!(b.open_until(e), None, "unknown endpoint: closed");
-        b.after(e, Some(false));
+        b.after(e, Verdict::Faulty);
         assert!(b.open_until(e).is_some(), "open after the fault");
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(
@@ -308,12 +345,34 @@ mod tests {
     }
 
     #[test]
+    fn outcomes_give_verdicts_on_their_endpoint() {
+        let retry = |endpoint_fault| Outcome::Retry {
+            error: "x".into(),
+            not_before: None,
+            endpoint_fault,
+        };
+        assert_eq!(Verdict::of(&Outcome::Delivered), Verdict::Healthy);
+        assert_eq!(Verdict::of(&retry(true)), Verdict::Faulty);
+        assert_eq!(Verdict::of(&retry(false)), Verdict::Neutral, "a 4xx");
+        let gone = Outcome::Discard {
+            error: "410".into(),
+            pause: true,
+        };
+        assert_eq!(Verdict::of(&gone), Verdict::Neutral);
+        let snoozed = Outcome::Snooze {
+            until: SystemTime::now(),
+            reason: "limit".into(),
+        };
+        assert_eq!(Verdict::of(&snoozed), Verdict::Neutral);
+    }
+
+    #[test]
     fn a_success_resets_the_count() {
         let b = Breakers::new(2, Duration::from_secs(60));
         let e = "http://y:80";
-        b.after(e, Some(false));
-        b.after(e, Some(true));
-        b.after(e, Some(false));
+        b.after(e, Verdict::Faulty);
+        b.after(e, Verdict::Healthy);
+        b.after(e, Verdict::Faulty);
         assert_eq!(b.before(e), Decision::Allow, "faults must be consecutive");
     }
 }
