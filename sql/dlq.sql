@@ -85,6 +85,57 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     ORDER BY p.finished_at DESC, p.id DESC
 $$;
 
+-- observer_dlq_show(job_id): one dead job, as `fraiseql-observers dlq show` prints it: its
+-- observer, event, attempts, last error, when it died and webhook-id, the payload as it was
+-- delivered and its attempt log (observer.attempts, in attempt order). The event is read with
+-- observer.events_safe, as observer_dlq_list reads it: a job whose event cannot be read is shown
+-- with its payload's rows empty instead of failing. A job that is not dead (or does not exist)
+-- raises 42704, as observer_debug_event does for an unknown event.
+CREATE FUNCTION observer_dlq_show(job_id bigint) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    j      observer.jobs;
+    o      observer.observers;
+    e      observer.decoded_event;
+    result jsonb;
+BEGIN
+    SELECT * INTO j FROM observer.jobs x WHERE x.id = observer_dlq_show.job_id AND x.state = 'dead';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'job % is not in the dead-letter queue', job_id USING ERRCODE = 'undefined_object',
+            HINT = 'observer_dlq_list() shows the dead jobs.';
+    END IF;
+    SELECT * INTO o FROM observer.observers x WHERE x.id = j.observer_id;
+    IF j.event_id IS NOT NULL THEN
+        SELECT * INTO e FROM observer.events_safe(ARRAY[j.event_id]);
+    END IF;
+    SELECT jsonb_build_object(
+        'job_id', j.id, 'observer', o.name, 'event_id', j.event_id, 'attempts', j.attempt,
+        'last_error', j.last_error, 'failed_at', j.finished_at, 'idempotency_key', j.idempotency_key,
+        'payload', observer.job_payload(o.name, o.columns, o.key_columns, j.event_id, j.payload, j.created_at,
+                                        e.id, e.created_at, e.table_name, e.op, e.old, e.new, e.oversize),
+        'attempt_log', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                'attempt', a.attempt, 'outcome', a.outcome, 'status', a.status,
+                'endpoint', a.endpoint, 'duration_ms', a.duration_ms, 'error', a.error,
+                'worker', a.worker, 'finished_at', a.finished_at) ORDER BY a.attempt)
+            FROM observer.attempts a WHERE a.job_id = j.id), '[]'))
+    INTO result;
+    RETURN result;
+END
+$$;
+
+-- observer_dlq_match(...): the ids of the dead jobs that observer_dlq_retry or observer_dlq_purge
+-- with the same arguments would touch now, in id order; changes nothing. The same filters and
+-- refusals (no filter without all_jobs => true: 22023; an unknown observer: 42704), so a caller
+-- can count the jobs, or work through them in chunks, before it retries or purges them.
+CREATE FUNCTION observer_dlq_match(job_ids bigint[] DEFAULT NULL, observer text DEFAULT NULL,
+                                   since timestamptz DEFAULT NULL, until timestamptz DEFAULT NULL,
+                                   error_like text DEFAULT NULL, all_jobs boolean DEFAULT false)
+RETURNS TABLE (job_id bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT m FROM observer.dlq_match(job_ids, observer, since, until, error_like, all_jobs) m ORDER BY m
+$$;
+
 -- observer_dlq_retry(...): dead jobs back to the queue, due now (held if their observer is
 -- paused, until observer_resume), with the same webhook-id and a fresh budget of their
 -- observer's max_attempts. Returns the number of jobs requeued.

@@ -10,7 +10,10 @@ use fraiseql_observers_tests::{sqlstate, wait_for_jobs, Cluster, Sink, Worker};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_worker_and_admin_roles_can_do_what_they_need_and_nothing_more() {
     let cluster = Cluster::start(&[]).expect("cluster");
-    let sink = Sink::start_with(Arc::new(|_, _| 200)).await.expect("sink");
+    // 410 for /gone: a dead job for the dead-letter functions below; 200 for the rest.
+    let sink = Sink::start_with(Arc::new(|r, _| if r.path == "/gone" { 410 } else { 200 }))
+        .await
+        .expect("sink");
     let root = cluster.connect("postgres").await.expect("connect");
     root.batch_execute(
         "CREATE EXTENSION fraiseql_observers;
@@ -80,6 +83,8 @@ async fn app_worker_and_admin_roles_can_do_what_they_need_and_nothing_more() {
         "SELECT observer_drop('orders')",
         r#"SELECT observer_create('x', NULL, action => '{"type": "webhook", "url": "https://example.com/"}')"#,
         "SELECT observer_dlq_purge(all_jobs => true)",
+        "SELECT observer_dlq_show(1)",
+        "SELECT * FROM observer_dlq_match(all_jobs => true)",
         "SELECT observer_grant('app', 'admin')",
     ] {
         assert_eq!(sqlstate(&app, forbidden).await, "42501", "app: {forbidden}");
@@ -100,6 +105,8 @@ async fn app_worker_and_admin_roles_can_do_what_they_need_and_nothing_more() {
         "SELECT * FROM observer.jobs",
         "SELECT * FROM observer_dlq_list()",
         "SELECT observer_dlq_purge(all_jobs => true)",
+        "SELECT observer_dlq_show(1)",
+        "SELECT * FROM observer_dlq_match(all_jobs => true)",
         "SELECT observer_drop('orders')",
         r#"SELECT observer_enqueue('mail', '{}')"#,
         "SELECT * FROM observer_search('x')",
@@ -121,10 +128,70 @@ async fn app_worker_and_admin_roles_can_do_what_they_need_and_nothing_more() {
         sqlstate(&admin, "SELECT count(*) FROM observer.jobs").await,
         "ok"
     );
+    // The admin reads the dead-letter queue through its public functions: a job whose endpoint
+    // answered 410, with its payload read from the event log (observer.events_safe, which no
+    // admin could call itself: it decodes the log's rows).
+    assert_eq!(
+        sqlstate(
+            &admin,
+            &format!(
+                r#"SELECT observer_create('gone', 'orders', ARRAY['UPDATE'],
+                                          action => '{{"type": "webhook", "url": "{}"}}')"#,
+                sink.url("/gone")
+            )
+        )
+        .await,
+        "ok"
+    );
+    assert_eq!(
+        sqlstate(&admin, "UPDATE orders SET status = 'gone' WHERE id = 1").await,
+        "ok"
+    );
+    assert!(
+        wait_for_jobs(&root, "dead", 1, Duration::from_secs(30)).await,
+        "{}",
+        _worker.log()
+    );
+    let dead: i64 = admin
+        .query_one(
+            "SELECT job_id FROM observer_dlq_match(observer => 'gone')",
+            &[],
+        )
+        .await
+        .expect("observer_dlq_match as admin")
+        .get(0);
+    let shown: String = admin
+        .query_one("SELECT observer_dlq_show($1)::text", &[&dead])
+        .await
+        .expect("observer_dlq_show as admin")
+        .get(0);
+    let shown: serde_json::Value = serde_json::from_str(&shown).expect("json");
+    assert_eq!(shown["payload"]["data"]["new"]["status"], "gone", "{shown}");
+    assert_eq!(shown["attempt_log"][0]["status"], 410, "{shown}");
+    for forbidden in [
+        format!("SELECT observer_dlq_show({dead})"),
+        "SELECT * FROM observer_dlq_match(observer => 'gone')".to_string(),
+    ] {
+        assert_eq!(
+            sqlstate(&app, &forbidden).await,
+            "42501",
+            "app: {forbidden}"
+        );
+        assert_eq!(
+            sqlstate(&worker, &forbidden).await,
+            "42501",
+            "worker: {forbidden}"
+        );
+    }
+
     root.batch_execute("SELECT observer_revoke('admin', 'admin')")
         .await
         .expect("revoke");
     assert_eq!(sqlstate(&admin, "SELECT observer_status()").await, "42501");
+    assert_eq!(
+        sqlstate(&admin, &format!("SELECT observer_dlq_show({dead})")).await,
+        "42501"
+    );
     assert_eq!(
         sqlstate(&root, "SELECT observer_grant('nobody', 'app')").await,
         "42704"

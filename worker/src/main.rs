@@ -18,7 +18,6 @@ macro_rules! outln {
 }
 
 mod cli;
-mod declare;
 
 /// Write to stdout; on a closed pipe exit 0, on another write error exit 1 with a message.
 fn write_stdout(args: std::fmt::Arguments) {
@@ -88,7 +87,7 @@ enum Command {
     /// The dead-letter queue: list, show, retry, purge.
     Dlq {
         #[command(subcommand)]
-        command: DlqCommand,
+        command: cli::dlq::DlqCommand,
     },
     /// Search the audit trail (observer_search): words of delivered rows or of errors.
     Search {
@@ -140,75 +139,6 @@ enum Command {
         /// Print the effective configuration as JSON instead of TOML.
         #[arg(long)]
         json: bool,
-    },
-}
-
-/// Filters shared by the dead-letter commands.
-#[derive(clap::Args, Clone)]
-struct DlqArgs {
-    /// A dead job's id (repeatable).
-    #[arg(long = "job")]
-    jobs: Vec<i64>,
-    #[arg(long)]
-    observer: Option<String>,
-    /// Failed at or after this time (e.g. "2026-11-22 10:00+00").
-    #[arg(long)]
-    since: Option<String>,
-    /// Failed before this time.
-    #[arg(long)]
-    until: Option<String>,
-    /// SQL LIKE pattern on the last error, e.g. "%timeout%".
-    #[arg(long)]
-    error_like: Option<String>,
-}
-
-impl DlqArgs {
-    fn filter(&self, all: bool) -> cli::DlqFilter {
-        cli::DlqFilter {
-            jobs: self.jobs.clone(),
-            observer: self.observer.clone(),
-            since: self.since.clone(),
-            until: self.until.clone(),
-            error_like: self.error_like.clone(),
-            all,
-        }
-    }
-}
-
-#[derive(Subcommand)]
-enum DlqCommand {
-    /// Dead jobs, newest first.
-    List {
-        #[command(flatten)]
-        filter: DlqArgs,
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-        #[arg(long)]
-        json: bool,
-    },
-    /// One dead job: every attempt and the payload.
-    Show {
-        job: i64,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Requeue dead jobs (same webhook-id, a fresh attempt budget).
-    Retry {
-        #[command(flatten)]
-        filter: DlqArgs,
-        /// Every dead job.
-        #[arg(long)]
-        all: bool,
-    },
-    /// Delete dead jobs and their history (asks for --yes).
-    Purge {
-        #[command(flatten)]
-        filter: DlqArgs,
-        #[arg(long)]
-        all: bool,
-        /// Confirm the deletion.
-        #[arg(long)]
-        yes: bool,
     },
 }
 
@@ -277,61 +207,33 @@ async fn execute(command: Command, config: Config) -> Result<(), cli::Failure> {
         Command::Run { .. } => runner::run(config, shutdown_signal())
             .await
             .map_err(|e| cli::Failure::Runtime(format!("the worker failed: {e}"))),
-        Command::Status { json } => cli::status(&config, json).await,
-        Command::DebugEvent { id, json } => cli::debug_event(&config, id, json).await,
-        Command::Dlq { command } => match command {
-            DlqCommand::List {
-                filter,
-                limit,
-                json,
-            } => cli::dlq_list(&config, &filter.filter(false), limit, json).await,
-            DlqCommand::Show { job, json } => cli::dlq_show(&config, job, json).await,
-            DlqCommand::Retry { filter, all } => {
-                cli::dlq_change(&config, &filter.filter(all), false, false).await
-            }
-            DlqCommand::Purge { filter, all, yes } => {
-                cli::dlq_change(&config, &filter.filter(all), true, yes).await
-            }
-        },
+        Command::Status { json } => cli::status::status(&config, json).await,
+        Command::DebugEvent { id, json } => cli::events::debug_event(&config, id, json).await,
+        Command::Dlq { command } => command.run(&config).await,
         Command::Search {
             query,
             observer,
             outcome,
             limit,
             json,
-        } => cli::search(&config, query, observer, outcome, limit, json).await,
-        Command::Pause { observer, reason } => cli::pause(&config, &observer, reason, false).await,
-        Command::Resume { observer } => cli::pause(&config, &observer, None, true).await,
-        Command::Metrics { url, json } => cli::metrics(&url, json).await,
-        Command::Plan { file, json } => {
-            let declared = declare::load(&file)?;
-            let plan = declare::plan(&config, &declared).await?;
-            if json {
-                outln!(
-                    "{}",
-                    serde_json::to_string_pretty(&plan).unwrap_or_default()
-                );
-            } else {
-                out!("{}", declare::render(&plan));
-            }
-            Ok(())
+        } => {
+            cli::events::search(
+                &config,
+                query.as_deref(),
+                observer.as_deref(),
+                outcome.as_deref(),
+                limit,
+                json,
+            )
+            .await
         }
-        Command::Apply { file, json } => {
-            let declared = declare::load(&file)?;
-            let plan = declare::apply(&config, &declared).await?;
-            if json {
-                outln!(
-                    "{}",
-                    serde_json::to_string_pretty(&plan).unwrap_or_default()
-                );
-            } else if plan.is_empty() {
-                outln!("nothing to do: the database matches {}", file.display());
-            } else {
-                out!("{}", declare::render(&plan));
-                outln!("applied");
-            }
-            Ok(())
+        Command::Pause { observer, reason } => {
+            cli::observers::pause(&config, &observer, reason.as_deref()).await
         }
+        Command::Resume { observer } => cli::observers::resume(&config, &observer).await,
+        Command::Metrics { url, json } => cli::metrics::metrics(&url, json).await,
+        Command::Plan { file, json } => cli::declare::plan_command(&config, &file, json).await,
+        Command::Apply { file, json } => cli::declare::apply_command(&config, &file, json).await,
         Command::ValidateConfig { file, json } => {
             use fraiseql_observers::config::Format;
             let format = if json { Format::Json } else { Format::Toml };

@@ -17,8 +17,10 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::cli::{connect, Failure, Result};
 use fraiseql_observers::config::Config;
+use tokio_postgres::types::ToSql;
+
+use super::{connect, Failure, Result};
 
 /// The file.
 #[derive(Debug, Deserialize)]
@@ -46,34 +48,58 @@ fn yes() -> bool {
     true
 }
 
-impl Declared {
-    /// The SQL parameters: name, table, events (JSON), condition, action (JSON), options
-    /// (JSON), enabled.
-    fn params(&self) -> Vec<Option<String>> {
+/// A declared observer as the parameters of observer_create / observer_replace / observer_diff
+/// (`$1` to `$6`, see [`ARGS`]) and `enabled` (`$7`).
+struct Params<'a> {
+    name: &'a str,
+    table: Option<&'a str>,
+    events: Option<&'a [String]>,
+    condition: Option<&'a str>,
+    /// The action and the options as JSON text: the driver maps no Rust type to jsonb here.
+    action: String,
+    options: String,
+    enabled: bool,
+}
+
+impl<'a> Params<'a> {
+    fn of(d: &'a Declared) -> Self {
         let json = |v: &toml::Value| serde_json::to_string(v).unwrap_or_default();
+        Params {
+            name: &d.name,
+            table: d.table.as_deref(),
+            events: d.events.as_deref(),
+            condition: d.condition.as_deref(),
+            action: json(&d.action),
+            options: d.options.as_ref().map_or_else(|| "{}".to_string(), json),
+            enabled: d.enabled,
+        }
+    }
+
+    /// `$1` to `$6`, the arguments of observer_create and observer_replace.
+    fn observer(&self) -> Vec<&(dyn ToSql + Sync)> {
         vec![
-            Some(self.name.clone()),
-            self.table.clone(),
-            self.events
-                .as_ref()
-                .map(|e| serde_json::to_string(e).unwrap_or_default()),
-            self.condition.clone(),
-            Some(json(&self.action)),
-            Some(
-                self.options
-                    .as_ref()
-                    .map(json)
-                    .unwrap_or_else(|| "{}".to_string()),
-            ),
-            Some(self.enabled.to_string()),
+            &self.name,
+            &self.table,
+            &self.events,
+            &self.condition,
+            &self.action,
+            &self.options,
         ]
+    }
+
+    /// `$1` to `$7`, the arguments of observer_diff.
+    fn with_enabled(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let mut p = self.observer();
+        p.push(&self.enabled);
+        p
     }
 }
 
-/// The arguments of observer_create / observer_replace / observer_diff from the parameters above.
+/// The arguments of observer_create / observer_replace / observer_diff from [`Params`]. The
+/// table is resolved by the server (`::text::regclass`: a name, schema-qualified or found on the
+/// search_path, and 42P01 for none); the action and options are JSON text read as jsonb.
 const ARGS: &str = "$1, $2::text::regclass,
-    CASE WHEN $3::text IS NULL THEN ARRAY['INSERT', 'UPDATE', 'DELETE']
-         ELSE ARRAY(SELECT jsonb_array_elements_text($3::text::jsonb)) END,
+    coalesce($3::text[], ARRAY['INSERT', 'UPDATE', 'DELETE']),
     $4, $5::text::jsonb, $6::text::jsonb";
 
 /// Read and check a declarations file (exit code 2 on any problem, naming it).
@@ -122,11 +148,9 @@ pub async fn plan(config: &Config, declared: &[Declared]) -> Result<Plan> {
     let mut plan = Plan::default();
     for d in declared {
         let diff = db
-            .json(
-                &format!(
-                    "SELECT to_jsonb(@extschema@.observer_diff({ARGS}, $7::text::bool))::text"
-                ),
-                &d.params(),
+            .query_json(
+                &format!("SELECT to_jsonb(@extschema@.observer_diff({ARGS}, $7))::text"),
+                &Params::of(d).with_enabled(),
             )
             .await
             .map_err(|e| in_observer(&d.name, e.into()))?;
@@ -151,7 +175,7 @@ pub async fn plan(config: &Config, declared: &[Declared]) -> Result<Plan> {
     }
     let names: BTreeSet<&str> = declared.iter().map(|d| d.name.as_str()).collect();
     let existing = db
-        .json(
+        .query_json(
             "SELECT coalesce(jsonb_agg(name ORDER BY name), '[]')::text FROM @extschema@.observer_list()",
             &[],
         )
@@ -205,44 +229,80 @@ pub async fn apply(config: &Config, declared: &[Declared]) -> Result<Plan> {
         return Ok(plan);
     }
     let db = connect(config).await?;
-    let mut steps: Vec<(String, Vec<Option<String>>)> = Vec::new();
-    for d in declared {
-        let params = d.params();
-        if plan.create.contains(&d.name) {
-            steps.push((
-                format!("SELECT to_jsonb(@extschema@.observer_create({ARGS}))::text"),
-                params[..6].to_vec(),
-            ));
-            if !d.enabled {
-                steps.push((
-                    "SELECT to_jsonb(@extschema@.observer_disable($1))::text".to_string(),
-                    vec![Some(d.name.clone())],
-                ));
-            }
-        } else if let Some((_, fields)) = plan.update.iter().find(|(n, _)| *n == d.name) {
-            if fields.iter().any(|f| f != "enabled") {
-                steps.push((
-                    format!("SELECT to_jsonb(@extschema@.observer_replace({ARGS}))::text"),
-                    params[..6].to_vec(),
-                ));
-            }
-            if fields.iter().any(|f| f == "enabled") {
-                let f = if d.enabled {
-                    "observer_enable"
-                } else {
-                    "observer_disable"
-                };
-                steps.push((
-                    format!("SELECT to_jsonb(@extschema@.{f}($1))::text"),
-                    vec![Some(d.name.clone())],
-                ));
-            }
-        }
-    }
-    let bar = crate::cli::progress(steps.len() as u64, "applying");
-    db.in_transaction(&steps, || bar.inc(1))
+    let params: Vec<Params> = declared.iter().map(Params::of).collect();
+    let steps: Vec<Step> = params.iter().flat_map(|p| steps(p, &plan)).collect();
+    let bar = super::progress(steps.len() as u64, "applying");
+    db.in_transaction_typed(&steps, || bar.inc(1))
         .await
         .map_err(Failure::from)?;
     bar.finish_and_clear();
     Ok(plan)
+}
+
+/// A statement of `apply` and its parameters.
+type Step<'a> = (String, Vec<&'a (dyn ToSql + Sync)>);
+
+/// The statements that make one declared observer as the plan says: create it (then disable it
+/// if declared so), or replace what changed and enable or disable it; none when unchanged.
+fn steps<'a>(p: &'a Params<'a>, plan: &Plan) -> Vec<Step<'a>> {
+    let call = |f: &str| format!("SELECT to_jsonb(@extschema@.{f}($1))::text");
+    let toggle = if p.enabled {
+        "observer_enable"
+    } else {
+        "observer_disable"
+    };
+    let mut steps: Vec<Step> = Vec::new();
+    if plan.create.iter().any(|n| n == p.name) {
+        steps.push((
+            format!("SELECT to_jsonb(@extschema@.observer_create({ARGS}))::text"),
+            p.observer(),
+        ));
+        if !p.enabled {
+            steps.push((call("observer_disable"), vec![&p.name]));
+        }
+    } else if let Some((_, fields)) = plan.update.iter().find(|(n, _)| n == p.name) {
+        if fields.iter().any(|f| f != "enabled") {
+            steps.push((
+                format!("SELECT to_jsonb(@extschema@.observer_replace({ARGS}))::text"),
+                p.observer(),
+            ));
+        }
+        if fields.iter().any(|f| f == "enabled") {
+            steps.push((call(toggle), vec![&p.name]));
+        }
+    }
+    steps
+}
+
+/// `plan FILE [--json]`
+pub async fn plan_command(config: &Config, file: &Path, json: bool) -> Result<()> {
+    let declared = load(file)?;
+    let plan = plan(config, &declared).await?;
+    if json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&plan).unwrap_or_default()
+        );
+    } else {
+        out!("{}", render(&plan));
+    }
+    Ok(())
+}
+
+/// `apply FILE [--json]`
+pub async fn apply_command(config: &Config, file: &Path, json: bool) -> Result<()> {
+    let declared = load(file)?;
+    let plan = apply(config, &declared).await?;
+    if json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&plan).unwrap_or_default()
+        );
+    } else if plan.is_empty() {
+        outln!("nothing to do: the database matches {}", file.display());
+    } else {
+        out!("{}", render(&plan));
+        outln!("applied");
+    }
+    Ok(())
 }
