@@ -227,28 +227,16 @@ impl Exporter {
         }
     }
 
+    /// One round: a batch from the outbox to `_bulk`, and what Elasticsearch settled back to
+    /// the outbox.
     async fn round(
         &self,
         session: &mut Option<(Db, bool)>,
         template_installed: &mut bool,
     ) -> Result<Round, ExportError> {
-        if session.is_none() {
-            let db = Db::connect(&self.database_url, Arc::new(tokio::sync::Notify::new()))
-                .await
-                .map_err(ExportError::db)?;
-            db.prepare_audit_session().await.map_err(ExportError::db)?;
-            *session = Some((db, false));
-        }
-        let Some((db, locked)) = session.as_mut() else {
+        let Some(db) = self.exporting_session(session).await? else {
             return Ok(Round::Idle);
         };
-        // One exporter at a time across all replicas.
-        if !*locked {
-            *locked = db.try_audit_lock().await.map_err(ExportError::db)?;
-            if !*locked {
-                return Ok(Round::Idle);
-            }
-        }
         let docs = db
             .audit_batch(self.config.batch_size)
             .await
@@ -261,6 +249,48 @@ impl Exporter {
             *template_installed = true;
         }
         let (body, n) = bulk_body(&self.config.index_prefix, &docs, MAX_BULK_BYTES);
+        let answer = self.bulk(body).await?;
+        let verdicts = verdicts(&answer, n).map_err(ExportError::http)?;
+        let later = self.settle(db, &docs, verdicts).await?;
+        if later > 0 {
+            return Err(ExportError::http(format!(
+                "{later} of {n} documents were not taken (429/5xx per item); they are sent again"
+            )));
+        }
+        // A full batch, or one cut by the size cap: more is waiting.
+        Ok(
+            if n < docs.len() || docs.len() >= self.config.batch_size as usize {
+                Round::More
+            } else {
+                Round::Idle
+            },
+        )
+    }
+
+    /// The exporter's connection, opened if needed, once it holds the exporters' lock (one
+    /// exporter at a time across all replicas); None while another exporter holds it.
+    async fn exporting_session<'s>(
+        &self,
+        session: &'s mut Option<(Db, bool)>,
+    ) -> Result<Option<&'s Db>, ExportError> {
+        if session.is_none() {
+            let db = Db::connect(&self.database_url, Arc::new(tokio::sync::Notify::new()))
+                .await
+                .map_err(ExportError::db)?;
+            db.prepare_audit_session().await.map_err(ExportError::db)?;
+            *session = Some((db, false));
+        }
+        let Some((db, locked)) = session.as_mut() else {
+            return Ok(None);
+        };
+        if !*locked {
+            *locked = db.try_audit_lock().await.map_err(ExportError::db)?;
+        }
+        Ok(locked.then_some(&*db))
+    }
+
+    /// POST one `_bulk` body: its JSON answer.
+    async fn bulk(&self, body: String) -> Result<serde_json::Value, ExportError> {
         let response = self
             .request(reqwest::Method::POST, "/_bulk")
             .header(CONTENT_TYPE, "application/x-ndjson")
@@ -277,47 +307,44 @@ impl Exporter {
                 printable(&text.chars().take(300).collect::<String>())
             )));
         }
-        let json: serde_json::Value = response
+        response
             .json()
             .await
-            .map_err(|e| ExportError::http(format!("_bulk answer is not JSON: {e}")))?;
-        let verdicts = verdicts(&json, n).map_err(ExportError::http)?;
+            .map_err(|e| ExportError::http(format!("_bulk answer is not JSON: {e}")))
+    }
+
+    /// Mark the documents Elasticsearch stored or refused for good as settled; returns how many
+    /// it asked to be sent again (429/5xx per item).
+    async fn settle(
+        &self,
+        db: &Db,
+        docs: &[Doc],
+        verdicts: Vec<Verdict>,
+    ) -> Result<usize, ExportError> {
         let mut settled = Vec::new();
         let mut later = 0;
         for (doc, verdict) in docs.iter().zip(verdicts) {
-            match verdict {
-                Verdict::Stored => settled.push(Settled {
-                    job_id: doc.job_id,
-                    attempt: doc.attempt,
-                    refused: None,
-                }),
+            let refused = match verdict {
+                Verdict::Stored => None,
                 Verdict::Refused(reason) => {
                     tracing::error!(id = %doc.id(), %reason, "Elasticsearch refused an audit document; it stays in observer.audit_outbox with the reason");
-                    settled.push(Settled {
-                        job_id: doc.job_id,
-                        attempt: doc.attempt,
-                        refused: Some(reason),
-                    });
+                    Some(reason)
                 }
-                Verdict::Later => later += 1,
-            }
+                Verdict::Later => {
+                    later += 1;
+                    continue;
+                }
+            };
+            settled.push(Settled {
+                job_id: doc.job_id,
+                attempt: doc.attempt,
+                refused,
+            });
         }
         let stored = settled.iter().filter(|s| s.refused.is_none()).count();
         db.audit_done(&settled).await.map_err(ExportError::db)?;
         self.metrics.audit_exported.inc_by(stored as u64);
-        if later > 0 {
-            return Err(ExportError::http(format!(
-                "{later} of {n} documents were not taken (429/5xx per item); they are sent again"
-            )));
-        }
-        // A full batch, or one cut by the size cap: more is waiting.
-        Ok(
-            if n < docs.len() || docs.len() >= self.config.batch_size as usize {
-                Round::More
-            } else {
-                Round::Idle
-            },
-        )
+        Ok(later)
     }
 
     async fn install_template(&self) -> Result<(), ExportError> {

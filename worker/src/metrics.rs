@@ -18,12 +18,22 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::db::Health;
+
+/// Buckets of `delivery_seconds`.
+const DELIVERY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Buckets of `event_to_delivery_seconds`: up to an hour (a backlog, an endpoint down).
+const LAG_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
 
 /// Why `/readyz` answers 503 before the first connection.
 const NOT_CONNECTED_YET: &str = "not connected to the database yet";
@@ -41,34 +51,20 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// Endpoints whose circuit is open or half-open.
     pub open_circuits: IntGauge,
-    /// Jobs in the extension's queue by state (from observer_status()).
-    pub queue_jobs: GaugeVec,
-    /// Events dispatch set aside because they could not be read (from observer_status()).
-    pub quarantined_events: IntGauge,
     /// 1 while the worker runs.
     pub up: IntGauge,
     /// 1 while Redis (when configured) answers.
     pub redis_up: IntGauge,
     /// Audit documents Elasticsearch stored.
-    pub audit_exported: prometheus::IntCounter,
+    pub audit_exported: IntCounter,
     /// Failed audit export rounds (Elasticsearch unavailable, refusing, or partial).
-    pub audit_export_failures: prometheus::IntCounter,
+    pub audit_export_failures: IntCounter,
     /// Redis calls that failed or timed out, by operation.
     pub redis_errors: IntCounterVec,
     /// Unix time of the worker's last successful contact with the database.
     pub last_heartbeat: Gauge,
-    /// Age of the oldest committed event no dispatch round has read, seconds.
-    pub dispatch_lag: Gauge,
-    /// Committed events no dispatch round has read yet.
-    pub undispatched_events: IntGauge,
-    /// Seconds since the last dispatch round (database clock); NaN before the first round.
-    pub since_last_round: Gauge,
-    /// Sessions holding the dispatch round's lock for over 5 s (0: not blocked).
-    pub dispatch_blocked: IntGauge,
-    /// 1 while observer_status() calls dispatch healthy.
-    pub dispatch_healthy: IntGauge,
-    /// 1 while the extension's background dispatcher process runs.
-    pub background_dispatcher: IntGauge,
+    /// What `observer_status()` said last.
+    status: StatusGauges,
     /// 1, labelled with the worker's and the extension's versions.
     pub build_info: IntGaugeVec,
     /// 1 while `/readyz` answers 200.
@@ -77,6 +73,93 @@ pub struct Metrics {
     not_ready: Mutex<Option<String>>,
     /// `process_*` metrics of this process, unprefixed as every exporter names them.
     process: Registry,
+}
+
+/// The queue and the dispatcher as `observer_status()` describes them, read every 5 s.
+struct StatusGauges {
+    /// Jobs in the extension's queue by state.
+    queue_jobs: GaugeVec,
+    /// Events dispatch set aside because they could not be read.
+    quarantined_events: IntGauge,
+    /// Age of the oldest committed event no dispatch round has read, seconds.
+    dispatch_lag: Gauge,
+    /// Committed events no dispatch round has read yet.
+    undispatched_events: IntGauge,
+    /// Seconds since the last dispatch round (database clock); NaN before the first round.
+    since_last_round: Gauge,
+    /// Sessions holding the dispatch round's lock for over 5 s (0: not blocked).
+    dispatch_blocked: IntGauge,
+    /// 1 while observer_status() calls dispatch healthy.
+    dispatch_healthy: IntGauge,
+    /// 1 while the extension's background dispatcher process runs.
+    background_dispatcher: IntGauge,
+}
+
+/// `metric`, registered in `registry`.
+fn register<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> Result<M, prometheus::Error> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+impl StatusGauges {
+    fn new(r: &Registry) -> Result<Self, prometheus::Error> {
+        let since_last_round = register(r, Gauge::new(
+            "dispatch_seconds_since_last_round",
+            "Seconds since the last dispatch round ended, by the database clock (NaN before the first round), from observer_status().",
+        )?)?;
+        since_last_round.set(f64::NAN);
+        Ok(StatusGauges {
+            queue_jobs: register(r, GaugeVec::new(
+                Opts::new("queue_jobs", "Jobs in the queue by state, from observer_status()."),
+                &["state"],
+            )?)?,
+            quarantined_events: register(r, IntGauge::new(
+                "quarantined_events",
+                "Events set aside by dispatch because they could not be read, from observer_status().",
+            )?)?,
+            dispatch_lag: register(r, Gauge::new(
+                "dispatch_lag_seconds",
+                "Age of the oldest committed event no dispatch round has read (0 when none waits), from observer_status().",
+            )?)?,
+            undispatched_events: register(r, IntGauge::new(
+                "dispatch_undispatched_events",
+                "Committed events no dispatch round has read yet (capped at 1000000), from observer_status().",
+            )?)?,
+            since_last_round,
+            dispatch_blocked: register(r, IntGauge::new(
+                "dispatch_blocked_sessions",
+                "Sessions that have held the dispatch round's lock for over 5 s (observer_status() dispatch.blocked_by lists them); 0 when dispatch is not blocked.",
+            )?)?,
+            dispatch_healthy: register(r, IntGauge::new(
+                "dispatch_healthy",
+                "1 while observer_status() calls dispatch healthy: no event waits, or a round ended within max(5 s, 3 x dispatch_interval).",
+            )?)?,
+            background_dispatcher: register(r, IntGauge::new(
+                "dispatch_background_running",
+                "1 while the extension's background dispatcher process runs (observer_status() dispatch.background_worker).",
+            )?)?,
+        })
+    }
+
+    fn record(&self, health: &Health) {
+        for (state, n) in &health.jobs {
+            self.queue_jobs
+                .with_label_values(&[state.as_str()])
+                .set(*n as f64);
+        }
+        self.quarantined_events.set(health.quarantined_events);
+        self.undispatched_events.set(health.undispatched_events);
+        self.dispatch_lag.set(health.lag_seconds);
+        self.since_last_round
+            .set(health.since_last_round.unwrap_or(f64::NAN));
+        self.dispatch_blocked.set(health.blocked_sessions);
+        self.dispatch_healthy.set(i64::from(health.healthy));
+        self.background_dispatcher
+            .set(i64::from(health.background_worker));
+    }
 }
 
 /// Why the metrics could not be set up.
@@ -94,184 +177,85 @@ pub enum MetricsError {
 impl Metrics {
     pub fn new() -> Result<Arc<Self>, MetricsError> {
         let registry = Registry::new_custom(Some("fraiseql_observers".into()), None)?;
-        let jobs = IntCounterVec::new(
-            Opts::new(
-                "jobs_total",
-                "Jobs by outcome (claimed, delivered, retried, discarded, snoozed); action \"ledger\" counts jobs completed from the delivered-ledger without a second delivery.",
-            ),
-            &["observer", "action", "outcome"],
-        )?;
-        let buckets = vec![
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-        ];
-        let delivery_seconds = HistogramVec::new(
-            HistogramOpts::new("delivery_seconds", "Time to perform an attempted delivery.")
-                .buckets(buckets),
-            &["observer", "action"],
-        )?;
-        let event_lag_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "event_to_delivery_seconds",
-                "From the capture of an event (its transaction's start; for enqueued jobs the enqueueing) to its successful delivery: the commit-to-delivery lag plus the writing transaction's own duration.",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-                900.0, 3600.0,
-            ]),
-            &["observer", "action"],
-        )?;
-        let in_flight = IntGauge::new("in_flight", "Deliveries in flight.")?;
-        let open_circuits = IntGauge::new(
-            "open_circuits",
-            "Endpoints whose circuit is open or half-open.",
-        )?;
-        let queue_jobs = GaugeVec::new(
-            Opts::new(
-                "queue_jobs",
-                "Jobs in the queue by state, from observer_status().",
-            ),
-            &["state"],
-        )?;
-        let quarantined_events = IntGauge::new(
-            "quarantined_events",
-            "Events set aside by dispatch because they could not be read, from observer_status().",
-        )?;
-        let up = IntGauge::new("worker_up", "1 while the worker runs.")?;
-        let redis_up = IntGauge::new(
-            "redis_up",
-            "1 while the configured Redis answers; 0 when it is down or not configured (local state in use).",
-        )?;
-        let audit_exported = prometheus::IntCounter::new(
-            "audit_exported_total",
-            "Audit documents Elasticsearch stored.",
-        )?;
-        let audit_export_failures = prometheus::IntCounter::new(
-            "audit_export_failures_total",
-            "Audit export rounds that failed (Elasticsearch unavailable, or some documents not taken); documents wait in Postgres.",
-        )?;
-        let redis_errors = IntCounterVec::new(
-            Opts::new(
-                "redis_errors_total",
-                "Redis calls that failed or timed out, by operation.",
-            ),
-            &["op"],
-        )?;
-        let last_heartbeat = Gauge::new(
-            "worker_last_contact_seconds",
-            "Unix time of the last successful contact with the database.",
-        )?;
-        registry.register(Box::new(jobs.clone()))?;
-        registry.register(Box::new(delivery_seconds.clone()))?;
-        registry.register(Box::new(event_lag_seconds.clone()))?;
-        registry.register(Box::new(in_flight.clone()))?;
-        registry.register(Box::new(open_circuits.clone()))?;
-        registry.register(Box::new(queue_jobs.clone()))?;
-        registry.register(Box::new(quarantined_events.clone()))?;
-        registry.register(Box::new(up.clone()))?;
-        registry.register(Box::new(redis_up.clone()))?;
-        registry.register(Box::new(audit_exported.clone()))?;
-        registry.register(Box::new(audit_export_failures.clone()))?;
-        registry.register(Box::new(redis_errors.clone()))?;
-        let dispatch_lag = Gauge::new(
-            "dispatch_lag_seconds",
-            "Age of the oldest committed event no dispatch round has read (0 when none waits), from observer_status().",
-        )?;
-        let undispatched_events = IntGauge::new(
-            "dispatch_undispatched_events",
-            "Committed events no dispatch round has read yet (capped at 1000000), from observer_status().",
-        )?;
-        let since_last_round = Gauge::new(
-            "dispatch_seconds_since_last_round",
-            "Seconds since the last dispatch round ended, by the database clock (NaN before the first round), from observer_status().",
-        )?;
-        since_last_round.set(f64::NAN);
-        let dispatch_blocked = IntGauge::new(
-            "dispatch_blocked_sessions",
-            "Sessions that have held the dispatch round's lock for over 5 s (observer_status() dispatch.blocked_by lists them); 0 when dispatch is not blocked.",
-        )?;
-        let dispatch_healthy = IntGauge::new(
-            "dispatch_healthy",
-            "1 while observer_status() calls dispatch healthy: no event waits, or a round ended within max(5 s, 3 x dispatch_interval).",
-        )?;
-        let background_dispatcher = IntGauge::new(
-            "dispatch_background_running",
-            "1 while the extension's background dispatcher process runs (observer_status() dispatch.background_worker).",
-        )?;
-        let build_info = IntGaugeVec::new(
+        let r = &registry;
+        let seconds = |name: &str, help: &str, buckets: &[f64]| {
+            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+            register(r, HistogramVec::new(opts, &["observer", "action"])?)
+        };
+        let build_info = register(r, IntGaugeVec::new(
             Opts::new(
                 "build_info",
                 "Always 1: the worker's version and the installed extension's (empty until the first connection).",
             ),
             &["version", "extension_version"],
-        )?;
+        )?)?;
         build_info
             .with_label_values(&[crate::version::WORKER, ""])
             .set(1);
-        let ready = IntGauge::new(
-            "ready",
-            "1 while /readyz answers 200: the database answers and its extension's version is supported.",
-        )?;
-        registry.register(Box::new(last_heartbeat.clone()))?;
-        registry.register(Box::new(dispatch_lag.clone()))?;
-        registry.register(Box::new(undispatched_events.clone()))?;
-        registry.register(Box::new(since_last_round.clone()))?;
-        registry.register(Box::new(dispatch_blocked.clone()))?;
-        registry.register(Box::new(dispatch_healthy.clone()))?;
-        registry.register(Box::new(background_dispatcher.clone()))?;
-        registry.register(Box::new(build_info.clone()))?;
-        registry.register(Box::new(ready.clone()))?;
         // Outside the prefixed registry: process_cpu_seconds_total and the rest keep the names
         // every dashboard and alert for process health expects.
         let process = Registry::new();
         process.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
-        up.set(1);
-        Ok(Arc::new(Metrics {
-            registry,
-            jobs,
-            delivery_seconds,
-            event_lag_seconds,
-            in_flight,
-            open_circuits,
-            queue_jobs,
-            quarantined_events,
-            up,
-            redis_up,
-            audit_exported,
-            audit_export_failures,
-            redis_errors,
-            last_heartbeat,
-            dispatch_lag,
-            undispatched_events,
-            since_last_round,
-            dispatch_blocked,
-            dispatch_healthy,
-            background_dispatcher,
+        let metrics = Metrics {
+            jobs: register(r, IntCounterVec::new(
+                Opts::new(
+                    "jobs_total",
+                    "Jobs by outcome (claimed, delivered, retried, discarded, snoozed); action \"ledger\" counts jobs completed from the delivered-ledger without a second delivery.",
+                ),
+                &["observer", "action", "outcome"],
+            )?)?,
+            delivery_seconds: seconds("delivery_seconds", "Time to perform an attempted delivery.", DELIVERY_BUCKETS)?,
+            event_lag_seconds: seconds(
+                "event_to_delivery_seconds",
+                "From the capture of an event (its transaction's start; for enqueued jobs the enqueueing) to its successful delivery: the commit-to-delivery lag plus the writing transaction's own duration.",
+                LAG_BUCKETS,
+            )?,
+            in_flight: register(r, IntGauge::new("in_flight", "Deliveries in flight.")?)?,
+            open_circuits: register(r, IntGauge::new(
+                "open_circuits",
+                "Endpoints whose circuit is open or half-open.",
+            )?)?,
+            up: register(r, IntGauge::new("worker_up", "1 while the worker runs.")?)?,
+            redis_up: register(r, IntGauge::new(
+                "redis_up",
+                "1 while the configured Redis answers; 0 when it is down or not configured (local state in use).",
+            )?)?,
+            audit_exported: register(r, IntCounter::new(
+                "audit_exported_total",
+                "Audit documents Elasticsearch stored.",
+            )?)?,
+            audit_export_failures: register(r, IntCounter::new(
+                "audit_export_failures_total",
+                "Audit export rounds that failed (Elasticsearch unavailable, or some documents not taken); documents wait in Postgres.",
+            )?)?,
+            redis_errors: register(r, IntCounterVec::new(
+                Opts::new("redis_errors_total", "Redis calls that failed or timed out, by operation."),
+                &["op"],
+            )?)?,
+            last_heartbeat: register(r, Gauge::new(
+                "worker_last_contact_seconds",
+                "Unix time of the last successful contact with the database.",
+            )?)?,
+            status: StatusGauges::new(r)?,
             build_info,
-            ready,
+            ready: register(r, IntGauge::new(
+                "ready",
+                "1 while /readyz answers 200: the database answers and its extension's version is supported.",
+            )?)?,
             not_ready: Mutex::new(Some(NOT_CONNECTED_YET.to_string())),
             process,
-        }))
+            registry,
+        };
+        metrics.up.set(1);
+        Ok(Arc::new(metrics))
     }
 
     /// Export what one `observer_status()` says: queue depth by state, quarantined events and
     /// the dispatcher's health.
     pub fn record_health(&self, health: &Health) {
-        for (state, n) in &health.jobs {
-            self.queue_jobs
-                .with_label_values(&[state.as_str()])
-                .set(*n as f64);
-        }
-        self.quarantined_events.set(health.quarantined_events);
-        self.undispatched_events.set(health.undispatched_events);
-        self.dispatch_lag.set(health.lag_seconds);
-        self.since_last_round
-            .set(health.since_last_round.unwrap_or(f64::NAN));
-        self.dispatch_blocked.set(health.blocked_sessions);
-        self.dispatch_healthy.set(i64::from(health.healthy));
-        self.background_dispatcher
-            .set(i64::from(health.background_worker));
+        self.status.record(health);
         self.set_extension_version(&health.extension_version);
     }
 
