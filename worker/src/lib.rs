@@ -6,13 +6,20 @@
 //! Each module imports only modules listed below it (arrows point down; `tests/layout.rs` fails
 //! on an import cycle):
 //!
-//! - [`runner`]: the worker's loop: claims jobs, picks their action, reports outcomes, heartbeats
-//!   and reconnects; the only module that knows every other.
+//! - [`runner`]: the worker's loop, one file per step: `mod.rs` (the supervisor that reconnects,
+//!   and a `Session` of connections), `claim.rs` (the claim loop), `dispatch.rs` (dispatch rounds
+//!   and retention where no background dispatcher runs), `perform.rs` (an endpoint's gates and
+//!   the action), `report.rs` (outcomes to the database in batches), `lease.rs` (the jobs in
+//!   flight and their heartbeat), `health.rs` (readiness and the queue gauges); the only module
+//!   that knows every other.
 //! - [`audit_export`]: the export of the audit trail to Elasticsearch, on its own task.
 //! - [`actions`]: one file per action (`webhook`, `slack`, `email`) and `http`, the HTTP client
 //!   they share with its SSRF guard and the classification of responses into outcomes.
 //! - [`secrets`]: resolves an action's references to secrets into what goes on the wire, and
 //!   scrubs them from error texts.
+//! - [`breaker`]: per-endpoint circuit breakers (`mod.rs`: the state machine and the `Verdict`
+//!   of an attempt; `sync.rs`: circuits shared with other replicas through Redis, and reported to
+//!   the database).
 //! - [`redis`]: state shared by replicas through Redis (breakers, rate-limit slots, the
 //!   delivered-ledger), falling back to local state.
 //! - [`metrics`]: the Prometheus registry and the `/metrics`, `/healthz`, `/readyz` server.
@@ -20,11 +27,11 @@
 //! - [`config`]: the configuration (defaults, file, environment, flags) and its validation.
 //! - [`job`]: the claimed job, an attempt's outcome and what is reported back: the types every
 //!   action, the database session and the runner share.
-//! - leaves: [`breaker`] (per-endpoint circuit breakers), [`ratelimit`] (the GCRA step and the
+//! - leaves: [`ratelimit`] (the GCRA step and the
 //!   in-process limiter), [`signing`] (Standard Webhooks signatures), [`tls`] (TLS to Postgres
 //!   and Redis), [`version`] (the worker/extension version handshake).
 //!
-//! The CLI's commands (`cli.rs`, `declare.rs`) belong to the binary and use this library from
+//! The CLI's commands (`cli/`, one file per command family) belong to the binary and use this library from
 //! above.
 #![forbid(unsafe_code)]
 
