@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use fraiseql_observers::db::Health;
 use fraiseql_observers::metrics::Metrics;
 use serde_norway::Value;
 
@@ -58,7 +59,10 @@ fn exported() -> BTreeSet<String> {
     m.job("o", "webhook", "delivered");
     m.delivery("o", "webhook", std::time::Duration::from_millis(1));
     m.event_lag("o", "webhook", 0.0);
-    m.queue_jobs.with_label_values(&["dead"]).set(0.0);
+    m.record_health(&Health {
+        jobs: vec![("dead".to_string(), 0)],
+        ..Health::default()
+    });
     m.redis_errors.with_label_values(&["get"]).inc();
     let mut names = BTreeSet::new();
     for line in m.render().lines() {
