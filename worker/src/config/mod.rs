@@ -43,15 +43,19 @@ pub const ENV_PREFIX: &str = "FRAISEQL_OBSERVERS_";
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file given by `--config` (or to `validate-config`) cannot be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
         path: String,
         source: std::io::Error,
     },
+    /// The file (or the compiled-in defaults) is not TOML.
     #[error("config file {path} is not valid TOML: {message}")]
     Syntax { path: String, message: String },
+    /// A `FRAISEQL_OBSERVERS_*` variable names no setting, or its value has the wrong form.
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
+    /// serde's refusal of the merged tree: an unknown key, or a value of the wrong type.
     #[error("invalid configuration: {0}")]
     Shape(String),
     /// TLS settings (`sslmode` and the files of `database_url`, `redis.ca_file`, ...); the
@@ -61,6 +65,7 @@ pub enum ConfigError {
         field: &'static str,
         source: crate::tls::TlsError,
     },
+    /// A rule of `validate` (or a closed set) failed: the field, what is wrong, the fix.
     #[error("invalid value for `{field}`: {problem}; {fix}")]
     Invalid {
         field: &'static str,
