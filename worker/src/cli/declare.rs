@@ -55,7 +55,9 @@ struct Params<'a> {
     table: Option<&'a str>,
     events: Option<&'a [String]>,
     condition: Option<&'a str>,
-    /// The action and the options as JSON text: the driver maps no Rust type to jsonb here.
+    /// The action and the options as JSON text, read as jsonb by the server: tokio-postgres maps
+    /// `serde_json::Value` to jsonb only with a feature (`with-serde_json-1`) the workspace does
+    /// not enable.
     action: String,
     options: String,
     enabled: bool,

@@ -286,3 +286,34 @@ async fn change_dead_jobs(config: &Config, f: &DlqArgs, all: bool, change: Chang
     outln!("{done} {n} dead job(s)");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_last_error_is_cut_to_sixty_characters_in_the_list() {
+        let row = serde_json::json!({"job_id": 7, "observer": "crm", "attempts": 3,
+            "failed_at": "2026-11-22T10:00:00+00:00", "last_error": "x".repeat(100)});
+        let cells = list_row(&row);
+        assert_eq!(cells[0], "7");
+        assert_eq!(cells[4].chars().count(), 60);
+        assert!(cells[4].ends_with("..."));
+    }
+
+    #[test]
+    fn a_dead_job_renders_its_attempts_and_payload() {
+        let job = serde_json::json!({"job_id": 1, "observer": "crm", "idempotency_key": "evt_1_1",
+            "failed_at": "<ts>", "attempts": 1, "last_error": "discarded: HTTP 410",
+            "attempt_log": [{"attempt": 1, "outcome": "discarded", "status": 410,
+                             "endpoint": "https://x:443", "duration_ms": 12, "error": "HTTP 410"}],
+            "payload": {"type": "crm"}});
+        assert_eq!(
+            render_dead_job(&job),
+            "job 1 of crm (webhook-id evt_1_1), dead since <ts> after 1 attempt(s)\n\
+             last error: discarded: HTTP 410\n  \
+             attempt 1 discarded 410 https://x:443 12 ms: HTTP 410\n\
+             payload:\n{\n  \"type\": \"crm\"\n}\n"
+        );
+    }
+}
