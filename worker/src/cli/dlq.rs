@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 
 use fraiseql_observers::config::Config;
+use fraiseql_observers::db::Db;
 use serde_json::Value;
 
 use super::{connect, limit_arg, print_json, progress, table, text, Failure, Result};
@@ -242,28 +243,7 @@ async fn change_dead_jobs(config: &Config, f: &DlqArgs, all: bool, change: Chang
         ));
     }
     let db = connect(config).await?;
-    let ids = db
-        .query_json(
-            "SELECT coalesce(jsonb_agg(m.job_id ORDER BY m.job_id), '[]')::text
-             FROM @extschema@.observer_dlq_match(
-                 job_ids => $1, observer => $2, since => $3::text::timestamptz,
-                 until => $4::text::timestamptz, error_like => $5, all_jobs => $6) m",
-            &[
-                &f.job_ids(),
-                &f.observer,
-                &f.since,
-                &f.until,
-                &f.error_like,
-                &all,
-            ],
-        )
-        .await?;
-    let ids: Vec<i64> = ids
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_i64)
-        .collect();
+    let ids = matching(&db, f, all).await?;
     let purge = change == Change::Purge;
     let (function, doing, done) = if purge {
         ("observer_dlq_purge", "purging", "purged")
@@ -285,6 +265,32 @@ async fn change_dead_jobs(config: &Config, f: &DlqArgs, all: bool, change: Chang
     bar.finish_and_clear();
     outln!("{done} {n} dead job(s)");
     Ok(())
+}
+
+/// The ids of the dead jobs the filters take (`observer_dlq_match`), in id order.
+async fn matching(db: &Db, f: &DlqArgs, all: bool) -> Result<Vec<i64>> {
+    let ids = db
+        .query_json(
+            "SELECT coalesce(jsonb_agg(m.job_id ORDER BY m.job_id), '[]')::text
+             FROM @extschema@.observer_dlq_match(
+                 job_ids => $1, observer => $2, since => $3::text::timestamptz,
+                 until => $4::text::timestamptz, error_like => $5, all_jobs => $6) m",
+            &[
+                &f.job_ids(),
+                &f.observer,
+                &f.since,
+                &f.until,
+                &f.error_like,
+                &all,
+            ],
+        )
+        .await?;
+    Ok(ids
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_i64)
+        .collect())
 }
 
 #[cfg(test)]
