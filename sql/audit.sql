@@ -1,7 +1,70 @@
--- The audit trail: every attempt is a row of observer.attempts (written by the queue functions
--- with the endpoint, status and timing the worker reports, and its words: observer.attempt_words
--- in queue.sql), searchable by full text, and exported to Elasticsearch by the workers when
--- fraiseql_observers.audit_export is on.
+-- The audit trail: every attempt is a row of observer.attempts, written by the queue functions
+-- (queue.sql: observer_complete, observer_fail, observer_discard, and expired leases in
+-- observer_claim) with the endpoint, status and timing the worker reports and its words for the
+-- full-text search, computed by the functions just below; searchable with observer_search(), and
+-- exported to Elasticsearch by the workers when fraiseql_observers.audit_export is on.
+
+-- A boolean setting of this extension (`on`/`off`/`true`/...), `fallback` when unset. Works
+-- whether or not the library is loaded in the session (unloaded, the setting is a placeholder).
+-- Inlined (no SET clause).
+CREATE FUNCTION observer.setting_on(name text, fallback boolean) RETURNS boolean
+LANGUAGE sql STABLE
+RETURN COALESCE(NULLIF(pg_catalog.current_setting(name, true), '')::boolean, fallback);
+
+-- The words of an attempt for observer_search(): its error (weight A) and the strings and
+-- numbers of the delivered rows or enqueued payload (B). NULL when
+-- fraiseql_observers.audit_search is off. Computed in the statements that record attempts, from
+-- the job row they already hold: a trigger looking the job up again cost three times as much.
+-- observer.words(error, doc): the words of an error and a document. Inlined (no SET clause, no
+-- subquery).
+-- Bounded, so that they can never fail an outcome report: a tsvector holds at most 1 MiB, and
+-- about 840 kB of distinct words exceed it ("string is too long for tsvector"). The error's
+-- first 4,000 characters count; a document of up to 100,000 bytes (uncompressed) gives its
+-- strings and numbers, a bigger one the words of its first 100,000 characters of JSON text, keys
+-- included (observer_bounded_doc). Both stay well
+-- under the limit: at worst one distinct word per two characters of up to 4 bytes, each costing
+-- its bytes plus 8 in the tsvector. `doc` is named once, so that the function stays inlined
+-- (a parameter used several times with an expensive argument is not inlined: 4 µs a call).
+CREATE FUNCTION observer.words(error text, doc jsonb) RETURNS tsvector
+LANGUAGE sql STABLE
+RETURN CASE WHEN observer.setting_on('fraiseql_observers.audit_search', true) THEN
+    pg_catalog.setweight(pg_catalog.to_tsvector('simple', pg_catalog.left(COALESCE(error, ''), 4000)), 'A')
+    OPERATOR(pg_catalog.||)
+    pg_catalog.setweight(pg_catalog.jsonb_to_tsvector('simple', @extschema@.observer_bounded_doc(COALESCE(doc, '{}')),
+                                                      '["string", "numeric"]'), 'B')
+END;
+
+-- observer.event_doc(table, op, old, new): the document of an event whose words are searched.
+CREATE FUNCTION observer.event_doc(table_name text, op text, old jsonb, new jsonb) RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN pg_catalog.jsonb_build_object('table', table_name, 'op', op, 'old', old, 'new', new);
+
+-- observer.project_doc(doc, columns, keys): an event document as the observer delivers it: its
+-- rows restricted to the observer's `columns` option (observer.project), so that the audit words
+-- and documents never hold a column the observer left out on purpose. Inlined (no SET clause).
+CREATE FUNCTION observer.project_doc(doc jsonb, cols text[], keys text[]) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN CASE WHEN cols IS NULL OR doc IS NULL THEN doc
+            ELSE doc OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(
+                'old', CASE WHEN pg_catalog.jsonb_typeof(doc OPERATOR(pg_catalog.->) 'old') OPERATOR(pg_catalog.=) 'object'
+                            THEN observer.project(doc OPERATOR(pg_catalog.->) 'old', cols, keys)
+                            ELSE doc OPERATOR(pg_catalog.->) 'old' END,
+                'new', CASE WHEN pg_catalog.jsonb_typeof(doc OPERATOR(pg_catalog.->) 'new') OPERATOR(pg_catalog.=) 'object'
+                            THEN observer.project(doc OPERATOR(pg_catalog.->) 'new', cols, keys)
+                            ELSE doc OPERATOR(pg_catalog.->) 'new' END)
+       END;
+
+-- observer.attempt_docs(event_ids): the documents of a batch of jobs' events, each event_log row
+-- decoded once (observer.events_of); no rows at all when audit_search is off. The outcome calls
+-- join their jobs to it (an enqueued job's document is its payload).
+-- An event that cannot be read (observer.events_safe) gives its table, op and error.
+CREATE FUNCTION observer.attempt_docs(event_ids bigint[]) RETURNS TABLE (event_id bigint, doc jsonb)
+LANGUAGE sql STABLE AS $$
+    SELECT e.id, CASE WHEN e.error IS NULL THEN observer.event_doc(e.table_name, e.op, e.old, e.new)
+                      ELSE pg_catalog.jsonb_build_object('table', e.table_name, 'op', e.op, 'error', e.error) END
+    FROM observer.events_safe(event_ids) e
+    WHERE observer.setting_on('fraiseql_observers.audit_search', true)
+$$;
 
 -- The document delivered for a job, as observer_search() and the Elasticsearch export show it
 -- (observer, table, op, rows, or the enqueued payload).

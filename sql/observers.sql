@@ -105,6 +105,15 @@ $$;
 REVOKE EXECUTE ON FUNCTION @extschema@.observer_capture() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.observer_capture_rows() FROM PUBLIC;
 
+-- observer.project(row, columns): the row restricted to an observer's `columns` option (plus
+-- the primary key, which identifies the row; an oversize row is captured as its key only).
+CREATE FUNCTION observer.project(r jsonb, cols text[], keys text[]) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN r IS NULL OR cols IS NULL THEN r
+            ELSE coalesce((SELECT jsonb_object_agg(k, v) FROM jsonb_each(r) AS x(k, v)
+                           WHERE k = ANY (cols) OR k = ANY (keys)), '{}')
+       END;
+
 -- observer.check_columns(table, columns, option): validate a column list option, or raise.
 CREATE FUNCTION observer.check_columns(target regclass, cols jsonb, option text) RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

@@ -48,11 +48,13 @@ extension_sql_file!(
         pg::rows::observer_row_to_jsonb
     ]
 );
+// The audit trail before the queue: the outcome functions record attempts with its words.
 extension_sql_file!(
-    "../../sql/queue.sql",
-    name = "queue",
+    "../../sql/audit.sql",
+    name = "audit",
     requires = ["dispatch"]
 );
+extension_sql_file!("../../sql/queue.sql", name = "queue", requires = ["audit"]);
 extension_sql_file!("../../sql/dlq.sql", name = "dlq", requires = ["queue"]);
 extension_sql_file!(
     "../../sql/retention.sql",
@@ -60,14 +62,9 @@ extension_sql_file!(
     requires = ["dlq"]
 );
 extension_sql_file!(
-    "../../sql/audit.sql",
-    name = "audit",
-    requires = ["retention"]
-);
-extension_sql_file!(
     "../../sql/status.sql",
     name = "status",
-    requires = ["audit"]
+    requires = ["retention"]
 );
 extension_sql_file!(
     "../../sql/roles.sql",

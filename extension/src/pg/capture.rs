@@ -17,13 +17,13 @@
 //!   2  payload cap in bytes                3  columns no observer wants, text[] literal
 //!   4  every non-key column, text[] literal (what an oversize row loses)
 
-use std::cell::Cell;
 use std::ffi::CStr;
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, IntoDatum, PgLogLevel, PgSqlErrorCode, PgTrigger, PgTriggerOperation};
 
+use crate::pg::row_jsonb::row_to_jsonb;
 use crate::pg::rows::BatchBuilder;
 use crate::pg::wake;
 
@@ -67,12 +67,6 @@ impl std::fmt::Debug for CaptureError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Display::fmt(self, f)
     }
-}
-
-thread_local! {
-    /// `to_jsonb(record)` prepared once per backend (TopMemoryContext): it needs an expression
-    /// that tells it the argument is a record.
-    static TO_JSONB: Cell<*mut pg_sys::FmgrInfo> = const { Cell::new(std::ptr::null_mut()) };
 }
 
 #[pg_trigger]
@@ -553,61 +547,6 @@ impl Reader {
         // SAFETY: the slot is ours and no longer used.
         unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.slot) }
     }
-}
-
-/// `to_jsonb(row)` for a heap tuple of `tupdesc` (the row decoders use it too, `pg::rows`).
-pub(crate) unsafe fn row_to_jsonb(
-    tuple: pg_sys::HeapTuple,
-    tupdesc: pg_sys::TupleDesc,
-) -> pg_sys::Datum {
-    unsafe {
-        let composite = pg_sys::heap_copy_tuple_as_datum(tuple, tupdesc);
-        pg_sys::FunctionCall1Coll(to_jsonb_fn(), pg_sys::InvalidOid, composite)
-    }
-}
-
-/// The cached `to_jsonb(record)` call info, built on first use.
-unsafe fn to_jsonb_fn() -> *mut pg_sys::FmgrInfo {
-    TO_JSONB.with(|cell| {
-        if cell.get().is_null() {
-            // SAFETY: allocations in TopMemoryContext live as long as the backend, which is
-            // what a per-backend cache needs; nothing here can fail half-way in a way that
-            // leaves the cell pointing at freed memory (an ERROR leaves it null).
-            unsafe {
-                let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
-                let flinfo = pg_sys::palloc0(std::mem::size_of::<pg_sys::FmgrInfo>())
-                    .cast::<pg_sys::FmgrInfo>();
-                pg_sys::fmgr_info_cxt(
-                    pg_sys::Oid::from(pg_sys::F_TO_JSONB),
-                    flinfo,
-                    pg_sys::TopMemoryContext,
-                );
-                // to_jsonb asks its call expression for the argument's type: say "record".
-                let arg = pg_sys::makeConst(
-                    pg_sys::RECORDOID,
-                    -1,
-                    pg_sys::InvalidOid,
-                    -1,
-                    pg_sys::Datum::from(0),
-                    true,
-                    false,
-                );
-                let args = pg_sys::lappend(std::ptr::null_mut(), arg.cast());
-                let expr = pg_sys::makeFuncExpr(
-                    pg_sys::Oid::from(pg_sys::F_TO_JSONB),
-                    pg_sys::JSONBOID,
-                    args,
-                    pg_sys::InvalidOid,
-                    pg_sys::InvalidOid,
-                    pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
-                );
-                (*flinfo).fn_expr = expr.cast();
-                pg_sys::MemoryContextSwitchTo(old);
-                cell.set(flinfo);
-            }
-        }
-        cell.get()
-    })
 }
 
 /// `jsonb - text[]`.

@@ -7,6 +7,7 @@ pub mod compat;
 pub mod deadline;
 pub mod dispatcher;
 pub mod jsonsize;
+pub mod row_jsonb;
 pub mod rows;
 pub mod types;
 pub mod wake;

@@ -509,7 +509,7 @@ fn row_to_jsonb(row: &[u8], decoder: &Decoder) -> Result<pg_sys::Datum, DecodeEr
         tuple.t_len = u32::try_from(row.len()).map_err(|_| DecodeError::Malformed("row length"))?;
         tuple.t_data = copy.cast::<pg_sys::HeapTupleHeaderData>();
         let json = match &decoder.text {
-            None => crate::pg::capture::row_to_jsonb(&mut tuple, decoder.desc),
+            None => crate::pg::row_jsonb::row_to_jsonb(&mut tuple, decoder.desc),
             Some(text) => {
                 let natts = usize::try_from((*decoder.desc).natts).unwrap_or(0);
                 let mut values = vec![pg_sys::Datum::from(0); natts];
@@ -527,7 +527,7 @@ fn row_to_jsonb(row: &[u8], decoder: &Decoder) -> Result<pg_sys::Datum, DecodeEr
                 }
                 let formed =
                     pg_sys::heap_form_tuple(text.desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-                crate::pg::capture::row_to_jsonb(formed, text.desc)
+                crate::pg::row_jsonb::row_to_jsonb(formed, text.desc)
             }
         };
         pg_sys::pfree(copy.cast());
@@ -714,7 +714,9 @@ pub fn observer_row_to_jsonb(row: pgrx::AnyElement) -> Result<RawJsonb, ErrorRep
         (*out_desc).tdtypmod = -1;
         let out_desc = pg_sys::BlessTupleDesc(out_desc);
         let formed = pg_sys::heap_form_tuple(out_desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-        Ok(RawJsonb(crate::pg::capture::row_to_jsonb(formed, out_desc)))
+        Ok(RawJsonb(crate::pg::row_jsonb::row_to_jsonb(
+            formed, out_desc,
+        )))
     }
 }
 

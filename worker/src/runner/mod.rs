@@ -1,14 +1,14 @@
 //! The run loop (`fraiseql-observers run`): claim jobs, perform them concurrently, report the
 //! outcomes in batches, and run dispatch rounds where configured.
 //!
-//! Shape: [`supervise`] connects and reconnects with backoff; each connection set is a
-//! [`Session`]: one [`claim::ClaimLoop`] per claiming connection (the first may also run
-//! dispatch rounds and retention, [`dispatch`]), each claimed job in its own task under a global
-//! [`Semaphore`] (claims never exceed free permits, so nothing claimed waits on a permit while
-//! its lease runs) performing it ([`perform`]), outcomes through a channel to a reporter task
-//! ([`report`]) that calls `observer_complete` / `observer_fail` for whole batches, and beside
-//! them the heartbeat of the leases ([`lease`]), the breakers' report ([`crate::breaker::sync`])
-//! and the health watch ([`health`]). On shutdown the loops stop claiming, in-flight tasks get
+//! Shape: `supervise` connects and reconnects with backoff; each connection set is a
+//! `Session`: one `claim::ClaimLoop` per claiming connection (the first may also run
+//! dispatch rounds and retention, `dispatch`), each claimed job in its own task under a global
+//! `Semaphore` (claims never exceed free permits, so nothing claimed waits on a permit while
+//! its lease runs) performing it (`perform`), outcomes through a channel to a reporter task
+//! (`report`) that calls `observer_complete` / `observer_fail` for whole batches, and beside
+//! them the heartbeat of the leases (`lease`), the breakers' report ([`crate::breaker::sync`])
+//! and the health watch (`health`). On shutdown the loops stop claiming, in-flight tasks get
 //! `shutdown_timeout` to finish, and the reporter flushes. A job still running after that keeps
 //! its lease and is redelivered once the lease runs out: never lost.
 
