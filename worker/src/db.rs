@@ -617,52 +617,6 @@ impl Db {
         ))
     }
 
-    /// One JSON value computed by `sql` (a query returning a single json/jsonb column and row)
-    /// with text parameters (NULL for None); for the CLI.
-    pub async fn json(
-        &self,
-        sql: &str,
-        params: &[Option<String>],
-    ) -> Result<serde_json::Value, DbError> {
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-            .iter()
-            .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
-        let row = self
-            .client
-            .query_one(&self.sql(sql), &params)
-            .await
-            .map_err(DbError::call("CLI query"))?;
-        let text: Option<String> = row.get(0);
-        Ok(text
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or(serde_json::Value::Null))
-    }
-
-    /// Run `steps` (queries with text parameters, as [`Db::json`]) in one transaction: all of
-    /// them or none.
-    pub async fn in_transaction(
-        &self,
-        steps: &[(String, Vec<Option<String>>)],
-        mut after_each: impl FnMut(),
-    ) -> Result<(), DbError> {
-        self.client
-            .batch_execute("BEGIN")
-            .await
-            .map_err(DbError::call("BEGIN"))?;
-        for (sql, params) in steps {
-            if let Err(e) = self.json(sql, params).await {
-                let _ = self.client.batch_execute("ROLLBACK").await;
-                return Err(e);
-            }
-            after_each();
-        }
-        self.client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(DbError::call("COMMIT"))
-    }
-
     /// `observer_status()`, pretty-printed JSON.
     pub async fn status(&self) -> Result<String, DbError> {
         let row = self
@@ -697,7 +651,7 @@ impl Db {
 
     /// Run `steps` (queries with typed parameters, as [`Db::query_json`]) in one transaction:
     /// all of them or none; `after_each` is called after each step that succeeded.
-    pub async fn in_transaction_typed(
+    pub async fn in_transaction(
         &self,
         steps: &[(String, Vec<&(dyn tokio_postgres::types::ToSql + Sync)>)],
         mut after_each: impl FnMut(),

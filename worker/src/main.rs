@@ -279,7 +279,7 @@ fn init_tracing(config: &Config) {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    if config.log.format == "json" {
+    if config.log.format == fraiseql_observers::config::LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();

@@ -234,7 +234,7 @@ pub async fn apply(config: &Config, declared: &[Declared]) -> Result<Plan> {
     let params: Vec<Params> = declared.iter().map(Params::of).collect();
     let steps: Vec<Step> = params.iter().flat_map(|p| steps(p, &plan)).collect();
     let bar = super::progress(steps.len() as u64, "applying");
-    db.in_transaction_typed(&steps, || bar.inc(1))
+    db.in_transaction(&steps, || bar.inc(1))
         .await
         .map_err(Failure::from)?;
     bar.finish_and_clear();

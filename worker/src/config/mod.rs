@@ -268,13 +268,6 @@ impl LogFormat {
     }
 }
 
-// `config.log.format == "json"` reads as the file is written (main.rs's tracing set-up).
-impl PartialEq<&str> for LogFormat {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
 impl<'de> Deserialize<'de> for LogFormat {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         rules::deserialize_choice(d)
