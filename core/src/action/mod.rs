@@ -4,14 +4,23 @@
 //! with a clear error before any event is captured. A URL or header value may be a reference to
 //! a worker secret instead ([`crate::secret`]); [`Action::check_credentials`], which only
 //! `observer_create` applies, refuses credentials written where a reference belongs.
-
-use std::collections::BTreeMap;
+//!
+//! One file per action type (`webhook`, `slack`, `email`) holds its definition and its checks;
+//! this file holds the tagged enum, the errors with their hints, and the checks they share.
 
 use serde::{Deserialize, Serialize};
 
 pub use crate::secret::is_secret_name;
 use crate::secret::{self, SecretRef, ValueOrSecret};
 use crate::template;
+
+mod email;
+mod slack;
+mod webhook;
+
+pub use email::{is_template, looks_like_mailbox, EmailAction};
+pub use slack::{block_strings, SlackAction};
+pub use webhook::WebhookAction;
 
 /// Most recipients of one e-mail action.
 pub const MAX_RECIPIENTS: usize = 50;
@@ -47,73 +56,6 @@ pub enum Action {
     Slack(SlackAction),
     /// Send an e-mail rendered from templates through the worker's SMTP server.
     Email(EmailAction),
-}
-
-/// `{"type": "webhook", "url": "...", "headers": {...}, "timeout_ms": 10000}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookAction {
-    /// Absolute `http` or `https` URL the event is POSTed to, or a reference to a worker secret
-    /// holding it (`{"secret": "<name>"}`).
-    pub url: ValueOrSecret,
-    /// Extra request headers; names are HTTP tokens, values carry no CR/LF, and the worker's own
-    /// headers (signature, Host, framing) cannot be overridden. A value may be a reference to a
-    /// worker secret (`{"secret": "<name>", "prefix": "Bearer "}`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, ValueOrSecret>,
-    /// Per-request timeout in milliseconds (default 10,000, at most 300,000).
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Name of the signing secret in the worker's configuration (`[secrets]`): requests then
-    /// carry a Standard Webhooks `webhook-signature`. Only the name is stored in the database,
-    /// never the secret.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret: Option<String>,
-    /// Accept credentials written in the action (a literal `Authorization` header, a token in
-    /// the URL) at `observer_create`; default false: they are refused there, with the reference
-    /// to write instead.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub allow_literal_credentials: bool,
-}
-
-/// `{"type": "slack", "url": "https://hooks.slack.com/services/...", "text": "Order {{ new.id }} shipped"}`:
-/// an incoming-webhook message. `text` is a template (see [`crate::template`]; values are escaped
-/// as Slack requires); `blocks`, when given, is a Block Kit array whose string values are
-/// templates too (`text` is then the notification fallback).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SlackAction {
-    /// The incoming-webhook URL (`http` or `https`), or a reference to a worker secret holding
-    /// it (`{"secret": "<name>"}`): the URL is itself a credential.
-    pub url: ValueOrSecret,
-    /// Message text template (Slack mrkdwn).
-    pub text: String,
-    /// Optional Block Kit blocks (a JSON array); every string in it is a template.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blocks: Option<serde_json::Value>,
-    /// Per-request timeout in milliseconds (default 10,000, at most 300,000).
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Accept a literal `hooks.slack.com` URL at `observer_create` (default false).
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub allow_literal_credentials: bool,
-}
-
-/// `{"type": "email", "to": ["ops@example.com"], "subject": "...", "body": "..."}`: a plain-text
-/// e-mail sent through the worker's SMTP server (`[smtp]` in its configuration). `subject`,
-/// `body` and each recipient are templates (`"{{ new.email }}"` mails the row's address).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EmailAction {
-    /// Recipients: addresses (`a@b.c` or `Name <a@b.c>`) or templates rendering to one.
-    pub to: Vec<String>,
-    /// Sender; default the worker's `smtp.from`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
-    /// Subject template (rendered to one line).
-    pub subject: String,
-    /// Body template (plain text).
-    pub body: String,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -378,143 +320,6 @@ fn validate_template(field: &str, source: &str) -> Result<(), ActionError> {
         return Err(bad(format!("{} bytes is too long", source.len())));
     }
     template::check(source).map_err(|e| bad(e.0))
-}
-
-/// Every string of a Slack `blocks` value, with its path (`blocks[0].text.text`), in order.
-pub fn block_strings(value: &serde_json::Value) -> Vec<(String, &str)> {
-    fn walk<'a>(v: &'a serde_json::Value, path: String, out: &mut Vec<(String, &'a str)>) {
-        match v {
-            serde_json::Value::String(s) => out.push((path, s)),
-            serde_json::Value::Array(a) => {
-                for (i, x) in a.iter().enumerate() {
-                    walk(x, format!("{path}[{i}]"), out);
-                }
-            }
-            serde_json::Value::Object(o) => {
-                for (k, x) in o {
-                    walk(x, format!("{path}.{k}"), out);
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    walk(value, "blocks".to_string(), &mut out);
-    out
-}
-
-impl SlackAction {
-    fn validate(&self) -> Result<(), ActionError> {
-        validate_target(&self.url)?;
-        validate_timeout(self.timeout_ms)?;
-        validate_template("text", &self.text)?;
-        if let Some(blocks) = &self.blocks {
-            if !blocks.is_array() {
-                return Err(ActionError::BadBlocks);
-            }
-            for (path, source) in block_strings(blocks) {
-                validate_template(&path, source)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl EmailAction {
-    fn validate(&self) -> Result<(), ActionError> {
-        if self.to.is_empty() || self.to.len() > MAX_RECIPIENTS {
-            return Err(ActionError::BadRecipients(self.to.len()));
-        }
-        for (i, to) in self.to.iter().enumerate() {
-            let field = format!("to[{i}]");
-            if is_template(to) {
-                validate_template(&field, to)?;
-            } else if !looks_like_mailbox(to) {
-                return Err(ActionError::BadAddress {
-                    field,
-                    address: to.clone(),
-                });
-            }
-        }
-        if let Some(from) = &self.from {
-            if !looks_like_mailbox(from) {
-                return Err(ActionError::BadAddress {
-                    field: "from".to_string(),
-                    address: from.clone(),
-                });
-            }
-        }
-        validate_template("subject", &self.subject)?;
-        validate_template("body", &self.body)
-    }
-}
-
-/// Whether a recipient entry is a template (rendered per job) rather than an address.
-pub fn is_template(s: &str) -> bool {
-    s.contains("{{") || s.contains("{%")
-}
-
-/// `local@domain` or `Display Name <local@domain>`: the syntax check done at `observer_create`
-/// (the worker's mail library parses fully before sending). No spaces, commas, controls or
-/// angle brackets inside the address; one `@` with text on both sides and a dot-free or dotted
-/// domain.
-pub fn looks_like_mailbox(s: &str) -> bool {
-    let s = s.trim();
-    let addr = match (s.rfind('<'), s.ends_with('>')) {
-        (Some(i), true) => &s[i + 1..s.len() - 1],
-        (None, false) => s,
-        _ => return false,
-    };
-    if s.chars().any(|c| c.is_control()) {
-        return false;
-    }
-    let Some((local, domain)) = addr.rsplit_once('@') else {
-        return false;
-    };
-    !local.is_empty()
-        && !domain.is_empty()
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && addr
-            .chars()
-            .all(|c| !c.is_whitespace() && !matches!(c, ',' | '<' | '>' | ';' | '"'))
-        && !domain.contains('@')
-}
-
-impl WebhookAction {
-    fn validate(&self) -> Result<(), ActionError> {
-        validate_target(&self.url)?;
-        for (name, value) in &self.headers {
-            if name.is_empty() || !name.bytes().all(is_token_byte) {
-                return Err(ActionError::BadHeaderName(name.clone()));
-            }
-            if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
-                return Err(ActionError::ReservedHeader(name.clone()));
-            }
-            // The worker checks a resolved value again (a secret's value carries no control
-            // character either: its configuration refuses one).
-            let written = match value {
-                ValueOrSecret::Literal(v) => v,
-                ValueOrSecret::Secret(r) => {
-                    validate_reference(&format!("headers.{name}"), r)?;
-                    match &r.prefix {
-                        Some(p) => p,
-                        None => continue,
-                    }
-                }
-            };
-            if !is_header_value(written) {
-                return Err(ActionError::BadHeaderValue(name.clone()));
-            }
-        }
-        validate_timeout(self.timeout_ms)?;
-        if let Some(name) = &self.secret {
-            if !is_secret_name(name) {
-                return Err(ActionError::BadSecretName(name.clone()));
-            }
-        }
-        Ok(())
-    }
 }
 
 /// RFC 9110 field values: visible ASCII, space, tab and obs-text; never CR, LF or NUL.
