@@ -1,6 +1,11 @@
-//! Templates of the `slack` and `email` actions (MiniJinja: Jinja2 syntax, no file system, no
-//! network, no code execution). They are checked at `observer_create` and rendered by the worker
-//! over the job's event.
+//! Templates of the `slack` and `email` actions and of a shaped `webhook` (its URL, body and
+//! header values), in MiniJinja: Jinja2 syntax, no file system, no network, no code execution.
+//! They are checked at `observer_create` and rendered by the worker over the job's event.
+//!
+//! A webhook's URL template renders with [`Escape::Url`] (every interpolated value
+//! percent-encoded), its `body` is a JSON value whose strings are templates ([`render_json`]: a
+//! string that is one `{{ expression }}` keeps the value's JSON type), so the body is JSON
+//! whatever the values.
 //!
 //! The context is the delivered document (`type`, `timestamp`, `data`) with the fields of `data`
 //! also at the top level when it is an object, so `{{ new.status }}` reads the new row and
@@ -34,6 +39,11 @@ pub enum Escape {
     /// Slack's control characters `&`, `<`, `>` as `&amp;`, `&lt;`, `&gt;`, as Slack requires of
     /// message text, so a value cannot inject a mention or a link. `{{ x | safe }}` opts out.
     Slack,
+    /// Percent-encoded (UTF-8, upper-case hex): every byte but RFC 3986's unreserved characters
+    /// (`A-Z a-z 0-9 - . _ ~`), which is right for a path segment and for a query component
+    /// alike: a value cannot write `/`, `?`, `#`, `&`, `=`, `%`, `\` or `@`, so it cannot add a
+    /// path segment or a query parameter. There is no opting out (`| safe` is ignored).
+    Url,
 }
 
 /// A template that could not be compiled or rendered.
@@ -57,9 +67,11 @@ impl From<minijinja::Error> for TemplateError {
 fn environment(escape: Escape) -> &'static Environment<'static> {
     static PLAIN: OnceLock<Environment<'static>> = OnceLock::new();
     static SLACK: OnceLock<Environment<'static>> = OnceLock::new();
+    static URL: OnceLock<Environment<'static>> = OnceLock::new();
     let cell = match escape {
         Escape::None => &PLAIN,
         Escape::Slack => &SLACK,
+        Escape::Url => &URL,
     };
     cell.get_or_init(|| {
         let mut env = Environment::new();
@@ -79,10 +91,10 @@ fn environment(escape: Escape) -> &'static Environment<'static> {
                 }
             };
             // Written straight to the capped output, never copied whole first.
-            let written = if escape == Escape::Slack && !value.is_safe() {
-                write_slack_escaped(out, text)
-            } else {
-                out.write_str(text)
+            let written = match escape {
+                Escape::Slack if !value.is_safe() => write_slack_escaped(out, text),
+                Escape::Url => write_url_encoded(out, text),
+                _ => out.write_str(text),
             };
             written.map_err(|_| {
                 minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "cannot write output")
@@ -159,6 +171,38 @@ fn write_slack_escaped(out: &mut impl std::fmt::Write, text: &str) -> std::fmt::
     Ok(())
 }
 
+/// RFC 3986 `unreserved`: the bytes a percent-encoded value keeps as they are.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// [`percent_encode`] written into `out` at most 8 KiB at a time (a huge value is refused by the
+/// capped output after its first pieces).
+fn write_url_encoded(out: &mut impl std::fmt::Write, text: &str) -> std::fmt::Result {
+    const PIECE: usize = 8192;
+    let mut piece = String::with_capacity(text.len().min(PIECE) + 3);
+    for b in text.bytes() {
+        if is_unreserved(b) {
+            piece.push(char::from(b));
+        } else {
+            write!(piece, "%{b:02X}")?;
+        }
+        if piece.len() >= PIECE {
+            out.write_str(&piece)?;
+            piece.clear();
+        }
+    }
+    out.write_str(&piece)
+}
+
+/// `text` percent-encoded as [`Escape::Url`] writes interpolated values.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    // Writing to a String cannot fail.
+    let _ = write_url_encoded(&mut out, text);
+    out
+}
+
 /// `&`, `<` and `>` as Slack's message format requires.
 pub fn slack_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -177,6 +221,162 @@ pub fn slack_escape(text: &str) -> String {
 pub fn check(source: &str) -> Result<(), TemplateError> {
     environment(Escape::None).template_from_str(source)?;
     Ok(())
+}
+
+/// The source of `text` when it is exactly one expression, `{{ new.amount }}` (whitespace
+/// control marks allowed: `{{- x -}}`), or None (text with several parts, or none).
+pub fn sole_expression(text: &str) -> Option<&str> {
+    let inner = text.strip_prefix("{{")?.strip_suffix("}}")?;
+    let inner = inner.strip_prefix('-').unwrap_or(inner);
+    let inner = inner.strip_suffix('-').unwrap_or(inner);
+    let nested = ["{{", "}}", "{%", "%}", "{#", "#}"];
+    if inner.trim().is_empty() || nested.iter().any(|d| inner.contains(d)) {
+        return None;
+    }
+    Some(inner.trim())
+}
+
+/// Check that the expression `source` compiles (at `observer_create`).
+pub fn check_expression(source: &str) -> Result<(), TemplateError> {
+    environment(Escape::None).compile_expression(source)?;
+    Ok(())
+}
+
+/// Every string of a JSON value with its path (`body.order.id`, `body.items[0]`), in order.
+pub fn json_strings<'a>(value: &'a serde_json::Value, root: &str) -> Vec<(String, &'a str)> {
+    fn walk<'a>(v: &'a serde_json::Value, path: String, out: &mut Vec<(String, &'a str)>) {
+        match v {
+            serde_json::Value::String(s) => out.push((path, s)),
+            serde_json::Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    walk(x, format!("{path}[{i}]"), out);
+                }
+            }
+            serde_json::Value::Object(o) => {
+                for (k, x) in o {
+                    walk(x, format!("{path}.{k}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(value, root.to_string(), &mut out);
+    out
+}
+
+/// Check every string of a JSON template (`root` names it in errors): a sole expression must
+/// compile as one, any other string as a template. Errors carry the string's path.
+pub fn check_json(value: &serde_json::Value, root: &str) -> Result<(), (String, TemplateError)> {
+    for (path, source) in json_strings(value, root) {
+        let checked = match sole_expression(source) {
+            Some(expression) => check_expression(expression),
+            None => check(source),
+        };
+        checked.map_err(|e| (path, e))?;
+    }
+    Ok(())
+}
+
+/// Render a JSON template over `ctx`: keys, numbers, booleans and nulls as written; a string
+/// that is one `{{ expression }}` becomes the expression's value with its JSON type (a missing
+/// key is `null`); any other string is rendered as text. The result serialises to at most
+/// `max_bytes` (each string is given what is left of that budget while it renders). Errors carry
+/// the path of the string that failed (`root` for the whole).
+pub fn render_json(
+    value: &serde_json::Value,
+    root: &str,
+    ctx: &Value,
+    max_bytes: usize,
+) -> Result<serde_json::Value, (String, TemplateError)> {
+    let mut budget = max_bytes;
+    let rendered = render_json_at(value, root.to_string(), ctx, &mut budget)?;
+    let size = serde_json::to_vec(&rendered)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > max_bytes {
+        return Err((
+            root.to_string(),
+            TemplateError(format!(
+                "rendered JSON is {size} bytes, more than the {max_bytes} allowed"
+            )),
+        ));
+    }
+    Ok(rendered)
+}
+
+fn render_json_at(
+    value: &serde_json::Value,
+    path: String,
+    ctx: &Value,
+    budget: &mut usize,
+) -> Result<serde_json::Value, (String, TemplateError)> {
+    use serde_json::Value as J;
+    match value {
+        J::String(source) => {
+            let (rendered, used) = match sole_expression(source) {
+                Some(expression) => evaluate(expression, ctx, *budget),
+                None => render(source, ctx, Escape::None, *budget).map(|s| {
+                    let used = s.len();
+                    (J::String(s), used)
+                }),
+            }
+            .map_err(|e| (path, e))?;
+            *budget = budget.saturating_sub(used);
+            Ok(rendered)
+        }
+        J::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, x)| render_json_at(x, format!("{path}[{i}]"), ctx, budget))
+            .collect::<Result<Vec<_>, _>>()
+            .map(J::Array),
+        J::Object(fields) => fields
+            .iter()
+            .map(|(k, x)| {
+                Ok((
+                    k.clone(),
+                    render_json_at(x, format!("{path}.{k}"), ctx, budget)?,
+                ))
+            })
+            .collect::<Result<serde_json::Map<_, _>, _>>()
+            .map(J::Object),
+        other => Ok(other.clone()),
+    }
+}
+
+/// The value of `expression` over `ctx` as JSON, and its size; refused past `max_bytes` of JSON
+/// text (written through the capped output, so a huge value stops at the cap).
+fn evaluate(
+    expression: &str,
+    ctx: &Value,
+    max_bytes: usize,
+) -> Result<(serde_json::Value, usize), TemplateError> {
+    let over = || {
+        TemplateError(format!(
+            "rendered value is more than the {max_bytes} allowed bytes (rendering stopped there)"
+        ))
+    };
+    let value = environment(Escape::None)
+        .compile_expression(expression)?
+        .eval(ctx.clone())?;
+    if value.as_str().is_some_and(|s| s.len() > max_bytes) {
+        return Err(over());
+    }
+    let mut out = Capped {
+        buf: Vec::new(),
+        max: max_bytes,
+        over: false,
+    };
+    match serde_json::to_writer(&mut out, &value) {
+        Ok(()) => {}
+        Err(_) if out.over => return Err(over()),
+        Err(e) => return Err(TemplateError(format!("the value is not JSON: {e}"))),
+    }
+    let used = out.buf.len();
+    serde_json::from_slice(&out.buf)
+        .map(|json| (json, used))
+        .map_err(|e| TemplateError(format!("the value is not JSON: {e}")))
 }
 
 /// The context templates see for a delivered document (see the module documentation).
@@ -369,5 +569,56 @@ mod tests {
             render("{{ new.customer }}", &ctx, Escape::Slack, 25).expect("exactly at the cap"),
             "&lt;!channel&gt; &amp; co"
         );
+    }
+
+    #[test]
+    fn url_escaping_encodes_every_value_and_cannot_be_opted_out_of() {
+        let ctx = context(&serde_json::json!({"data": {"new": {"p": "a/b?c#d&e=f g%é"}}}));
+        assert_eq!(
+            render(
+                "/x/{{ new.p }}?q={{ new.p | safe }}",
+                &ctx,
+                Escape::Url,
+                1000
+            )
+            .expect("url"),
+            "/x/a%2Fb%3Fc%23d%26e%3Df%20g%25%C3%A9?q=a%2Fb%3Fc%23d%26e%3Df%20g%25%C3%A9"
+        );
+        assert_eq!(percent_encode("A-z_0.9~"), "A-z_0.9~");
+        let e = render("{{ new.p }}", &ctx, Escape::Url, 10).expect_err("capped once encoded");
+        assert!(e.0.contains("more than the 10 allowed"), "{e}");
+    }
+
+    #[test]
+    fn json_templates_keep_the_types_of_sole_expressions() {
+        assert_eq!(sole_expression("{{ new.id }}"), Some("new.id"));
+        assert_eq!(sole_expression("{{- new.id -}}"), Some("new.id"));
+        assert_eq!(sole_expression(" {{ new.id }}"), None);
+        assert_eq!(sole_expression("{{ a }}{{ b }}"), None);
+        assert_eq!(sole_expression("{{ }}"), None);
+        let ctx = context(&doc());
+        let out = render_json(
+            &serde_json::json!({"id": "{{ new.id }}", "tags": "{{ new.tags }}", "t": "#{{ new.id }}", "k": [false]}),
+            "body",
+            &ctx,
+            1000,
+        )
+        .expect("renders");
+        assert_eq!(
+            out,
+            serde_json::json!({"id": 1, "tags": ["a", "b"], "t": "#1", "k": [false]})
+        );
+        let (path, e) = render_json(
+            &serde_json::json!({"a": ["{{ new.customer }}"]}),
+            "body",
+            &ctx,
+            10,
+        )
+        .expect_err("over");
+        assert_eq!(path, "body.a[0]");
+        assert!(e.0.contains("more than the 10 allowed"), "{e}");
+        let (path, _) = check_json(&serde_json::json!({"a": {"b": "{{ x + }}"}}), "body")
+            .expect_err("bad expression");
+        assert_eq!(path, "body.a.b");
     }
 }

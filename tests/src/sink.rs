@@ -21,6 +21,8 @@ pub struct Received {
     pub method: String,
     /// Request path.
     pub path: String,
+    /// Request query (after `?`), as sent; None when the request had none.
+    pub query: Option<String>,
     /// Headers, names lowercased.
     pub headers: Vec<(String, String)>,
     /// Body, parsed as JSON (Null if it was not JSON).
@@ -168,6 +170,7 @@ impl Sink {
                             let mut r = Received {
                                 method: parts.method.to_string(),
                                 path: parts.uri.path().to_string(),
+                                query: parts.uri.query().map(str::to_string),
                                 headers: parts
                                     .headers
                                     .iter()

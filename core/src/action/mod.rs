@@ -20,7 +20,9 @@ mod webhook;
 
 pub use email::{is_template, looks_like_mailbox, EmailAction};
 pub use slack::{block_strings, SlackAction};
-pub use webhook::WebhookAction;
+pub use webhook::{
+    ShapeError, WebhookAction, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_URL_BYTES, METHODS,
+};
 
 /// Most recipients of one e-mail action.
 pub const MAX_RECIPIENTS: usize = 50;
@@ -78,6 +80,11 @@ pub enum ActionError {
     BadScheme(String),
     #[error("action.url must not carry credentials")]
     UrlCredentials,
+    /// A template in a URL's scheme, host or port (only its path and query may have one).
+    #[error("action.url {0:?} has a template before its path: the scheme, host and port must be written out")]
+    TemplateInOrigin(String),
+    #[error("action.method {0:?} is not supported")]
+    BadMethod(String),
     #[error("action.headers name {0:?} is not a valid HTTP header name")]
     BadHeaderName(String),
     #[error("action.headers value of {0:?} contains a control character")]
@@ -115,6 +122,14 @@ impl ActionError {
             Self::BadUrl { .. } | Self::BadScheme(_) => {
                 "Use an absolute http:// or https:// URL with a host.".to_string()
             }
+            Self::TemplateInOrigin(_) => {
+                "Write scheme://host:port as they are and put templates in the path or the query only, e.g. https://api.example.com/accounts/{{ new.account_id }}/orders?status={{ new.status }} (every value is percent-encoded there)."
+                    .to_string()
+            }
+            Self::BadMethod(_) => format!(
+                "Use one of {} (in capitals); POST when absent.",
+                webhook::METHODS.join(", ")
+            ),
             Self::UrlCredentials => {
                 r#"Keep the whole URL in the worker's configuration ([secrets.<name>] value = "https://user:password@...") and write "url": {"secret": "<name>"}, or send the credential in a header that is a reference."#
                     .to_string()
@@ -368,8 +383,8 @@ mod tests {
             ActionError::Shape(_)
         ));
         assert!(matches!(
-            err(r#"{"type":"webhook","url":"https://a.b","method":"GET"}"#),
-            ActionError::Shape(m) if m.contains("method")
+            err(r#"{"type":"webhook","url":"https://a.b","verb":"GET"}"#),
+            ActionError::Shape(m) if m.contains("verb")
         ));
         assert!(matches!(
             err(r#"{"url":"https://a.b"}"#),
