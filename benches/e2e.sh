@@ -18,12 +18,17 @@
 #                (what retention keeps: 300,000 is 5 minutes at 1,000 events/s; retention is 7 days)
 #   defaults     (DEFAULTS=1, once) the ROWS-row throughput run (DEFAULTS_EVENTS events) and the
 #                latency run with the worker's shipped defaults instead of WORKER_SETTINGS
+#   batching     (BATCH=N) the observer sends its events in batches of up to N per request
+#                (`"batch": {"max_events": N, "max_wait_ms": BATCH_WAIT_MS}` in its webhook action;
+#                unset: one event per request, as before); the sink counts each event of an array
 # A fresh worker runs each measurement; its VmHWM and VmRSS are read before it is stopped.
 # Prints a Markdown table: medians over the repetitions and the min-max spread.
 #
 # Settings (environment): REPS (default 3), EVENTS (200000), ROWS (100), CLIENTS (4),
 # SINGLE_EVENTS (100000), SINGLE_CLIENTS (8), RATE (1000), LATENCY_SECONDS (20), HISTORY (300000;
-# 0 skips that run), DEFAULTS (1), DEFAULTS_EVENTS (50000), TIMEOUT seconds to wait for the
+# 0 skips that run), DEFAULTS (1), DEFAULTS_EVENTS (50000), BATCH (unset: no batching; 1 to
+# 1000), BATCH_WAIT_MS (20), RUNS (the measurements of each repetition, a subset of "multi metrics
+# nosearch single latency history", default all), TIMEOUT seconds to wait for the
 # deliveries of one run (300), WORKER_SETTINGS (the worker's settings as FRAISEQL_OBSERVERS_*
 # variables, see below), E2E_SKIP_SETUP=1 (skip scripts/setup.sh), QUICK=1 (REPS=1
 # EVENTS=SINGLE_EVENTS=20000 LATENCY_SECONDS=5 HISTORY=20000 DEFAULTS=0: about 3 min).
@@ -44,6 +49,9 @@ LATENCY_SECONDS="${LATENCY_SECONDS:-20}"
 HISTORY="${HISTORY:-300000}"
 DEFAULTS="${DEFAULTS:-1}"
 DEFAULTS_EVENTS="${DEFAULTS_EVENTS:-50000}"
+BATCH="${BATCH:-}"
+BATCH_WAIT_MS="${BATCH_WAIT_MS:-20}"
+RUNS="${RUNS:-multi metrics nosearch single latency history}"
 TIMEOUT="${TIMEOUT:-300}"
 # The worker's settings for the measured runs. The shipped defaults (concurrency 64, at most 16
 # deliveries in flight per endpoint) are made for many endpoints: with a single endpoint, every job
@@ -77,11 +85,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
+batch_option=""
+[ -z "$BATCH" ] || batch_option=", \"batch\": {\"max_events\": $BATCH, \"max_wait_ms\": $BATCH_WAIT_MS}"
 psql >/dev/null <<SQL
 CREATE EXTENSION fraiseql_observers;
 CREATE TABLE e2e (id bigserial PRIMARY KEY, a int NOT NULL, b text NOT NULL,
                   ts_us bigint NOT NULL DEFAULT (extract(epoch FROM clock_timestamp()) * 1e6)::bigint);
-SELECT FROM observer_create('e2e', 'e2e', ARRAY['INSERT'], NULL, '{"type": "webhook", "url": "http://$SINK_ADDR/hook"}');
+SELECT FROM observer_create('e2e', 'e2e', ARRAY['INSERT'], NULL, '{"type": "webhook", "url": "http://$SINK_ADDR/hook"$batch_option}');
 SQL
 echo "INSERT INTO e2e (a, b) SELECT i, 'a short text payload of the row' FROM generate_series(1, $ROWS) i;" >"$work/multi.sql"
 echo "INSERT INTO e2e (a, b) VALUES ((random() * 1000)::int, 'a short text payload of the row');" >"$work/single.sql"
@@ -153,7 +163,7 @@ audit_search() {
 # throughput NAME SCRIPT CLIENTS EVENTS [defaults|metrics|nosearch]: commit EVENTS events, wait for
 # every delivery.
 throughput() {
-  local name="$1" script="$2" clients="$3" events="$4" mode="${5:-}" tx scraper="" start end first last count unique rate
+  local name="$1" script="$2" clients="$3" events="$4" mode="${5:-}" tx scraper="" start end first last count unique requests rate
   tx=$((events / clients))
   [ "$script" = "$work/multi.sql" ] && tx=$((events / ROWS / clients))
   reset_tables
@@ -173,7 +183,7 @@ throughput() {
   end="$(now_us)"
   wait_for "$events"
   [ -z "$scraper" ] || { kill "$scraper"; wait "$scraper" 2>/dev/null || true; }
-  read -r first last count unique < <(stats first_us last_us count unique)
+  read -r first last count unique requests < <(stats first_us last_us count unique requests)
   stop_worker
   [ "$mode" != nosearch ] || audit_search on
   [ "$count" = "$unique" ] || note "$name: $count deliveries of $unique events (redeliveries)"
@@ -183,7 +193,7 @@ throughput() {
   record "$name.drain" "$(echo "$count / (($last - $first) / 1000000)" | bc -l)"
   record "$name.hwm" "$hwm"; record "$name.rss" "$rss"
   record "$name.cpu" "$(echo "$cpu * 1000 * 10000 / $count" | bc -l)"
-  note "$name: $(printf '%.0f' "$rate") events/s commit->2xx (commits took $(echo "($end - $start) / 1000000" | bc -l | xargs printf '%.2f') s), worker VmHWM ${hwm} KiB, CPU ${cpu} s"
+  note "$name: $(printf '%.0f' "$rate") events/s commit->2xx in $requests requests (commits took $(echo "($end - $start) / 1000000" | bc -l | xargs printf '%.2f') s), worker VmHWM ${hwm} KiB, CPU ${cpu} s"
 }
 
 # history N: N events captured by single-row statements and dispatched, their jobs deleted: the
@@ -222,14 +232,16 @@ latency() {
 
 step "measure: $REPS repetitions, $EVENTS / $SINGLE_EVENTS events per throughput run, $RATE events/s for ${LATENCY_SECONDS}s"
 note "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+[ -z "$BATCH" ] || note "batching: up to $BATCH events per request, max_wait_ms $BATCH_WAIT_MS"
+runs() { [[ " $RUNS " == *" $1 "* ]]; }
 for rep in $(seq 1 "$REPS"); do
   note "repetition $rep"
-  throughput multi "$work/multi.sql" "$CLIENTS" "$EVENTS"
-  throughput metrics "$work/multi.sql" "$CLIENTS" "$EVENTS" metrics
-  throughput nosearch "$work/multi.sql" "$CLIENTS" "$EVENTS" nosearch
-  throughput single "$work/single.sql" "$SINGLE_CLIENTS" "$SINGLE_EVENTS"
-  latency latency
-  [ "$HISTORY" = 0 ] || latency history "" "$HISTORY"
+  ! runs multi || throughput multi "$work/multi.sql" "$CLIENTS" "$EVENTS"
+  ! runs metrics || throughput metrics "$work/multi.sql" "$CLIENTS" "$EVENTS" metrics
+  ! runs nosearch || throughput nosearch "$work/multi.sql" "$CLIENTS" "$EVENTS" nosearch
+  ! runs single || throughput single "$work/single.sql" "$SINGLE_CLIENTS" "$SINGLE_EVENTS"
+  ! runs latency || latency latency
+  ! runs history || [ "$HISTORY" = 0 ] || latency history "" "$HISTORY"
 done
 if [ "$DEFAULTS" = 1 ]; then
   note "shipped worker defaults"
@@ -249,8 +261,10 @@ row() {
     "$(wc -l <<<"$values")" "$target"
 }
 
+shape="one event per request"
+[ -z "$BATCH" ] || shape="batches of up to $BATCH events per request, max_wait_ms $BATCH_WAIT_MS"
 echo
-echo "### End-to-end delivery ($(nproc) cores, fsync on; worker: ${WORKER_SETTINGS//FRAISEQL_OBSERVERS_/})"
+echo "### End-to-end delivery ($(nproc) cores, fsync on; worker: ${WORKER_SETTINGS//FRAISEQL_OBSERVERS_/}; $shape)"
 echo
 echo "| measurement | median | spread | runs | target |"
 echo "|---|---|---|---|---|"

@@ -14,10 +14,12 @@ pub use crate::secret::is_secret_name;
 use crate::secret::{self, SecretRef, ValueOrSecret};
 use crate::template;
 
+mod batch;
 mod email;
 mod slack;
 mod webhook;
 
+pub use batch::{BatchError, BatchPolicy};
 pub use email::{is_template, looks_like_mailbox, EmailAction};
 pub use slack::{block_strings, SlackAction};
 pub use webhook::{
@@ -109,6 +111,9 @@ pub enum ActionError {
     /// A credential written where a reference belongs; never quotes the value.
     #[error("action.{field} holds a literal credential: {why}")]
     LiteralCredential { field: String, why: String },
+    /// A webhook's `batch` option out of bounds, or on an action shaped by templates.
+    #[error(transparent)]
+    BadBatch(#[from] BatchError),
 }
 
 impl ActionError {
@@ -160,6 +165,7 @@ impl ActionError {
                 r#"Write a string, or {"secret": "<name>"} naming a secret of the worker's [secrets] table (1 to 64 letters, digits, _ or -); a header may add a literal "prefix": {"secret": "stripe_token", "prefix": "Bearer "}."#
                     .to_string()
             }
+            Self::BadBatch(e) => e.hint(),
             Self::LiteralCredential { field, .. } => {
                 let example = if field == "url" {
                     r#""url": {"secret": "<name>"}"#

@@ -63,6 +63,10 @@ pub struct WebhookAction {
     /// to write instead.
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_literal_credentials: bool,
+    /// Send the observer's jobs in batches, one request per batch (a JSON array of their
+    /// documents); none by default: one request per job. See [`super::BatchPolicy`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<super::BatchPolicy>,
 }
 
 impl WebhookAction {
@@ -81,6 +85,9 @@ impl WebhookAction {
             validate_body(body)?;
         }
         validate_timeout(self.timeout_ms)?;
+        if let Some(batch) = &self.batch {
+            batch.validate(self.first_template())?;
+        }
         if let Some(name) = &self.secret {
             if !is_secret_name(name) {
                 return Err(ActionError::BadSecretName(name.clone()));

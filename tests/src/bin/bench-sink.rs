@@ -5,8 +5,9 @@
 //! microseconds since the Unix epoch that the benchmark's table stores in every row
 //! (`clock_timestamp()` at INSERT, same machine, same clock).
 //!
-//! `GET /stats` returns, as JSON: `count` (POSTs), `unique` (distinct `data.event_id`), `no_ts`
-//! (bodies without `ts_us`), `first_us` / `last_us` (arrival of the first and last POST, epoch
+//! `GET /stats` returns, as JSON: `count` (events: one per POST, or one per element of a batch's
+//! JSON array), `requests` (POSTs), `unique` (distinct `data.event_id`), `no_ts` (documents
+//! without `ts_us`), `first_us` / `last_us` (arrival of the first and last POST, epoch
 //! microseconds) and `p50_us`, `p90_us`, `p99_us`, `max_us` of the latencies. `POST /reset`
 //! clears everything.
 
@@ -26,6 +27,7 @@ use tokio::net::TcpListener;
 #[derive(Default)]
 struct Stats {
     count: u64,
+    requests: u64,
     no_ts: u64,
     first_us: Option<i64>,
     last_us: Option<i64>,
@@ -35,10 +37,21 @@ struct Stats {
 
 impl Stats {
     fn record(&mut self, now_us: i64, body: &[u8]) {
-        self.count += 1;
+        self.requests += 1;
         self.first_us.get_or_insert(now_us);
         self.last_us = Some(now_us);
-        let doc: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        match serde_json::from_slice(body).unwrap_or_default() {
+            serde_json::Value::Array(batch) => {
+                for doc in &batch {
+                    self.record_event(now_us, doc);
+                }
+            }
+            doc => self.record_event(now_us, &doc),
+        }
+    }
+
+    fn record_event(&mut self, now_us: i64, doc: &serde_json::Value) {
+        self.count += 1;
         let data = &doc["data"];
         if let Some(id) = data["event_id"].as_i64() {
             self.events.insert(id);
@@ -59,6 +72,7 @@ impl Stats {
         };
         serde_json::json!({
             "count": self.count,
+            "requests": self.requests,
             "unique": self.events.len(),
             "no_ts": self.no_ts,
             "first_us": self.first_us,

@@ -4,6 +4,7 @@
 //! takes a [`crate::job::ClaimedJob`] and returns a [`crate::job::Attempted`]; the runner picks
 //! the action, none of them knows the others.
 
+pub mod batch;
 pub mod email;
 pub mod http;
 pub mod slack;

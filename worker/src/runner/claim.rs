@@ -1,16 +1,20 @@
 //! The claim loop of one database session, in named steps: a dispatch round where this loop
 //! has the duty ([`DispatchDuty`]), permits for what can start at once, the claim, a task per
-//! claimed job, and a sleep when the queue is drained. Outcomes go to the reporter
+//! claimed job (or, for webhooks with a `batch` policy, the loop's batch collector:
+//! [`super::batch`]), and a sleep when the queue is drained. Outcomes go to the reporter
 //! ([`super::report`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use fraiseql_observers_core::Action;
+use fraiseql_observers_core::action::BatchPolicy;
+use fraiseql_observers_core::{Action, ActionError};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::db::{Db, DbError};
 use crate::job::{Audit, ClaimedJob, Outcome};
 
+use super::batch::{self, Collector, Held};
 use super::dispatch::DispatchDuty;
 use super::perform::perform;
 use super::report::Report;
@@ -22,6 +26,8 @@ pub(super) struct ClaimLoop<'a> {
     db: &'a Db,
     /// Some on the session's first loop when the worker runs dispatch rounds (`dispatch`).
     dispatch: Option<DispatchDuty>,
+    /// The open batches of the jobs this loop claimed.
+    batches: Arc<Collector>,
 }
 
 impl<'a> ClaimLoop<'a> {
@@ -31,6 +37,7 @@ impl<'a> ClaimLoop<'a> {
             session,
             db,
             dispatch,
+            batches: Arc::default(),
         }
     }
 
@@ -96,6 +103,8 @@ impl<'a> ClaimLoop<'a> {
             .map(|j| (j.job_id, j.idempotency_key.as_str()))
             .collect();
         let delivered = ctx.shared.delivered(&known).await;
+        // Jobs of one observer share its action: parsed once per claim.
+        let mut actions: HashMap<String, Result<Action, ActionError>> = HashMap::new();
         for (job, already) in jobs.into_iter().zip(delivered) {
             if already {
                 tracing::info!(job = job.job_id, observer = %job.observer, "already delivered (delivered-ledger): completing without a second delivery");
@@ -110,18 +119,56 @@ impl<'a> ClaimLoop<'a> {
             let permit = permits
                 .pop()
                 .expect("claims never exceed the permits taken");
-            self.spawn(job, permit);
+            let action = actions
+                .entry(job.action.clone())
+                .or_insert_with(|| Action::parse(&job.action))
+                .clone();
+            match (batch_policy(&action), action) {
+                (Some(policy), Ok(action)) => self.collect(job, permit, &action, policy),
+                (_, action) => self.spawn(job, action, permit),
+            }
+        }
+        // No free slot left: no more jobs can join the open batches before they are sent.
+        if ctx.permits.available_permits() == 0 {
+            for ready in self.batches.take_all() {
+                batch::spawn(self.session, ready);
+            }
         }
         Ok(claimed)
     }
 
+    /// Add `job` of a webhook `action` with a batch `policy` to its observer's open batch; send
+    /// the batches that are ready, and start the timer of one it opened.
+    fn collect(
+        &self,
+        job: ClaimedJob,
+        permit: OwnedSemaphorePermit,
+        action: &Action,
+        policy: BatchPolicy,
+    ) {
+        self.session.ctx.in_flight.hold(&job);
+        let observer = job.observer.clone();
+        let added = self.batches.add(Held { job, permit }, action, policy);
+        for ready in added.ready {
+            batch::spawn(self.session, ready);
+        }
+        if let Some(opened) = added.opened {
+            batch::start_timer(self.session, &self.batches, observer, opened);
+        }
+    }
+
     /// Perform `job` in a task of its own, holding `permit` until its outcome is reported.
-    fn spawn(&self, job: ClaimedJob, permit: OwnedSemaphorePermit) {
+    fn spawn(
+        &self,
+        job: ClaimedJob,
+        action: Result<Action, ActionError>,
+        permit: OwnedSemaphorePermit,
+    ) {
         let ctx = self.session.ctx.clone();
         let tx = self.session.tx.clone();
         ctx.in_flight.hold(&job);
         self.session.tasks.spawn(async move {
-            let report = attempt(&ctx, job).await;
+            let report = attempt(&ctx, job, action).await;
             ctx.in_flight.release(&report.job);
             drop(permit);
             let _ = tx.send(report);
@@ -140,9 +187,20 @@ impl<'a> ClaimLoop<'a> {
     }
 }
 
+/// The batch policy of a webhook action that has one.
+fn batch_policy(action: &Result<Action, ActionError>) -> Option<BatchPolicy> {
+    match action {
+        Ok(Action::Webhook(w)) => w.batch,
+        _ => None,
+    }
+}
+
 /// One attempt of `job`, with its metrics: what the reporter gets.
-async fn attempt(ctx: &Arc<Context>, job: ClaimedJob) -> Report {
-    let action = Action::parse(&job.action);
+async fn attempt(
+    ctx: &Arc<Context>,
+    job: ClaimedJob,
+    action: Result<Action, ActionError>,
+) -> Report {
     let kind = action.as_ref().map(Action::kind).unwrap_or("invalid");
     ctx.metrics.job(&job.observer, kind, "claimed");
     ctx.metrics.in_flight.inc();
@@ -150,19 +208,7 @@ async fn attempt(ctx: &Arc<Context>, job: ClaimedJob) -> Report {
     let (attempted, endpoint) = perform(ctx, &job, action).await;
     let outcome = attempted.outcome;
     ctx.metrics.in_flight.dec();
-    let label = match &outcome {
-        Outcome::Delivered => "delivered",
-        Outcome::Retry { .. } => "retried",
-        Outcome::Discard { .. } => "discarded",
-        Outcome::Snooze { .. } => "snoozed",
-    };
-    ctx.metrics.job(&job.observer, kind, label);
-    if !matches!(outcome, Outcome::Snooze { .. }) {
-        ctx.metrics.delivery(&job.observer, kind, started.elapsed());
-    }
-    if outcome == Outcome::Delivered {
-        ctx.metrics.event_lag(&job.observer, kind, job.event_at);
-    }
+    batch::record(ctx, &job, kind, &outcome, started);
     let audit = Audit {
         endpoint,
         status: attempted.status.map(i32::from),

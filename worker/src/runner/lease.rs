@@ -1,5 +1,6 @@
 //! Leases of the jobs this worker performs: every claimed job is held here (its id and fencing
-//! token) from its claim until its outcome is handed to the reporter, and the heartbeat extends
+//! token) from its claim until its outcome is handed to the reporter (a job waiting in an open
+//! batch for more, [`super::batch`], included), and the heartbeat extends
 //! the leases of all of them every third of the lease, so that an action slower than the lease
 //! (webhook timeouts go up to 5 minutes) is not redelivered while it runs. The database side is
 //! `observer_heartbeat` (sql/queue.sql).

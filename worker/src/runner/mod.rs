@@ -12,6 +12,7 @@
 //! `shutdown_timeout` to finish, and the reporter flushes. A job still running after that keeps
 //! its lease and is redelivered once the lease runs out: never lost.
 
+mod batch;
 mod claim;
 mod dispatch;
 mod health;
