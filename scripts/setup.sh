@@ -6,7 +6,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo redis-server python3 python3-venv)
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo redis-server nats-server python3 python3-venv)
 # Independent implementations the tests check our wire formats against (PyPI, pinned).
 PY_PACKAGES=(standardwebhooks==1.1.0 aiosmtpd==1.4.6)
 CARGO_PGRX_VERSION=0.18.0

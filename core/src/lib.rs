@@ -11,5 +11,7 @@ pub mod secret;
 pub mod template;
 pub mod text;
 
-pub use action::{Action, ActionError, EmailAction, SlackAction, WebhookAction};
+pub use action::{
+    Action, ActionError, EmailAction, NatsAction, RedisStreamAction, SlackAction, WebhookAction,
+};
 pub use secret::{SecretRef, ValueOrSecret};

@@ -163,7 +163,13 @@ pub fn literal_host(url: &url::Url) -> Option<IpAddr> {
     match url.host()? {
         url::Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
         url::Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
-        url::Host::Domain(_) => None,
+        // The parser leaves the host of a non-special scheme (`nats://`, `redis://`) opaque:
+        // read it as a special scheme's host would be, odd IPv4 spellings included.
+        url::Host::Domain(d) => match url::Host::parse(d).ok()? {
+            url::Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
+            url::Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
+            url::Host::Domain(_) => None,
+        },
     }
 }
 
@@ -247,6 +253,10 @@ mod tests {
             ("http://0x7f.0.0.1/", "127.0.0.1"),
             ("http://0177.0.0.1/", "127.0.0.1"),
             ("http://[::ffff:7f00:1]/", "::ffff:127.0.0.1"),
+            ("nats://127.0.0.1:4222", "127.0.0.1"),
+            ("redis://127.1:6379/0", "127.0.0.1"),
+            ("tls://0x7f.0.0.1", "127.0.0.1"),
+            ("rediss://[::1]:6379", "::1"),
         ] {
             let parsed = url::Url::parse(url).expect("url");
             let host = literal_host(&parsed).expect("literal");

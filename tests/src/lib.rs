@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
+pub mod nats;
 pub mod sink;
 
 pub use sink::{first_attempt_then, Received, Reply, Sink};

@@ -13,8 +13,9 @@
 //!   flight and their heartbeat), `health.rs` (readiness and the queue gauges); the only module
 //!   that knows every other.
 //! - [`audit_export`]: the export of the audit trail to Elasticsearch, on its own task.
-//! - [`actions`]: one file per action (`webhook`, `slack`, `email`) and `http`, the HTTP client
-//!   they share with its SSRF guard and the classification of responses into outcomes.
+//! - [`actions`]: one file per action (`webhook`, `slack`, `email`, `nats`, `redis_stream`),
+//!   `http`, the HTTP client they share with its SSRF guard and the classification of
+//!   responses into outcomes, and `server`, a stream action's server address with its SSRF check.
 //! - [`secrets`]: resolves an action's references to secrets into what goes on the wire, and
 //!   scrubs them from error texts.
 //! - [`breaker`]: per-endpoint circuit breakers (`mod.rs`: the state machine and the `Verdict`

@@ -18,6 +18,7 @@
 //! signing secret is, since the operator may be adding it; a credential bound to other
 //! destinations dead-letters the job at once, never sent.
 
+use fraiseql_observers_core::action::{validate_server_url, NATS_SCHEMES, REDIS_SCHEMES};
 use fraiseql_observers_core::{Action, ValueOrSecret};
 
 use crate::config::{Config, Secret, ENV_PREFIX};
@@ -72,8 +73,12 @@ pub enum Unresolved {
         endpoint: String,
         why: &'static str,
     },
-    #[error("secret {name:?} (action.url) is not an http:// or https:// URL with a host (its value is not shown)")]
-    NotAUrl { name: String },
+    /// `expected`: what the action's `url` must be (`an http:// or https:// URL`, ...).
+    #[error("secret {name:?} (action.url) is not {expected} with a host (its value is not shown)")]
+    NotAUrl {
+        name: String,
+        expected: &'static str,
+    },
 }
 
 fn env_var(name: &str) -> String {
@@ -132,11 +137,31 @@ fn credential<'a>(
     }
 }
 
+/// What a resolved `url` of `action` must be, and the check of a value.
+fn url_kind(action: &Action) -> (&'static str, fn(&str) -> bool) {
+    match action {
+        Action::Nats(_) => ("a nats:// or tls:// server address", |v| {
+            server_url(v, NATS_SCHEMES)
+        }),
+        Action::RedisStream(_) => ("a redis:// or rediss:// server address", |v| {
+            server_url(v, REDIS_SCHEMES)
+        }),
+        _ => ("an http:// or https:// URL", is_http_url),
+    }
+}
+
+/// Whether `value` is a server address of one of `schemes` (`core::action::validate_server_url`).
+fn server_url(value: &str, schemes: &[&str]) -> bool {
+    validate_server_url("", value, schemes).is_ok()
+}
+
 /// Resolve `action`'s references against the configuration (e-mail has none: an empty wire).
 pub fn resolve(config: &Config, action: &Action) -> Result<Wire, Unresolved> {
     let (url, headers) = match action {
         Action::Webhook(w) => (&w.url, Some(&w.headers)),
         Action::Slack(s) => (&s.url, None),
+        Action::Nats(n) => (&n.url, None),
+        Action::RedisStream(r) => (&r.url, None),
         Action::Email(_) => return Ok(Wire::default()),
     };
     let mut wire = Wire::default();
@@ -145,8 +170,9 @@ pub fn resolve(config: &Config, action: &Action) -> Result<Wire, Unresolved> {
         ValueOrSecret::Secret(r) => {
             let name = r.secret.to_ascii_lowercase();
             let (secret, value) = credential(config, &name, "url")?;
-            if !is_http_url(value) {
-                return Err(Unresolved::NotAUrl { name });
+            let (expected, fits) = url_kind(action);
+            if !fits(value) {
+                return Err(Unresolved::NotAUrl { name, expected });
             }
             if !secret.destinations.is_empty() && !secret.covers(value) {
                 return Err(Unresolved::NotBound {
@@ -542,9 +568,18 @@ mod tests {
         assert_eq!(
             e,
             Unresolved::NotAUrl {
-                name: "nowhere".into()
+                name: "nowhere".into(),
+                expected: "an http:// or https:// URL"
             }
         );
+        // A stream action's url must be a server address of its own schemes.
+        let e = outcome(r#"{"type":"nats","url":{"secret":"hook"},"subject":"s"}"#);
+        assert!(
+            e.to_string()
+                .contains("is not a nats:// or tls:// server address"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("abcdefgh"), "{e}");
         assert!(!e.to_string().contains("tok_unbound_123"), "{e}");
     }
 

@@ -16,11 +16,18 @@ use crate::template;
 
 mod batch;
 mod email;
+mod nats;
+mod redis_stream;
 mod slack;
 mod webhook;
 
 pub use batch::{BatchError, BatchPolicy};
 pub use email::{is_template, looks_like_mailbox, EmailAction};
+pub use nats::{check_subject, NatsAction, MAX_SUBJECT_BYTES, NATS_DEFAULT_PORT, NATS_SCHEMES};
+pub use redis_stream::{
+    check_stream_key, RedisStreamAction, DEFAULT_DEDUP_WINDOW_SECONDS, MAX_DEDUP_WINDOW_SECONDS,
+    MAX_MAXLEN, MAX_STREAM_KEY_BYTES, REDIS_DEFAULT_PORT, REDIS_SCHEMES, RESERVED_KEY_PREFIX,
+};
 pub use slack::{block_strings, SlackAction};
 pub use webhook::{
     ShapeError, WebhookAction, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_URL_BYTES, METHODS,
@@ -60,6 +67,10 @@ pub enum Action {
     Slack(SlackAction),
     /// Send an e-mail rendered from templates through the worker's SMTP server.
     Email(EmailAction),
+    /// Publish the event to a NATS JetStream subject (rendered from a template).
+    Nats(NatsAction),
+    /// Append the event to a Redis stream (`XADD`, key rendered from a template).
+    RedisStream(RedisStreamAction),
 }
 
 fn default_timeout_ms() -> u64 {
@@ -108,6 +119,20 @@ pub enum ActionError {
     /// A malformed `{"secret": ...}` reference (`field`: `url`, `headers.<name>`).
     #[error("action.{field} {problem}")]
     BadReference { field: String, problem: String },
+    /// A `nats` or `redis_stream` server address that is not one; never quotes it (it may
+    /// carry a credential).
+    #[error("action.url is not a {kind} server address: {reason}")]
+    BadServerUrl { kind: &'static str, reason: String },
+    /// A `nats` subject (its template's own text) that can never be a subject.
+    #[error("action.subject {reason}")]
+    BadSubject { reason: String },
+    /// A `redis_stream` stream key (its template's own text) that can never be one.
+    #[error("action.stream {reason}")]
+    BadStreamKey { reason: String },
+    #[error("action.maxlen {0} is out of range")]
+    BadMaxlen(u64),
+    #[error("action.dedup_window_seconds {0} is out of range")]
+    BadDedupWindow(u64),
     /// A credential written where a reference belongs; never quotes the value.
     #[error("action.{field} holds a literal credential: {why}")]
     LiteralCredential { field: String, why: String },
@@ -166,6 +191,20 @@ impl ActionError {
                     .to_string()
             }
             Self::BadBatch(e) => e.hint(),
+            Self::BadServerUrl { .. } => {
+                r#"Write nats://host:4222 or tls://host:4222 (nats), redis://host:6379/0 or rediss://host:6379/0 (redis_stream), without a query or fragment; with credentials, keep the whole address in the worker's [secrets.<name>] and write "url": {"secret": "<name>"}."#
+                    .to_string()
+            }
+            Self::BadSubject { .. } => format!(
+                "A subject is tokens separated by '.', e.g. orders.{{{{ op | lower }}}}.{{{{ new.id }}}}: no space, '*' or '>', no empty token, not starting with '$', at most {MAX_SUBJECT_BYTES} bytes."
+            ),
+            Self::BadStreamKey { .. } => format!(
+                "A stream key is 1 to {MAX_STREAM_KEY_BYTES} bytes without control characters, e.g. orders:{{{{ op | lower }}}}, and does not start with {RESERVED_KEY_PREFIX:?} (the worker's own keys)."
+            ),
+            Self::BadMaxlen(_) => format!("Use a maxlen between 1 and {MAX_MAXLEN}, or leave it out (no trimming)."),
+            Self::BadDedupWindow(_) => format!(
+                "Use a window between 1 and {MAX_DEDUP_WINDOW_SECONDS} seconds (default {DEFAULT_DEDUP_WINDOW_SECONDS}): longer than the observer's retries take."
+            ),
             Self::LiteralCredential { field, .. } => {
                 let example = if field == "url" {
                     r#""url": {"secret": "<name>"}"#
@@ -207,6 +246,8 @@ impl Action {
             Action::Webhook(w) => (&w.url, Some(&w.headers), w.allow_literal_credentials),
             Action::Slack(s) => (&s.url, None, s.allow_literal_credentials),
             Action::Email(_) => return Ok(()),
+            Action::Nats(n) => (&n.url, None, n.allow_literal_credentials),
+            Action::RedisStream(r) => (&r.url, None, r.allow_literal_credentials),
         };
         if allowed {
             return Ok(());
@@ -215,6 +256,9 @@ impl Action {
             field,
             why: why.to_string(),
         };
+        if let Some(why) = url.literal().and_then(server_credentials) {
+            return Err(found("url".to_string(), why));
+        }
         if let Some(why) = url.literal().and_then(secret::credential_url) {
             return Err(found("url".to_string(), why));
         }
@@ -235,6 +279,8 @@ impl Action {
             Action::Webhook(w) => w.validate(),
             Action::Slack(s) => s.validate(),
             Action::Email(e) => e.validate(),
+            Action::Nats(n) => n.validate(),
+            Action::RedisStream(r) => r.validate(),
         }
     }
 
@@ -244,6 +290,8 @@ impl Action {
             Action::Webhook(_) => "webhook",
             Action::Slack(_) => "slack",
             Action::Email(_) => "email",
+            Action::Nats(_) => "nats",
+            Action::RedisStream(_) => "redis_stream",
         }
     }
 
@@ -253,6 +301,8 @@ impl Action {
             Action::Webhook(w) => Some(&w.url),
             Action::Slack(s) => Some(&s.url),
             Action::Email(_) => None,
+            Action::Nats(n) => Some(&n.url),
+            Action::RedisStream(r) => Some(&r.url),
         }
     }
 
@@ -268,7 +318,7 @@ impl Action {
 /// field, a wrong type elsewhere) are left to serde's check.
 fn check_references(value: &serde_json::Value) -> Result<(), ActionError> {
     let kind = value.get("type").and_then(serde_json::Value::as_str);
-    if !matches!(kind, Some("webhook" | "slack")) {
+    if !matches!(kind, Some("webhook" | "slack" | "nats" | "redis_stream")) {
         return Ok(());
     }
     let bad = |field: String, problem: String| ActionError::BadReference { field, problem };
@@ -323,6 +373,93 @@ fn validate_url(raw: &str) -> Result<(), ActionError> {
         return Err(ActionError::UrlCredentials);
     }
     Ok(())
+}
+
+/// A `nats` or `redis_stream` server address written out (see [`validate_server_url`]) or a
+/// well-formed reference.
+fn validate_server_target(
+    kind: &'static str,
+    url: &ValueOrSecret,
+    schemes: &[&str],
+) -> Result<(), ActionError> {
+    match url {
+        ValueOrSecret::Literal(u) => validate_server_url(kind, u, schemes)
+            .map_err(|reason| ActionError::BadServerUrl { kind, reason }),
+        ValueOrSecret::Secret(r) => validate_reference("url", r),
+    }
+}
+
+/// Why `raw` is not a server address of one of `schemes`, or Ok: a host, an optional port, no
+/// query or fragment, and no path but a database number (`/0`) for Redis. User-info is allowed
+/// here (a secret's value may carry it); [`Action::check_credentials`] refuses it written out.
+/// The reason never quotes the address: it may carry a credential.
+pub fn validate_server_url(kind: &str, raw: &str, schemes: &[&str]) -> Result<(), String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("it does not parse ({e})"))?;
+    if !schemes.contains(&url.scheme()) {
+        return Err(format!(
+            "the scheme {:?} is not one of {} for {kind}",
+            url.scheme(),
+            schemes.join(", ")
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("it has no host".to_string());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("it has a query or a fragment".to_string());
+    }
+    let path = url.path();
+    let database = path
+        .strip_prefix('/')
+        .is_some_and(|d| !d.is_empty() && d.len() <= 5 && d.bytes().all(|b| b.is_ascii_digit()));
+    let redis = schemes.contains(&"redis");
+    if !(path.is_empty() || path == "/" || (redis && database)) {
+        return Err(if redis {
+            "its path is not a database number (/0)".to_string()
+        } else {
+            "it has a path".to_string()
+        });
+    }
+    Ok(())
+}
+
+/// Why a server address written out carries a credential (`user:password@`, `token@`), or None.
+fn server_credentials(raw: &str) -> Option<&'static str> {
+    let url = url::Url::parse(raw).ok()?;
+    let server = [NATS_SCHEMES, REDIS_SCHEMES]
+        .iter()
+        .any(|s| s.contains(&url.scheme()));
+    (server && (!url.username().is_empty() || url.password().is_some()))
+        .then_some("a server address with user:password@ or token@")
+}
+
+/// The text a template writes whatever the event: each `{{ ... }}` replaced by `value`, each
+/// `{% ... %}` and `{# ... #}` by nothing (for checks at `observer_create` of what the
+/// template's own text already decides).
+fn template_skeleton(source: &str, value: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(at) = rest.find('{') {
+        let close = match rest[at..].chars().nth(1) {
+            Some('{') => Some(("}}", value)),
+            Some('%') => Some(("%}", "")),
+            Some('#') => Some(("#}", "")),
+            _ => None,
+        };
+        out.push_str(&rest[..at]);
+        match close.and_then(|(end, with)| rest[at + 2..].find(end).map(|e| (e, end, with))) {
+            Some((e, end, with)) => {
+                out.push_str(with);
+                rest = &rest[at + 2 + e + end.len()..];
+            }
+            None => {
+                out.push('{');
+                rest = &rest[at + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn validate_timeout(timeout_ms: u64) -> Result<(), ActionError> {
@@ -745,6 +882,110 @@ mod tests {
             .expect("json")
             .get("allow_literal_credentials")
             .is_none());
+    }
+
+    #[test]
+    fn stream_servers_have_their_schemes_and_no_written_credentials() {
+        let parse = |t: &str, url: &str| {
+            let extra = if t == "nats" { "subject" } else { "stream" };
+            Action::from_value(serde_json::json!({"type": t, "url": url, extra: "orders"}))
+        };
+        for (t, url) in [
+            ("nats", "nats://nats.example.com"),
+            ("nats", "tls://nats.example.com:4443"),
+            ("nats", "nats://10.0.0.1:4222/"),
+            ("redis_stream", "redis://cache.example.com"),
+            ("redis_stream", "rediss://cache.example.com:6380/3"),
+        ] {
+            let a = parse(t, url).expect(url);
+            assert_eq!(a.kind(), t);
+            assert_eq!(a.literal_url(), Some(url));
+            assert_eq!(a.check_credentials(), Ok(()), "{url}");
+        }
+        for (t, url, why) in [
+            ("nats", "https://nats.example.com", "not one of nats, tls"),
+            ("nats", "redis://nats.example.com", "not one of nats, tls"),
+            (
+                "redis_stream",
+                "nats://cache.example.com",
+                "not one of redis, rediss",
+            ),
+            ("nats", "nats://nats.example.com/x", "has a path"),
+            (
+                "redis_stream",
+                "redis://cache.example.com/orders",
+                "not a database number",
+            ),
+            (
+                "redis_stream",
+                "redis://cache.example.com/0?protocol=resp3",
+                "query",
+            ),
+            ("nats", "nats://", "no host"),
+            ("nats", "not a url", "does not parse"),
+        ] {
+            match parse(t, url) {
+                Err(e @ ActionError::BadServerUrl { .. }) => {
+                    assert!(e.to_string().contains(why), "{url}: {e}");
+                    assert!(e.hint().contains("nats://host:4222"), "{}", e.hint());
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        // A server address with credentials is accepted as a shape (a secret's value may be
+        // one) but refused written out at create, never quoting them.
+        for (t, url) in [
+            ("nats", "nats://app:hunter2pass@nats.example.com"),
+            ("nats", "tls://s3cr3tt0ken@nats.example.com"),
+            ("redis_stream", "redis://:hunter2pass@cache.example.com/0"),
+            (
+                "redis_stream",
+                "rediss://default:hunter2pass@cache.example.com",
+            ),
+        ] {
+            let a = parse(t, url).expect(url);
+            let e = a.check_credentials().expect_err(url);
+            assert!(
+                matches!(&e, ActionError::LiteralCredential { field, .. } if field == "url"),
+                "{e:?}"
+            );
+            let text = format!("{e} {}", e.hint());
+            assert!(
+                !text.contains("hunter2") && !text.contains("s3cr3t"),
+                "{text}"
+            );
+            let allowed = Action::from_value(serde_json::json!({
+                "type": t, "url": url,
+                (if t == "nats" { "subject" } else { "stream" }): "orders",
+                "allow_literal_credentials": true
+            }))
+            .expect(url);
+            assert_eq!(allowed.check_credentials(), Ok(()));
+        }
+        let e = parse("nats", "nats://u:hunter2pass@h.example/x").expect_err("a path");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        // A reference is the way to give one.
+        let a = Action::from_value(
+            serde_json::json!({"type": "nats", "url": {"secret": "nats_url"}, "subject": "o"}),
+        )
+        .expect("a reference");
+        assert_eq!(a.literal_url(), None);
+        assert!(matches!(
+            Action::from_value(
+                serde_json::json!({"type": "redis_stream", "url": {"secret": 1}, "stream": "o"})
+            ),
+            Err(ActionError::BadReference { .. })
+        ));
+    }
+
+    #[test]
+    fn template_skeletons_keep_the_written_text() {
+        assert_eq!(template_skeleton("a.{{ b }}.c", "x"), "a.x.c");
+        assert_eq!(
+            template_skeleton("a{% if x %}.b{% endif %}{# note #}", "x"),
+            "a.b"
+        );
+        assert_eq!(template_skeleton("a{b}.{{ c", "x"), "a{b}.{{ c");
     }
 
     #[test]

@@ -74,6 +74,10 @@ struct Context {
     /// Address blocks allowed despite the network policy (literal-address URLs are checked with
     /// it; the client's resolver checks host names).
     allow: Vec<fraiseql_observers_core::net::Cidr>,
+    /// NATS clients of the `nats` action, one per server URL.
+    nats: crate::actions::nats::Pool,
+    /// Redis connections of the `redis_stream` action, one per server URL.
+    redis_streams: crate::actions::redis_stream::Pool,
     /// In-flight deliveries per endpoint (scheme://host:port).
     endpoints: EndpointSlots,
     /// Circuit breakers per endpoint.
@@ -102,6 +106,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         http: http::client(&config.http.user_agent, config.allow_networks())?,
         mailer: Mailer::new(&config.smtp)?,
         allow: config.allow_networks(),
+        nats: Default::default(),
+        redis_streams: Default::default(),
         endpoints: EndpointSlots::new(config.http.max_in_flight_per_endpoint),
         breakers: breaker::Breakers::new(
             config.breaker.failure_threshold,

@@ -6,10 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use fraiseql_observers_core::action::{NATS_DEFAULT_PORT, REDIS_DEFAULT_PORT};
 use fraiseql_observers_core::{Action, ActionError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::actions::{http, slack, webhook};
+use crate::actions::{http, nats, redis_stream, server, slack, webhook};
 use crate::breaker::{self, Verdict};
 use crate::job::{self, Attempted, ClaimedJob, Outcome};
 use crate::ratelimit::Slot;
@@ -52,6 +53,8 @@ pub(super) async fn perform(
     };
     let endpoint = match &action {
         Action::Email(_) => ctx.mailer.endpoint().to_string(),
+        Action::Nats(_) => server::endpoint(&wire.url, NATS_DEFAULT_PORT),
+        Action::RedisStream(_) => server::endpoint(&wire.url, REDIS_DEFAULT_PORT),
         _ => job::endpoint(&wire.url),
     };
     // A job that can never be sent as it is goes to the dead-letter queue before anything
@@ -98,7 +101,8 @@ fn refuse_job(ctx: &Context, job: &ClaimedJob, action: &Action, url: &str) -> Re
             Some(from) => ctx.mailer.check_sender(from),
             None => Ok(()),
         },
-        Action::Slack(_) => Ok(()),
+        // Their server passes the network policy when the connection is made (`actions::server`).
+        Action::Slack(_) | Action::Nats(_) | Action::RedisStream(_) => Ok(()),
     }
 }
 
@@ -185,6 +189,11 @@ async fn act(
         },
         Action::Slack(s) => slack::deliver(&ctx.http, s, wire, job, &ctx.allow, cap).await,
         Action::Email(e) => ctx.mailer.deliver(e, job).await,
+        Action::Nats(n) => nats::deliver(&ctx.nats, n, wire, job, &ctx.allow).await,
+        Action::RedisStream(r) => {
+            let prefix = &ctx.config.redis.key_prefix;
+            redis_stream::deliver(&ctx.redis_streams, r, wire, job, &ctx.allow, prefix).await
+        }
     }
 }
 

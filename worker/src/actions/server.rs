@@ -1,0 +1,188 @@
+//! The server of a stream action (`nats`, `redis_stream`): its address parsed from the resolved
+//! URL, its endpoint key (`scheme://host:port`, the bounded label of breakers, in-flight limits
+//! and metrics) and the socket address a connection goes to, checked against the network policy
+//! (SSRF guard) before anything is sent. A plain-TCP connection goes to the very address that
+//! was checked, so a DNS answer that changes afterwards (rebinding) cannot move it; a TLS one
+//! keeps the host name for the certificate check, which a server at another address fails.
+//!
+//! Error texts name the endpoint, never the URL: it may carry a credential; what a client
+//! library says is scrubbed ([`Server::scrub`]).
+
+use std::net::SocketAddr;
+
+use fraiseql_observers_core::net;
+
+use crate::job::Outcome;
+use crate::secrets::Wire;
+
+/// A stream server's address, from its URL.
+#[derive(Clone)]
+pub struct Server {
+    /// `nats`, `tls`, `redis` or `rediss`.
+    pub scheme: String,
+    /// Host name or address, without IPv6 brackets.
+    pub host: String,
+    pub port: u16,
+    /// User name (or NATS token) of the URL, percent-decoded; empty when none.
+    pub user: String,
+    /// Password of the URL, percent-decoded.
+    pub password: Option<String>,
+}
+
+/// Never print the credentials.
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("endpoint", &self.endpoint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Parse a resolved server URL (`default_port` when it names none); the error never quotes
+    /// it.
+    pub fn parse(url: &str, default_port: u16) -> Result<Server, String> {
+        let u =
+            url::Url::parse(url).map_err(|e| format!("the server address does not parse ({e})"))?;
+        let host = u.host_str().unwrap_or("");
+        if host.is_empty() {
+            return Err("the server address has no host".to_string());
+        }
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        Ok(Server {
+            scheme: u.scheme().to_string(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port: u.port().unwrap_or(default_port),
+            user: decode(u.username()),
+            password: u.password().map(decode),
+        })
+    }
+
+    /// Whether the connection is TLS (`tls://`, `rediss://`).
+    pub fn tls(&self) -> bool {
+        matches!(self.scheme.as_str(), "tls" | "rediss")
+    }
+
+    /// `scheme://host:port`: the key of breakers, in-flight limits and metric labels.
+    pub fn endpoint(&self) -> String {
+        if self.host.contains(':') {
+            format!("{}://[{}]:{}", self.scheme, self.host, self.port)
+        } else {
+            format!("{}://{}:{}", self.scheme, self.host, self.port)
+        }
+    }
+
+    /// The first address of the host that the network policy allows, or the outcome of a job
+    /// that must not be sent there: every address refused (not the endpoint's fault: nothing
+    /// was sent) or the name does not resolve (a fault, as a webhook's DNS failure is).
+    pub async fn pin(&self, allow: &[net::Cidr]) -> Result<SocketAddr, Outcome> {
+        let endpoint = self.endpoint();
+        let addrs: Vec<SocketAddr> =
+            match tokio::net::lookup_host((self.host.as_str(), self.port)).await {
+                Ok(addrs) => addrs.collect(),
+                Err(e) => {
+                    return Err(Outcome::Retry {
+                        error: format!("cannot resolve {endpoint}: {e}"),
+                        not_before: None,
+                        endpoint_fault: true,
+                    })
+                }
+            };
+        let mut refused = None;
+        for addr in &addrs {
+            match net::check(addr.ip(), allow) {
+                Ok(()) => return Ok(*addr),
+                Err(reason) => refused = Some((addr.ip(), reason)),
+            }
+        }
+        let error = match refused {
+            Some((ip, reason)) => format!(
+                "{endpoint} resolves to {ip}, a {reason} address: refused by the network policy (http.allow_networks); nothing was sent"
+            ),
+            None => format!("{endpoint} has no address"),
+        };
+        Err(Outcome::Retry {
+            error,
+            not_before: None,
+            endpoint_fault: refused.is_none(),
+        })
+    }
+
+    /// A client library's error text without the secrets sent (`wire`'s, when the URL is a
+    /// reference) nor the URL's credentials (a literal address may carry them when the action
+    /// allows it). Only such texts are scrubbed: the endpoint (`scheme://host:port`) the
+    /// worker's own words name is never a secret (the audit trail records it), even when it is
+    /// the whole value of a secret URL.
+    pub fn scrub(&self, wire: &Wire, text: &str) -> String {
+        let mut out = wire.scrub(text);
+        for value in [Some(&self.user), self.password.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if value.len() >= 4 {
+                out = out.replace(value.as_str(), "[credential]");
+            }
+        }
+        out
+    }
+}
+
+/// The endpoint key of a stream server's URL (`scheme://host:port`, `default_port` when it names
+/// none); the URL as the endpoint's key would be unbounded and could carry a credential, so an
+/// address that does not parse is `<scheme>://invalid`.
+pub fn endpoint(url: &str, default_port: u16) -> String {
+    match Server::parse(url, default_port) {
+        Ok(server) => server.endpoint(),
+        Err(_) => format!("{}://invalid", url.split(':').next().unwrap_or("")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_bounded_and_carry_no_credentials() {
+        assert_eq!(
+            endpoint("nats://app:hunter2@nats.example.com", 4222),
+            "nats://nats.example.com:4222"
+        );
+        assert_eq!(
+            endpoint("rediss://:pw@[::1]:6380/2", 6379),
+            "rediss://[::1]:6380"
+        );
+        assert_eq!(endpoint("redis://", 6379), "redis://invalid");
+        let s = Server::parse("nats://tok%2Fen12@h.example:1", 4222).expect("parses");
+        assert_eq!((s.user.as_str(), s.password.as_deref()), ("tok/en12", None));
+        assert_eq!(
+            s.scrub(&Wire::default(), "auth failed for tok/en12"),
+            "auth failed for [credential]"
+        );
+        assert!(!format!("{s:?}").contains("tok"), "{s:?}");
+    }
+
+    #[tokio::test]
+    async fn refused_addresses_are_never_connected_to() {
+        let s = Server::parse("nats://127.0.0.1:4222", 4222).expect("parses");
+        match s.pin(&[]).await {
+            Err(Outcome::Retry {
+                error,
+                endpoint_fault: false,
+                ..
+            }) => assert!(error.contains("loopback"), "{error}"),
+            other => panic!("{other:?}"),
+        }
+        let allow = net::parse_allowlist("127.0.0.0/8").expect("allowlist");
+        assert_eq!(
+            s.pin(&allow).await.expect("allowed"),
+            "127.0.0.1:4222".parse().expect("addr")
+        );
+    }
+}
