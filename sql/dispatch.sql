@@ -32,10 +32,24 @@ RETURN CASE WHEN old IS NULL OR new IS NULL THEN NULL
             ELSE ARRAY(SELECT n.key FROM jsonb_each(new) n WHERE n.value IS DISTINCT FROM old -> n.key ORDER BY n.key)
        END;
 
+-- observer.change_context(tx, role, context): who made a change, as the delivered document and
+-- conditions show it: {"txid": 123, "role": "app", "context": {...}}, each key only when known.
+-- Inlined (no SET clause).
+CREATE FUNCTION observer.change_context(tx xid8, role text, context jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN tx IS NULL THEN '{}'::jsonb
+            ELSE pg_catalog.jsonb_build_object('txid', tx::text::bigint) END
+       OPERATOR(pg_catalog.||) CASE WHEN role IS NULL THEN '{}'::jsonb
+                                    ELSE pg_catalog.jsonb_build_object('role', role) END
+       OPERATOR(pg_catalog.||) CASE WHEN context IS NULL THEN '{}'::jsonb
+                                    ELSE pg_catalog.jsonb_build_object('context', context) END;
+
 -- observer.decide(event, observer...): the one place where an event meets an observer.
 -- TRUE = make a job, FALSE = no job (condition false, or none of changed_columns changed),
 -- NULL = the condition's result is unknown (a type mismatch or a structural error on this row;
--- recorded in observer.skipped). The condition sees {op, table, old, new, changed}.
+-- recorded in observer.skipped). The condition sees {op, table, old, new, changed, txid, role,
+-- context}: the writing transaction's id, the role it wrote as and its fraiseql_observers.context
+-- (each absent when unknown: events captured before 0.2.0, or a context not set).
 -- An oversize event (captured as its key only) cannot be tested: it matches, and its payload says
 -- "oversize" so the receiver fetches the row and decides; dropping it would be silent loss.
 -- Inlined into the dispatcher's statement (a SQL-standard body is bound when it is created, so it
@@ -43,14 +57,16 @@ RETURN CASE WHEN old IS NULL OR new IS NULL THEN NULL
 -- STABLE, not IMMUTABLE: jsonb_build_object is stable, and an IMMUTABLE function whose body is
 -- not is never inlined.
 CREATE FUNCTION observer.decide(op text, table_name text, old jsonb, new jsonb, changed text[],
-                                condition jsonpath, changed_columns text[], oversize integer)
+                                condition jsonpath, changed_columns text[], oversize integer,
+                                tx xid8, role text, context jsonb)
 RETURNS boolean
 LANGUAGE sql STABLE PARALLEL SAFE
 RETURN CASE WHEN oversize IS NOT NULL THEN true
             WHEN changed_columns IS NOT NULL AND op = 'UPDATE' AND NOT (changed && changed_columns) THEN false
             WHEN condition IS NULL THEN true
             ELSE jsonb_path_match(jsonb_build_object('op', op, 'table', table_name, 'old', old, 'new', new,
-                                                     'changed', to_jsonb(changed)),
+                                                     'changed', to_jsonb(changed))
+                                  OPERATOR(pg_catalog.||) observer.change_context(tx, role, context),
                                   condition, '{}', true)
        END;
 
@@ -70,6 +86,26 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
 RETURN CASE WHEN key_columns IS NULL THEN NULL
             ELSE observer.bounded_key(table_name || ':' || (SELECT jsonb_agg(coalesce(new, old) -> k ORDER BY ord)::text
                                                             FROM unnest(key_columns) WITH ORDINALITY AS c(k, ord)))
+       END;
+
+-- observer.fifo_key(fifo, ordering_path, table_name, key_columns, op, old, new): the ordering key
+-- of an observer's job: NULL when the observer is unordered; with the `ordering_key` option, the
+-- value its path finds in {op, table, old, new} (`new` is the old row for a DELETE, so
+-- `$.new.account_id` keys every change of an account), as `<table>#<value as JSON>`, bounded;
+-- else, or when the path finds nothing or a JSON null, the table and primary key
+-- (observer.ordering_key).
+CREATE FUNCTION observer.fifo_key(fifo text, ordering_path jsonpath, table_name text, key_columns text[],
+                                  op text, old jsonb, new jsonb)
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN CASE WHEN fifo IS NULL THEN NULL
+            ELSE coalesce(
+                CASE WHEN ordering_path IS NOT NULL THEN observer.bounded_key(table_name || '#' ||
+                    NULLIF(pg_catalog.jsonb_path_query_first(
+                        pg_catalog.jsonb_build_object('op', op, 'table', table_name, 'old', old,
+                                                      'new', coalesce(new, old)),
+                        ordering_path, '{}', true), 'null'::jsonb)::text) END,
+                observer.ordering_key(table_name, key_columns, old, new))
        END;
 
 -- observer.snapshot_excluding_self(): pg_current_snapshot(), with the calling transaction added
@@ -106,10 +142,11 @@ RETURN event_id - event_id % 1024;
 -- converted to JSON here, by the server's to_jsonb).
 CREATE FUNCTION observer.event_rows(l observer.event_log) RETURNS SETOF observer.event
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT l.id, l.tx, l.table_oid, l.table_name, l.op, l.old, l.new, l.oversize, l.created_at
+    SELECT l.id, l.tx, l.table_oid, l.table_name, l.op, l.old, l.new, l.oversize, l.created_at, l.role, l.context
     WHERE l.nrows IS NULL
     UNION ALL
-    SELECT l.id + d.ord - 1, l.tx, l.table_oid, l.table_name, l.op, d.old, d.new, NULL::integer, l.created_at
+    SELECT l.id + d.ord - 1, l.tx, l.table_oid, l.table_name, l.op, d.old, d.new, NULL::integer, l.created_at,
+           l.role, l.context
     FROM ROWS FROM (@extschema@.observer_decode_rows(l.cols, l.col_types, l.old_rows),
                     @extschema@.observer_decode_rows(l.cols, l.col_types, l.new_rows))
          WITH ORDINALITY AS d(old, new, ord)
@@ -125,7 +162,7 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
                 ELSE @extschema@.observer_decode_row(l.cols, l.col_types, l.old_rows, (event_id - l.id)::integer) END,
            CASE WHEN l.nrows IS NULL THEN l.new
                 ELSE @extschema@.observer_decode_row(l.cols, l.col_types, l.new_rows, (event_id - l.id)::integer) END,
-           l.oversize, l.created_at
+           l.oversize, l.created_at, l.role, l.context
     FROM observer.event_log l
     WHERE l.id = observer.event_log_id(event_id) AND event_id - l.id < coalesce(l.nrows, 1)
 $$;
@@ -141,7 +178,7 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT g.log_id + d.k, l.tx, l.table_oid, l.table_name, l.op,
            CASE WHEN l.nrows IS NULL THEN l.old ELSE d.old END,
            CASE WHEN l.nrows IS NULL THEN l.new ELSE d.new END,
-           l.oversize, l.created_at
+           l.oversize, l.created_at, l.role, l.context
     FROM (SELECT observer.event_log_id(i) AS log_id,
                  pg_catalog.array_agg((i OPERATOR(pg_catalog.-) observer.event_log_id(i))::integer) AS ks
           FROM (SELECT DISTINCT u.i FROM pg_catalog.unnest(event_ids) AS u(i)) AS u
@@ -166,6 +203,8 @@ CREATE TYPE observer.decoded_event AS (
     new         jsonb,
     oversize    integer,
     created_at  timestamptz,
+    role        text,
+    context     jsonb,
     error       text
 );
 
@@ -181,12 +220,12 @@ BEGIN
     SELECT * INTO e FROM observer.event(event_id);
     IF FOUND THEN
         RETURN NEXT ROW(e.id, e.tx, e.table_oid, e.table_name, e.op, e.old, e.new, e.oversize,
-                        e.created_at, NULL::text)::observer.decoded_event;
+                        e.created_at, e.role, e.context, NULL::text)::observer.decoded_event;
     END IF;
 EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
     RETURN QUERY SELECT decode_one.event_id, l.tx, l.table_oid, l.table_name, l.op, NULL::jsonb, NULL::jsonb,
-                        l.oversize, l.created_at, left(msg, 1000)
+                        l.oversize, l.created_at, l.role, l.context, left(msg, 1000)
                  FROM observer.event_log l WHERE l.id = observer.event_log_id(decode_one.event_id);
 END
 $$;
@@ -341,7 +380,7 @@ BEGIN
     END IF;
     INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, dedup_key, priority, run_at)
     VALUES (o.id, e.id, 'evt_' || e.id || '_' || o.id,
-            CASE WHEN o.fifo IS NOT NULL THEN observer.ordering_key(e.table_name, o.key_columns, e.old, e.new) END,
+            observer.fifo_key(o.fifo, o.ordering_path, e.table_name, o.key_columns, e.op, e.old, e.new),
             key, o.priority, observer.due_at(o.paused_at))
     ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING;
     RETURN 1;
@@ -415,9 +454,9 @@ BEGIN
         ), decisions AS MATERIALIZED (
             SELECT b.id AS event_id, o.id AS observer_id, o.dedup_window IS NOT NULL AS dedup, o.priority,
                    observer.due_at(o.paused_at) AS run_at,
-                   observer.decide(b.op, b.table_name, b.old, b.new, b.changed, o.condition, o.changed_columns, b.oversize) AS matched,
-                   CASE WHEN o.fifo IS NOT NULL
-                        THEN observer.ordering_key(b.table_name, o.key_columns, b.old, b.new) END AS ordering_key
+                   observer.decide(b.op, b.table_name, b.old, b.new, b.changed, o.condition, o.changed_columns, b.oversize,
+                                   b.tx, b.role, b.context) AS matched,
+                   observer.fifo_key(o.fifo, o.ordering_path, b.table_name, o.key_columns, b.op, b.old, b.new) AS ordering_key
             FROM batch b
             JOIN observer.observers o
               ON o.table_oid = b.table_oid AND o.enabled AND b.op = ANY (o.events)
@@ -498,16 +537,17 @@ BEGIN
                         PERFORM @extschema@.observer_deadline(cond_ms);
                         verdict := observer.decide(ev.op, ev.table_name, ev.old, ev.new,
                                                    CASE WHEN ev.op = 'UPDATE' THEN observer.changed(ev.old, ev.new) END,
-                                                   obs.condition, obs.changed_columns, ev.oversize);
+                                                   obs.condition, obs.changed_columns, ev.oversize,
+                                                   ev.tx, ev.role, ev.context);
                         IF verdict AND obs.dedup_window IS NOT NULL THEN
                             n_jobs := n_jobs + observer.dedup_one(
                                 ROW(ev.id, ev.tx, ev.table_oid, ev.table_name, ev.op, ev.old, ev.new,
-                                    ev.oversize, ev.created_at)::observer.event, obs);
+                                    ev.oversize, ev.created_at, ev.role, ev.context)::observer.event, obs);
                         ELSIF verdict THEN
                             INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, priority, run_at)
                             VALUES (obs.id, ev.id, 'evt_' || ev.id || '_' || obs.id,
-                                    CASE WHEN obs.fifo IS NOT NULL
-                                         THEN observer.ordering_key(ev.table_name, obs.key_columns, ev.old, ev.new) END,
+                                    observer.fifo_key(obs.fifo, obs.ordering_path, ev.table_name, obs.key_columns,
+                                                      ev.op, ev.old, ev.new),
                                     obs.priority, observer.due_at(obs.paused_at))
                             ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING;
                             n_jobs := n_jobs + 1;

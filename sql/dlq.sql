@@ -54,7 +54,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     )
     SELECT p.id, p.name, p.event_id, p.attempt, p.last_error, p.finished_at, p.idempotency_key,
            observer.job_payload(p.name, p.columns, p.key_columns, p.event_id, p.payload, p.created_at,
-                                e.id, e.created_at, e.table_name, e.op, e.old, e.new, e.oversize)
+                                e.id, e.created_at, e.table_name, e.op, e.old, e.new, e.oversize,
+                                e.tx, e.role, e.context, p.attempt)
     FROM page p
     LEFT JOIN evs e ON e.id = p.event_id
     ORDER BY p.finished_at DESC, p.id DESC
@@ -87,7 +88,8 @@ BEGIN
         'job_id', j.id, 'observer', o.name, 'event_id', j.event_id, 'attempts', j.attempt,
         'last_error', j.last_error, 'failed_at', j.finished_at, 'idempotency_key', j.idempotency_key,
         'payload', observer.job_payload(o.name, o.columns, o.key_columns, j.event_id, j.payload, j.created_at,
-                                        e.id, e.created_at, e.table_name, e.op, e.old, e.new, e.oversize),
+                                        e.id, e.created_at, e.table_name, e.op, e.old, e.new, e.oversize,
+                                        e.tx, e.role, e.context, j.attempt),
         'attempt_log', coalesce((
             SELECT jsonb_agg(jsonb_build_object(
                 'attempt', a.attempt, 'outcome', a.outcome, 'status', a.status,
@@ -185,7 +187,7 @@ BEGIN
     CREATE TEMP TABLE IF NOT EXISTS fraiseql_replay (event_id bigint PRIMARY KEY, ordering_key text) ON COMMIT DROP;
     TRUNCATE fraiseql_replay;
     INSERT INTO fraiseql_replay
-    SELECT e.id, CASE WHEN o.fifo IS NOT NULL THEN observer.ordering_key(e.table_name, o.key_columns, e.old, e.new) END
+    SELECT e.id, observer.fifo_key(o.fifo, o.ordering_path, e.table_name, o.key_columns, e.op, e.old, e.new)
     FROM observer.event_log l
     -- Each event_log row read on its own (observer.decode_log): an event that still cannot be
     -- read stays quarantined and the others are replayed.
@@ -196,7 +198,7 @@ BEGIN
       AND e.op = ANY (o.events)
       AND observer.decide(e.op, e.table_name, e.old, e.new,
                           CASE WHEN e.op = 'UPDATE' THEN observer.changed(e.old, e.new) END,
-                          o.condition, o.changed_columns, e.oversize) IS TRUE;
+                          o.condition, o.changed_columns, e.oversize, e.tx, e.role, e.context) IS TRUE;
     -- A quarantined event that can be read now is no longer set aside.
     DELETE FROM observer.skipped s USING fraiseql_replay r
     WHERE s.event_id = r.event_id AND s.observer_id = o.id AND s.reason = 'undecodable';
@@ -297,10 +299,10 @@ BEGIN
                               'new', observer.project(r, o.columns, o.key_columns)),
            'bf_' || o.id || '_' || b.run || '_' || md5(observer.ordering_key(o.table_name, o.key_columns, NULL, r)),
            'backfill:' || b.run || ':' || observer.ordering_key(o.table_name, o.key_columns, NULL, r),
-           CASE WHEN o.fifo IS NOT NULL THEN observer.ordering_key(o.table_name, o.key_columns, NULL, r) END,
+           observer.fifo_key(o.fifo, o.ordering_path, o.table_name, o.key_columns, 'BACKFILL', NULL, r),
            o.priority, observer.due_at(o.paused_at)
     FROM jsonb_array_elements(batch) WITH ORDINALITY AS x(r, ord)
-    WHERE observer.decide('BACKFILL', o.table_name, NULL, r, NULL, o.condition, NULL, NULL) IS TRUE
+    WHERE observer.decide('BACKFILL', o.table_name, NULL, r, NULL, o.condition, NULL, NULL, NULL, NULL, NULL) IS TRUE
     ORDER BY ord
     ON CONFLICT (observer_id, unique_key) WHERE unique_key IS NOT NULL DO NOTHING;
     GET DIAGNOSTICS rows_queued = ROW_COUNT;

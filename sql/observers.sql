@@ -258,6 +258,7 @@ DECLARE
     dedup_coal boolean := false;
     fifo_mode  text;
     fifo_policy text;
+    order_path jsonpath;
     base       interval := '1 second';
     cap        interval := '1 hour';
     prio       smallint := 0;
@@ -280,11 +281,11 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'Decide before observer_enqueue(), or observe a table.';
         END IF;
-        IF options ?| ARRAY['columns', 'changed_columns', 'max_payload_bytes', 'dedup_window', 'dedup_key', 'dedup_coalesce'] THEN
+        IF options ?| ARRAY['columns', 'changed_columns', 'max_payload_bytes', 'dedup_window', 'dedup_key', 'dedup_coalesce', 'ordering_key'] THEN
             RAISE EXCEPTION 'a job queue (observer without a table) takes no row options'
                 USING ERRCODE = 'invalid_parameter_value',
-                      DETAIL = 'columns, changed_columns, max_payload_bytes and dedup_* apply to captured rows.',
-                      HINT = 'Use an idempotency key in observer_enqueue() for unique jobs.';
+                      DETAIL = 'columns, changed_columns, max_payload_bytes, dedup_* and ordering_key apply to captured rows.',
+                      HINT = 'Use an idempotency key in observer_enqueue() for unique jobs, and its ordering key for FIFO.';
         END IF;
     ELSE
         SELECT c.relkind, c.relpersistence INTO rel FROM pg_class c WHERE c.oid = table_name;
@@ -333,11 +334,12 @@ BEGIN
                 WHEN 'dedup_coalesce' THEN dedup_coal := (options ->> opt_key)::boolean;
                 WHEN 'fifo' THEN fifo_mode := CASE WHEN (options ->> opt_key)::boolean THEN coalesce(fifo_mode, 'block') END;
                 WHEN 'fifo_on_failure' THEN fifo_policy := options ->> opt_key;
+                WHEN 'ordering_key' THEN order_path := observer.check_path(options ->> opt_key, opt_key);
                 WHEN 'priority' THEN prio := (options ->> opt_key)::smallint;
                 ELSE
                     RAISE EXCEPTION 'unknown observer option "%"', opt_key
                         USING ERRCODE = 'invalid_parameter_value',
-                              HINT = 'Known options: max_attempts, backoff_base, backoff_cap, max_payload_bytes, columns, changed_columns, dedup_window, dedup_key, dedup_coalesce, fifo, fifo_on_failure, priority.';
+                              HINT = 'Known options: max_attempts, backoff_base, backoff_cap, max_payload_bytes, columns, changed_columns, dedup_window, dedup_key, dedup_coalesce, fifo, fifo_on_failure, ordering_key, priority.';
             END CASE;
         EXCEPTION WHEN invalid_text_representation OR invalid_datetime_format OR numeric_value_out_of_range
                        OR datetime_field_overflow OR interval_field_overflow THEN
@@ -351,13 +353,22 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Use 1024 to 104857600 bytes; larger rows are captured as their primary key only.';
     END IF;
+    -- An ordering key orders: it implies "fifo": true, and contradicts "fifo": false.
+    IF order_path IS NOT NULL THEN
+        IF options ? 'fifo' AND fifo_mode IS NULL THEN
+            RAISE EXCEPTION 'observer option "ordering_key" needs "fifo": true (or no "fifo" option)'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'An ordering key delivers the jobs of one key in commit order; drop "fifo": false.';
+        END IF;
+        fifo_mode := coalesce(fifo_mode, 'block');
+    END IF;
     IF fifo_policy IS NOT NULL AND fifo_policy NOT IN ('block', 'park') THEN
         RAISE EXCEPTION 'invalid fifo_on_failure: %', fifo_policy
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = '"block" holds the key until the failed job is retried or purged; "park" sets it aside and lets later jobs go.';
     END IF;
     IF fifo_policy IS NOT NULL AND fifo_mode IS NULL THEN
-        RAISE EXCEPTION 'observer option "fifo_on_failure" needs "fifo": true'
+        RAISE EXCEPTION 'observer option "fifo_on_failure" needs "fifo": true or "ordering_key"'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     fifo_mode := CASE WHEN fifo_mode IS NOT NULL THEN coalesce(fifo_policy, 'block') END;
@@ -388,9 +399,9 @@ BEGIN
 
     INSERT INTO observer.observers (name, table_oid, table_name, key_columns, events, condition, columns,
                                     changed_columns, max_payload_bytes, dedup_window, dedup_key, dedup_coalesce,
-                                    fifo, action, max_attempts, backoff_base, backoff_cap, priority)
+                                    fifo, action, max_attempts, backoff_base, backoff_cap, priority, ordering_path)
     VALUES (name, table_name, table_name::text, key_cols, evs, path, cols, changed_cols, max_payload,
-            dedup_win, dedup_path, dedup_coal, fifo_mode, act, max_att, base, cap, prio)
+            dedup_win, dedup_path, dedup_coal, fifo_mode, act, max_att, base, cap, prio, order_path)
     RETURNING id INTO new_id;
 
     RETURN new_id;
@@ -555,7 +566,8 @@ BEGIN
             'dedup_key', o.dedup_key::text,
             'dedup_coalesce', CASE WHEN o.dedup_window IS NOT NULL THEN o.dedup_coalesce END,
             'fifo', CASE WHEN o.fifo IS NOT NULL THEN true END,
-            'fifo_on_failure', o.fifo)));
+            'fifo_on_failure', o.fifo,
+            'ordering_key', o.ordering_path::text)));
 END
 $$;
 
@@ -596,7 +608,7 @@ BEGIN
         dedup_window = fresh.dedup_window, dedup_key = fresh.dedup_key, dedup_coalesce = fresh.dedup_coalesce,
         fifo = fresh.fifo, action = fresh.action, max_attempts = fresh.max_attempts,
         backoff_base = fresh.backoff_base, backoff_cap = fresh.backoff_cap, priority = fresh.priority,
-        updated_at = now()
+        ordering_path = fresh.ordering_path, updated_at = now()
     WHERE o.id = old.id;
     PERFORM observer.sync_capture(fresh.table_oid);
     IF old.table_oid IS DISTINCT FROM fresh.table_oid THEN

@@ -4,20 +4,25 @@
 -- trail with its words (audit.sql); enqueueing for queue observers is at the end.
 
 -- observer.job_payload: the JSON document delivered for a job (Standard Webhooks layout: type,
--- timestamp, data). An enqueued job (no event) delivers its own payload as `data`. Takes columns,
+-- timestamp, data), with `attempt` (1 for the first delivery, so a receiver can tell a retry).
+-- An event's data carries who made the change (observer.change_context: txid, role, context).
+-- An enqueued job (no event) delivers its own payload as `data`. Takes columns,
 -- not whole rows, and has no SET clause so that it is inlined: forming a row value per claimed
 -- job cost a third of a claim.
 CREATE FUNCTION observer.job_payload(observer_name text, cols text[], keys text[],
                                      job_event_id bigint, job_payload jsonb, job_created timestamptz,
                                      ev_id bigint, ev_created timestamptz, ev_table text, ev_op text,
-                                     ev_old jsonb, ev_new jsonb, ev_oversize integer)
+                                     ev_old jsonb, ev_new jsonb, ev_oversize integer,
+                                     ev_tx xid8, ev_role text, ev_context jsonb, job_attempt integer)
 RETURNS jsonb
 LANGUAGE sql STABLE PARALLEL SAFE
 RETURN CASE WHEN job_event_id IS NULL THEN
-    pg_catalog.jsonb_build_object('type', observer_name, 'timestamp', job_created, 'data', job_payload)
+    pg_catalog.jsonb_build_object('type', observer_name, 'timestamp', job_created, 'attempt', job_attempt,
+                                  'data', job_payload)
 ELSE pg_catalog.jsonb_build_object(
     'type', observer_name,
     'timestamp', ev_created,
+    'attempt', job_attempt,
     'data', pg_catalog.jsonb_build_object(
         'event_id', ev_id,
         'observer', observer_name,
@@ -28,7 +33,8 @@ ELSE pg_catalog.jsonb_build_object(
         'old', CASE WHEN cols IS NULL THEN ev_old ELSE observer.project(ev_old, cols, keys) END,
         'new', CASE WHEN cols IS NULL THEN ev_new ELSE observer.project(ev_new, cols, keys) END)
         OPERATOR(pg_catalog.||) CASE WHEN ev_oversize IS NULL THEN '{}'::jsonb
-                ELSE pg_catalog.jsonb_build_object('oversize', pg_catalog.jsonb_build_object('bytes', ev_oversize)) END)
+                ELSE pg_catalog.jsonb_build_object('oversize', pg_catalog.jsonb_build_object('bytes', ev_oversize)) END
+        OPERATOR(pg_catalog.||) observer.change_context(ev_tx, ev_role, ev_context))
 END;
 
 -- observer.is_running(state): `state = 'running'`, opaque to the planner on purpose. Outcome calls
@@ -209,7 +215,8 @@ BEGIN
     )
     SELECT c.id, c.lease_token, c.attempt, c.lease_until, o.name, o.action, c.idempotency_key,
            observer.job_payload(o.name, o.columns, o.key_columns, c.event_id, c.payload, c.created_at,
-                                e.id, e.created_at, e.table_name, e.op, e.old, e.new, e.oversize),
+                                e.id, e.created_at, e.table_name, e.op, e.old, e.new, e.oversize,
+                                e.tx, e.role, e.context, c.attempt),
            -- When the change was captured (its transaction's start) or the job enqueued: the
            -- worker's event-to-delivery lag is measured from it.
            coalesce(e.created_at, c.created_at)

@@ -34,6 +34,9 @@ CREATE TABLE observer.observers (
     paused_reason  text,
     created_at     timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now(),
+    -- The `ordering_key` option: a path into {op, table, old, new} whose value orders the jobs
+    -- (FIFO per value) instead of the primary key; `new` is the old row for a DELETE.
+    ordering_path  jsonpath,
     CHECK ((table_oid IS NULL) = (events IS NULL) AND (table_oid IS NULL) = (table_name IS NULL)),
     CHECK ((paused_at IS NULL) = (paused_reason IS NULL))
 );
@@ -69,6 +72,8 @@ CREATE TABLE observer.event_log (
     old_rows    bytea,                       -- batch: OLD rows (UPDATE, DELETE)
     new_rows    bytea,                       -- batch: NEW rows (INSERT, UPDATE)
     created_at  timestamptz NOT NULL DEFAULT now(),
+    role        text,                        -- the role the write ran as (current_user)
+    context     jsonb,                       -- fraiseql_observers.context of the writing transaction
     CHECK (nrows IS NULL OR nrows BETWEEN 1 AND 1024)
 );
 ALTER SEQUENCE observer.events_id_seq OWNED BY observer.event_log.id;
@@ -99,7 +104,9 @@ CREATE TYPE observer.event AS (
     old         jsonb,
     new         jsonb,
     oversize    integer,
-    created_at  timestamptz
+    created_at  timestamptz,
+    role        text,
+    context     jsonb
 );
 
 -- Dispatcher checkpoint (one row). All events of transactions visible in `done_snapshot` have been

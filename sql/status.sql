@@ -183,7 +183,7 @@ BEGIN
                 WHEN NOT dispatched THEN 'not_dispatched_yet'
                 WHEN NOT o.enabled THEN 'disabled'
                 WHEN observer.decide(e.op, e.table_name, e.old, e.new, changed, o.condition,
-                                     o.changed_columns, e.oversize) IS FALSE THEN 'condition_false'
+                                     o.changed_columns, e.oversize, e.tx, e.role, e.context) IS FALSE THEN 'condition_false'
                 ELSE 'no_job' END,
             'deduplicated_into_job', s.job_id,
             'reason', s.detail,

@@ -4,9 +4,10 @@
 --
 -- Nothing is rewritten or deleted: observers, checkpoints, events (dispatched or not), jobs in
 -- every state with their leases and fencing tokens, attempts (the audit trail) and breakers keep
--- their rows. The update adds one column and three tables, widens one CHECK, replaces functions
--- (CREATE OR REPLACE keeps their grants), drops the ones 0.2.0 no longer has or whose arguments
--- changed, and grants the roles that had access under 0.1.0 what the same access means in 0.2.0.
+-- their rows. The update adds four columns, two attributes of the event type, three tables and
+-- one type, widens one CHECK, replaces functions (CREATE OR REPLACE keeps their grants), drops
+-- the ones 0.2.0 no longer has or whose arguments changed, and grants the roles that had access
+-- under 0.1.0 what the same access means in 0.2.0.
 -- A 0.1.0 worker keeps working against 0.2.0 (the functions it calls keep their signatures), so
 -- workers are upgraded after the extension. tests/tests/upgrade.rs proves all of it, and that the
 -- result has the same schema as a fresh 0.2.0 install.
@@ -46,6 +47,14 @@ CREATE TABLE observer.audit_exporter (
 );
 REVOKE ALL ON observer.enqueue_restricted, observer.enqueuers, observer.audit_exporter FROM PUBLIC;
 
+-- Who made each change: the role it was written as and the writing transaction's
+-- fraiseql_observers.context (events captured by 0.1.0 have neither). Appended, in a fresh install too.
+ALTER TABLE observer.event_log ADD COLUMN role text, ADD COLUMN context jsonb;
+ALTER TYPE observer.event ADD ATTRIBUTE role text, ADD ATTRIBUTE context jsonb;
+
+-- The `ordering_key` option (FIFO by a path into the event instead of the primary key).
+ALTER TABLE observer.observers ADD COLUMN ordering_path jsonpath;
+
 CREATE TYPE observer.decoded_event AS (
     id          bigint,
     tx          xid8,
@@ -56,6 +65,8 @@ CREATE TYPE observer.decoded_event AS (
     new         jsonb,
     oversize    integer,
     created_at  timestamptz,
+    role        text,
+    context     jsonb,
     error       text
 );
 
@@ -69,6 +80,10 @@ DROP FUNCTION observer.dispatch_lock_key();
 DROP FUNCTION observer.attempt_words(text, bigint, jsonb);
 DROP FUNCTION observer.attempt_doc(bigint, jsonb);
 DROP FUNCTION observer_grant(text, text);
+-- Conditions see who made the change, and the delivered document carries it and the attempt.
+DROP FUNCTION observer.decide(text, text, jsonb, jsonb, text[], jsonpath, text[], integer);
+DROP FUNCTION observer.job_payload(text, text[], text[], bigint, jsonb, timestamptz, bigint, timestamptz,
+                                   text, text, jsonb, jsonb, integer);
 
 -- 3. Functions new in 0.2.0 or changed since 0.1.0, as a fresh install creates them, in its order.
 
@@ -211,6 +226,182 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION observer.define(
+    name       text,
+    table_name regclass,
+    events     text[] DEFAULT ARRAY['INSERT', 'UPDATE', 'DELETE'],
+    condition  text DEFAULT NULL,
+    action     jsonb DEFAULT NULL,
+    options    jsonb DEFAULT '{}'
+) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel        record;
+    evs        text[];
+    path       jsonpath;
+    act        jsonb;
+    opt_key    text;
+    new_id     bigint;
+    key_cols   text[];
+    max_att    integer := 8;
+    max_payload integer := 1048576;
+    cols       text[];
+    changed_cols text[];
+    dedup_win  interval;
+    dedup_path jsonpath;
+    dedup_coal boolean := false;
+    fifo_mode  text;
+    fifo_policy text;
+    order_path jsonpath;
+    base       interval := '1 second';
+    cap        interval := '1 hour';
+    prio       smallint := 0;
+BEGIN
+    IF name IS NULL OR name !~ '^[A-Za-z_][A-Za-z0-9_.-]{0,62}$' THEN
+        RAISE EXCEPTION 'invalid observer name: %', coalesce(quote_literal(name), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use 1 to 63 characters: a letter or _ first, then letters, digits, _ . or -.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM observer.observers o WHERE o.name = define.name) THEN
+        RAISE EXCEPTION 'observer "%" already exists', name
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Choose another name, or drop it first with observer_drop().';
+    END IF;
+
+    -- No table: a job queue, fed by observer_enqueue() instead of row changes.
+    IF table_name IS NULL THEN
+        IF condition IS NOT NULL THEN
+            RAISE EXCEPTION 'a job queue (observer without a table) takes no condition'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Decide before observer_enqueue(), or observe a table.';
+        END IF;
+        IF options ?| ARRAY['columns', 'changed_columns', 'max_payload_bytes', 'dedup_window', 'dedup_key', 'dedup_coalesce', 'ordering_key'] THEN
+            RAISE EXCEPTION 'a job queue (observer without a table) takes no row options'
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'columns, changed_columns, max_payload_bytes, dedup_* and ordering_key apply to captured rows.',
+                      HINT = 'Use an idempotency key in observer_enqueue() for unique jobs, and its ordering key for FIFO.';
+        END IF;
+    ELSE
+        SELECT c.relkind, c.relpersistence INTO rel FROM pg_class c WHERE c.oid = table_name;
+        IF rel.relkind NOT IN ('r', 'p') THEN
+            RAISE EXCEPTION '"%" is not a table', table_name
+                USING ERRCODE = 'wrong_object_type',
+                      HINT = 'Observers watch ordinary or partitioned tables, not views, foreign tables or sequences.';
+        END IF;
+        IF rel.relpersistence = 't' THEN
+            RAISE EXCEPTION 'cannot observe temporary table "%"', table_name
+                USING ERRCODE = 'wrong_object_type',
+                      DETAIL = 'Its rows are invisible to the dispatcher, which runs in another session.';
+        END IF;
+
+        SELECT array_agg(DISTINCT upper(btrim(e)) ORDER BY upper(btrim(e))) INTO evs FROM unnest(events) e;
+        IF evs IS NULL OR NOT evs <@ ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE'] THEN
+            RAISE EXCEPTION 'invalid observer events: %', coalesce(events::text, 'NULL')
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Use a non-empty subset of {INSERT,UPDATE,DELETE,TRUNCATE}.';
+        END IF;
+
+        path := observer.check_condition(condition);
+    END IF;
+
+    IF action IS NULL THEN
+        RAISE EXCEPTION 'observer action is required'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'Pass action => ''{"type": "webhook", "url": "https://..."}''.';
+    END IF;
+    act := @extschema@.observer_validate_action(action);
+
+    IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'observer options must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR opt_key IN SELECT jsonb_object_keys(options) LOOP
+        BEGIN
+            CASE opt_key
+                WHEN 'max_attempts' THEN max_att := (options ->> opt_key)::integer;
+                WHEN 'backoff_base' THEN base := (options ->> opt_key)::interval;
+                WHEN 'backoff_cap' THEN cap := (options ->> opt_key)::interval;
+                WHEN 'max_payload_bytes' THEN max_payload := (options ->> opt_key)::integer;
+                WHEN 'columns' THEN cols := observer.check_columns(table_name, options -> opt_key, opt_key);
+                WHEN 'changed_columns' THEN changed_cols := observer.check_columns(table_name, options -> opt_key, opt_key);
+                WHEN 'dedup_window' THEN dedup_win := (options ->> opt_key)::interval;
+                WHEN 'dedup_key' THEN dedup_path := observer.check_path(options ->> opt_key, opt_key);
+                WHEN 'dedup_coalesce' THEN dedup_coal := (options ->> opt_key)::boolean;
+                WHEN 'fifo' THEN fifo_mode := CASE WHEN (options ->> opt_key)::boolean THEN coalesce(fifo_mode, 'block') END;
+                WHEN 'fifo_on_failure' THEN fifo_policy := options ->> opt_key;
+                WHEN 'ordering_key' THEN order_path := observer.check_path(options ->> opt_key, opt_key);
+                WHEN 'priority' THEN prio := (options ->> opt_key)::smallint;
+                ELSE
+                    RAISE EXCEPTION 'unknown observer option "%"', opt_key
+                        USING ERRCODE = 'invalid_parameter_value',
+                              HINT = 'Known options: max_attempts, backoff_base, backoff_cap, max_payload_bytes, columns, changed_columns, dedup_window, dedup_key, dedup_coalesce, fifo, fifo_on_failure, ordering_key, priority.';
+            END CASE;
+        EXCEPTION WHEN invalid_text_representation OR invalid_datetime_format OR numeric_value_out_of_range
+                       OR datetime_field_overflow OR interval_field_overflow THEN
+            RAISE EXCEPTION 'invalid value for observer option "%": %', opt_key, options -> opt_key
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'max_attempts, max_payload_bytes and priority (-32768 to 32767) are integers; backoff_base and backoff_cap are intervals such as "2 seconds".';
+        END;
+    END LOOP;
+    IF max_payload NOT BETWEEN 1024 AND 104857600 THEN
+        RAISE EXCEPTION 'invalid max_payload_bytes: %', max_payload
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use 1024 to 104857600 bytes; larger rows are captured as their primary key only.';
+    END IF;
+    -- An ordering key orders: it implies "fifo": true, and contradicts "fifo": false.
+    IF order_path IS NOT NULL THEN
+        IF options ? 'fifo' AND fifo_mode IS NULL THEN
+            RAISE EXCEPTION 'observer option "ordering_key" needs "fifo": true (or no "fifo" option)'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'An ordering key delivers the jobs of one key in commit order; drop "fifo": false.';
+        END IF;
+        fifo_mode := coalesce(fifo_mode, 'block');
+    END IF;
+    IF fifo_policy IS NOT NULL AND fifo_policy NOT IN ('block', 'park') THEN
+        RAISE EXCEPTION 'invalid fifo_on_failure: %', fifo_policy
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = '"block" holds the key until the failed job is retried or purged; "park" sets it aside and lets later jobs go.';
+    END IF;
+    IF fifo_policy IS NOT NULL AND fifo_mode IS NULL THEN
+        RAISE EXCEPTION 'observer option "fifo_on_failure" needs "fifo": true or "ordering_key"'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    fifo_mode := CASE WHEN fifo_mode IS NOT NULL THEN coalesce(fifo_policy, 'block') END;
+    IF dedup_win IS NOT NULL AND dedup_win <= '0' THEN
+        RAISE EXCEPTION 'invalid dedup_window: %', dedup_win
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use a positive interval such as "10 minutes".';
+    END IF;
+    IF dedup_win IS NULL AND (dedup_path IS NOT NULL OR dedup_coal) THEN
+        RAISE EXCEPTION 'observer options "dedup_key" and "dedup_coalesce" need "dedup_window"'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Add "dedup_window": "10 minutes" (for example).';
+    END IF;
+    IF changed_cols IS NOT NULL AND 'UPDATE' <> ALL (evs) THEN
+        RAISE EXCEPTION 'observer option "changed_columns" needs UPDATE in events'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF max_att NOT BETWEEN 1 AND 1000 OR base <= '0' OR cap < base THEN
+        RAISE EXCEPTION 'invalid retry options: max_attempts %, backoff_base %, backoff_cap %', max_att, base, cap
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use 1 <= max_attempts <= 1000 and 0 < backoff_base <= backoff_cap.';
+    END IF;
+
+    -- The primary key, for the default ordering key (table + primary key).
+    SELECT array_agg(a.attname::text ORDER BY k.ord) INTO key_cols
+    FROM pg_index i
+    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    WHERE i.indrelid = table_name AND i.indisprimary;
+
+    INSERT INTO observer.observers (name, table_oid, table_name, key_columns, events, condition, columns,
+                                    changed_columns, max_payload_bytes, dedup_window, dedup_key, dedup_coalesce,
+                                    fifo, action, max_attempts, backoff_base, backoff_cap, priority, ordering_path)
+    VALUES (name, table_name, table_name::text, key_cols, evs, path, cols, changed_cols, max_payload,
+            dedup_win, dedup_path, dedup_coal, fifo_mode, act, max_att, base, cap, prio, order_path)
+    RETURNING id INTO new_id;
+
+    RETURN new_id;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION observer_resume(name text) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -232,6 +423,84 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION observer_definition(name text) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o observer.observers;
+BEGIN
+    SELECT * INTO o FROM observer.observers x WHERE x.name = observer_definition.name;
+    IF NOT FOUND THEN
+        PERFORM observer.unknown_observer(name);
+    END IF;
+    RETURN jsonb_build_object(
+        'name', o.name,
+        'table', o.table_oid::regclass::text,
+        'events', to_jsonb(o.events),
+        'condition', o.condition::text,
+        'action', o.action,
+        'enabled', o.enabled,
+        'options', jsonb_strip_nulls(jsonb_build_object(
+            'max_attempts', o.max_attempts,
+            'backoff_base', o.backoff_base::text,
+            'backoff_cap', o.backoff_cap::text,
+            'priority', o.priority,
+            'max_payload_bytes', CASE WHEN o.table_oid IS NOT NULL THEN o.max_payload_bytes END,
+            'columns', to_jsonb(o.columns),
+            'changed_columns', to_jsonb(o.changed_columns),
+            'dedup_window', o.dedup_window::text,
+            'dedup_key', o.dedup_key::text,
+            'dedup_coalesce', CASE WHEN o.dedup_window IS NOT NULL THEN o.dedup_coalesce END,
+            'fifo', CASE WHEN o.fifo IS NOT NULL THEN true END,
+            'fifo_on_failure', o.fifo,
+            'ordering_key', o.ordering_path::text)));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer_replace(
+    name       text,
+    table_name regclass,
+    events     text[] DEFAULT ARRAY['INSERT', 'UPDATE', 'DELETE'],
+    condition  text DEFAULT NULL,
+    action     jsonb DEFAULT NULL,
+    options    jsonb DEFAULT '{}'
+) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    old      observer.observers;
+    fresh    observer.observers;
+    tmp      text := '_replace_' || txid_current();
+    before   jsonb;
+    after    jsonb;
+BEGIN
+    SELECT * INTO old FROM observer.observers o WHERE o.name = observer_replace.name FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM observer.unknown_observer(name);
+    END IF;
+    before := @extschema@.observer_definition(name) - 'enabled' - 'name';
+    -- Validate and normalise through observer_create under a temporary name, then move the
+    -- definition onto the existing row.
+    PERFORM observer.define(tmp, table_name, events, condition, action, options);
+    SELECT * INTO fresh FROM observer.observers o WHERE o.name = tmp;
+    DELETE FROM observer.observers o WHERE o.id = fresh.id;
+    UPDATE observer.observers o SET
+        table_oid = fresh.table_oid, table_name = fresh.table_name, key_columns = fresh.key_columns,
+        events = fresh.events, condition = fresh.condition, columns = fresh.columns,
+        changed_columns = fresh.changed_columns, max_payload_bytes = fresh.max_payload_bytes,
+        dedup_window = fresh.dedup_window, dedup_key = fresh.dedup_key, dedup_coalesce = fresh.dedup_coalesce,
+        fifo = fresh.fifo, action = fresh.action, max_attempts = fresh.max_attempts,
+        backoff_base = fresh.backoff_base, backoff_cap = fresh.backoff_cap, priority = fresh.priority,
+        ordering_path = fresh.ordering_path, updated_at = now()
+    WHERE o.id = old.id;
+    PERFORM observer.sync_capture(fresh.table_oid);
+    IF old.table_oid IS DISTINCT FROM fresh.table_oid THEN
+        PERFORM observer.sync_capture(old.table_oid);
+    END IF;
+    after := @extschema@.observer_definition(name) - 'enabled' - 'name';
+    RETURN ARRAY(SELECT k FROM jsonb_object_keys(before || after) k
+                 WHERE before -> k IS DISTINCT FROM after -> k ORDER BY k);
+END
+$$;
+
 CREATE OR REPLACE FUNCTION observer.wake_workers() RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -240,6 +509,29 @@ BEGIN
     END IF;
 END
 $$;
+
+CREATE OR REPLACE FUNCTION observer.change_context(tx xid8, role text, context jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN tx IS NULL THEN '{}'::jsonb
+            ELSE pg_catalog.jsonb_build_object('txid', tx::text::bigint) END
+       OPERATOR(pg_catalog.||) CASE WHEN role IS NULL THEN '{}'::jsonb
+                                    ELSE pg_catalog.jsonb_build_object('role', role) END
+       OPERATOR(pg_catalog.||) CASE WHEN context IS NULL THEN '{}'::jsonb
+                                    ELSE pg_catalog.jsonb_build_object('context', context) END;
+
+CREATE OR REPLACE FUNCTION observer.decide(op text, table_name text, old jsonb, new jsonb, changed text[],
+                                condition jsonpath, changed_columns text[], oversize integer,
+                                tx xid8, role text, context jsonb)
+RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN CASE WHEN oversize IS NOT NULL THEN true
+            WHEN changed_columns IS NOT NULL AND op = 'UPDATE' AND NOT (changed && changed_columns) THEN false
+            WHEN condition IS NULL THEN true
+            ELSE jsonb_path_match(jsonb_build_object('op', op, 'table', table_name, 'old', old, 'new', new,
+                                                     'changed', to_jsonb(changed))
+                                  OPERATOR(pg_catalog.||) observer.change_context(tx, role, context),
+                                  condition, '{}', true)
+       END;
 
 CREATE OR REPLACE FUNCTION observer.bounded_key(k text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
@@ -254,6 +546,64 @@ RETURN CASE WHEN key_columns IS NULL THEN NULL
                                                             FROM unnest(key_columns) WITH ORDINALITY AS c(k, ord)))
        END;
 
+CREATE OR REPLACE FUNCTION observer.fifo_key(fifo text, ordering_path jsonpath, table_name text, key_columns text[],
+                                  op text, old jsonb, new jsonb)
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN CASE WHEN fifo IS NULL THEN NULL
+            ELSE coalesce(
+                CASE WHEN ordering_path IS NOT NULL THEN observer.bounded_key(table_name || '#' ||
+                    NULLIF(pg_catalog.jsonb_path_query_first(
+                        pg_catalog.jsonb_build_object('op', op, 'table', table_name, 'old', old,
+                                                      'new', coalesce(new, old)),
+                        ordering_path, '{}', true), 'null'::jsonb)::text) END,
+                observer.ordering_key(table_name, key_columns, old, new))
+       END;
+
+CREATE OR REPLACE FUNCTION observer.event_rows(l observer.event_log) RETURNS SETOF observer.event
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT l.id, l.tx, l.table_oid, l.table_name, l.op, l.old, l.new, l.oversize, l.created_at, l.role, l.context
+    WHERE l.nrows IS NULL
+    UNION ALL
+    SELECT l.id + d.ord - 1, l.tx, l.table_oid, l.table_name, l.op, d.old, d.new, NULL::integer, l.created_at,
+           l.role, l.context
+    FROM ROWS FROM (@extschema@.observer_decode_rows(l.cols, l.col_types, l.old_rows),
+                    @extschema@.observer_decode_rows(l.cols, l.col_types, l.new_rows))
+         WITH ORDINALITY AS d(old, new, ord)
+    WHERE l.nrows IS NOT NULL
+$$;
+
+CREATE OR REPLACE FUNCTION observer.event(event_id bigint) RETURNS SETOF observer.event
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT event_id, l.tx, l.table_oid, l.table_name, l.op,
+           CASE WHEN l.nrows IS NULL THEN l.old
+                ELSE @extschema@.observer_decode_row(l.cols, l.col_types, l.old_rows, (event_id - l.id)::integer) END,
+           CASE WHEN l.nrows IS NULL THEN l.new
+                ELSE @extschema@.observer_decode_row(l.cols, l.col_types, l.new_rows, (event_id - l.id)::integer) END,
+           l.oversize, l.created_at, l.role, l.context
+    FROM observer.event_log l
+    WHERE l.id = observer.event_log_id(event_id) AND event_id - l.id < coalesce(l.nrows, 1)
+$$;
+
+CREATE OR REPLACE FUNCTION observer.events_of(event_ids bigint[]) RETURNS SETOF observer.event
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT g.log_id + d.k, l.tx, l.table_oid, l.table_name, l.op,
+           CASE WHEN l.nrows IS NULL THEN l.old ELSE d.old END,
+           CASE WHEN l.nrows IS NULL THEN l.new ELSE d.new END,
+           l.oversize, l.created_at, l.role, l.context
+    FROM (SELECT observer.event_log_id(i) AS log_id,
+                 pg_catalog.array_agg((i OPERATOR(pg_catalog.-) observer.event_log_id(i))::integer) AS ks
+          FROM (SELECT DISTINCT u.i FROM pg_catalog.unnest(event_ids) AS u(i)) AS u
+          GROUP BY 1) g
+    JOIN observer.event_log l ON l.id = g.log_id
+    CROSS JOIN LATERAL ROWS FROM (
+        pg_catalog.unnest(g.ks),
+        @extschema@.observer_decode_rows_at(l.cols, l.col_types, l.old_rows, g.ks),
+        @extschema@.observer_decode_rows_at(l.cols, l.col_types, l.new_rows, g.ks)
+    ) AS d(k, old, new)
+    WHERE d.k < coalesce(l.nrows, 1)
+$$;
+
 CREATE OR REPLACE FUNCTION observer.decode_one(event_id bigint) RETURNS SETOF observer.decoded_event
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -263,12 +613,12 @@ BEGIN
     SELECT * INTO e FROM observer.event(event_id);
     IF FOUND THEN
         RETURN NEXT ROW(e.id, e.tx, e.table_oid, e.table_name, e.op, e.old, e.new, e.oversize,
-                        e.created_at, NULL::text)::observer.decoded_event;
+                        e.created_at, e.role, e.context, NULL::text)::observer.decoded_event;
     END IF;
 EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
     RETURN QUERY SELECT decode_one.event_id, l.tx, l.table_oid, l.table_name, l.op, NULL::jsonb, NULL::jsonb,
-                        l.oversize, l.created_at, left(msg, 1000)
+                        l.oversize, l.created_at, l.role, l.context, left(msg, 1000)
                  FROM observer.event_log l WHERE l.id = observer.event_log_id(decode_one.event_id);
 END
 $$;
@@ -338,7 +688,7 @@ BEGIN
     END IF;
     INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, dedup_key, priority, run_at)
     VALUES (o.id, e.id, 'evt_' || e.id || '_' || o.id,
-            CASE WHEN o.fifo IS NOT NULL THEN observer.ordering_key(e.table_name, o.key_columns, e.old, e.new) END,
+            observer.fifo_key(o.fifo, o.ordering_path, e.table_name, o.key_columns, e.op, e.old, e.new),
             key, o.priority, observer.due_at(o.paused_at))
     ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING;
     RETURN 1;
@@ -406,9 +756,9 @@ BEGIN
         ), decisions AS MATERIALIZED (
             SELECT b.id AS event_id, o.id AS observer_id, o.dedup_window IS NOT NULL AS dedup, o.priority,
                    observer.due_at(o.paused_at) AS run_at,
-                   observer.decide(b.op, b.table_name, b.old, b.new, b.changed, o.condition, o.changed_columns, b.oversize) AS matched,
-                   CASE WHEN o.fifo IS NOT NULL
-                        THEN observer.ordering_key(b.table_name, o.key_columns, b.old, b.new) END AS ordering_key
+                   observer.decide(b.op, b.table_name, b.old, b.new, b.changed, o.condition, o.changed_columns, b.oversize,
+                                   b.tx, b.role, b.context) AS matched,
+                   observer.fifo_key(o.fifo, o.ordering_path, b.table_name, o.key_columns, b.op, b.old, b.new) AS ordering_key
             FROM batch b
             JOIN observer.observers o
               ON o.table_oid = b.table_oid AND o.enabled AND b.op = ANY (o.events)
@@ -489,16 +839,17 @@ BEGIN
                         PERFORM @extschema@.observer_deadline(cond_ms);
                         verdict := observer.decide(ev.op, ev.table_name, ev.old, ev.new,
                                                    CASE WHEN ev.op = 'UPDATE' THEN observer.changed(ev.old, ev.new) END,
-                                                   obs.condition, obs.changed_columns, ev.oversize);
+                                                   obs.condition, obs.changed_columns, ev.oversize,
+                                                   ev.tx, ev.role, ev.context);
                         IF verdict AND obs.dedup_window IS NOT NULL THEN
                             n_jobs := n_jobs + observer.dedup_one(
                                 ROW(ev.id, ev.tx, ev.table_oid, ev.table_name, ev.op, ev.old, ev.new,
-                                    ev.oversize, ev.created_at)::observer.event, obs);
+                                    ev.oversize, ev.created_at, ev.role, ev.context)::observer.event, obs);
                         ELSIF verdict THEN
                             INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, priority, run_at)
                             VALUES (obs.id, ev.id, 'evt_' || ev.id || '_' || obs.id,
-                                    CASE WHEN obs.fifo IS NOT NULL
-                                         THEN observer.ordering_key(ev.table_name, obs.key_columns, ev.old, ev.new) END,
+                                    observer.fifo_key(obs.fifo, obs.ordering_path, ev.table_name, obs.key_columns,
+                                                      ev.op, ev.old, ev.new),
                                     obs.priority, observer.due_at(obs.paused_at))
                             ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING;
                             n_jobs := n_jobs + 1;
@@ -582,6 +933,34 @@ LANGUAGE sql STABLE AS $$
     FROM observer.events_safe(event_ids) e
     WHERE observer.setting_on('fraiseql_observers.audit_search', true)
 $$;
+
+CREATE OR REPLACE FUNCTION observer.job_payload(observer_name text, cols text[], keys text[],
+                                     job_event_id bigint, job_payload jsonb, job_created timestamptz,
+                                     ev_id bigint, ev_created timestamptz, ev_table text, ev_op text,
+                                     ev_old jsonb, ev_new jsonb, ev_oversize integer,
+                                     ev_tx xid8, ev_role text, ev_context jsonb, job_attempt integer)
+RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN CASE WHEN job_event_id IS NULL THEN
+    pg_catalog.jsonb_build_object('type', observer_name, 'timestamp', job_created, 'attempt', job_attempt,
+                                  'data', job_payload)
+ELSE pg_catalog.jsonb_build_object(
+    'type', observer_name,
+    'timestamp', ev_created,
+    'attempt', job_attempt,
+    'data', pg_catalog.jsonb_build_object(
+        'event_id', ev_id,
+        'observer', observer_name,
+        'table', ev_table,
+        'op', ev_op,
+        -- observer.project is a call (its subquery keeps it from being inlined): only when the
+        -- observer lists columns (two calls cost a fifth of a claim).
+        'old', CASE WHEN cols IS NULL THEN ev_old ELSE observer.project(ev_old, cols, keys) END,
+        'new', CASE WHEN cols IS NULL THEN ev_new ELSE observer.project(ev_new, cols, keys) END)
+        OPERATOR(pg_catalog.||) CASE WHEN ev_oversize IS NULL THEN '{}'::jsonb
+                ELSE pg_catalog.jsonb_build_object('oversize', pg_catalog.jsonb_build_object('bytes', ev_oversize)) END
+        OPERATOR(pg_catalog.||) observer.change_context(ev_tx, ev_role, ev_context))
+END;
 
 CREATE OR REPLACE FUNCTION observer_claim(worker text, max_jobs integer DEFAULT 100, lease interval DEFAULT '30 seconds')
 RETURNS TABLE (job_id bigint, token bigint, attempt integer, lease_until timestamptz, observer text,
@@ -700,7 +1079,8 @@ BEGIN
     )
     SELECT c.id, c.lease_token, c.attempt, c.lease_until, o.name, o.action, c.idempotency_key,
            observer.job_payload(o.name, o.columns, o.key_columns, c.event_id, c.payload, c.created_at,
-                                e.id, e.created_at, e.table_name, e.op, e.old, e.new, e.oversize),
+                                e.id, e.created_at, e.table_name, e.op, e.old, e.new, e.oversize,
+                                e.tx, e.role, e.context, c.attempt),
            -- When the change was captured (its transaction's start) or the job enqueued: the
            -- worker's event-to-delivery lag is measured from it.
            coalesce(e.created_at, c.created_at)
@@ -1021,7 +1401,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     )
     SELECT p.id, p.name, p.event_id, p.attempt, p.last_error, p.finished_at, p.idempotency_key,
            observer.job_payload(p.name, p.columns, p.key_columns, p.event_id, p.payload, p.created_at,
-                                e.id, e.created_at, e.table_name, e.op, e.old, e.new, e.oversize)
+                                e.id, e.created_at, e.table_name, e.op, e.old, e.new, e.oversize,
+                                e.tx, e.role, e.context, p.attempt)
     FROM page p
     LEFT JOIN evs e ON e.id = p.event_id
     ORDER BY p.finished_at DESC, p.id DESC
@@ -1054,7 +1435,8 @@ BEGIN
         'job_id', j.id, 'observer', o.name, 'event_id', j.event_id, 'attempts', j.attempt,
         'last_error', j.last_error, 'failed_at', j.finished_at, 'idempotency_key', j.idempotency_key,
         'payload', observer.job_payload(o.name, o.columns, o.key_columns, j.event_id, j.payload, j.created_at,
-                                        e.id, e.created_at, e.table_name, e.op, e.old, e.new, e.oversize),
+                                        e.id, e.created_at, e.table_name, e.op, e.old, e.new, e.oversize,
+                                        e.tx, e.role, e.context, j.attempt),
         'attempt_log', coalesce((
             SELECT jsonb_agg(jsonb_build_object(
                 'attempt', a.attempt, 'outcome', a.outcome, 'status', a.status,
@@ -1125,7 +1507,7 @@ BEGIN
     CREATE TEMP TABLE IF NOT EXISTS fraiseql_replay (event_id bigint PRIMARY KEY, ordering_key text) ON COMMIT DROP;
     TRUNCATE fraiseql_replay;
     INSERT INTO fraiseql_replay
-    SELECT e.id, CASE WHEN o.fifo IS NOT NULL THEN observer.ordering_key(e.table_name, o.key_columns, e.old, e.new) END
+    SELECT e.id, observer.fifo_key(o.fifo, o.ordering_path, e.table_name, o.key_columns, e.op, e.old, e.new)
     FROM observer.event_log l
     -- Each event_log row read on its own (observer.decode_log): an event that still cannot be
     -- read stays quarantined and the others are replayed.
@@ -1136,7 +1518,7 @@ BEGIN
       AND e.op = ANY (o.events)
       AND observer.decide(e.op, e.table_name, e.old, e.new,
                           CASE WHEN e.op = 'UPDATE' THEN observer.changed(e.old, e.new) END,
-                          o.condition, o.changed_columns, e.oversize) IS TRUE;
+                          o.condition, o.changed_columns, e.oversize, e.tx, e.role, e.context) IS TRUE;
     -- A quarantined event that can be read now is no longer set aside.
     DELETE FROM observer.skipped s USING fraiseql_replay r
     WHERE s.event_id = r.event_id AND s.observer_id = o.id AND s.reason = 'undecodable';
@@ -1228,10 +1610,10 @@ BEGIN
                               'new', observer.project(r, o.columns, o.key_columns)),
            'bf_' || o.id || '_' || b.run || '_' || md5(observer.ordering_key(o.table_name, o.key_columns, NULL, r)),
            'backfill:' || b.run || ':' || observer.ordering_key(o.table_name, o.key_columns, NULL, r),
-           CASE WHEN o.fifo IS NOT NULL THEN observer.ordering_key(o.table_name, o.key_columns, NULL, r) END,
+           observer.fifo_key(o.fifo, o.ordering_path, o.table_name, o.key_columns, 'BACKFILL', NULL, r),
            o.priority, observer.due_at(o.paused_at)
     FROM jsonb_array_elements(batch) WITH ORDINALITY AS x(r, ord)
-    WHERE observer.decide('BACKFILL', o.table_name, NULL, r, NULL, o.condition, NULL, NULL) IS TRUE
+    WHERE observer.decide('BACKFILL', o.table_name, NULL, r, NULL, o.condition, NULL, NULL, NULL, NULL, NULL) IS TRUE
     ORDER BY ord
     ON CONFLICT (observer_id, unique_key) WHERE unique_key IS NOT NULL DO NOTHING;
     GET DIAGNOSTICS rows_queued = ROW_COUNT;
@@ -1433,7 +1815,7 @@ BEGIN
                 WHEN NOT dispatched THEN 'not_dispatched_yet'
                 WHEN NOT o.enabled THEN 'disabled'
                 WHEN observer.decide(e.op, e.table_name, e.old, e.new, changed, o.condition,
-                                     o.changed_columns, e.oversize) IS FALSE THEN 'condition_false'
+                                     o.changed_columns, e.oversize, e.tx, e.role, e.context) IS FALSE THEN 'condition_false'
                 ELSE 'no_job' END,
             'deduplicated_into_job', s.job_id,
             'reason', s.detail,

@@ -49,8 +49,19 @@ static AUDIT_EXPORT: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// is recorded as `condition_timeout` against its observer, and the round goes on.
 static CONDITION_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
+/// `fraiseql_observers.context` (string, default empty, any role): the writing application's
+/// context for its transaction (`SET LOCAL fraiseql_observers.context = '{"request_id": "r-42"}'`),
+/// a JSON object of at most [`MAX_CONTEXT_BYTES`] bytes, checked when it is set. Each event the
+/// transaction captures carries it (`context` in the delivered document and in conditions).
+static CONTEXT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// Longest `fraiseql_observers.context` accepted, in bytes: it is copied into every event its
+/// transaction captures.
+pub const MAX_CONTEXT_BYTES: usize = 8192;
+
 /// Register the settings. Postmaster-context settings can only be defined while preloading.
 pub fn init(preloading: bool) {
+    define_context();
     GucRegistry::define_bool_guc(
         c"fraiseql_observers.enabled",
         c"Run dispatch rounds in the background worker.",
@@ -135,6 +146,82 @@ pub fn init(preloading: bool) {
         },
         GucFlags::default(),
     );
+}
+
+/// `fraiseql_observers.context`, with a check hook: a value that is not a JSON object of at most
+/// [`MAX_CONTEXT_BYTES`] is refused by `SET` itself (22023, with the reason), so a transaction
+/// learns at once, not at its first captured write.
+fn define_context() {
+    // SAFETY: the hook is a `#[pg_guard]` function (a panic in it becomes a Postgres ERROR) and
+    // `CONTEXT` is a static that outlives the registration.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"fraiseql_observers.context",
+            c"Application context carried by the events this transaction captures.",
+            c"A JSON object of at most 8192 bytes, set with SET LOCAL by the writing application (request id, user id); delivered as \"context\" and usable in conditions and templates.",
+            &CONTEXT,
+            GucContext::Userset,
+            GucFlags::default(),
+            Some(check_context_hook),
+            None,
+            None,
+        );
+    }
+}
+
+/// Why `value` cannot be a context, or Ok (empty means not set).
+pub fn check_context(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    if value.len() > MAX_CONTEXT_BYTES {
+        return Err(format!(
+            "the context is {} bytes; at most {MAX_CONTEXT_BYTES} are allowed",
+            value.len()
+        ));
+    }
+    match serde_json::from_str::<serde_json::Value>(value) {
+        Ok(serde_json::Value::Object(_)) => Ok(()),
+        Ok(_) => {
+            Err("the context must be a JSON object, e.g. {\"request_id\": \"r-42\"}".to_string())
+        }
+        Err(e) => Err(format!("the context is not valid JSON: {e}")),
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn check_context_hook(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pgrx::pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: Postgres passes a valid pointer to the proposed value (a NUL-terminated string or
+    // NULL); the messages are palloc'd copies, as GUC_check_errdetail() makes them.
+    unsafe {
+        if newval.is_null() || (*newval).is_null() {
+            return true;
+        }
+        let value = std::ffi::CStr::from_ptr(*newval).to_string_lossy();
+        match check_context(&value) {
+            Ok(()) => true,
+            Err(why) => {
+                pgrx::pg_sys::GUC_check_errcode(
+                    pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32,
+                );
+                let detail = CString::new(why).unwrap_or_default();
+                pgrx::pg_sys::GUC_check_errdetail_string = pgrx::pg_sys::pstrdup(detail.as_ptr());
+                pgrx::pg_sys::GUC_check_errhint_string = pgrx::pg_sys::pstrdup(
+                    c"Set a JSON object of at most 8192 bytes: SET LOCAL fraiseql_observers.context = '{\"request_id\": \"r-42\"}'.".as_ptr(),
+                );
+                false
+            }
+        }
+    }
+}
+
+/// See [`CONTEXT`]: the value when set (checked when it was set), None when empty.
+pub fn context() -> Option<CString> {
+    CONTEXT.get().filter(|c| !c.as_bytes().is_empty())
 }
 
 /// See [`ENABLED`].

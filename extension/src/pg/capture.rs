@@ -676,6 +676,8 @@ unsafe fn insert_event(event: &Event<'_>) -> Result<(), CaptureError> {
                 "created_at" => Some(pg_sys::Datum::from(
                     pg_sys::GetCurrentTransactionStartTimestamp(),
                 )),
+                "role" => writer_role(),
+                "context" => writer_context(),
                 other => {
                     pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
                     return Err(CaptureError::UnexpectedColumn(other.to_string()));
@@ -692,6 +694,32 @@ unsafe fn insert_event(event: &Event<'_>) -> Result<(), CaptureError> {
         pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
     }
     Ok(())
+}
+
+/// The role the write runs as (`current_user`), by name: who wrote the change.
+unsafe fn writer_role() -> Option<pg_sys::Datum> {
+    // SAFETY: GetUserNameFromId with noerr returns NULL for a role that does not exist (it always
+    // does: the write runs as it) or a palloc'd NUL-terminated name.
+    unsafe {
+        let name = pg_sys::GetUserNameFromId(pg_sys::GetUserId(), true);
+        if name.is_null() {
+            return None;
+        }
+        CStr::from_ptr(name)
+            .to_str()
+            .ok()
+            .and_then(|n| n.into_datum())
+    }
+}
+
+/// `fraiseql_observers.context` as jsonb, when the transaction set it (checked by `SET`, see
+/// `gucs::check_context`; jsonb_in checks it again and raises on anything it cannot read).
+unsafe fn writer_context() -> Option<pg_sys::Datum> {
+    let context = crate::gucs::context()?;
+    // SAFETY: jsonb_in takes a NUL-terminated string and returns a palloc'd jsonb or raises.
+    unsafe {
+        pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(context.as_ptr().into())])
+    }
 }
 
 #[cfg(test)]
