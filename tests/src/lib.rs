@@ -536,3 +536,44 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Verify the Standard Webhooks signature of each of `received` with `secret`, using the reference
+/// library from PyPI (tests/verify/standard_webhooks.py in the .venv scripts/setup.sh makes): one
+/// verdict per request, `ok` or why not.
+pub fn verify_signatures(received: &[sink::Received], secret: &str) -> Vec<String> {
+    let python = workspace_root().join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup.sh",
+        python.display()
+    );
+    let requests: Vec<serde_json::Value> = received
+        .iter()
+        .map(|r| {
+            let headers: serde_json::Map<String, serde_json::Value> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            serde_json::json!({"headers": headers, "body": String::from_utf8_lossy(&r.raw)})
+        })
+        .collect();
+    let mut child = Command::new(python)
+        .arg(workspace_root().join("tests/verify/standard_webhooks.py"))
+        .arg(secret)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python");
+    std::io::Write::write_all(
+        &mut child.stdin.take().expect("stdin"),
+        serde_json::to_string(&requests).expect("json").as_bytes(),
+    )
+    .expect("write");
+    let out = child.wait_with_output().expect("verifier");
+    assert!(out.status.success(), "verifier failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}

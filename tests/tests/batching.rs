@@ -7,13 +7,11 @@
 //! `observer_create`.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fraiseql_observers_tests::{
-    observer_status, sqlstate, wait_for_jobs, workspace_root, Cluster, Received, Sink, Worker,
+    observer_status, sqlstate, verify_signatures, wait_for_jobs, Cluster, Received, Sink, Worker,
 };
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -73,46 +71,6 @@ fn row_ids(r: &Received) -> Vec<i64> {
         .collect()
 }
 
-/// Verify `received` with `secret` using the Standard Webhooks reference library from PyPI.
-fn verify(received: &[Received], secret: &str) -> Vec<String> {
-    let python = workspace_root().join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/setup.sh",
-        python.display()
-    );
-    let requests: Vec<serde_json::Value> = received
-        .iter()
-        .map(|r| {
-            let headers: serde_json::Map<String, serde_json::Value> = r
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                .collect();
-            serde_json::json!({"headers": headers, "body": String::from_utf8_lossy(&r.raw)})
-        })
-        .collect();
-    let mut child = Command::new(python)
-        .arg(workspace_root().join("tests/verify/standard_webhooks.py"))
-        .arg(secret)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(serde_json::to_string(&requests).expect("json").as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("verifier");
-    assert!(out.status.success(), "verifier failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_of_one_transaction_go_in_signed_batches_in_commit_order() {
     let sink = Sink::start().await.expect("sink");
@@ -168,9 +126,11 @@ async fn rows_of_one_transaction_go_in_signed_batches_in_commit_order() {
         received.len()
     );
     assert!(
-        verify(&received, SECRET).iter().all(|v| v == "ok"),
+        verify_signatures(&received, SECRET)
+            .iter()
+            .all(|v| v == "ok"),
         "{:?}",
-        verify(&received, SECRET)
+        verify_signatures(&received, SECRET)
     );
 }
 

@@ -8,12 +8,10 @@
 //! only its own job with its reason in the attempt log while the next row is delivered; a
 //! template in the host or an unknown method is refused by `observer_create`.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fraiseql_observers_tests::{
-    observer_status, sqlstate, wait_for_jobs, workspace_root, Cluster, Received, Sink, Worker,
+    observer_status, sqlstate, verify_signatures, wait_for_jobs, Cluster, Received, Sink, Worker,
 };
 
 const KEY: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -34,46 +32,6 @@ async fn create(
         )
         .await
         .unwrap_or_else(|e| panic!("observer_create {name}: {e:?}"));
-}
-
-/// Verify each request's signature with the PyPI reference library: one verdict per request.
-fn verify(received: &[Received]) -> Vec<String> {
-    let python = workspace_root().join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/setup.sh",
-        python.display()
-    );
-    let requests: Vec<serde_json::Value> = received
-        .iter()
-        .map(|r| {
-            let headers: serde_json::Map<String, serde_json::Value> = r
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                .collect();
-            serde_json::json!({"headers": headers, "body": String::from_utf8_lossy(&r.raw)})
-        })
-        .collect();
-    let mut child = Command::new(python)
-        .arg(workspace_root().join("tests/verify/standard_webhooks.py"))
-        .arg(KEY)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(serde_json::to_string(&requests).expect("json").as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("verifier");
-    assert!(out.status.success(), "verifier failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 /// The PUT of an INSERT, the PATCH of an UPDATE and the DELETE of a DELETE, all signed.
@@ -225,7 +183,7 @@ async fn shaped_requests_arrive_as_rendered_and_signed() {
     check_rendered(&received, &host);
 
     // The signature covers the body actually sent.
-    let verdicts = verify(&received);
+    let verdicts = verify_signatures(&received, KEY);
     assert!(verdicts.iter().all(|v| v == "ok"), "{verdicts:?}");
 }
 

@@ -3,59 +3,16 @@
 //! every request the real worker sent to a real HTTP sink, with each of two secrets configured
 //! while one rotates. A retried job keeps its `webhook-id` and each attempt is signed anew.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fraiseql_observers_tests::{
-    first_attempt_then, observer_status, wait_for_jobs, workspace_root, Cluster, Received, Sink,
-    Worker,
+    first_attempt_then, observer_status, verify_signatures, wait_for_jobs, Cluster, Sink, Worker,
 };
 
 const NEW: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const OLD: &str = "whsec_c2VjcmV0LWtleS1mb3Itcm90YXRpb24tdGVzdHMhIQ==";
 const OTHER: &str = "whsec_b3RoZXItc2VjcmV0LW5vdC1jb25maWd1cmVkLWhlcmU=";
-
-/// Verify `received` with `secret` using the PyPI library: one verdict per request.
-fn verify(received: &[Received], secret: &str) -> Vec<String> {
-    let python = workspace_root().join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/setup.sh",
-        python.display()
-    );
-    let requests: Vec<serde_json::Value> = received
-        .iter()
-        .map(|r| {
-            let headers: serde_json::Map<String, serde_json::Value> = r
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                .collect();
-            serde_json::json!({"headers": headers, "body": String::from_utf8_lossy(&r.raw)})
-        })
-        .collect();
-    let mut child = Command::new(python)
-        .arg(workspace_root().join("tests/verify/standard_webhooks.py"))
-        .arg(secret)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(serde_json::to_string(&requests).expect("json").as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("verifier");
-    assert!(out.status.success(), "verifier failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signatures_verify_with_the_reference_library_across_retries_and_rotation() {
@@ -110,16 +67,16 @@ async fn signatures_verify_with_the_reference_library_across_retries_and_rotatio
     // Both secrets verify every request (receivers on the old or the new secret keep working);
     // a secret the worker does not have does not.
     assert!(
-        verify(&received, NEW).iter().all(|v| v == "ok"),
+        verify_signatures(&received, NEW).iter().all(|v| v == "ok"),
         "{:?}",
-        verify(&received, NEW)
+        verify_signatures(&received, NEW)
     );
     assert!(
-        verify(&received, OLD).iter().all(|v| v == "ok"),
+        verify_signatures(&received, OLD).iter().all(|v| v == "ok"),
         "{:?}",
-        verify(&received, OLD)
+        verify_signatures(&received, OLD)
     );
-    assert!(verify(&received, OTHER)
+    assert!(verify_signatures(&received, OTHER)
         .iter()
         .all(|v| v.starts_with("fail")));
     // A retried job keeps its webhook-id.
