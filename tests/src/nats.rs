@@ -22,6 +22,8 @@ pub struct NatsServer {
     pub port: u16,
     store: tempfile::TempDir,
     log: PathBuf,
+    /// Configuration file lines (`max_payload: 1024`), if any.
+    config: Option<PathBuf>,
 }
 
 /// One message read back from a stream.
@@ -36,13 +38,26 @@ pub struct StoredMessage {
 impl NatsServer {
     /// Start it and wait until it accepts connections.
     pub fn start() -> Result<Self> {
+        Self::start_with("")
+    }
+
+    /// [`NatsServer::start`] with lines of a configuration file (`max_payload: 1024`).
+    pub fn start_with(config: &str) -> Result<Self> {
         let store = tempfile::tempdir()?;
         let log = store.path().join("nats.log");
+        let config = if config.is_empty() {
+            None
+        } else {
+            let path = store.path().join("nats.conf");
+            std::fs::write(&path, config)?;
+            Some(path)
+        };
         let mut server = NatsServer {
             child: None,
             port: free_port()?,
             store,
             log,
+            config,
         };
         server.restart()?;
         Ok(server)
@@ -64,7 +79,11 @@ impl NatsServer {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new("nats-server")
+        let mut cmd = Command::new("nats-server");
+        if let Some(config) = &self.config {
+            cmd.arg("-c").arg(config);
+        }
+        let child = cmd
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-sd")
             .arg(&store)

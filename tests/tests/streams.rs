@@ -708,4 +708,52 @@ async fn hostile_stream_actions_are_refused() {
         subjects,
         BTreeSet::from(["orders.eu".to_string(), "orders.us".to_string()])
     );
+
+    // A document larger than the server's max_payload can never be published: that job is
+    // dead at once with the reason, the next one is delivered.
+    let small = NatsServer::start_with("max_payload: 1024\n").expect("nats-server");
+    small
+        .create_stream("NOTES", &["notes"])
+        .await
+        .expect("stream");
+    client
+        .batch_execute(&format!(
+            r#"CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL);
+               SELECT observer_create('notes_to_nats', 'notes', action => '{{"type": "nats", "url": "{}", "subject": "notes"}}');
+               INSERT INTO notes VALUES (1, repeat('x', 4000));
+               INSERT INTO notes VALUES (2, 'short');"#,
+            small.url()
+        ))
+        .await
+        .expect("notes");
+    let notes = || async {
+        client
+            .query(
+                "SELECT j.state, coalesce(j.last_error, '') FROM observer.jobs j
+                 JOIN observer.observers o ON o.id = j.observer_id
+                 WHERE o.name = 'notes_to_nats' ORDER BY j.id",
+                &[],
+            )
+            .await
+            .expect("jobs")
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect::<Vec<_>>()
+    };
+    let settled = wait_until(Duration::from_secs(60), || async {
+        let jobs = notes().await;
+        jobs.len() == 2 && jobs.iter().all(|(s, _)| s == "completed" || s == "dead")
+    })
+    .await;
+    let jobs = notes().await;
+    assert!(settled, "{jobs:?}");
+    assert_eq!(jobs[0].0, "dead", "{jobs:?}");
+    assert!(
+        jobs[0]
+            .1
+            .contains("is larger than the max_payload of nats://127.0.0.1:"),
+        "{jobs:?}"
+    );
+    assert_eq!(jobs[1].0, "completed", "{jobs:?}");
+    assert_eq!(small.messages("NOTES").await.expect("messages").len(), 1);
 }

@@ -184,6 +184,14 @@ async fn publish(
                 ),
                 false,
             ),
+            // The job's document, not the server: it will never fit, so it is dead at once.
+            PublishErrorKind::MaxPayloadExceeded => Outcome::Discard {
+                error: format!(
+                    "the document ({} bytes) is larger than the max_payload of {endpoint}: it cannot be published to subject {subject:?}",
+                    job.payload.len()
+                ),
+                pause: false,
+            },
             PublishErrorKind::TimedOut => retry(
                 format!(
                     "no JetStream acknowledgement for subject {subject:?} from {endpoint} within {} ms (server down or stream unavailable)",
