@@ -24,6 +24,8 @@ pub struct NatsServer {
     log: PathBuf,
     /// Configuration file lines (`max_payload: 1024`), if any.
     config: Option<PathBuf>,
+    /// User and password of the test's own connections, when the server requires them.
+    credentials: Option<(String, String)>,
 }
 
 /// One message read back from a stream.
@@ -58,9 +60,21 @@ impl NatsServer {
             store,
             log,
             config,
+            credentials: None,
         };
         server.restart()?;
         Ok(server)
+    }
+
+    /// [`NatsServer::start`] requiring `user` and `password` of every client.
+    pub fn start_with_user(user: &str, password: &str) -> Result<Self> {
+        Self::start_with(&format!(
+            "authorization {{\n  user: \"{user}\"\n  password: \"{password}\"\n}}\n"
+        ))
+        .map(|mut server| {
+            server.credentials = Some((user.to_string(), password.to_string()));
+            server
+        })
     }
 
     /// Kill it (SIGKILL: no clean shutdown).
@@ -111,14 +125,18 @@ impl NatsServer {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Its URL.
+    /// Its URL (without credentials).
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
     /// A JetStream context of a new client.
     pub async fn jetstream(&self) -> Result<jetstream::Context> {
-        let client = async_nats::connect(self.url()).await?;
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some((user, password)) = &self.credentials {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        let client = options.connect(self.url()).await?;
         Ok(jetstream::new(client))
     }
 

@@ -538,6 +538,82 @@ async fn a_missing_stream_is_a_clear_retried_error_until_it_exists() {
     );
 }
 
+/// A server that requires a user and password: the worker gives the ones of a secret URL or of
+/// a literal one the action allows (as client options), and a wrong password fails the job
+/// with an error that quotes neither password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_reach_the_server_and_never_an_error() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let nats = NatsServer::start_with_user("app", "s3cretpass12").expect("nats-server");
+    if let Err(e) = nats.create_stream("ORDERS", &["orders.>"]).await {
+        panic!("{e:#}: {}", nats.log());
+    }
+    let client = cluster.connect("postgres").await.expect("connect");
+    let port = nats.port;
+    client
+        .batch_execute(&format!(
+            r#"CREATE EXTENSION fraiseql_observers;
+               CREATE TABLE orders (id int PRIMARY KEY);
+               SELECT observer_create('by_secret', 'orders',
+                   action => '{{"type": "nats", "url": {{"secret": "nats_good"}}, "subject": "orders.secret"}}');
+               SELECT observer_create('written_out', 'orders',
+                   action => '{{"type": "nats", "url": "nats://app:s3cretpass12@127.0.0.1:{port}",
+                               "subject": "orders.literal", "allow_literal_credentials": true}}');
+               SELECT observer_create('wrong_password', 'orders',
+                   action => '{{"type": "nats", "url": {{"secret": "nats_bad"}}, "subject": "orders.bad"}}',
+                   options => '{{"max_attempts": 2, "backoff_base": "100 milliseconds", "backoff_cap": "200 milliseconds"}}');
+               INSERT INTO orders VALUES (1);"#
+        ))
+        .await
+        .expect("setup");
+    let good = format!("nats://app:s3cretpass12@127.0.0.1:{port}");
+    let bad = format!("nats://app:wr0ngpass99@127.0.0.1:{port}");
+    let _worker = Worker::start(
+        &cluster.url("postgres"),
+        &[
+            ("SECRETS__NATS_GOOD__VALUE", good.as_str()),
+            ("SECRETS__NATS_BAD__VALUE", bad.as_str()),
+        ],
+    )
+    .expect("worker");
+    let settled = wait_until(Duration::from_secs(60), || async {
+        let s = observer_status(&client).await;
+        s["jobs"]["completed"] == 2 && s["jobs"]["dead"] == 1
+    })
+    .await;
+    assert!(settled, "{:?}", attempt_errors(&client).await);
+    let subjects: BTreeSet<String> = nats
+        .messages("ORDERS")
+        .await
+        .expect("messages")
+        .into_iter()
+        .map(|m| m.subject)
+        .collect();
+    assert_eq!(
+        subjects,
+        BTreeSet::from(["orders.literal".to_string(), "orders.secret".to_string()])
+    );
+    let errors = attempt_errors(&client).await;
+    let failures: Vec<&String> = errors
+        .iter()
+        .filter(|e| e.contains(" retry: ") || e.contains(" dead: "))
+        .collect();
+    assert_eq!(failures.len(), 2, "{errors:?}");
+    for e in failures {
+        assert!(
+            e.contains(&format!(
+                "cannot connect to the NATS server nats://127.0.0.1:{port}: "
+            )),
+            "{e}"
+        );
+    }
+    let everything = format!("{errors:?} {}", observer_status(&client).await);
+    assert!(
+        !everything.contains("wr0ngpass99") && !everything.contains("s3cretpass12"),
+        "{everything}"
+    );
+}
+
 /// A loopback listener counting the connections it is offered.
 fn counting_listener() -> (u16, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
