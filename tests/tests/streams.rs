@@ -336,14 +336,21 @@ struct DurableRedis {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// The password it requires (`requirepass`), if any.
+    password: Option<String>,
 }
 
 impl DurableRedis {
     fn start() -> DurableRedis {
+        Self::start_with_password(None)
+    }
+
+    fn start_with_password(password: Option<&str>) -> DurableRedis {
         let mut r = DurableRedis {
             child: None,
             port: free_port().expect("port"),
             dir: tempfile::tempdir().expect("dir"),
+            password: password.map(str::to_string),
         };
         r.restart();
         r
@@ -371,6 +378,11 @@ impl DurableRedis {
                 "always",
             ])
             .args(["--protected-mode", "no"])
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|p| ["--requirepass".to_string(), p.clone()]),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -389,6 +401,11 @@ impl DurableRedis {
     fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|p| ["--no-auth-warning".to_string(), "-a".to_string(), p.clone()]),
+            )
             .args(args)
             .output()
             .expect("redis-cli");
@@ -538,13 +555,14 @@ async fn a_missing_stream_is_a_clear_retried_error_until_it_exists() {
     );
 }
 
-/// A server that requires a user and password: the worker gives the ones of a secret URL or of
-/// a literal one the action allows (as client options), and a wrong password fails the job
-/// with an error that quotes neither password.
+/// Servers that require a password (NATS a user and password, Redis `requirepass`): the worker
+/// gives the ones of a secret URL or of a literal one the action allows, and a wrong password
+/// fails the job with an error that names the server and quotes neither password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_reach_the_server_and_never_an_error() {
     let cluster = Cluster::start(&[]).expect("cluster");
     let nats = NatsServer::start_with_user("app", "s3cretpass12").expect("nats-server");
+    let redis = DurableRedis::start_with_password(Some("s3cretpass12"));
     if let Err(e) = nats.create_stream("ORDERS", &["orders.>"]).await {
         panic!("{e:#}: {}", nats.log());
     }
@@ -562,23 +580,32 @@ async fn credentials_reach_the_server_and_never_an_error() {
                SELECT observer_create('wrong_password', 'orders',
                    action => '{{"type": "nats", "url": {{"secret": "nats_bad"}}, "subject": "orders.bad"}}',
                    options => '{{"max_attempts": 2, "backoff_base": "100 milliseconds", "backoff_cap": "200 milliseconds"}}');
+               SELECT observer_create('redis_by_secret', 'orders',
+                   action => '{{"type": "redis_stream", "url": {{"secret": "redis_good"}}, "stream": "orders"}}');
+               SELECT observer_create('redis_wrong_password', 'orders',
+                   action => '{{"type": "redis_stream", "url": {{"secret": "redis_bad"}}, "stream": "orders"}}',
+                   options => '{{"max_attempts": 2, "backoff_base": "100 milliseconds", "backoff_cap": "200 milliseconds"}}');
                INSERT INTO orders VALUES (1);"#
         ))
         .await
         .expect("setup");
     let good = format!("nats://app:s3cretpass12@127.0.0.1:{port}");
     let bad = format!("nats://app:wr0ngpass99@127.0.0.1:{port}");
+    let redis_good = format!("redis://:s3cretpass12@127.0.0.1:{}/0", redis.port);
+    let redis_bad = format!("redis://:wr0ngpass99@127.0.0.1:{}/0", redis.port);
     let _worker = Worker::start(
         &cluster.url("postgres"),
         &[
             ("SECRETS__NATS_GOOD__VALUE", good.as_str()),
             ("SECRETS__NATS_BAD__VALUE", bad.as_str()),
+            ("SECRETS__REDIS_GOOD__VALUE", redis_good.as_str()),
+            ("SECRETS__REDIS_BAD__VALUE", redis_bad.as_str()),
         ],
     )
     .expect("worker");
     let settled = wait_until(Duration::from_secs(60), || async {
         let s = observer_status(&client).await;
-        s["jobs"]["completed"] == 2 && s["jobs"]["dead"] == 1
+        s["jobs"]["completed"] == 3 && s["jobs"]["dead"] == 2
     })
     .await;
     assert!(settled, "{:?}", attempt_errors(&client).await);
@@ -598,15 +625,16 @@ async fn credentials_reach_the_server_and_never_an_error() {
         .iter()
         .filter(|e| e.contains(" retry: ") || e.contains(" dead: "))
         .collect();
-    assert_eq!(failures.len(), 2, "{errors:?}");
+    assert_eq!(failures.len(), 4, "{errors:?}");
+    let nats_failed = format!("cannot connect to the NATS server nats://127.0.0.1:{port}: ");
+    let redis_failed = format!(
+        "cannot connect to the Redis server redis://127.0.0.1:{}: ",
+        redis.port
+    );
     for e in failures {
-        assert!(
-            e.contains(&format!(
-                "cannot connect to the NATS server nats://127.0.0.1:{port}: "
-            )),
-            "{e}"
-        );
+        assert!(e.contains(&nats_failed) || e.contains(&redis_failed), "{e}");
     }
+    assert_eq!(redis.cli(&["XLEN", "orders"]), "1");
     let everything = format!("{errors:?} {}", observer_status(&client).await);
     assert!(
         !everything.contains("wr0ngpass99") && !everything.contains("s3cretpass12"),
