@@ -240,23 +240,9 @@ async fn events_reach_jetstream_and_a_redis_stream() {
     );
 }
 
-/// Regression guard for at-least-once into the streams: the worker publishes and appends, is
-/// killed (SIGKILL) before a single completion is recorded, and a new worker redelivers every
-/// job after its lease: JetStream's duplicate window (Nats-Msg-Id) and the Redis guard keep
-/// exactly one message per event.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_after_publishing_leaves_no_duplicate() {
-    const EVENTS: usize = 200;
-    let cluster = Cluster::start(&[]).expect("cluster");
-    let nats = NatsServer::start().expect("nats-server");
-    nats.create_stream("ORDERS", &["orders.>"])
-        .await
-        .expect("stream");
-    let redis = RedisServer::start().expect("redis");
-    let client = cluster.connect("postgres").await.expect("connect");
-    setup(&client, &redis.url(), FAST_RETRIES).await;
-    // Completions wait on an advisory lock the test holds: every job gets published while none
-    // is reported, so that all of them are in flight when the worker dies.
+/// Completions wait on an advisory lock the test holds (a trigger on `observer.jobs`): jobs get
+/// published while none is reported, so that all of them are in flight when a worker dies.
+async fn hold_completions(client: &tokio_postgres::Client) {
     client
         .batch_execute(
             "CREATE FUNCTION hold_completions() RETURNS trigger LANGUAGE plpgsql AS
@@ -267,23 +253,11 @@ async fn a_worker_killed_after_publishing_leaves_no_duplicate() {
         )
         .await
         .expect("hold completions");
-    let env = worker_env(&nats);
-    let first = start_worker(&cluster, &env);
-    client
-        .batch_execute(&format!(
-            "INSERT INTO orders (id) SELECT generate_series(1, {EVENTS})"
-        ))
-        .await
-        .expect("insert");
-    let all_sent = wait_until(Duration::from_secs(60), || async {
-        redis_entries(redis.port, "orders:insert").len() == EVENTS
-            && nats.messages("ORDERS").await.map(|m| m.len()).unwrap_or(0) == EVENTS
-    })
-    .await;
-    assert!(all_sent, "every event published: {}", first.log());
-    first.signal("KILL");
-    drop(first);
-    // Its sessions die with it (their blocked completions roll back); then completions flow.
+}
+
+/// After the worker was killed: its sessions are ended (their blocked completions roll back),
+/// then completions flow again; none was recorded.
+async fn release_completions(client: &tokio_postgres::Client) {
     client
         .batch_execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
@@ -301,6 +275,41 @@ async fn a_worker_killed_after_publishing_leaves_no_duplicate() {
         .expect("count")
         .get(0);
     assert_eq!(completed, 0, "nothing was reported before the kill");
+}
+
+/// Regression guard for at-least-once into the streams: the worker publishes and appends, is
+/// killed (SIGKILL) before a single completion is recorded, and a new worker redelivers every
+/// job after its lease: JetStream's duplicate window (Nats-Msg-Id) and the Redis guard keep
+/// exactly one message per event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_after_publishing_leaves_no_duplicate() {
+    const EVENTS: usize = 200;
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let nats = NatsServer::start().expect("nats-server");
+    nats.create_stream("ORDERS", &["orders.>"])
+        .await
+        .expect("stream");
+    let redis = RedisServer::start().expect("redis");
+    let client = cluster.connect("postgres").await.expect("connect");
+    setup(&client, &redis.url(), FAST_RETRIES).await;
+    hold_completions(&client).await;
+    let env = worker_env(&nats);
+    let first = start_worker(&cluster, &env);
+    client
+        .batch_execute(&format!(
+            "INSERT INTO orders (id) SELECT generate_series(1, {EVENTS})"
+        ))
+        .await
+        .expect("insert");
+    let all_sent = wait_until(Duration::from_secs(60), || async {
+        redis_entries(redis.port, "orders:insert").len() == EVENTS
+            && nats.messages("ORDERS").await.map(|m| m.len()).unwrap_or(0) == EVENTS
+    })
+    .await;
+    assert!(all_sent, "every event published: {}", first.log());
+    first.signal("KILL");
+    drop(first);
+    release_completions(&client).await;
 
     let _second = start_worker(&cluster, &env);
     assert!(
@@ -555,19 +564,9 @@ async fn a_missing_stream_is_a_clear_retried_error_until_it_exists() {
     );
 }
 
-/// Servers that require a password (NATS a user and password, Redis `requirepass`): the worker
-/// gives the ones of a secret URL or of a literal one the action allows, and a wrong password
-/// fails the job with an error that names the server and quotes neither password.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credentials_reach_the_server_and_never_an_error() {
-    let cluster = Cluster::start(&[]).expect("cluster");
-    let nats = NatsServer::start_with_user("app", "s3cretpass12").expect("nats-server");
-    let redis = DurableRedis::start_with_password(Some("s3cretpass12"));
-    if let Err(e) = nats.create_stream("ORDERS", &["orders.>"]).await {
-        panic!("{e:#}: {}", nats.log());
-    }
-    let client = cluster.connect("postgres").await.expect("connect");
-    let port = nats.port;
+/// The observers of the credentials test: NATS by a secret, by a literal URL it allows and by a
+/// secret with the wrong password; Redis by a secret and by one with the wrong password.
+async fn password_observers(client: &tokio_postgres::Client, port: u16) {
     client
         .batch_execute(&format!(
             r#"CREATE EXTENSION fraiseql_observers;
@@ -589,6 +588,22 @@ async fn credentials_reach_the_server_and_never_an_error() {
         ))
         .await
         .expect("setup");
+}
+
+/// Servers that require a password (NATS a user and password, Redis `requirepass`): the worker
+/// gives the ones of a secret URL or of a literal one the action allows, and a wrong password
+/// fails the job with an error that names the server and quotes neither password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_reach_the_server_and_never_an_error() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let nats = NatsServer::start_with_user("app", "s3cretpass12").expect("nats-server");
+    let redis = DurableRedis::start_with_password(Some("s3cretpass12"));
+    if let Err(e) = nats.create_stream("ORDERS", &["orders.>"]).await {
+        panic!("{e:#}: {}", nats.log());
+    }
+    let client = cluster.connect("postgres").await.expect("connect");
+    let port = nats.port;
+    password_observers(&client, port).await;
     let good = format!("nats://app:s3cretpass12@127.0.0.1:{port}");
     let bad = format!("nats://app:wr0ngpass99@127.0.0.1:{port}");
     let redis_good = format!("redis://:s3cretpass12@127.0.0.1:{}/0", redis.port);
@@ -658,24 +673,60 @@ fn counting_listener() -> (u16, Arc<AtomicUsize>) {
     (port, count)
 }
 
-/// Hostile definitions: a literal private address and a credential written in the URL are
-/// refused at create (the credential never quoted); a host name the worker's network policy
-/// refuses is never connected to and its job ends dead with the reason; a subject that renders
-/// invalid for one row fails that job only.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_stream_actions_are_refused() {
-    let cluster = Cluster::start(&[]).expect("cluster");
-    let nats = NatsServer::start().expect("nats-server");
-    nats.create_stream("ORDERS", &["orders.>"])
-        .await
-        .expect("stream");
+/// A fresh database with the extension and `orders (id, region)`.
+async fn orders_table(cluster: &Cluster) -> tokio_postgres::Client {
     let client = cluster.connect("postgres").await.expect("connect");
     client
-        .batch_execute("CREATE EXTENSION fraiseql_observers; CREATE TABLE orders (id int PRIMARY KEY, region text NOT NULL);")
+        .batch_execute(
+            "CREATE EXTENSION fraiseql_observers;
+             CREATE TABLE orders (id int PRIMARY KEY, region text NOT NULL DEFAULT 'eu');",
+        )
         .await
         .expect("setup");
+    client
+}
+
+/// The state and last error of each job of `observer`, in job order.
+async fn jobs_of(client: &tokio_postgres::Client, observer: &str) -> Vec<(String, String)> {
+    client
+        .query(
+            "SELECT j.state, coalesce(j.last_error, '') FROM observer.jobs j
+             JOIN observer.observers o ON o.id = j.observer_id
+             WHERE o.name = $1 ORDER BY j.id",
+            &[&observer],
+        )
+        .await
+        .expect("jobs")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// Wait until `observer` has `n` jobs, each completed or dead; then they are returned.
+async fn settled_jobs(
+    client: &tokio_postgres::Client,
+    observer: &str,
+    n: usize,
+) -> Vec<(String, String)> {
+    let settled = wait_until(Duration::from_secs(60), || async {
+        let jobs = jobs_of(client, observer).await;
+        jobs.len() == n && jobs.iter().all(|(s, _)| s == "completed" || s == "dead")
+    })
+    .await;
+    let jobs = jobs_of(client, observer).await;
+    assert!(settled, "{observer}: {jobs:?}");
+    jobs
+}
+
+/// Hostile definitions are refused at create with 22023: a literal private or metadata
+/// address, a credential written in the URL (never quoted back), a wildcard or a `$JS.` API
+/// subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_definitions_are_refused_at_create() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let client = orders_table(&cluster).await;
     let create =
-        |action: String| format!("SELECT observer_create('x', 'orders', action => '{action}')");
+        |action: &str| format!("SELECT observer_create('x', 'orders', action => '{action}')");
     for action in [
         r#"{"type": "nats", "url": "nats://10.1.2.3:4222", "subject": "orders"}"#,
         r#"{"type": "redis_stream", "url": "redis://169.254.169.254:6379", "stream": "orders"}"#,
@@ -685,13 +736,16 @@ async fn hostile_stream_actions_are_refused() {
         r#"{"type": "nats", "url": "nats://nats.example.com", "subject": "$JS.API.STREAM.DELETE.ORDERS"}"#,
     ] {
         assert_eq!(
-            sqlstate(&client, &create(action.to_string())).await,
+            sqlstate(&client, &create(action)).await,
             "22023",
             "{action}"
         );
     }
     let refused = client
-        .execute(&create(r#"{"type": "nats", "url": "nats://app:hunter2pass@nats.example.com", "subject": "orders"}"#.to_string()), &[])
+        .execute(
+            &create(r#"{"type": "nats", "url": "nats://app:hunter2pass@nats.example.com", "subject": "orders"}"#),
+            &[],
+        )
         .await
         .expect_err("a literal credential");
     let text = format!("{refused:?}");
@@ -699,20 +753,22 @@ async fn hostile_stream_actions_are_refused() {
     assert!(!text.contains("hunter2pass"), "{text}");
     let refused = client
         .execute(
-            &create(
-                r#"{"type": "nats", "url": "nats://10.1.2.3:4222", "subject": "orders"}"#
-                    .to_string(),
-            ),
+            &create(r#"{"type": "nats", "url": "nats://10.1.2.3:4222", "subject": "orders"}"#),
             &[],
         )
         .await
         .expect_err("a private address");
-    assert!(
-        format!("{refused:?}").contains("10.1.2.3, a private"),
-        "{refused:?}"
-    );
+    let text = format!("{refused:?}");
+    assert!(text.contains("10.1.2.3, a private"), "{text}");
+}
 
-    // Host names pass create; the worker's policy (loopback not allowed) refuses them.
+/// A host name passes create, but every address it resolves to is refused by the worker's
+/// network policy (loopback not allowed here): the job is dead with the reason and the server
+/// is never connected to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_the_network_policy_refuses_is_never_connected_to() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let client = orders_table(&cluster).await;
     let (nats_port, nats_offered) = counting_listener();
     let (redis_port, redis_offered) = counting_listener();
     client
@@ -725,25 +781,15 @@ async fn hostile_stream_actions_are_refused() {
         ))
         .await
         .expect("observers");
-    let worker = Worker::start(
+    let _worker = Worker::start(
         &cluster.url("postgres"),
         &[("HTTP__ALLOW_NETWORKS", "192.0.2.1/32")],
     )
     .expect("worker");
-    assert!(
-        wait_for_jobs(&client, "dead", 2, Duration::from_secs(60)).await,
-        "{}",
-        observer_status(&client).await
-    );
-    drop(worker);
-    let errors: Vec<String> = client
-        .query("SELECT last_error FROM observer.jobs ORDER BY id", &[])
-        .await
-        .expect("errors")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    for (error, scheme) in errors.iter().zip(["nats", "redis"]) {
+    for (observer, scheme) in [("blocked_nats", "nats"), ("blocked_redis", "redis")] {
+        let jobs = settled_jobs(&client, observer, 1).await;
+        let (state, error) = &jobs[0];
+        assert_eq!(state, "dead", "{jobs:?}");
         assert!(
             error.contains(&format!("{scheme}://localhost:"))
                 && error.contains("loopback")
@@ -757,48 +803,40 @@ async fn hostile_stream_actions_are_refused() {
         0,
         "never connected to"
     );
+}
 
-    // One row's value makes an invalid subject: that job is dead, the others are delivered.
+/// One row's value makes an invalid subject (a space, a wildcard): that job is dead with the
+/// rendered subject and the reason, the other rows are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_that_renders_invalid_fails_only_its_job() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let nats = NatsServer::start().expect("nats-server");
+    nats.create_stream("ORDERS", &["orders.>"])
+        .await
+        .expect("stream");
+    let client = orders_table(&cluster).await;
     client
         .batch_execute(&format!(
-            r#"SELECT observer_drop('blocked_nats'); SELECT observer_drop('blocked_redis');
-               SELECT observer_create('by_region', 'orders', action => '{{"type": "nats", "url": "{}", "subject": "orders.{{{{ new.region }}}}"}}');
+            r#"SELECT observer_create('by_region', 'orders', action => '{{"type": "nats", "url": "{}", "subject": "orders.{{{{ new.region }}}}"}}');
                INSERT INTO orders VALUES (2, 'eu'), (3, 'eu west'), (4, 'us'), (5, '*');"#,
             nats.url()
         ))
         .await
         .expect("by_region");
     let _worker = Worker::start(&cluster.url("postgres"), &[]).expect("worker");
-    let by_state = || async {
-        client
-            .query(
-                "SELECT j.state, j.last_error FROM observer.jobs j
-                 JOIN observer.observers o ON o.id = j.observer_id
-                 WHERE o.name = 'by_region' ORDER BY j.id",
-                &[],
-            )
-            .await
-            .expect("jobs")
-            .iter()
-            .map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1)))
-            .collect::<Vec<_>>()
-    };
-    let settled = wait_until(Duration::from_secs(60), || async {
-        let jobs = by_state().await;
-        jobs.len() == 4 && jobs.iter().all(|(s, _)| s == "completed" || s == "dead")
-    })
-    .await;
-    assert!(settled, "{:?}", by_state().await);
-    let jobs = by_state().await;
+    let jobs = settled_jobs(&client, "by_region", 4).await;
     let states: Vec<&str> = jobs.iter().map(|(s, _)| s.as_str()).collect();
     assert_eq!(states, ["completed", "dead", "completed", "dead"]);
-    let error = |i: usize| jobs[i].1.clone().unwrap_or_default();
     assert!(
-        error(1).contains(r#"action.subject rendered to "orders.eu west", which holds"#),
+        jobs[1]
+            .1
+            .contains(r#"action.subject rendered to "orders.eu west", which holds"#),
         "{jobs:?}"
     );
     assert!(
-        error(3).contains(r#"action.subject rendered to "orders.*""#),
+        jobs[3]
+            .1
+            .contains(r#"action.subject rendered to "orders.*""#),
         "{jobs:?}"
     );
     let subjects: BTreeSet<String> = nats
@@ -812,17 +850,23 @@ async fn hostile_stream_actions_are_refused() {
         subjects,
         BTreeSet::from(["orders.eu".to_string(), "orders.us".to_string()])
     );
+}
 
-    // A document larger than the server's max_payload can never be published: that job is
-    // dead at once with the reason, the next one is delivered.
+/// A document larger than the server's max_payload can never be published: that job is dead at
+/// once with the reason, the next one is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_over_max_payload_fails_only_its_job() {
+    let cluster = Cluster::start(&[]).expect("cluster");
     let small = NatsServer::start_with("max_payload: 1024\n").expect("nats-server");
     small
         .create_stream("NOTES", &["notes"])
         .await
         .expect("stream");
+    let client = cluster.connect("postgres").await.expect("connect");
     client
         .batch_execute(&format!(
-            r#"CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL);
+            r#"CREATE EXTENSION fraiseql_observers;
+               CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL);
                SELECT observer_create('notes_to_nats', 'notes', action => '{{"type": "nats", "url": "{}", "subject": "notes"}}');
                INSERT INTO notes VALUES (1, repeat('x', 4000));
                INSERT INTO notes VALUES (2, 'short');"#,
@@ -830,27 +874,8 @@ async fn hostile_stream_actions_are_refused() {
         ))
         .await
         .expect("notes");
-    let notes = || async {
-        client
-            .query(
-                "SELECT j.state, coalesce(j.last_error, '') FROM observer.jobs j
-                 JOIN observer.observers o ON o.id = j.observer_id
-                 WHERE o.name = 'notes_to_nats' ORDER BY j.id",
-                &[],
-            )
-            .await
-            .expect("jobs")
-            .iter()
-            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
-            .collect::<Vec<_>>()
-    };
-    let settled = wait_until(Duration::from_secs(60), || async {
-        let jobs = notes().await;
-        jobs.len() == 2 && jobs.iter().all(|(s, _)| s == "completed" || s == "dead")
-    })
-    .await;
-    let jobs = notes().await;
-    assert!(settled, "{jobs:?}");
+    let _worker = Worker::start(&cluster.url("postgres"), &[]).expect("worker");
+    let jobs = settled_jobs(&client, "notes_to_nats", 2).await;
     assert_eq!(jobs[0].0, "dead", "{jobs:?}");
     assert!(
         jobs[0]
