@@ -30,7 +30,8 @@
 # 1000), BATCH_WAIT_MS (20), RUNS (the measurements of each repetition, a subset of "multi metrics
 # nosearch single latency history", default all), TIMEOUT seconds to wait for the
 # deliveries of one run (300), WORKER_SETTINGS (the worker's settings as FRAISEQL_OBSERVERS_*
-# variables, see below), E2E_SKIP_SETUP=1 (skip scripts/setup.sh), QUICK=1 (REPS=1
+# variables, see below), E2E_SKIP_SETUP=1 (skip scripts/setup.sh), E2E_SKIP_BUILD=1 (use the
+# release binaries in target/release as they are: runs compared side by side use one build), QUICK=1 (REPS=1
 # EVENTS=SINGLE_EVENTS=20000 LATENCY_SECONDS=5 HISTORY=20000 DEFAULTS=0: about 3 min).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
@@ -65,8 +66,12 @@ METRICS_ADDR="127.0.0.1:$((PORT + 2))"
   || die "EVENTS and DEFAULTS_EVENTS must be multiples of ROWS * CLIENTS ($ROWS * $CLIENTS), SINGLE_EVENTS of SINGLE_CLIENTS ($SINGLE_CLIENTS)"
 
 [ "${E2E_SKIP_SETUP:-0}" = 1 ] || "$ROOT/scripts/setup.sh" >/dev/null
-step "build the worker and the benchmark sink (release)"
-(cd "$ROOT" && cargo build --quiet --release -p fraiseql-observers -p fraiseql-observers-tests --bins)
+if [ "${E2E_SKIP_BUILD:-0}" = 1 ]; then
+  step "use the release worker and benchmark sink already built (E2E_SKIP_BUILD=1)"
+else
+  step "build the worker and the benchmark sink (release)"
+  (cd "$ROOT" && cargo build --quiet --release -p fraiseql-observers -p fraiseql-observers-tests --bins)
+fi
 BIN="$ROOT/target/release"
 
 step "start the benchmark cluster"
