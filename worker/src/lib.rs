@@ -7,14 +7,16 @@
 //! on an import cycle):
 //!
 //! - [`runner`]: the worker's loop, one file per step: `mod.rs` (the supervisor that reconnects,
-//!   and a `Session` of connections), `claim.rs` (the claim loop), `dispatch.rs` (dispatch rounds
+//!   and a `Session` of connections), `claim.rs` (the claim loop), `batch.rs` (the open webhook
+//!   batches of a claim loop, each sent as one request), `dispatch.rs` (dispatch rounds
 //!   and retention where no background dispatcher runs), `perform.rs` (an endpoint's gates and
 //!   the action), `report.rs` (outcomes to the database in batches), `lease.rs` (the jobs in
 //!   flight and their heartbeat), `health.rs` (readiness and the queue gauges); the only module
 //!   that knows every other.
 //! - [`audit_export`]: the export of the audit trail to Elasticsearch, on its own task.
 //! - [`actions`]: one file per action (`webhook`, `slack`, `email`, `nats`, `redis_stream`),
-//!   `http`, the HTTP client they share with its SSRF guard and the classification of
+//!   `batch` (a webhook batch's request: the array body and its `webhook-id`), `http`, the HTTP
+//!   client they share with its SSRF guard and the classification of
 //!   responses into outcomes, and `server`, a stream action's server address with its SSRF check.
 //! - [`secrets`]: resolves an action's references to secrets into what goes on the wire, and
 //!   scrubs them from error texts.
