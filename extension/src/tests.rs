@@ -258,7 +258,7 @@ mod tests {
         // observer.event(id) reads one row of a batch and agrees with the view; ids past a
         // batch's last row do not exist.
         let agree = Spi::get_one::<bool>(
-            "SELECT bool_and(ROW(e.id, e.tx, e.table_oid, e.table_name, e.op, e.old, e.new, e.oversize, e.created_at)::observer.event = (SELECT x FROM observer.event(e.id) x)) FROM observer.events e WHERE tx = pg_current_xact_id()",
+            "SELECT bool_and(ROW(e.id, e.tx, e.table_oid, e.table_name, e.op, e.old, e.new, e.oversize, e.created_at, e.role, e.context)::observer.event = (SELECT x FROM observer.event(e.id) x)) FROM observer.events e WHERE tx = pg_current_xact_id()",
         )
         .expect("spi");
         assert_eq!(agree, Some(true));
@@ -270,7 +270,7 @@ mod tests {
         // observer.events_of(ids) reads a set of ids a batch at a time and agrees with the view:
         // every event once (ids repeated), none for ids past a batch's end or never used.
         let set = Spi::get_one::<bool>(
-            "WITH mine AS (SELECT ROW(e.id, e.tx, e.table_oid, e.table_name, e.op, e.old, e.new, e.oversize, e.created_at)::observer.event AS e FROM observer.events e WHERE tx = pg_current_xact_id()),
+            "WITH mine AS (SELECT ROW(e.id, e.tx, e.table_oid, e.table_name, e.op, e.old, e.new, e.oversize, e.created_at, e.role, e.context)::observer.event AS e FROM observer.events e WHERE tx = pg_current_xact_id()),
                   asked AS (SELECT (e).id FROM mine UNION ALL SELECT (e).id FROM mine WHERE (e).id % 3 = 0
                             UNION ALL SELECT l.id + l.nrows FROM observer.event_log l
                                       WHERE l.tx = pg_current_xact_id() AND l.nrows < 1024
