@@ -4,12 +4,10 @@
 //! on the stream's publish acknowledgement (a duplicate's included); no stream for the subject,
 //! no acknowledgement in time or no connection: retried, the error naming subject and server.
 //!
-//! One client per server URL ([`Pool`]), connected on first use to the address the network
-//! policy allowed ([`super::server`]), reconnecting by itself afterwards; servers the cluster
-//! announces are ignored (they were never checked).
+//! One client per server URL ([`Pool`], [`super::server::Clients`]), connected on first use to
+//! the address the network policy allowed ([`super::server`]), reconnecting by itself
+//! afterwards; servers the cluster announces are ignored (they were never checked).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
@@ -19,41 +17,15 @@ use fraiseql_observers_core::net;
 use fraiseql_observers_core::template::{self, Escape};
 use fraiseql_observers_core::NatsAction;
 
-use super::server::Server;
+use super::server::{Clients, Server};
 use crate::job::{Attempted, ClaimedJob, Outcome};
 use crate::secrets::Wire;
 
 /// Longest wait for a connection to a NATS server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The NATS clients of this worker, one per server URL (the worker's runner context holds it).
-#[derive(Default)]
-pub struct Pool {
-    clients: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<async_nats::Client>>>>>,
-}
-
-impl Pool {
-    /// The client of `url`, connected now if there is none yet (one connection at a time per
-    /// server: the jobs that wait for it share it).
-    async fn client(
-        &self,
-        wire: &Wire,
-        server: &Server,
-        allow: &[net::Cidr],
-    ) -> Result<async_nats::Client, Outcome> {
-        let slot = {
-            let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-            clients.entry(wire.url.clone()).or_default().clone()
-        };
-        let mut slot = slot.lock().await;
-        if let Some(client) = slot.as_ref() {
-            return Ok(client.clone());
-        }
-        let client = connect(wire, server, allow).await?;
-        *slot = Some(client.clone());
-        Ok(client)
-    }
-}
+/// The NATS clients of this worker, one per server URL (the runner context holds it).
+pub type Pool = Clients<async_nats::Client>;
 
 /// Connect to `server` at the address the network policy allows, with the URL's credentials
 /// given as options (never in the address, so that no error quotes them).
@@ -138,7 +110,7 @@ pub async fn deliver(
             .into()
         }
     };
-    match pool.client(wire, &server, allow).await {
+    match pool.get(&wire.url, || connect(wire, &server, allow)).await {
         Ok(client) => publish(client, action, wire, &server, &subject, job).await,
         Err(outcome) => outcome,
     }

@@ -12,8 +12,6 @@
 //! One connection manager per server URL ([`Pool`]), connected on first use to the address the
 //! network policy allowed ([`super::server`]); it reconnects by itself after a failure.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fraiseql_observers_core::action::{check_stream_key, MAX_STREAM_KEY_BYTES, REDIS_DEFAULT_PORT};
@@ -22,7 +20,7 @@ use fraiseql_observers_core::template::{self, Escape};
 use fraiseql_observers_core::RedisStreamAction;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::server::Server;
+use super::server::{Clients, Server};
 use crate::job::{Attempted, ClaimedJob, Outcome};
 use crate::secrets::Wire;
 
@@ -50,41 +48,19 @@ return {1, id}
 /// The document's fields that come first in an entry, in this order; any other follows by name.
 const FIRST: &[&str] = &["type", "timestamp", "attempt", "data"];
 
-/// The Redis connections of this worker, one per server URL (the runner context holds it).
+/// The Redis connections of this worker, one per server URL, and the script (the runner
+/// context holds it).
 pub struct Pool {
-    connections: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<ConnectionManager>>>>>,
+    connections: Clients<ConnectionManager>,
     script: redis::Script,
 }
 
 impl Default for Pool {
     fn default() -> Self {
         Pool {
-            connections: Mutex::default(),
+            connections: Clients::default(),
             script: redis::Script::new(APPEND),
         }
-    }
-}
-
-impl Pool {
-    /// The connection of `url`, made now if there is none yet.
-    async fn connection(
-        &self,
-        wire: &Wire,
-        server: &Server,
-        allow: &[net::Cidr],
-        timeout: Duration,
-    ) -> Result<ConnectionManager, Outcome> {
-        let slot = {
-            let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-            connections.entry(wire.url.clone()).or_default().clone()
-        };
-        let mut slot = slot.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            return Ok(conn.clone());
-        }
-        let conn = connect(wire, server, allow, timeout).await?;
-        *slot = Some(conn.clone());
-        Ok(conn)
     }
 }
 
@@ -190,7 +166,10 @@ pub async fn deliver(
         }
     };
     let timeout = Duration::from_millis(action.timeout_ms);
-    match pool.connection(wire, &server, allow, timeout).await {
+    let connection = pool
+        .connections
+        .get(&wire.url, || connect(wire, &server, allow, timeout));
+    match connection.await {
         Ok(mut conn) => {
             let guard = format!("{prefix}xadd:{}:{key}:{}", key.len(), job.idempotency_key);
             let mut call = pool.script.key(&guard);

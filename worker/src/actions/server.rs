@@ -8,7 +8,11 @@
 //! Error texts name the endpoint, never the URL: it may carry a credential; what a client
 //! library says is scrubbed ([`Server::scrub`]).
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use fraiseql_observers_core::net;
 
@@ -134,6 +138,68 @@ impl Server {
     }
 }
 
+/// How long a failed connection is remembered: the jobs waiting for the same server get its
+/// outcome at once instead of each trying (and, for a server that does not answer, waiting
+/// for its own timeout) in turn.
+const REMEMBER_FAILURE: Duration = Duration::from_secs(1);
+
+/// One client per server URL (NATS clients, Redis connection managers), made on first use and
+/// kept; each reconnects by itself afterwards. Making one is serialised per URL, so the jobs
+/// that wait for it share it.
+pub struct Clients<C> {
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot<C>>>>>,
+}
+
+enum Slot<C> {
+    Empty,
+    Ready(C),
+    Failed(Instant, Outcome),
+}
+
+impl<C> Default for Clients<C> {
+    fn default() -> Self {
+        Clients {
+            slots: Mutex::default(),
+        }
+    }
+}
+
+impl<C: Clone> Clients<C> {
+    /// The client of `url`, made with `connect` if there is none (or the last try failed more
+    /// than [`REMEMBER_FAILURE`] ago).
+    pub async fn get<F, Fut>(&self, url: &str, connect: F) -> Result<C, Outcome>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<C, Outcome>>,
+    {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots
+                .entry(url.to_string())
+                .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Slot::Empty)))
+                .clone()
+        };
+        let mut slot = slot.lock().await;
+        match &*slot {
+            Slot::Ready(client) => return Ok(client.clone()),
+            Slot::Failed(at, outcome) if at.elapsed() < REMEMBER_FAILURE => {
+                return Err(outcome.clone())
+            }
+            _ => {}
+        }
+        match connect().await {
+            Ok(client) => {
+                *slot = Slot::Ready(client.clone());
+                Ok(client)
+            }
+            Err(outcome) => {
+                *slot = Slot::Failed(Instant::now(), outcome.clone());
+                Err(outcome)
+            }
+        }
+    }
+}
+
 /// The endpoint key of a stream server's URL (`scheme://host:port`, `default_port` when it names
 /// none); the URL as the endpoint's key would be unbounded and could carry a credential, so an
 /// address that does not parse is `<scheme>://invalid`.
@@ -166,6 +232,26 @@ mod tests {
             "auth failed for [credential]"
         );
         assert!(!format!("{s:?}").contains("tok"), "{s:?}");
+    }
+
+    #[tokio::test]
+    async fn clients_are_made_once_and_failures_remembered_briefly() {
+        let clients: Clients<u32> = Clients::default();
+        let made = std::sync::atomic::AtomicU32::new(0);
+        let connect = || async { Ok(made.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1) };
+        assert_eq!(clients.get("nats://a:1", connect).await, Ok(1));
+        assert_eq!(clients.get("nats://a:1", connect).await, Ok(1), "kept");
+        assert_eq!(clients.get("nats://b:1", connect).await, Ok(2));
+        let down = Outcome::Retry {
+            error: "refused".into(),
+            not_before: None,
+            endpoint_fault: true,
+        };
+        let fail = || async { Err(down.clone()) };
+        assert_eq!(clients.get("nats://c:1", fail).await, Err(down.clone()));
+        // Within the second, the failure is the answer: nothing is tried.
+        assert_eq!(clients.get("nats://c:1", connect).await, Err(down.clone()));
+        assert_eq!(made.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
