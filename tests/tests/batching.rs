@@ -4,7 +4,8 @@
 //! the batch (signed over the array); a failed batch is retried whole and nothing is lost or
 //! delivered twice in the end; a lone event goes after `max_wait_ms`; `max_bytes` splits big
 //! rows. Hostile: a batch on a request shaped by templates, or out of its bounds, is refused at
-//! `observer_create`.
+//! `observer_create`; an `app` enqueueing into its own batched queue, with keys of its choice,
+//! never gets its documents into a table observer's batch to the same URL.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -367,6 +368,73 @@ async fn fifo_observers_keep_each_rows_order_across_batches() {
     for row in 1..=4 {
         assert_eq!(order[&row], vec![0, 1, 2, 3, 4, 5], "row {row}");
     }
+}
+
+/// Hostile (DESIGN 3a, `app`): a queue an `app` enqueues into and a table observer, both batched
+/// to the same URL, never share a request: a batch holds one observer's jobs only, and a key the
+/// `app` picks to look like a batch id stays inside its own element, prefixed with its queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apps_queue_never_joins_a_table_observers_batch() {
+    let sink = Sink::start().await.expect("sink");
+    let (cluster, client) = setup(&sink, r#"{"max_wait_ms": 300}"#, "", "{}").await;
+    let queue_action = format!(
+        r#"{{"type": "webhook", "url": "{}", "batch": {{"max_wait_ms": 300}}}}"#,
+        sink.url("/orders")
+    );
+    client
+        .batch_execute(&format!(
+            "SELECT observer_create('q', NULL, action => '{queue_action}');
+             CREATE ROLE app1 LOGIN;
+             SELECT observer_grant('app1', 'app');"
+        ))
+        .await
+        .expect("queue");
+    let app = cluster.connect_as("app1").await;
+    let _worker = Worker::start(&cluster.url("postgres"), &ROOMY).expect("worker");
+    let forged = format!("batch_{}", "0".repeat(32));
+    client
+        .batch_execute("INSERT INTO orders SELECT i, 'table' FROM generate_series(1, 20) i")
+        .await
+        .expect("insert");
+    for i in 0..20 {
+        let key = if i == 0 {
+            forged.clone()
+        } else {
+            format!("k{i}")
+        };
+        app.execute(
+            "SELECT observer_enqueue('q', '{\"forged\": true}', $1)",
+            &[&key],
+        )
+        .await
+        .expect("enqueue");
+    }
+    assert!(
+        wait_for_jobs(&client, "completed", 40, Duration::from_secs(60)).await,
+        "{}",
+        observer_status(&client).await
+    );
+    let mut per_observer: HashMap<String, usize> = HashMap::new();
+    for r in sink.received() {
+        let types: BTreeSet<&str> = elements(&r)
+            .iter()
+            .map(|e| e["type"].as_str().expect("type"))
+            .collect();
+        assert_eq!(types.len(), 1, "one observer per request: {types:?}");
+        let header = r.header("webhook-id").expect("id");
+        assert_ne!(header, forged, "the app's key is not the batch's id");
+        for e in elements(&r) {
+            let own = e["webhook_id"].as_str().expect("own id");
+            if e["type"] == "q" {
+                assert!(own.starts_with("key_"), "{own}");
+            }
+        }
+        *per_observer
+            .entry(types.into_iter().next().expect("one").to_string())
+            .or_default() += elements(&r).len();
+    }
+    assert_eq!(per_observer.get("orders"), Some(&20), "{per_observer:?}");
+    assert_eq!(per_observer.get("q"), Some(&20), "{per_observer:?}");
 }
 
 /// A batch goes to one URL with the plain documents: a request shaped per event (a template in
