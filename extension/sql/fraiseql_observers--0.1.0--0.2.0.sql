@@ -365,7 +365,11 @@ BEGIN
         RAISE EXCEPTION 'observer option "fifo_on_failure" needs "fifo": true or "ordering_key"'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    fifo_mode := CASE WHEN fifo_mode IS NOT NULL THEN coalesce(fifo_policy, 'block') END;
+    -- An ordering key's value comes from rows, so any writer of the table can put a job under any
+    -- key: by default a dead job is set aside ('park') instead of holding the key for every later
+    -- writer's jobs (DESIGN 3a); 'block' stays available when asked for.
+    fifo_mode := CASE WHEN fifo_mode IS NOT NULL
+                      THEN coalesce(fifo_policy, CASE WHEN order_path IS NOT NULL THEN 'park' ELSE 'block' END) END;
     IF dedup_win IS NOT NULL AND dedup_win <= '0' THEN
         RAISE EXCEPTION 'invalid dedup_window: %', dedup_win
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Use a positive interval such as "10 minutes".';

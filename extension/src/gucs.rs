@@ -181,11 +181,25 @@ pub fn check_context(value: &str) -> Result<(), String> {
         ));
     }
     match serde_json::from_str::<serde_json::Value>(value) {
+        Ok(v @ serde_json::Value::Object(_)) if holds_nul(&v) => {
+            Err("the context holds \\u0000, which a jsonb value cannot hold".to_string())
+        }
         Ok(serde_json::Value::Object(_)) => Ok(()),
         Ok(_) => {
             Err("the context must be a JSON object, e.g. {\"request_id\": \"r-42\"}".to_string())
         }
         Err(e) => Err(format!("the context is not valid JSON: {e}")),
+    }
+}
+
+/// Whether a string or key anywhere in `value` holds U+0000 (JSON allows `\u0000`, jsonb does
+/// not: such a context would pass `SET` and fail the transaction's first captured write).
+fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
     }
 }
 

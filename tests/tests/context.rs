@@ -251,7 +251,16 @@ async fn a_context_must_be_a_bounded_json_object_and_is_refused_when_set() {
     .await;
     let writer = cluster.connect_as("writer").await;
     let too_big = format!(r#"{{"pad": "{}"}}"#, "x".repeat(8192));
-    for bad in ["[1, 2]", "42", "not json", r#"{"open": "#, too_big.as_str()] {
+    // \u0000 is JSON but no jsonb: refused by SET, not by the first captured write.
+    let nul = r#"{"a": "\u0000"}"#;
+    for bad in [
+        "[1, 2]",
+        "42",
+        "not json",
+        r#"{"open": "#,
+        nul,
+        too_big.as_str(),
+    ] {
         let set = format!(
             "BEGIN; SET LOCAL fraiseql_observers.context = '{bad}'; INSERT INTO orders VALUES (1, 1, 'n'); COMMIT"
         );
@@ -354,6 +363,7 @@ async fn an_ordering_key_keeps_each_account_in_commit_order_through_retries() {
         assert_eq!(delivered.len(), 10, "account {acct}");
     }
     // Account 2 flowed while account 1 waited for its retries.
+    // (Dead jobs are parked by default under an ordering key: see the next test.)
     let first_ok_of_1 = received
         .iter()
         .position(|r| account(r) == 1 && r.status == 200)
@@ -364,4 +374,65 @@ async fn an_ordering_key_keeps_each_account_in_commit_order_through_retries() {
             .any(|r| account(r) == 2 && r.status == 200),
         "account 2 was held behind account 1"
     );
+}
+
+/// Any writer of the table chooses the ordering key of its rows: a row of one writer that can never
+/// be sent (a header value with CR/LF) goes to the dead-letter queue and does not hold the key for
+/// the rows other writers add to it (the default `fifo_on_failure` under `ordering_key` is `park`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writers_dead_row_does_not_hold_the_ordering_key_for_others() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let sink = Sink::start().await.expect("sink");
+    let client = cluster.connect("postgres").await.expect("connect");
+    let action = format!(
+        r#"{{"type": "webhook", "url": "{}", "headers": {{"X-Status": "{{{{ new.status }}}}"}}}}"#,
+        sink.url("/ledger")
+    );
+    setup(
+        &client,
+        "NULL",
+        &action,
+        r#"{"ordering_key": "$.new.account_id", "max_attempts": 1}"#,
+    )
+    .await;
+    let policy: String = client
+        .query_one(
+            "SELECT observer_definition('orders') -> 'options' ->> 'fifo_on_failure'",
+            &[],
+        )
+        .await
+        .expect("definition")
+        .get(0);
+    assert_eq!(policy, "park");
+    let _worker = Worker::start(&cluster.url("postgres"), &[]).expect("worker");
+    let writer = cluster.connect_as("writer").await;
+    writer
+        .batch_execute(r"INSERT INTO orders VALUES (1, 10, E'x\r\nX-Evil: 1')")
+        .await
+        .expect("the writer's row in account 10");
+    assert!(
+        wait_for_jobs(&client, "dead", 1, Duration::from_secs(60)).await,
+        "{}",
+        status(&client).await
+    );
+    client
+        .batch_execute("INSERT INTO orders VALUES (2, 10, 'paid')")
+        .await
+        .expect("the owner's row in account 10");
+    assert!(
+        wait_for_jobs(&client, "completed", 1, Duration::from_secs(60)).await,
+        "account 10 is held by the writer's dead job: {}",
+        status(&client).await
+    );
+    let received = sink.received();
+    assert_eq!(received.len(), 1, "the dead row was never sent");
+    assert_eq!(received[0].header("x-status"), Some("paid"));
+    // An observer that asks for block gets it, and is told so by its definition.
+    client
+        .batch_execute(&format!(
+            r#"SELECT observer_create('strict', 'orders', action => '{action}',
+                   options => '{{"ordering_key": "$.new.account_id", "fifo_on_failure": "block"}}')"#
+        ))
+        .await
+        .expect("block on request");
 }
