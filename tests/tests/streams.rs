@@ -886,3 +886,66 @@ async fn a_document_over_max_payload_fails_only_its_job() {
     assert_eq!(jobs[1].0, "completed", "{jobs:?}");
     assert_eq!(small.messages("NOTES").await.expect("messages").len(), 1);
 }
+
+/// A row's value may choose a subject that a plain subscriber takes (not a stream), which never
+/// acknowledges: that job times out and is retried, but over a live connection this is not the
+/// server's fault, so the circuit stays closed and the other rows are delivered without delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_without_acknowledgement_does_not_open_the_circuit() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let nats = NatsServer::start().expect("nats-server");
+    nats.create_stream("ORDERS", &["orders.>"])
+        .await
+        .expect("stream");
+    let tap = async_nats::connect(nats.url()).await.expect("tap");
+    let _subscription = tap.subscribe("tap.>").await.expect("subscribe");
+    tap.flush().await.expect("flush");
+    let client = orders_table(&cluster).await;
+    client
+        .batch_execute(&format!(
+            r#"SELECT observer_create('by_region', 'orders', action => '{{"type": "nats", "url": "{}",
+                   "subject": "{{{{ new.region }}}}.x", "timeout_ms": 300}}');
+               INSERT INTO orders VALUES (1, 'tap');"#,
+            nats.url()
+        ))
+        .await
+        .expect("observer");
+    let _worker = Worker::start(
+        &cluster.url("postgres"),
+        &[
+            ("BREAKER__FAILURE_THRESHOLD", "1"),
+            ("BREAKER__OPEN_MS", "60000"),
+        ],
+    )
+    .expect("worker");
+    let timed_out = wait_until(Duration::from_secs(60), || async {
+        attempt_errors(&client)
+            .await
+            .iter()
+            .filter(|e| e.contains("no JetStream acknowledgement for subject \"tap.x\""))
+            .count()
+            >= 2
+    })
+    .await;
+    assert!(timed_out, "{:?}", attempt_errors(&client).await);
+    client
+        .batch_execute("INSERT INTO orders SELECT i, 'orders' FROM generate_series(2, 6) i")
+        .await
+        .expect("insert");
+    let delivered = wait_until(Duration::from_secs(30), || async {
+        let jobs = jobs_of(&client, "by_region").await;
+        jobs.iter().filter(|(s, _)| s == "completed").count() == 5
+    })
+    .await;
+    assert!(delivered, "{:?}", jobs_of(&client, "by_region").await);
+    let snoozed: i64 = client
+        .query_one(
+            "SELECT coalesce(sum(snoozes), 0)::bigint FROM observer.jobs",
+            &[],
+        )
+        .await
+        .expect("snoozes")
+        .get(0);
+    assert_eq!(snoozed, 0, "no job was held back by an open circuit");
+    assert_eq!(nats.messages("ORDERS").await.expect("messages").len(), 5);
+}

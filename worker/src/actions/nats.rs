@@ -127,6 +127,7 @@ async fn publish(
     job: &ClaimedJob,
 ) -> Outcome {
     let endpoint = server.endpoint();
+    let connection = client.clone();
     let mut jetstream = async_nats::jetstream::new(client);
     jetstream.set_timeout(Duration::from_millis(action.timeout_ms));
     let mut headers = async_nats::HeaderMap::new();
@@ -149,6 +150,10 @@ async fn publish(
             }
             Outcome::Delivered
         }
+        // Over a live connection, a missing or wrong acknowledgement says something about the
+        // subject (which a row's value may choose: one a plain subscriber takes, which never
+        // acknowledges), not about the server: it must not open the server's circuit for every
+        // other observer. Only a connection that is down is the server's fault.
         Err(e) => match e.kind() {
             PublishErrorKind::StreamNotFound => retry(
                 format!(
@@ -169,17 +174,21 @@ async fn publish(
                     "no JetStream acknowledgement for subject {subject:?} from {endpoint} within {} ms (server down or stream unavailable)",
                     action.timeout_ms
                 ),
-                true,
+                !connected(&connection),
             ),
             _ => retry(
                 format!(
                     "publishing to subject {subject:?} on {endpoint} failed: {}",
                     server.scrub(wire, &e.to_string())
                 ),
-                true,
+                !connected(&connection),
             ),
         },
     }
+}
+
+fn connected(client: &async_nats::Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
 }
 
 fn retry(error: String, endpoint_fault: bool) -> Outcome {

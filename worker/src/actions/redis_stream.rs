@@ -14,7 +14,9 @@
 
 use std::time::Duration;
 
-use fraiseql_observers_core::action::{check_stream_key, MAX_STREAM_KEY_BYTES, REDIS_DEFAULT_PORT};
+use fraiseql_observers_core::action::{
+    check_stream_key, MAX_STREAM_KEY_BYTES, REDIS_DEFAULT_PORT, RESERVED_KEY_PREFIX,
+};
 use fraiseql_observers_core::net;
 use fraiseql_observers_core::template::{self, Escape};
 use fraiseql_observers_core::RedisStreamAction;
@@ -119,7 +121,10 @@ pub fn entry(
         MAX_STREAM_KEY_BYTES,
     )
     .map_err(|e| format!("action.stream: {e}"))?;
+    // The worker's own prefix, and the default one too: another deployment of workers may
+    // keep its state on the same server under it.
     check_stream_key(&key, reserved)
+        .and_then(|()| check_stream_key(&key, RESERVED_KEY_PREFIX))
         .map_err(|e| format!("action.stream rendered to {key:?}, which {e}"))?;
     let serde_json::Value::Object(top) = document else {
         return Err("the job's payload is not a JSON object".to_string());
@@ -286,5 +291,12 @@ mod tests {
         )
         .expect_err("reserved");
         assert!(e.contains("prefix of the worker's own keys"), "{e}");
+        let e = entry(
+            &action("{{ new.key }}"),
+            &job(r#"{"data":{"new":{"key":"fraiseql_observers:breaker:x"}}}"#),
+            "mine:",
+        )
+        .expect_err("the default prefix, whatever the worker's");
+        assert!(e.contains("\"fraiseql_observers:\""), "{e}");
     }
 }
