@@ -529,3 +529,66 @@ async fn batch_with_templates_or_out_of_bounds_is_refused_at_create() {
         serde_json::json!({"max_events": 10, "max_bytes": 1048576, "max_wait_ms": 20})
     );
 }
+
+/// One event the receiver refuses for good (400 to any array holding it) is found by splitting its
+/// batch: only it goes to the dead-letter queue, the nine others of its batch are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_refused_event_does_not_take_its_batch_down() {
+    let sink = Sink::start_with(Arc::new(|req, _| {
+        let poisoned = req
+            .body
+            .as_array()
+            .is_some_and(|docs| docs.iter().any(|d| d["data"]["new"]["note"] == "poison"));
+        if poisoned {
+            400
+        } else {
+            200
+        }
+    }))
+    .await
+    .expect("sink");
+    let (cluster, client) = setup(
+        &sink,
+        r#"{"max_events": 10, "max_wait_ms": 500}"#,
+        "",
+        r#"{"max_attempts": 3, "backoff_base": "100 milliseconds"}"#,
+    )
+    .await;
+    client
+        .batch_execute(
+            "INSERT INTO orders SELECT i, CASE WHEN i = 5 THEN 'poison' ELSE 'ok' END
+             FROM generate_series(1, 10) i",
+        )
+        .await
+        .expect("insert");
+    let _worker = Worker::start(&cluster.url("postgres"), &[]).expect("worker");
+    assert!(
+        wait_for_jobs(&client, "completed", 9, Duration::from_secs(60)).await,
+        "{}",
+        observer_status(&client).await
+    );
+    assert!(
+        wait_for_jobs(&client, "dead", 1, Duration::from_secs(60)).await,
+        "{}",
+        observer_status(&client).await
+    );
+    // Every good row arrived exactly once in a 2xx request; the poisoned one never did.
+    let delivered: Vec<i64> = sink
+        .received()
+        .iter()
+        .filter(|r| r.status == 200)
+        .flat_map(row_ids)
+        .collect();
+    let mut sorted = delivered.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, vec![1, 2, 3, 4, 6, 7, 8, 9, 10], "{delivered:?}");
+    let dead_error: String = client
+        .query_one(
+            "SELECT last_error FROM observer.jobs WHERE state = 'dead'",
+            &[],
+        )
+        .await
+        .expect("dead job")
+        .get(0);
+    assert!(dead_error.contains("400"), "{dead_error}");
+}

@@ -8,8 +8,9 @@
 //!
 //! The batch passes its endpoint's gates once (one request: one slot of the in-flight limit, one
 //! rate-limit slot, one verdict for the breaker) and its one outcome is reported for every job
-//! (2xx: all complete; a failure: all retried, or all dead-lettered), each job's attempt in the
-//! audit trail as usual.
+//! (2xx: all complete; a retryable failure: all retried), each job's attempt in the audit trail
+//! as usual. A batch whose content the receiver refuses (400, 409, 413, 422) is split in halves
+//! until the refused jobs are alone, so only they are retried and dead-lettered.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +22,7 @@ use fraiseql_observers_core::Action;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::actions::batch::{element_len, request};
-use crate::job::{Audit, ClaimedJob, Outcome};
+use crate::job::{Attempted, Audit, ClaimedJob, Outcome};
 
 use super::perform::perform;
 use super::report::Report;
@@ -167,36 +168,77 @@ pub(super) fn start_timer(
 }
 
 /// One request for the whole batch, through the endpoint's gates and the webhook action; its
-/// outcome becomes every job's report. The jobs' leases stop being renewed and their slots are
-/// freed as the reports are handed over.
+/// outcome becomes every job's report. A batch of several jobs whose request the receiver refuses
+/// for its content ([`refuses_content`]: 400, 409, 413, 422) is split in halves, each sent as a
+/// batch of its own, down to the jobs refused alone: one event the receiver rejects never takes
+/// the others of its batch with it (any other failure retries the whole batch). The jobs' leases stop being renewed and their slots are freed as the reports are
+/// handed over.
 async fn send(ctx: &Arc<Context>, Ready { action, mut jobs }: Ready) -> Vec<Report> {
     jobs.sort_by_key(|h| h.job.job_id);
-    let batch = request(&jobs.iter().map(|h| &h.job).collect::<Vec<_>>());
     for h in &jobs {
         ctx.metrics.job(&h.job.observer, "webhook", "claimed");
     }
+    let mut settled: Vec<Option<(Outcome, Audit, Instant)>> = vec![None; jobs.len()];
+    // Ranges of `jobs` still to send, the first in commit order on top.
+    let mut to_send = vec![(0, jobs.len())];
+    while let Some((lo, hi)) = to_send.pop() {
+        let part: Vec<&ClaimedJob> = jobs[lo..hi].iter().map(|h| &h.job).collect();
+        let (attempted, audit, started) = attempt(ctx, &action, &part).await;
+        if hi - lo > 1 && refuses_content(&attempted) {
+            let mid = lo + (hi - lo) / 2;
+            to_send.push((mid, hi));
+            to_send.push((lo, mid));
+            continue;
+        }
+        for slot in &mut settled[lo..hi] {
+            *slot = Some((attempted.outcome.clone(), audit.clone(), started));
+        }
+    }
+    let mut reports = Vec::with_capacity(jobs.len());
+    for (Held { job, permit }, result) in jobs.into_iter().zip(settled) {
+        let Some((outcome, audit, started)) = result else {
+            continue; // every range was sent: unreachable
+        };
+        record(ctx, &job, "webhook", &outcome, started);
+        ctx.in_flight.release(&job);
+        drop(permit);
+        reports.push(Report {
+            job,
+            outcome,
+            audit,
+        });
+    }
+    reports
+}
+
+/// Whether the receiver answered that it refuses what the request carries (400 Bad Request, 409
+/// Conflict, 413 Content Too Large, 422 Unprocessable Content), or the worker refused it before
+/// sending: splitting the batch finds the events at fault. Answers about the endpoint itself
+/// (401, 403, 404, 410, 429, 5xx, timeouts) would be the same for every half, and are not split.
+fn refuses_content(attempted: &Attempted) -> bool {
+    matches!(attempted.status, Some(400 | 409 | 413 | 422))
+        || matches!(attempted.outcome, Outcome::Discard { pause: false, .. })
+}
+
+/// One request for `jobs` (in commit order) as a batch: what came of it, its audit fields and
+/// when it started.
+async fn attempt(
+    ctx: &Arc<Context>,
+    action: &Action,
+    jobs: &[&ClaimedJob],
+) -> (Attempted, Audit, Instant) {
+    let batch = request(jobs);
     tracing::debug!(jobs = jobs.len(), observer = %batch.observer, webhook_id = %batch.idempotency_key, "sending a batch");
     ctx.metrics.in_flight.inc();
     let started = Instant::now();
-    let (attempted, endpoint) = perform(ctx, &batch, Ok(action)).await;
+    let (attempted, endpoint) = perform(ctx, &batch, Ok(action.clone())).await;
     ctx.metrics.in_flight.dec();
     let audit = Audit {
         endpoint,
         status: attempted.status.map(i32::from),
         duration_ms: i32::try_from(started.elapsed().as_millis()).ok(),
     };
-    let mut reports = Vec::with_capacity(jobs.len());
-    for Held { job, permit } in jobs {
-        record(ctx, &job, "webhook", &attempted.outcome, started);
-        ctx.in_flight.release(&job);
-        drop(permit);
-        reports.push(Report {
-            job,
-            outcome: attempted.outcome.clone(),
-            audit: audit.clone(),
-        });
-    }
-    reports
+    (attempted, audit, started)
 }
 
 /// The metrics of one job's attempt: its outcome, how long it took (unless it was held back)
