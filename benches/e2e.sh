@@ -121,9 +121,21 @@ wait_for() {
   done
 }
 
+# reset_tables: empty the table, the event log and the queue between runs. The TRUNCATE can lose a
+# deadlock against the background dispatcher's round: tried again (a failure used to end the whole
+# script silently, set -e with its error sent to /dev/null).
 reset_tables() {
-  psql -c "TRUNCATE e2e; TRUNCATE observer.event_log, observer.jobs, observer.skipped CASCADE; CHECKPOINT;" 2>/dev/null
-  sink_reset
+  local try
+  for try in 1 2 3 4 5; do
+    if psql -c "TRUNCATE e2e; TRUNCATE observer.event_log, observer.jobs, observer.skipped CASCADE; CHECKPOINT;" 2>"$work/reset.err"; then
+      sink_reset
+      return
+    fi
+    note "emptying the tables failed ($(head -c 200 "$work/reset.err")), trying again"
+    sleep 0.5
+  done
+  cat "$work/reset.err" >&2
+  die "could not empty the tables between runs"
 }
 
 # start_worker [ENV...]: a fresh worker with WORKER_SETTINGS (unless "defaults" is given) and ENV.

@@ -702,7 +702,7 @@ $$;
 CREATE OR REPLACE FUNCTION observer_dispatch(max_events integer DEFAULT 10000, dispatcher text DEFAULT NULL,
                                   unless_active_within interval DEFAULT NULL)
 RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
     me          text := coalesce(dispatcher, nullif(current_setting('application_name'), ''), session_user);
     st          observer.dispatch_state;
