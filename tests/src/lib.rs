@@ -577,3 +577,20 @@ pub fn verify_signatures(received: &[sink::Received], secret: &str) -> Vec<Strin
         .map(str::to_string)
         .collect()
 }
+
+/// A loopback listener that counts the connections offered to it and answers nothing (a server or
+/// proxy the worker must never reach): its port and the count.
+pub fn counting_listener() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if conn.is_ok() {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    (port, count)
+}

@@ -12,13 +12,12 @@
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fraiseql_observers_tests::nats::NatsServer;
 use fraiseql_observers_tests::{
-    observer_status, sqlstate, wait_for_jobs, Cluster, RedisServer, Sink, Worker,
+    counting_listener, observer_status, sqlstate, wait_for_jobs, Cluster, RedisServer, Sink, Worker,
 };
 
 /// The extension and an `orders` table that the login role `writer` may only INSERT into.
@@ -72,22 +71,6 @@ fn percent_decode(text: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A loopback listener that counts the connections offered to it and answers nothing.
-fn counting_listener() -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let count = Arc::new(AtomicUsize::new(0));
-    let seen = count.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            if conn.is_ok() {
-                seen.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    });
-    (port, count)
 }
 
 /// The writer sets the context every way Postgres offers besides `SET`: each is checked by the

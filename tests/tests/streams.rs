@@ -8,15 +8,14 @@
 //! subject that renders invalid fails that job only.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use fraiseql_observers_tests::nats::NatsServer;
 use fraiseql_observers_tests::{
-    free_port, observer_status, sqlstate, wait_for_jobs, wait_until, Cluster, RedisServer, Worker,
+    counting_listener, free_port, observer_status, sqlstate, wait_for_jobs, wait_until, Cluster,
+    RedisServer, Worker,
 };
 
 /// Retries every 100 to 500 ms, for as long as a test needs.
@@ -655,22 +654,6 @@ async fn credentials_reach_the_server_and_never_an_error() {
         !everything.contains("wr0ngpass99") && !everything.contains("s3cretpass12"),
         "{everything}"
     );
-}
-
-/// A loopback listener counting the connections it is offered.
-fn counting_listener() -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let count = Arc::new(AtomicUsize::new(0));
-    let seen = count.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            if conn.is_ok() {
-                seen.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    });
-    (port, count)
 }
 
 /// A fresh database with the extension and `orders (id, region)`.

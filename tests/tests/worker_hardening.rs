@@ -11,13 +11,12 @@
 //!   the worker or the CLI (F12);
 //! - the audit exporter is elected with `observer_audit_lock()`, not an advisory lock.
 
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fraiseql_observers_tests::{
-    cli_json, run_cli, wait_until, Cluster, Received, Reply, Sink, Worker,
+    cli_json, counting_listener, run_cli, wait_until, Cluster, Received, Reply, Sink, Worker,
 };
 
 /// A signing key (the Standard Webhooks specification's example).
@@ -56,22 +55,6 @@ async fn job_errors(client: &tokio_postgres::Client) -> Vec<(String, String, Opt
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect()
-}
-
-/// A TCP listener on loopback that counts the connections made to it (a proxy that is never
-/// supposed to be used).
-fn counting_listener() -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let count = Arc::new(AtomicUsize::new(0));
-    let seen = count.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            seen.fetch_add(1, Ordering::SeqCst);
-            drop(stream);
-        }
-    });
-    (port, count)
 }
 
 /// Regression (review F09): the delivery client honoured HTTP_PROXY / HTTPS_PROXY / ALL_PROXY,
