@@ -34,9 +34,10 @@ RETURN CASE WHEN old IS NULL OR new IS NULL THEN NULL
 
 -- observer.change_context(tx, role, context): who made a change, as the delivered document and
 -- conditions show it: {"txid": 123, "role": "app", "context": {...}}, each key only when known.
--- Inlined (no SET clause).
+-- Inlined into decide and job_payload (no SET clause; STABLE, as jsonb_build_object is: declared
+-- IMMUTABLE it was called as a function of its own for every claimed job).
 CREATE FUNCTION observer.change_context(tx xid8, role text, context jsonb) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 RETURN CASE WHEN tx IS NULL THEN '{}'::jsonb
             ELSE pg_catalog.jsonb_build_object('txid', tx::text::bigint) END
        OPERATOR(pg_catalog.||) CASE WHEN role IS NULL THEN '{}'::jsonb

@@ -515,7 +515,7 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION observer.change_context(tx xid8, role text, context jsonb) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 RETURN CASE WHEN tx IS NULL THEN '{}'::jsonb
             ELSE pg_catalog.jsonb_build_object('txid', tx::text::bigint) END
        OPERATOR(pg_catalog.||) CASE WHEN role IS NULL THEN '{}'::jsonb
