@@ -178,8 +178,9 @@ async fn send(ctx: &Arc<Context>, Ready { action, mut jobs }: Ready) -> Vec<Repo
     for h in &jobs {
         ctx.metrics.job(&h.job.observer, "webhook", "claimed");
     }
-    let mut settled: Vec<Option<(Outcome, Audit, Instant)>> = vec![None; jobs.len()];
-    // Ranges of `jobs` still to send, the first in commit order on top.
+    // Ranges of `jobs` still to send, the first in commit order on top: ranges settle in job
+    // order, each extending `settled` by its jobs' outcome.
+    let mut settled: Vec<(Outcome, Audit, Instant)> = Vec::with_capacity(jobs.len());
     let mut to_send = vec![(0, jobs.len())];
     while let Some((lo, hi)) = to_send.pop() {
         let part: Vec<&ClaimedJob> = jobs[lo..hi].iter().map(|h| &h.job).collect();
@@ -190,15 +191,14 @@ async fn send(ctx: &Arc<Context>, Ready { action, mut jobs }: Ready) -> Vec<Repo
             to_send.push((lo, mid));
             continue;
         }
-        for slot in &mut settled[lo..hi] {
-            *slot = Some((attempted.outcome.clone(), audit.clone(), started));
-        }
+        debug_assert_eq!(settled.len(), lo, "ranges settle in job order");
+        settled.extend(std::iter::repeat_n(
+            (attempted.outcome, audit, started),
+            hi - lo,
+        ));
     }
     let mut reports = Vec::with_capacity(jobs.len());
-    for (Held { job, permit }, result) in jobs.into_iter().zip(settled) {
-        let Some((outcome, audit, started)) = result else {
-            continue; // every range was sent: unreachable
-        };
+    for (Held { job, permit }, (outcome, audit, started)) in jobs.into_iter().zip(settled) {
         record(ctx, &job, "webhook", &outcome, started);
         ctx.in_flight.release(&job);
         drop(permit);
