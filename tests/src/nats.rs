@@ -3,6 +3,7 @@
 //! through the official client: create a stream, read every message of a stream back with a
 //! consumer.
 
+use std::collections::BTreeSet;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -152,6 +153,16 @@ impl NatsServer {
         .await
         .with_context(|| format!("cannot create stream {name}"))?;
         Ok(())
+    }
+
+    /// The subjects of the messages in stream `name`.
+    pub async fn subjects(&self, name: &str) -> Result<BTreeSet<String>> {
+        Ok(self
+            .messages(name)
+            .await?
+            .into_iter()
+            .map(|m| m.subject)
+            .collect())
     }
 
     /// Every message of stream `name`, read by a new consumer from the first one.
