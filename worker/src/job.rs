@@ -47,16 +47,37 @@ impl From<Outcome> for Attempted {
     }
 }
 
-/// The endpoint of a URL, as limits are kept: `scheme://host:port` (bounded: no path or query).
+/// The endpoint of a URL, as limits are kept: `scheme://host:port` (bounded: no path or query,
+/// never a credential). A URL that does not parse is `<scheme>://invalid` ([`invalid_endpoint`]).
 pub fn endpoint(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(u) => format!(
-            "{}://{}:{}",
-            u.scheme(),
-            u.host_str().unwrap_or(""),
-            u.port_or_known_default().unwrap_or(0)
-        ),
-        Err(_) => url.to_string(),
+    endpoint_of(url).unwrap_or_else(|| invalid_endpoint(url))
+}
+
+/// `scheme://host:port` of a URL that parses, or None.
+pub fn endpoint_of(url: &str) -> Option<String> {
+    let u = url::Url::parse(url).ok()?;
+    Some(format!(
+        "{}://{}:{}",
+        u.scheme(),
+        u.host_str().unwrap_or(""),
+        u.port_or_known_default().unwrap_or(0)
+    ))
+}
+
+/// The endpoint key of an address that does not parse: its scheme when it has one that looks
+/// like a scheme, and nothing else of it. Such an address can still hold a credential
+/// (`https://user:pass@exa mple.com`), and keys become metric labels, log fields and audit
+/// rows, which must stay bounded and carry no secret.
+pub fn invalid_endpoint(url: &str) -> String {
+    let scheme = url.split_once(':').map(|(s, _)| s).filter(|s| {
+        (1..=16).contains(&s.len())
+            && s.starts_with(|c: char| c.is_ascii_alphabetic())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    });
+    match scheme {
+        Some(scheme) => format!("{}://invalid", scheme.to_ascii_lowercase()),
+        None => "invalid".to_string(),
     }
 }
 
@@ -154,4 +175,28 @@ pub struct Audit {
     pub status: Option<i32>,
     /// Time spent on the attempt.
     pub duration_ms: Option<i32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_carry_no_path_query_or_credential_even_when_the_url_is_bad() {
+        assert_eq!(
+            endpoint("https://u:hunter2@hooks.example.com/p?q=1"),
+            "https://hooks.example.com:443"
+        );
+        assert_eq!(endpoint("http://[::1]:8080/x"), "http://[::1]:8080");
+        // Not a URL: the scheme at most, never the rest (it may hold a credential).
+        assert_eq!(
+            endpoint("https://u:hunter2@exa mple.com/"),
+            "https://invalid"
+        );
+        assert_eq!(endpoint("hunter2@example.com"), "invalid");
+        // A scheme and a path only (no host): the path is dropped as always.
+        assert_eq!(endpoint("tok:en@h"), "tok://:0");
+        assert_eq!(endpoint(""), "invalid");
+        assert_eq!(endpoint_of("not a url"), None);
+    }
 }

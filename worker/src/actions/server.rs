@@ -206,7 +206,7 @@ impl<C: Clone> Clients<C> {
 pub fn endpoint(url: &str, default_port: u16) -> String {
     match Server::parse(url, default_port) {
         Ok(server) => server.endpoint(),
-        Err(_) => format!("{}://invalid", url.split(':').next().unwrap_or("")),
+        Err(_) => crate::job::invalid_endpoint(url),
     }
 }
 

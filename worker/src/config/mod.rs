@@ -302,7 +302,9 @@ impl Config {
         config.secrets = secret::parse_secrets(secrets)?;
         config.rate_limits = std::mem::take(&mut config.rate_limits)
             .into_iter()
-            .map(|(k, v)| (crate::job::endpoint(&k), v))
+            // Normalised to the endpoint key; one that does not parse stays as written, so
+            // that validation names it (redacted).
+            .map(|(k, v)| (crate::job::endpoint_of(&k).unwrap_or(k), v))
             .collect();
         config.validate()?;
         Ok(config)
