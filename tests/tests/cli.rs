@@ -153,7 +153,12 @@ async fn every_subcommand_against_a_real_cluster() {
     assert!(stderr(&no_filter).contains("say which dead jobs"));
     let unconfirmed = cli(&url, &["dlq", "purge", "--observer", "gone"]);
     assert_eq!(unconfirmed.status.code(), Some(2));
-    assert!(stderr(&unconfirmed).contains("--yes"));
+    assert!(
+        stderr(&unconfirmed).contains("purge would delete 1 dead job(s)")
+            && stderr(&unconfirmed).contains("--yes"),
+        "{}",
+        stderr(&unconfirmed)
+    );
     let unknown_observer = cli(&url, &["dlq", "retry", "--observer", "nope"]);
     assert_eq!(
         unknown_observer.status.code(),

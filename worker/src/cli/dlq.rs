@@ -222,13 +222,14 @@ fn render_dead_job(v: &Value) -> String {
 enum Change {
     Retry,
     Purge,
-    /// `purge` without `--yes`: refused before anything is read.
+    /// `purge` without `--yes`: the matching jobs are counted, nothing is changed.
     UnconfirmedPurge,
 }
 
 /// `dlq retry` / `dlq purge` (purge only with `--yes`): the matching dead jobs are found first
 /// (`observer_dlq_match`), then handled in chunks of [`DLQ_CHUNK`] with a progress bar. A missing
-/// filter or `--yes` is refused before any connection.
+/// filter is refused before any connection; `purge` without `--yes` says how many jobs it would
+/// delete and deletes none.
 async fn change_dead_jobs(config: &Config, f: &DlqArgs, all: bool, change: Change) -> Result<()> {
     if f.is_empty() && !all {
         return Err(Failure::Usage(
@@ -236,14 +237,11 @@ async fn change_dead_jobs(config: &Config, f: &DlqArgs, all: bool, change: Chang
                 .to_string(),
         ));
     }
-    if change == Change::UnconfirmedPurge {
-        return Err(Failure::Usage(
-            "purge deletes dead jobs and their history for good: add --yes to confirm (`dlq list` with the same filters shows them)"
-                .to_string(),
-        ));
-    }
     let db = connect(config).await?;
     let ids = matching(&db, f, all).await?;
+    if change == Change::UnconfirmedPurge {
+        return Err(Failure::Usage(unconfirmed_purge(ids.len())));
+    }
     let purge = change == Change::Purge;
     let (function, doing, done) = if purge {
         ("observer_dlq_purge", "purging", "purged")
@@ -265,6 +263,13 @@ async fn change_dead_jobs(config: &Config, f: &DlqArgs, all: bool, change: Chang
     bar.finish_and_clear();
     outln!("{done} {n} dead job(s)");
     Ok(())
+}
+
+/// The refusal of `purge` without `--yes`, with the number of jobs it would have deleted.
+fn unconfirmed_purge(matching: usize) -> String {
+    format!(
+        "purge would delete {matching} dead job(s) and their history for good: add --yes to confirm (`dlq list` with the same filters shows them)"
+    )
 }
 
 /// The ids of the dead jobs the filters take (`observer_dlq_match`), in id order.
