@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Fresh-machine set-up, idempotent: Debian packages, cargo-pgrx 0.18.0, `cargo pgrx init`, promtool
+# Fresh-machine set-up, idempotent: Debian packages (Chromium and chromedriver for the console's
+# browser tests among them), cargo-pgrx 0.18.0, `cargo pgrx init`, promtool
 # (unpacked from Debian's prometheus package), and the extension built and installed into the
 # system Postgres 15. Every step checks first and skips what is already done, so a second run takes
 # seconds. Run as root on Debian 12 (the only requirement is the Rust toolchain).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo redis-server nats-server python3 python3-venv)
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo redis-server nats-server python3 python3-venv
+  # tests/tests/console.rs: headless Chromium through chromedriver, and a font for its screenshots.
+  chromium chromium-driver fonts-dejavu-core)
 # Independent implementations the tests check our wire formats against (PyPI, pinned).
 PY_PACKAGES=(standardwebhooks==1.1.0 aiosmtpd==1.4.6)
 CARGO_PGRX_VERSION=0.18.0
