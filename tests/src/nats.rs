@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,8 @@ pub struct NatsServer {
     config: Option<PathBuf>,
     /// User and password of the test's own connections, when the server requires them.
     credentials: Option<(String, String)>,
+    /// The CA file the test's own connections verify a TLS-only server with.
+    tls_ca: Option<PathBuf>,
 }
 
 /// One message read back from a stream.
@@ -62,6 +64,7 @@ impl NatsServer {
             log,
             config,
             credentials: None,
+            tls_ca: None,
         };
         server.restart()?;
         Ok(server)
@@ -74,6 +77,18 @@ impl NatsServer {
         ))
         .map(|mut server| {
             server.credentials = Some((user.to_string(), password.to_string()));
+            server
+        })
+    }
+
+    /// [`NatsServer::start`] with TLS required of every client, serving `cert`/`key` (PEM files,
+    /// a certificate for `localhost`); the test's own connections verify it against `ca`.
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> Result<Self> {
+        Self::start_with(&format!(
+            "tls {{\n  cert_file: {cert:?}\n  key_file: {key:?}\n}}\n"
+        ))
+        .map(|mut server| {
+            server.tls_ca = Some(ca.to_path_buf());
             server
         })
     }
@@ -126,9 +141,13 @@ impl NatsServer {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Its URL (without credentials).
+    /// Its URL (without credentials): `tls://localhost:<port>` when it requires TLS (its
+    /// certificate names localhost), `nats://127.0.0.1:<port>` otherwise.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        match self.tls_ca {
+            Some(_) => format!("tls://localhost:{}", self.port),
+            None => format!("nats://127.0.0.1:{}", self.port),
+        }
     }
 
     /// A JetStream context of a new client.
@@ -136,6 +155,9 @@ impl NatsServer {
         let mut options = async_nats::ConnectOptions::new();
         if let Some((user, password)) = &self.credentials {
             options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(ca) = &self.tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
         }
         let client = options.connect(self.url()).await?;
         Ok(jetstream::new(client))

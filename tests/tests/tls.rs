@@ -7,13 +7,16 @@
 //! socket. Redis runs with its TLS port only. The real worker binary and CLI prove that
 //! verification succeeds with the right CA and fails, with a message that names the fix, with a
 //! wrong host name or CA; that `sslmode=require` encrypts without a CA; that a plain URL
-//! (`prefer`) still connects; and that `sslmode=disable` is refused by a TLS-only server.
+//! (`prefer`) still connects; and that `sslmode=disable` is refused by a TLS-only server. The
+//! stream actions' servers (`tls://` NATS with JetStream, `rediss://` Redis) are verified
+//! against `streams.ca_file`: a wrong CA is a retried, named error and loses nothing.
 
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use fraiseql_observers_tests::nats::NatsServer;
 use fraiseql_observers_tests::{
     run_cli, wait_for_jobs, wait_until, worker_binary, Cluster, RedisServer, Sink, Worker,
 };
@@ -386,7 +389,19 @@ fn validate_config_names_the_bad_tls_parameter_and_the_fix() {
         ],
         &["redis.cert_file and redis.key_file go together"],
     );
+    bad(
+        &[("STREAMS__CA_FILE", "/nonexistent/ca.pem")],
+        &[
+            "`streams.ca_file`",
+            "streams.ca_file: cannot read /nonexistent/ca.pem",
+        ],
+    );
+    bad(
+        &[("STREAMS__CA_FILE", &pki.arg("server.key"))],
+        &["`streams.ca_file`", "holds no PEM certificate"],
+    );
     let good = [
+        ("STREAMS__CA_FILE", pki.arg("ca.crt")),
         (
             "DATABASE_URL",
             format!(
@@ -522,4 +537,103 @@ async fn rediss_with_a_wrong_ca_or_host_name_is_refused_clearly() {
         .cli(&["KEYS", "fraiseql_observers:delivered:*"])
         .expect("redis-cli");
     assert!(keys.is_empty(), "nothing was written: {keys}");
+}
+
+/// The stream actions over TLS: with `streams.ca_file` set to a CA that did not sign the
+/// servers' certificates, every attempt fails with the reason and the fix, and nothing is
+/// delivered or lost; a worker with the right CA then delivers each event exactly once, to a
+/// `tls://` NATS server with JetStream and a `rediss://` Redis server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_servers_are_verified_against_streams_ca_file() {
+    let pki = pki();
+    let nats = NatsServer::start_tls(
+        &pki.path("server.crt"),
+        &pki.path("server.key"),
+        &pki.path("ca.crt"),
+    )
+    .expect("nats-server with TLS");
+    nats.create_stream("ORDERS", &["orders.>"])
+        .await
+        .expect("stream over TLS");
+    let redis = redis_tls(&pki);
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let client = cluster.connect("postgres").await.expect("connect");
+    let retries = r#"{"max_attempts": 1000, "backoff_base": "100 milliseconds", "backoff_cap": "300 milliseconds"}"#;
+    client
+        .batch_execute(&format!(
+            r#"CREATE EXTENSION fraiseql_observers;
+               CREATE TABLE orders (id int PRIMARY KEY);
+               SELECT observer_create('to_nats', 'orders', events => ARRAY['INSERT'],
+                   action => '{{"type": "nats", "url": "{nats}", "subject": "orders.{{{{ new.id }}}}"}}',
+                   options => '{retries}');
+               SELECT observer_create('to_redis', 'orders', events => ARRAY['INSERT'],
+                   action => '{{"type": "redis_stream", "url": "rediss://localhost:{redis}/0", "stream": "orders"}}',
+                   options => '{retries}');
+               INSERT INTO orders SELECT generate_series(1, 3);"#,
+            nats = nats.url(),
+            redis = redis.port,
+        ))
+        .await
+        .expect("setup");
+
+    let wrong_ca = pki.arg("other-ca.crt");
+    let worker = Worker::start(
+        &cluster.url("postgres"),
+        &[("STREAMS__CA_FILE", wrong_ca.as_str())],
+    )
+    .expect("worker");
+    let named = |server: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "SELECT count(*) FROM observer.attempts
+                     WHERE outcome = 'retry' AND error LIKE $1 AND error LIKE '%streams.ca_file%'",
+                    &[&format!("cannot connect to the {server} server%")],
+                )
+                .await
+                .map(|r| r.get::<_, i64>(0) > 0)
+                .unwrap_or(false)
+        }
+    };
+    let failed = wait_until(Duration::from_secs(60), || async {
+        named("NATS").await && named("Redis").await
+    })
+    .await;
+    assert!(failed, "worker log:\n{}", worker.log());
+    drop(worker);
+    let completed: i64 = client
+        .query_one(
+            "SELECT count(*) FROM observer.jobs WHERE state <> 'pending'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(completed, 0, "nothing delivered, nothing dead");
+    assert_eq!(redis.cli(&["XLEN", "orders"]).expect("XLEN"), "0");
+
+    let ca = pki.arg("ca.crt");
+    let worker = Worker::start(
+        &cluster.url("postgres"),
+        &[("STREAMS__CA_FILE", ca.as_str())],
+    )
+    .expect("worker");
+    assert!(
+        wait_for_jobs(&client, "completed", 6, Duration::from_secs(60)).await,
+        "worker log:\n{}",
+        worker.log()
+    );
+    let messages = nats.messages("ORDERS").await.expect("messages over TLS");
+    let subjects: std::collections::BTreeSet<String> =
+        messages.iter().map(|m| m.subject.clone()).collect();
+    assert_eq!(messages.len(), 3, "one message per event: {subjects:?}");
+    assert_eq!(
+        subjects,
+        ["orders.1", "orders.2", "orders.3"]
+            .map(String::from)
+            .into_iter()
+            .collect()
+    );
+    assert_eq!(redis.cli(&["XLEN", "orders"]).expect("XLEN"), "3");
 }

@@ -1,7 +1,8 @@
 //! TLS for the worker's own connections: Postgres (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`
 //! in `database_url`, as libpq users write them) and Redis (`rediss://` with `redis.ca_file`,
-//! `redis.cert_file`, `redis.key_file`). rustls with the ring provider, as the HTTP and SMTP
-//! clients use.
+//! `redis.cert_file`, `redis.key_file`), and the servers of the stream actions (`tls://` NATS and
+//! `rediss://` Redis, verified against `streams.ca_file` or the public CAs: [`StreamTls`]).
+//! rustls with the ring provider, as the HTTP and SMTP clients use.
 //!
 //! tokio-postgres knows only `sslmode=disable|prefer|require` and refuses any option it does not
 //! know, and it has no TLS of its own: [`PgConnector::from_url`] takes the TLS options out of
@@ -872,25 +873,105 @@ pub fn install_default_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The fix for a failed Redis call whose message shows a certificate problem, if it does (the
-/// redis crate reports the rustls error as text).
+/// What a TLS failure's message says is wrong with the server's certificate. The redis and NATS
+/// clients report rustls errors as text (rustls' Display of CertificateError in 0.23, and its
+/// Debug names for older texts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CertProblem {
+    /// It does not list the host name connected to.
+    Name,
+    /// No trusted CA signed it.
+    Issuer,
+    /// Expired, or not valid yet.
+    Validity,
+    /// Refused for another reason.
+    Refused,
+    /// The server refused the handshake (e.g. it wants a client certificate).
+    HandshakeRefused,
+}
+
+impl CertProblem {
+    fn of(message: &str) -> Option<CertProblem> {
+        if message.contains("not valid for name") || message.contains("NotValidForName") {
+            Some(CertProblem::Name)
+        } else if message.contains("UnknownIssuer") || message.contains("BadSignature") {
+            Some(CertProblem::Issuer)
+        } else if ["expired", "not valid yet", "Expired", "NotValidYet"]
+            .iter()
+            .any(|m| message.contains(m))
+        {
+            Some(CertProblem::Validity)
+        } else if message.contains("invalid peer certificate") {
+            Some(CertProblem::Refused)
+        } else if message.contains("AlertReceived") {
+            Some(CertProblem::HandshakeRefused)
+        } else {
+            None
+        }
+    }
+}
+
+/// The fix for a failed Redis call whose message shows a certificate problem, if it does.
 pub fn redis_hint(message: &str) -> Option<&'static str> {
-    // rustls' Display of CertificateError in 0.23, with its Debug names for older texts.
-    if message.contains("not valid for name") || message.contains("NotValidForName") {
-        Some("the Redis server's certificate does not list the host of redis.url: use a host name its certificate lists (subjectAltName)")
-    } else if message.contains("UnknownIssuer") || message.contains("BadSignature") {
-        Some("the Redis server's certificate is not signed by the CA in redis.ca_file (or, without it, by a public CA): set redis.ca_file to the CA that signed the server's certificate")
-    } else if ["expired", "not valid yet", "Expired", "NotValidYet"]
-        .iter()
-        .any(|m| message.contains(m))
-    {
-        Some("the Redis server's certificate is outside its validity period: renew it, or check this machine's clock")
-    } else if message.contains("invalid peer certificate") {
-        Some("the Redis server's certificate was refused: check it against redis.ca_file")
-    } else if message.contains("AlertReceived") {
-        Some("the Redis server refused the TLS handshake: if it requires a client certificate (tls-auth-clients yes), set redis.cert_file and redis.key_file")
-    } else {
-        None
+    Some(match CertProblem::of(message)? {
+        CertProblem::Name => "the Redis server's certificate does not list the host of redis.url: use a host name its certificate lists (subjectAltName)",
+        CertProblem::Issuer => "the Redis server's certificate is not signed by the CA in redis.ca_file (or, without it, by a public CA): set redis.ca_file to the CA that signed the server's certificate",
+        CertProblem::Validity => "the Redis server's certificate is outside its validity period: renew it, or check this machine's clock",
+        CertProblem::Refused => "the Redis server's certificate was refused: check it against redis.ca_file",
+        CertProblem::HandshakeRefused => "the Redis server refused the TLS handshake: if it requires a client certificate (tls-auth-clients yes), set redis.cert_file and redis.key_file",
+    })
+}
+
+/// The fix for a failed connection to a stream action's server (`tls://` NATS, `rediss://`
+/// Redis) whose message shows a certificate problem, if it does.
+pub fn stream_hint(message: &str) -> Option<&'static str> {
+    Some(match CertProblem::of(message)? {
+        CertProblem::Name => "the server's certificate does not list the host of the action's url: use a host name its certificate lists (subjectAltName)",
+        CertProblem::Issuer => "the server's certificate is not signed by the CA in the worker's streams.ca_file (or, without it, by a public CA): set streams.ca_file to the CA that signed it",
+        CertProblem::Validity => "the server's certificate is outside its validity period: renew it, or check this machine's clock",
+        CertProblem::Refused => "the server's certificate was refused: check it against streams.ca_file",
+        CertProblem::HandshakeRefused => "the server refused the TLS handshake (client certificates are not supported for stream servers)",
+    })
+}
+
+/// TLS to the servers of the stream actions (`tls://` NATS, `rediss://` Redis): their
+/// certificates verified, host name included, against `streams.ca_file`, or the public CAs
+/// (Mozilla's list, compiled in) when it is empty. No client certificate.
+#[derive(Clone)]
+pub struct StreamTls {
+    /// The rustls configuration (the NATS client takes it as it is).
+    pub config: ClientConfig,
+    /// `streams.ca_file`'s PEM for the redis crate, which builds its own configuration; None:
+    /// the public CAs.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl StreamTls {
+    /// Read and check `ca_file` (empty: the public CAs).
+    pub fn new(ca_file: &str) -> Result<Self, TlsError> {
+        let (roots, ca_pem) = if ca_file.is_empty() {
+            let public = RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            (public, None)
+        } else {
+            let roots = root_store("streams.ca_file", ca_file)?;
+            (roots, Some(read("streams.ca_file", ca_file)?))
+        };
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(StreamTls { config, ca_pem })
+    }
+}
+
+impl fmt::Debug for StreamTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamTls")
+            .field("ca_file", &self.ca_pem.as_ref().map(|_| "set"))
+            .finish_non_exhaustive()
     }
 }
 

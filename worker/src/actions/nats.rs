@@ -6,7 +6,9 @@
 //!
 //! One client per server URL ([`Pool`], [`super::server::Clients`]), connected on first use to
 //! the address the network policy allowed ([`super::server`]), reconnecting by itself
-//! afterwards; servers the cluster announces are ignored (they were never checked).
+//! afterwards; servers the cluster announces are ignored (they were never checked). `tls://`
+//! verifies the server's certificate and host name against the worker's `streams.ca_file` or
+//! the public CAs ([`crate::tls::StreamTls`]), never the machine's certificate store.
 
 use std::time::Duration;
 
@@ -20,12 +22,26 @@ use fraiseql_observers_core::NatsAction;
 use super::server::{Clients, Server};
 use crate::job::{Attempted, ClaimedJob, Outcome};
 use crate::secrets::Wire;
+use crate::tls::StreamTls;
 
 /// Longest wait for a connection to a NATS server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The NATS clients of this worker, one per server URL (the runner context holds it).
-pub type Pool = Clients<async_nats::Client>;
+/// The NATS clients of this worker, one per server URL (the runner context holds it), and the
+/// TLS configuration of `tls://` servers.
+pub struct Pool {
+    clients: Clients<async_nats::Client>,
+    tls: rustls::ClientConfig,
+}
+
+impl Pool {
+    pub fn new(tls: &StreamTls) -> Self {
+        Pool {
+            clients: Clients::default(),
+            tls: tls.config.clone(),
+        }
+    }
+}
 
 /// Connect to `server` at the address the network policy allows, with the URL's credentials
 /// given as options (never in the address, so that no error quotes them).
@@ -33,6 +49,7 @@ async fn connect(
     wire: &Wire,
     server: &Server,
     allow: &[net::Cidr],
+    tls: &rustls::ClientConfig,
 ) -> Result<async_nats::Client, Outcome> {
     let addr = server.pin(allow).await?;
     let mut options = async_nats::ConnectOptions::new()
@@ -46,7 +63,7 @@ async fn connect(
         };
     }
     let target = if server.tls() {
-        options = options.require_tls(true);
+        options = options.require_tls(true).tls_client_config(tls.clone());
         server.endpoint()
     } else {
         format!("nats://{addr}")
@@ -56,11 +73,14 @@ async fn connect(
             e.kind(),
             ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation
         );
+        let message = server.scrub(wire, &e.to_string());
+        let hint = crate::tls::stream_hint(&message)
+            .map(|h| format!("; {h}"))
+            .unwrap_or_default();
         Outcome::Retry {
             error: format!(
-                "cannot connect to the NATS server {}: {}",
-                server.endpoint(),
-                server.scrub(wire, &e.to_string())
+                "cannot connect to the NATS server {}: {message}{hint}",
+                server.endpoint()
             ),
             not_before: None,
             endpoint_fault: fault,
@@ -110,7 +130,10 @@ pub async fn deliver(
             .into()
         }
     };
-    match pool.get(&wire.url, || connect(wire, &server, allow)).await {
+    let connected = pool
+        .clients
+        .get(&wire.url, || connect(wire, &server, allow, &pool.tls));
+    match connected.await {
         Ok(client) => publish(client, action, wire, &server, &subject, job).await,
         Err(outcome) => outcome,
     }

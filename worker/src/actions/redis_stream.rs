@@ -11,6 +11,8 @@
 //!
 //! One connection manager per server URL ([`Pool`]), connected on first use to the address the
 //! network policy allowed ([`super::server`]); it reconnects by itself after a failure.
+//! `rediss://` verifies the server's certificate and host name against the worker's
+//! `streams.ca_file` or the public CAs ([`crate::tls::StreamTls`]).
 
 use std::time::Duration;
 
@@ -25,6 +27,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use super::server::{Clients, Server};
 use crate::job::{Attempted, ClaimedJob, Outcome};
 use crate::secrets::Wire;
+use crate::tls::StreamTls;
 
 /// KEYS[1] the guard, KEYS[2] the stream; ARGV[1] the window (s), ARGV[2] the maxlen ('' for
 /// none), then field, value, ... Returns {1, id} when appended, {0, id} when the guard was set.
@@ -55,13 +58,16 @@ const FIRST: &[&str] = &["type", "timestamp", "attempt", "data"];
 pub struct Pool {
     connections: Clients<ConnectionManager>,
     script: redis::Script,
+    /// `streams.ca_file`'s PEM, which verifies `rediss://` servers; None: the public CAs.
+    ca_pem: Option<Vec<u8>>,
 }
 
-impl Default for Pool {
-    fn default() -> Self {
+impl Pool {
+    pub fn new(tls: &StreamTls) -> Self {
         Pool {
             connections: Clients::default(),
             script: redis::Script::new(APPEND),
+            ca_pem: tls.ca_pem.clone(),
         }
     }
 }
@@ -72,16 +78,22 @@ async fn connect(
     server: &Server,
     allow: &[net::Cidr],
     timeout: Duration,
+    ca_pem: Option<&[u8]>,
 ) -> Result<ConnectionManager, Outcome> {
     let addr = server.pin(allow).await?;
-    let failed = |e: redis::RedisError| Outcome::Retry {
-        error: format!(
-            "cannot connect to the Redis server {}: {}",
-            server.endpoint(),
-            server.scrub(wire, &e.to_string())
-        ),
-        not_before: None,
-        endpoint_fault: true,
+    let failed = |e: redis::RedisError| {
+        let message = server.scrub(wire, &e.to_string());
+        let hint = crate::tls::stream_hint(&message)
+            .map(|h| format!("; {h}"))
+            .unwrap_or_default();
+        Outcome::Retry {
+            error: format!(
+                "cannot connect to the Redis server {}: {message}{hint}",
+                server.endpoint()
+            ),
+            not_before: None,
+            endpoint_fault: true,
+        }
     };
     let mut target = url::Url::parse(&wire.url).map_err(|e| Outcome::Retry {
         error: format!("the Redis server address does not parse ({e})"),
@@ -95,7 +107,17 @@ async fn connect(
         let _ = target.set_ip_host(addr.ip());
         let _ = target.set_port(Some(addr.port()));
     }
-    let client = redis::Client::open(target.as_str()).map_err(failed)?;
+    let client = match ca_pem {
+        Some(pem) if server.tls() => redis::Client::build_with_tls(
+            target.as_str(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            },
+        ),
+        _ => redis::Client::open(target.as_str()),
+    }
+    .map_err(failed)?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout))
@@ -171,9 +193,9 @@ pub async fn deliver(
         }
     };
     let timeout = Duration::from_millis(action.timeout_ms);
-    let connection = pool
-        .connections
-        .get(&wire.url, || connect(wire, &server, allow, timeout));
+    let connection = pool.connections.get(&wire.url, || {
+        connect(wire, &server, allow, timeout, pool.ca_pem.as_deref())
+    });
     match connection.await {
         Ok(mut conn) => {
             let guard = format!("{prefix}xadd:{}:{key}:{}", key.len(), job.idempotency_key);

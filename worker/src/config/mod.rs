@@ -122,6 +122,8 @@ pub struct Config {
     pub smtp: SmtpConfig,
     /// Redis for state shared by replicas (off when `url` is empty).
     pub redis: RedisConfig,
+    /// TLS to the servers of the stream actions (`nats`, `redis_stream`).
+    pub streams: StreamsConfig,
     /// Requests per second allowed per endpoint (`scheme://host:port`), across all replicas
     /// when Redis is configured. Keys are normalised at load (`https://a.b` → `https://a.b:443`).
     #[serde(default)]
@@ -182,6 +184,15 @@ pub struct SmtpConfig {
     pub allowed_from: Vec<String>,
     /// Timeout of one SMTP exchange, milliseconds.
     pub timeout_ms: u64,
+}
+
+/// `[streams]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamsConfig {
+    /// CA certificate file (PEM) that verifies `tls://` NATS and `rediss://` Redis servers of the
+    /// stream actions; empty = the public CAs (Mozilla's list, compiled in).
+    pub ca_file: String,
 }
 
 /// `[redis]`

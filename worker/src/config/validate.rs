@@ -81,6 +81,10 @@ impl Config {
         rules::each(&self.secrets, |(name, s)| secret::validate(name, s))?;
         self.validate_smtp()?;
         self.validate_redis()?;
+        crate::tls::StreamTls::new(&self.streams.ca_file).map_err(|source| ConfigError::Tls {
+            field: "streams.ca_file",
+            source,
+        })?;
         rules::each(&self.rate_limits, |(endpoint, rate)| {
             rate_limit(endpoint, *rate)
         })?;

@@ -58,6 +58,9 @@ pub enum RunError {
     Mailer(#[from] MailerError),
     #[error(transparent)]
     Redis(#[from] SharedError),
+    /// `streams.ca_file` could not be read (it was checked at start: it changed since).
+    #[error("invalid TLS setting for `streams.ca_file`: {0}")]
+    StreamTls(crate::tls::TlsError),
     /// The database's extension is of a version this worker does not support: it stops rather
     /// than call an API it does not know.
     #[error(transparent)]
@@ -99,6 +102,8 @@ struct Context {
 /// Run the worker until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let metrics = Metrics::new()?;
+    let streams =
+        crate::tls::StreamTls::new(&config.streams.ca_file).map_err(RunError::StreamTls)?;
     let ctx = Arc::new(Context {
         shared: Shared::new(&config.redis, metrics.clone())?,
         local_limits: ratelimit::Local::default(),
@@ -106,8 +111,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         http: http::client(&config.http.user_agent, config.allow_networks())?,
         mailer: Mailer::new(&config.smtp)?,
         allow: config.allow_networks(),
-        nats: Default::default(),
-        redis_streams: Default::default(),
+        nats: crate::actions::nats::Pool::new(&streams),
+        redis_streams: crate::actions::redis_stream::Pool::new(&streams),
         endpoints: EndpointSlots::new(config.http.max_in_flight_per_endpoint),
         breakers: breaker::Breakers::new(
             config.breaker.failure_threshold,
