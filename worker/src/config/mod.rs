@@ -55,9 +55,10 @@ pub enum ConfigError {
     /// A `FRAISEQL_OBSERVERS_*` variable names no setting, or its value has the wrong form.
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
-    /// serde's refusal of the merged tree: an unknown key, or a value of the wrong type.
-    #[error("invalid configuration: {0}")]
-    Shape(String),
+    /// serde's refusal of the merged tree: an unknown key, or a value of the wrong type; `key`
+    /// is where (`http.timeout_ms`), and the problem never quotes a value.
+    #[error("invalid configuration: `{key}`: {problem}")]
+    Shape { key: String, problem: String },
     /// TLS settings (`sslmode` and the files of `database_url`, `redis.ca_file`, ...); the
     /// message names the parameter and the fix.
     #[error("invalid TLS setting for `{field}`: {source}")]
@@ -307,9 +308,11 @@ impl Config {
             toml::Value::Table(t) => t.remove("secrets"),
             _ => None,
         };
-        let mut config: Config = merged
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Shape(e.message().to_string()))?;
+        let mut config: Config =
+            serde_path_to_error::deserialize(merged).map_err(|e| ConfigError::Shape {
+                key: e.path().to_string(),
+                problem: unquoted(e.inner().message()),
+            })?;
         config.secrets = secret::parse_secrets(secrets)?;
         config.rate_limits = std::mem::take(&mut config.rate_limits)
             .into_iter()
@@ -377,4 +380,24 @@ impl Config {
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
     }
+}
+
+/// serde's message without the values it quotes (`invalid type: string "hunter2", expected u32`
+/// becomes `invalid type: string, expected u32`): a value in the wrong place may be a secret.
+/// Key names (in backticks) stay.
+fn unquoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(" \"") {
+        out.push_str(&rest[..start]);
+        match rest[start + 2..].find('"') {
+            Some(end) => rest = &rest[start + 2 + end + 1..],
+            None => {
+                rest = "";
+                break;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }

@@ -69,6 +69,33 @@ fn unknown_keys_in_a_file_are_refused() {
     assert!(e.to_string().contains("bach_size"), "{e}");
 }
 
+/// A value of the wrong type in a file is refused naming its key, and without quoting the
+/// value (it may be a secret written in the wrong place).
+#[test]
+fn wrong_types_in_a_file_name_their_key_and_not_their_value() {
+    let dir = tempdir();
+    let file = dir.join("w.toml");
+    std::fs::write(
+        &file,
+        "[http]\nmax_in_flight_per_endpoint = \"hunter2-secret\"\n",
+    )
+    .expect("write");
+    let e = Config::load(Some(&file), env(&[]), &[]).expect_err("a string for a number");
+    let text = e.to_string();
+    assert_eq!(
+        text,
+        "invalid configuration: `http.max_in_flight_per_endpoint`: invalid type: string, expected u32"
+    );
+    std::fs::write(&file, "[http]\ntimeout_ms = 5\n").expect("write");
+    let e = Config::load(Some(&file), env(&[]), &[]).expect_err("unknown key");
+    assert!(
+        e.to_string()
+            .contains("`http.timeout_ms`: unknown field `timeout_ms`"),
+        "{e}"
+    );
+    assert_eq!(unquoted("a \"b\" c \"d"), "a c");
+}
+
 const KEY: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// Regression (review F08): a secret signed for whatever URL an action named. Now each one
