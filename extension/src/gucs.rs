@@ -62,6 +62,13 @@ pub const MAX_CONTEXT_BYTES: usize = 8192;
 /// Register the settings. Postmaster-context settings can only be defined while preloading.
 pub fn init(preloading: bool) {
     define_context();
+    define_dispatch(preloading);
+    define_audit_and_network();
+}
+
+/// The background dispatcher's settings: whether and how often it runs rounds, how much one
+/// round reads, retention, the condition time limit, and the database it serves.
+fn define_dispatch(preloading: bool) {
     GucRegistry::define_bool_guc(
         c"fraiseql_observers.enabled",
         c"Run dispatch rounds in the background worker.",
@@ -110,6 +117,23 @@ pub fn init(preloading: bool) {
         GucContext::Suset,
         GucFlags::UNIT_MS,
     );
+    GucRegistry::define_string_guc(
+        c"fraiseql_observers.database",
+        c"Database served by the background dispatcher.",
+        c"The dispatcher connects to this database at server start.",
+        &DATABASE,
+        if preloading {
+            GucContext::Postmaster
+        } else {
+            GucContext::Suset
+        },
+        GucFlags::default(),
+    );
+}
+
+/// The audit trail's settings (its words for search, its export) and the address blocks action
+/// URLs may point into.
+fn define_audit_and_network() {
     GucRegistry::define_bool_guc(
         c"fraiseql_observers.audit_search",
         c"Index the words of each attempt's error and delivered document for observer_search().",
@@ -132,18 +156,6 @@ pub fn init(preloading: bool) {
         c"Comma-separated CIDRs, e.g. 127.0.0.0/8 for local test sinks. Checked at observer_create for URLs written as literal addresses; workers check every resolved address against their own http.allow_networks.",
         &ALLOWED_NETWORKS,
         GucContext::Suset,
-        GucFlags::default(),
-    );
-    GucRegistry::define_string_guc(
-        c"fraiseql_observers.database",
-        c"Database served by the background dispatcher.",
-        c"The dispatcher connects to this database at server start.",
-        &DATABASE,
-        if preloading {
-            GucContext::Postmaster
-        } else {
-            GucContext::Suset
-        },
         GucFlags::default(),
     );
 }

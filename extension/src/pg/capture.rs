@@ -259,7 +259,7 @@ fn capture_statement(trigger: &PgTrigger<'_>) -> Result<(), CaptureError> {
         return Err(CaptureError::NoTransitionTable);
     }
     let excluded = args.excluded()?;
-    let mut captured = false;
+    let captured;
     // SAFETY: inside a statement-level AFTER trigger call: tg_relation and the transition
     // tuplestores are valid for the duration of the call. Each store is read through a read
     // pointer of our own (as a transition-table scan does), so other triggers reading the same
@@ -278,7 +278,16 @@ fn capture_statement(trigger: &PgTrigger<'_>) -> Result<(), CaptureError> {
             8 * 1024 * 1024,
         );
         let caller = pg_sys::MemoryContextSwitchTo(scratch);
-        let (mut old_batch, mut new_batch) = (BatchBuilder::default(), BatchBuilder::default());
+        let mut rows = StatementRows {
+            args: &args,
+            op,
+            layout: &layout,
+            excluded: &excluded,
+            scratch,
+            old_batch: BatchBuilder::default(),
+            new_batch: BatchBuilder::default(),
+            captured: false,
+        };
         loop {
             let old = old_rows.as_mut().and_then(|r| r.next());
             let new = new_rows.as_mut().and_then(|r| r.next());
@@ -290,17 +299,66 @@ fn capture_statement(trigger: &PgTrigger<'_>) -> Result<(), CaptureError> {
                 (None, Some(_)) if op == "UPDATE" => {
                     return Err(CaptureError::UnpairedRows(0, 1));
                 }
-                _ => {}
+                _ => rows.row(old, new)?,
             }
+        }
+        rows.flush()?;
+        captured = rows.captured;
+        pg_sys::MemoryContextSwitchTo(caller);
+        pg_sys::MemoryContextDelete(scratch);
+        for reader in [old_rows, new_rows].into_iter().flatten() {
+            reader.close();
+        }
+    }
+    if captured {
+        wake::wake_at_commit();
+    }
+    Ok(())
+}
+
+/// The rows of one statement on their way to events: stored rows gathered into batches (one
+/// event per full batch), and the rows that become events of their own (composite columns,
+/// rows over the payload cap) written in between, so that a statement's events keep its row
+/// order.
+struct StatementRows<'a> {
+    args: &'a Args,
+    op: &'static str,
+    layout: &'a Layout,
+    excluded: &'a [String],
+    /// Per-row memory, reset after each row and each flushed batch.
+    scratch: pg_sys::MemoryContext,
+    old_batch: BatchBuilder,
+    new_batch: BatchBuilder,
+    /// Some event was written.
+    captured: bool,
+}
+
+impl StatementRows<'_> {
+    /// Capture one row: `old`, `new` or both (UPDATE), tuples of the statement's transition
+    /// tables.
+    ///
+    /// # Safety
+    /// Called inside the statement-level trigger call that made `self` (see
+    /// [`capture_statement`]), with `scratch` the current memory context and tuples read from
+    /// that call's transition tables.
+    unsafe fn row(
+        &mut self,
+        old: Option<pg_sys::HeapTuple>,
+        new: Option<pg_sys::HeapTuple>,
+    ) -> Result<(), CaptureError> {
+        let (args, op, layout) = (self.args, self.op, self.layout);
+        // SAFETY: see the function's contract.
+        unsafe {
             if layout.json_rows {
                 // A column holds composite values: they are read with their type's current
                 // layout, which may change after capture (pg::types), so these rows become JSON
                 // now, each an event of its own, as row-level capture makes them.
-                flush(&args, op, &layout, &mut old_batch, &mut new_batch)?;
-                json_event(&args, op, reldesc, old, new, &excluded, layout.expands)?;
-                captured = true;
-                pg_sys::MemoryContextReset(scratch);
-                continue;
+                self.flush()?;
+                let (reldesc, excluded) = (layout.reldesc, self.excluded);
+                json_event(args, op, reldesc, old, new, excluded, layout.expands)?;
+                self.captured = true;
+                pg_sys::MemoryContextReset(self.scratch);
+                return Ok(());
             }
             let old_datum = old.map(|t| layout.datum(t));
             let new_datum = new.map(|t| layout.datum(t));
@@ -312,42 +370,57 @@ fn capture_statement(trigger: &PgTrigger<'_>) -> Result<(), CaptureError> {
             if size > args.cap {
                 // Too big for the payload cap: an event of its own holding the row's key only,
                 // after the rows before it (a statement's events keep the statement's row order).
-                flush(&args, op, &layout, &mut old_batch, &mut new_batch)?;
+                self.flush()?;
                 let non_key = args.non_key()?;
+                let reldesc = layout.reldesc;
                 let key_only =
                     |t: pg_sys::HeapTuple| jsonb_delete_keys(row_to_jsonb(t, reldesc), &non_key);
                 insert_event(&Event {
                     old: old.map(key_only),
                     new: new.map(key_only),
                     oversize: Some(i32::try_from(size).unwrap_or(i32::MAX)),
-                    ..Event::new(&args, op)
+                    ..Event::new(args, op)
                 })?;
-                captured = true;
+                self.captured = true;
             } else {
-                for (datum, batch) in [(old_datum, &mut old_batch), (new_datum, &mut new_batch)] {
+                let batches = [
+                    (old_datum, &mut self.old_batch),
+                    (new_datum, &mut self.new_batch),
+                ];
+                for (datum, batch) in batches {
                     if let Some(d) = datum {
                         let p = d.cast_mut_ptr::<u8>();
                         batch.push(std::slice::from_raw_parts(p, pgrx::varsize_any(p.cast())));
                     }
                 }
             }
-            pg_sys::MemoryContextReset(scratch);
-            if old_batch.is_full() || new_batch.is_full() {
-                captured |= flush(&args, op, &layout, &mut old_batch, &mut new_batch)?;
-                pg_sys::MemoryContextReset(scratch);
+            pg_sys::MemoryContextReset(self.scratch);
+            if self.old_batch.is_full() || self.new_batch.is_full() {
+                self.flush()?;
+                pg_sys::MemoryContextReset(self.scratch);
             }
         }
-        captured |= flush(&args, op, &layout, &mut old_batch, &mut new_batch)?;
-        pg_sys::MemoryContextSwitchTo(caller);
-        pg_sys::MemoryContextDelete(scratch);
-        for reader in [old_rows, new_rows].into_iter().flatten() {
-            reader.close();
-        }
+        Ok(())
     }
-    if captured {
-        wake::wake_at_commit();
+
+    /// Write the rows gathered so far as one batch event (none when there are none).
+    ///
+    /// # Safety
+    /// As for [`StatementRows::row`].
+    unsafe fn flush(&mut self) -> Result<(), CaptureError> {
+        // SAFETY: see the function's contract.
+        let wrote = unsafe {
+            flush(
+                self.args,
+                self.op,
+                self.layout,
+                &mut self.old_batch,
+                &mut self.new_batch,
+            )?
+        };
+        self.captured |= wrote;
+        Ok(())
     }
-    Ok(())
 }
 
 /// Write the rows gathered so far as one batch event; false when there were none.

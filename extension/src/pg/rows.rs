@@ -415,64 +415,8 @@ fn check_tuple(row: &[u8], desc: pg_sys::TupleDesc) -> Result<(), DecodeError> {
             continue;
         }
         let len = match attr.attlen {
-            -1 => {
-                // att_align_pointer: a short (1-byte header) varlena is not aligned.
-                let first = *data
-                    .get(off)
-                    .ok_or(DecodeError::Malformed("attribute past the end"))?;
-                if first == 0 {
-                    off = align_up(off, alignment(attr.attalign));
-                }
-                let first = *data
-                    .get(off)
-                    .ok_or(DecodeError::Malformed("attribute past the end"))?;
-                let one_byte = if cfg!(target_endian = "little") {
-                    first & 0x01 == 0x01
-                } else {
-                    first & 0x80 == 0x80
-                };
-                let external = if cfg!(target_endian = "little") {
-                    first == 0x01
-                } else {
-                    first == 0x80
-                };
-                if external {
-                    return Err(DecodeError::Malformed("row holds a TOAST pointer"));
-                }
-                if one_byte {
-                    let n = if cfg!(target_endian = "little") {
-                        usize::from(first >> 1)
-                    } else {
-                        usize::from(first & 0x7F)
-                    };
-                    if n < 1 {
-                        return Err(DecodeError::Malformed("varlena length"));
-                    }
-                    n
-                } else {
-                    let raw =
-                        read_u32(data, off).ok_or(DecodeError::Malformed("varlena header"))?;
-                    // 4-byte header, plain or compressed: the length is in the same bits.
-                    let n = if cfg!(target_endian = "little") {
-                        raw >> 2
-                    } else {
-                        raw & 0x3FFF_FFFF
-                    };
-                    if n < 4 {
-                        return Err(DecodeError::Malformed("varlena length"));
-                    }
-                    n
-                }
-            }
-            -2 => {
-                let rest = data
-                    .get(off..)
-                    .ok_or(DecodeError::Malformed("attribute past the end"))?;
-                rest.iter()
-                    .position(|b| *b == 0)
-                    .ok_or(DecodeError::Malformed("unterminated cstring"))?
-                    + 1
-            }
+            -1 => varlena_len(data, &mut off, attr)?,
+            -2 => cstring_len(data, off)?,
             n if n > 0 => {
                 off = align_up(off, alignment(attr.attalign));
                 usize::try_from(n).unwrap_or(usize::MAX)
@@ -485,6 +429,72 @@ fn check_tuple(row: &[u8], desc: pg_sys::TupleDesc) -> Result<(), DecodeError> {
             .ok_or(DecodeError::Malformed("attribute past the end"))?;
     }
     Ok(())
+}
+
+/// The length of the varlena attribute at `data[*off..]`, its header read where
+/// att_align_pointer puts it (`off` moves to that start), refusing TOAST pointers and lengths
+/// shorter than their header.
+fn varlena_len(
+    data: &[u8],
+    off: &mut usize,
+    attr: &pg_sys::FormData_pg_attribute,
+) -> Result<usize, DecodeError> {
+    // att_align_pointer: a short (1-byte header) varlena is not aligned.
+    let first = *data
+        .get(*off)
+        .ok_or(DecodeError::Malformed("attribute past the end"))?;
+    if first == 0 {
+        *off = align_up(*off, alignment(attr.attalign));
+    }
+    let first = *data
+        .get(*off)
+        .ok_or(DecodeError::Malformed("attribute past the end"))?;
+    let one_byte = if cfg!(target_endian = "little") {
+        first & 0x01 == 0x01
+    } else {
+        first & 0x80 == 0x80
+    };
+    let external = if cfg!(target_endian = "little") {
+        first == 0x01
+    } else {
+        first == 0x80
+    };
+    if external {
+        return Err(DecodeError::Malformed("row holds a TOAST pointer"));
+    }
+    if one_byte {
+        let n = if cfg!(target_endian = "little") {
+            usize::from(first >> 1)
+        } else {
+            usize::from(first & 0x7F)
+        };
+        if n < 1 {
+            return Err(DecodeError::Malformed("varlena length"));
+        }
+        return Ok(n);
+    }
+    let raw = read_u32(data, *off).ok_or(DecodeError::Malformed("varlena header"))?;
+    // 4-byte header, plain or compressed: the length is in the same bits.
+    let n = if cfg!(target_endian = "little") {
+        raw >> 2
+    } else {
+        raw & 0x3FFF_FFFF
+    };
+    if n < 4 {
+        return Err(DecodeError::Malformed("varlena length"));
+    }
+    Ok(n)
+}
+
+/// The length of the cstring attribute at `data[off..]`, its terminating NUL included.
+fn cstring_len(data: &[u8], off: usize) -> Result<usize, DecodeError> {
+    let rest = data
+        .get(off..)
+        .ok_or(DecodeError::Malformed("attribute past the end"))?;
+    rest.iter()
+        .position(|b| *b == 0)
+        .ok_or(DecodeError::Malformed("unterminated cstring"))
+        .map(|n| n + 1)
 }
 
 /// One stored row as jsonb, through the server's `to_jsonb(record)` (columns whose type must not
