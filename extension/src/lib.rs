@@ -67,6 +67,11 @@ extension_sql_file!(
     requires = ["retention"]
 );
 extension_sql_file!(
+    "../../sql/console.sql",
+    name = "console",
+    requires = ["status"]
+);
+extension_sql_file!(
     "../../sql/roles.sql",
     name = "roles",
     requires = ["status"],

@@ -13,6 +13,9 @@
 //!   the action), `report.rs` (outcomes to the database in batches), `lease.rs` (the jobs in
 //!   flight and their heartbeat), `health.rs` (readiness and the queue gauges); the only module
 //!   that knows every other.
+//! - [`console`]: the operator console (`fraiseql-observers console`, or beside the worker in
+//!   `run`): server-rendered pages over the public SQL functions, with its own sign-in,
+//!   sessions, CSRF checks and Content-Security-Policy; it uses [`db`] and [`config`].
 //! - [`audit_export`]: the export of the audit trail to Elasticsearch, on its own task.
 //! - [`actions`]: one file per action (`webhook`, `slack`, `email`, `nats`, `redis_stream`),
 //!   `batch` (a webhook batch's request: the array body and its `webhook-id`), `http`, the HTTP
@@ -42,6 +45,7 @@ pub mod actions;
 pub mod audit_export;
 pub mod breaker;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod job;
 pub mod metrics;

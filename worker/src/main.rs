@@ -70,6 +70,9 @@ enum Command {
         #[arg(long)]
         no_dispatch: bool,
     },
+    /// Serve the operator console (the [console] section: listen, operators, read_only) until
+    /// SIGTERM/SIGINT. `run` serves it too when the section is present.
+    Console,
     /// Show what observer_status() knows: jobs, dispatch, observers, workers' circuit breakers.
     Status {
         /// Print observer_status() as JSON.
@@ -204,9 +207,8 @@ fn flag_overrides(cli: &Cli) -> Vec<(String, toml::Value)> {
 
 async fn execute(command: Command, config: Config) -> Result<(), cli::Failure> {
     match command {
-        Command::Run { .. } => runner::run(config, shutdown_signal())
-            .await
-            .map_err(|e| cli::Failure::Runtime(format!("the worker failed: {e}"))),
+        Command::Run { .. } => run_worker(config).await,
+        Command::Console => cli::console::console(&config, shutdown_signal()).await,
         Command::Status { json } => cli::status::status(&config, json).await,
         Command::DebugEvent { id, json } => cli::events::debug_event(&config, id, json).await,
         Command::Dlq { command } => command.run(&config).await,
@@ -252,6 +254,30 @@ async fn execute(command: Command, config: Config) -> Result<(), cli::Failure> {
             Ok(())
         }
     }
+}
+
+/// `run`: the worker, and beside it the operator console when the configuration has a
+/// `[console]` section; SIGTERM/SIGINT stops both.
+async fn run_worker(config: Config) -> Result<(), cli::Failure> {
+    let failed = |e: runner::RunError| cli::Failure::Runtime(format!("the worker failed: {e}"));
+    if config.console.is_none() {
+        return runner::run(config, shutdown_signal()).await.map_err(failed);
+    }
+    use fraiseql_observers::console;
+    let console_failed = |e: console::ConsoleError| cli::Failure::Runtime(e.to_string());
+    let served = console::Console::new(&config).map_err(console_failed)?;
+    let listener = served.bind().await.map_err(console_failed)?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let trigger = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        trigger.cancel();
+    });
+    let serving = tokio::spawn(served.serve(listener, stop.clone().cancelled_owned()));
+    let result = runner::run(config, stop.clone().cancelled_owned()).await;
+    stop.cancel();
+    let _ = serving.await;
+    result.map_err(failed)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -1,5 +1,5 @@
 //! The operator commands of `fraiseql-observers` (everything but `run`), one file per command
-//! family: [`status`], [`events`] (`debug-event`, `search`), [`dlq`] (`dlq list/show/retry/purge`),
+//! family: [`console`] (the operator console), [`status`], [`events`] (`debug-event`, `search`), [`dlq`] (`dlq list/show/retry/purge`),
 //! [`observers`] (`pause`, `resume`), [`metrics`] and [`declare`] (`plan`, `apply`). Each reads or
 //! changes the extension only through its public SQL functions (`@extschema@.observer_*`, never a
 //! table or an internal function of schema `observer`), with typed query parameters, and prints a
@@ -9,6 +9,7 @@
 //! in `docs/cli.md`), [`connect`], and the output helpers (tables, JSON, a progress bar). The
 //! commands use the library (`db`, `config`) from above; nothing in the library uses them.
 
+pub mod console;
 pub mod declare;
 pub mod dlq;
 pub mod events;

@@ -8,8 +8,10 @@
 //! environment strings); `secret` reads and checks `[secrets.<name>]` by hand, never quoting a
 //! value; `rules` holds one small helper per kind of check (range, duration, URL scheme, ...)
 //! and `validate` lists the checks with them; `redact` masks passwords for messages and output;
-//! `render` prints the configuration as TOML or JSON.
+//! `render` prints the configuration as TOML or JSON; `console` holds the `[console]` section and
+//! resolves its operators' token references.
 
+mod console;
 mod load;
 mod redact;
 mod render;
@@ -29,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::signing::SigningKey;
 
+pub use console::{constant_time_eq, ConsoleConfig, Tokens};
 pub use load::read_secret_file;
 pub use redact::redact;
 pub use render::Format;
@@ -139,6 +142,10 @@ pub struct Config {
     /// from the merged TOML (not by serde) so that no error quotes a value.
     #[serde(skip_deserializing)]
     pub secrets: BTreeMap<String, Secret>,
+    /// The operator console (`fraiseql-observers console`; `run` serves it too when the section
+    /// is present). None: no `[console]` section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<ConsoleConfig>,
 }
 
 /// `[http]`
@@ -301,7 +308,8 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &[(String, toml::Value)],
     ) -> Result<Self, ConfigError> {
-        let mut merged = load::layers(file, env, overrides)?;
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let mut merged = load::layers(file, env.iter().cloned(), overrides)?;
         // Closed sets first, so that a wrong spelling is refused naming its field.
         rules::choice::<LogFormat>(&merged)?;
         let secrets = match &mut merged {
@@ -314,6 +322,9 @@ impl Config {
                 problem: unquoted(e.inner().message()),
             })?;
         config.secrets = secret::parse_secrets(secrets)?;
+        if let Some(console) = &mut config.console {
+            console.resolve(&env, &config.secrets)?;
+        }
         config.rate_limits = std::mem::take(&mut config.rate_limits)
             .into_iter()
             // Normalised to the endpoint key; one that does not parse stays as written, so

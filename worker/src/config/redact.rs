@@ -137,6 +137,9 @@ impl Config {
         for secret in c.secrets.values_mut() {
             *secret = secret.redacted();
         }
+        if let Some(console) = &mut c.console {
+            console.database_url = redact(&console.database_url);
+        }
         c
     }
 }
