@@ -213,6 +213,11 @@ ALTER TABLE observer.jobs SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum
 CREATE INDEX jobs_key_order ON observer.jobs (observer_id, ordering_key, id)
     WHERE ordering_key IS NOT NULL AND state IN ('pending', 'running', 'dead');
 CREATE INDEX jobs_dedup ON observer.jobs (observer_id, dedup_key, created_at) WHERE dedup_key IS NOT NULL;
+-- The dead-letter queue, newest first, all of it or one observer's (observer_dlq_list, the
+-- console), and its counts (observer_status). Dead jobs only: a job enters them when it dies,
+-- never on its way through pending, running and completed.
+CREATE INDEX jobs_dead ON observer.jobs (finished_at, id) WHERE state = 'dead';
+CREATE INDEX jobs_dead_observer ON observer.jobs (observer_id, finished_at, id) WHERE state = 'dead';
 
 -- The audit trail: one row per delivery attempt, as the worker reported it. `search` holds the
 -- words of the error and of the delivered document (audit.sql, observer_search()); the row is
@@ -234,6 +239,9 @@ CREATE TABLE observer.attempts (
     PRIMARY KEY (job_id, attempt)
 );
 CREATE INDEX attempts_search ON observer.attempts USING gin (search);
+-- The newest attempts first (observer_search without words, or with common ones; the console's
+-- charts of the last hour). Attempts are appended in time order, so it grows at its right edge.
+CREATE INDEX attempts_finished ON observer.attempts (finished_at);
 
 -- Deleting jobs (retention, observer_dlq_purge, observer_drop, an operator's DELETE) deletes
 -- their attempts, one statement per DELETE; TRUNCATE of observer.jobs empties the audit trail.

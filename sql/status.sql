@@ -1,8 +1,10 @@
 -- observer_status(): what an operator asks first. One jsonb document so that later additions
 -- (workers, breakers, DLQ) extend it without breaking callers.
---   jobs        counts by state, over all observers
+--   jobs        counts by state, over all observers (completed estimated on a large table:
+--               completed_estimated, observer.job_counts)
 --   observers   per observer: counts by state, condition_unknown and deduplicated decisions
 --   events      captured events kept, the oldest one's time, and how many are not dispatched yet
+--               (kept and oldest_at estimated on a large log: estimated, observer.events_kept)
 --   dispatch    checkpoint progress, lag (age of the oldest undispatched event), dispatcher health
 --   breakers    each worker's circuit breakers, as last reported
 
@@ -30,21 +32,106 @@ BEGIN
 END
 $$;
 
+-- observer.job_counts(): jobs by observer and state, for observer_status(). Jobs waiting,
+-- running and dead are counted exactly, each state through its partial index (jobs_ready,
+-- jobs_leased, jobs_dead_observer). Completed jobs are counted exactly too while the table is
+-- under 64 MB (about 400,000 jobs); above that a count would read the whole table on every call
+-- (seconds at ten million jobs, and every worker reads the status every 5 s), so their total is the
+-- table's live rows (pg_stat_get_live_tuples, kept by the server as rows come and go) less the
+-- others, shared among the observers as in a sample of the table's pages (about 10,000 rows), and
+-- `estimated` is true.
+CREATE FUNCTION observer.job_counts()
+RETURNS TABLE (observer_id bigint, pending bigint, running bigint, completed bigint, dead bigint,
+               estimated boolean)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    live double precision;
+    pct  double precision;
+BEGIN
+    IF pg_relation_size('observer.jobs'::regclass) < 64 * 1024 * 1024 THEN
+        RETURN QUERY
+        SELECT j.observer_id,
+               count(*) FILTER (WHERE j.state = 'pending'), count(*) FILTER (WHERE j.state = 'running'),
+               count(*) FILTER (WHERE j.state = 'completed'), count(*) FILTER (WHERE j.state = 'dead'), false
+        FROM observer.jobs j GROUP BY j.observer_id;
+        RETURN;
+    END IF;
+    live := coalesce(nullif(pg_stat_get_live_tuples('observer.jobs'::regclass), 0),
+                     (SELECT greatest(c.reltuples, 0) FROM pg_class c WHERE c.oid = 'observer.jobs'::regclass));
+    pct := least(100, 100 * 10000 / greatest(live, 1));
+    RETURN QUERY
+    WITH unfinished AS (
+        SELECT j.observer_id, count(*) FILTER (WHERE j.state = 'pending') AS pending,
+               count(*) FILTER (WHERE j.state = 'running') AS running,
+               count(*) FILTER (WHERE j.state = 'dead') AS dead
+        -- The states as constants: the dead jobs are then counted from jobs_dead_observer alone
+        -- (an index-only scan), not by reading a hundred thousand rows of the table.
+        FROM (SELECT x.observer_id, 'pending' AS state FROM observer.jobs x WHERE x.state = 'pending'
+              UNION ALL
+              SELECT x.observer_id, 'running' FROM observer.jobs x WHERE x.state = 'running'
+              UNION ALL
+              SELECT x.observer_id, 'dead' FROM observer.jobs x WHERE x.state = 'dead') j
+        GROUP BY j.observer_id
+    ), sampled AS (
+        SELECT j.observer_id, count(*) AS n
+        FROM observer.jobs j TABLESAMPLE SYSTEM (pct)
+        WHERE j.state = 'completed'
+        GROUP BY j.observer_id
+    ), total AS (
+        SELECT greatest(live::bigint - coalesce(sum(u.pending + u.running + u.dead), 0), 0) AS completed,
+               (SELECT greatest(sum(s.n), 1) FROM sampled s) AS sampled
+        FROM unfinished u
+    )
+    SELECT coalesce(u.observer_id, s.observer_id), coalesce(u.pending, 0), coalesce(u.running, 0),
+           round(t.completed * coalesce(s.n, 0) / t.sampled)::bigint, coalesce(u.dead, 0), true
+    FROM unfinished u
+    FULL JOIN sampled s ON s.observer_id = u.observer_id
+    CROSS JOIN total t;
+END
+$$;
+
+-- observer.events_kept(): the events kept and the oldest one's capture time, for
+-- observer_status(). Exact while the event log is under 64 MB; above that (a sum over millions of
+-- rows on every call) `kept` is the log's live rows (pg_stat_get_live_tuples) times the events per
+-- row in a sample of its pages, `oldest_at` the oldest of its first 1,000 rows by id (retention
+-- deletes from the oldest; a transaction open longer than those rows took to write could hold an
+-- older one), and `estimated` is true.
+CREATE FUNCTION observer.events_kept(OUT kept bigint, OUT oldest_at timestamptz, OUT estimated boolean)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    live double precision;
+BEGIN
+    estimated := pg_relation_size('observer.event_log'::regclass) >= 64 * 1024 * 1024;
+    IF NOT estimated THEN
+        SELECT coalesce(sum(coalesce(l.nrows, 1)), 0), min(l.created_at) INTO kept, oldest_at
+        FROM observer.event_log l;
+        RETURN;
+    END IF;
+    live := coalesce(nullif(pg_stat_get_live_tuples('observer.event_log'::regclass), 0),
+                     (SELECT greatest(c.reltuples, 0) FROM pg_class c WHERE c.oid = 'observer.event_log'::regclass));
+    SELECT round(live * coalesce(avg(coalesce(l.nrows, 1)), 1))::bigint INTO kept
+    FROM observer.event_log l TABLESAMPLE SYSTEM (least(100, 100 * 10000 / greatest(live, 1)));
+    SELECT min(l.created_at) INTO oldest_at
+    FROM (SELECT x.created_at FROM observer.event_log x ORDER BY x.id LIMIT 1000) l;
+END
+$$;
+
+-- jit off: the plans of batch_logs (enable_seqscan off) and of the counts cost enough to be
+-- compiled on every call, 90 ms of JIT for a call that then takes 10 ms (as observer_dispatch).
 CREATE FUNCTION observer_status() RETURNS jsonb
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH per_observer AS (
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+    WITH counts AS MATERIALIZED (
+        SELECT * FROM observer.job_counts()
+    ), per_observer AS (
         SELECT o.name, o.table_name, o.enabled, o.paused_at, o.paused_reason,
-               count(j.id) FILTER (WHERE j.state = 'pending')   AS pending,
-               count(j.id) FILTER (WHERE j.state = 'running')   AS running,
-               count(j.id) FILTER (WHERE j.state = 'completed') AS completed,
-               count(j.id) FILTER (WHERE j.state = 'dead')      AS dead,
+               coalesce(c.pending, 0) AS pending, coalesce(c.running, 0) AS running,
+               coalesce(c.completed, 0) AS completed, coalesce(c.dead, 0) AS dead,
                (SELECT count(*) FROM observer.skipped s WHERE s.observer_id = o.id AND s.reason = 'condition_unknown') AS condition_unknown,
                (SELECT count(*) FROM observer.skipped s WHERE s.observer_id = o.id AND s.reason = 'condition_timeout') AS condition_timeout,
                (SELECT count(*) FROM observer.skipped s WHERE s.observer_id = o.id AND s.reason IN ('deduplicated', 'coalesced')) AS deduplicated,
                (SELECT count(*) FROM observer.skipped s WHERE s.observer_id = o.id AND s.reason = 'undecodable') AS quarantined
         FROM observer.observers o
-        LEFT JOIN observer.jobs j ON j.observer_id = o.id
-        GROUP BY o.id
+        LEFT JOIN counts c ON c.observer_id = o.id
     ), st AS (
         SELECT * FROM observer.dispatch_state
     ), undispatched AS (
@@ -62,6 +149,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             'running',   coalesce(sum(p.running), 0),
             'completed', coalesce(sum(p.completed), 0),
             'dead',      coalesce(sum(p.dead), 0)),
+        -- true: jobs.completed and each observer's completed are estimates (observer.job_counts).
+        'completed_estimated', coalesce((SELECT bool_or(c.estimated) FROM counts c), false),
         'observers', coalesce(jsonb_agg(jsonb_build_object(
             'name', p.name, 'table', p.table_name, 'enabled', p.enabled,
             'paused_at', p.paused_at, 'paused_reason', p.paused_reason,
@@ -99,10 +188,12 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                 'open_until', b.open_until, 'reported_at', b.reported_at) ORDER BY b.endpoint, b.worker), '[]')
             FROM observer.breakers b),
         'events', (SELECT jsonb_build_object(
-            'kept', (SELECT coalesce(sum(coalesce(l.nrows, 1)), 0) FROM observer.event_log l),
-            'oldest_at', (SELECT min(l.created_at) FROM observer.event_log l),
-            'undispatched', u.events)
-            FROM undispatched u),
+            'kept', k.kept,
+            'oldest_at', k.oldest_at,
+            'undispatched', u.events,
+            -- true: kept and oldest_at are estimates (observer.events_kept).
+            'estimated', k.estimated)
+            FROM undispatched u, observer.events_kept() k),
         'dispatch', (SELECT jsonb_build_object(
             'rounds', st.rounds,
             'fallback_rounds', st.fallback_rounds,

@@ -1937,6 +1937,308 @@ $$;
 CREATE OR REPLACE VIEW observer.events AS
     SELECT e.* FROM observer.event_log l, LATERAL observer.decode_log(l.id, coalesce(l.nrows, 1)) e;
 
+-- Issue 18 (the console's pages fast with ten million finished jobs, benches/console.sh): the dead
+-- jobs' indexes (the dead-letter list newest first, all or one observer's; their counts), the
+-- attempts by finish time (the newest attempts first), observer_dlq_list read through them,
+-- observer_search planned for each call's values, observer_status counting completed jobs only
+-- while the table is small (observer.job_counts). The three indexes are built here, in the
+-- update's transaction: writes to observer.jobs and observer.attempts wait for it (seconds on
+-- millions of jobs; the two on jobs hold dead jobs only but read the whole table). Before section
+-- 5, which grants the new functions to the admins of 0.1.0 (the revokes from PUBLIC and SECURITY
+-- DEFINER of the worker's observer_status follow at the end).
+CREATE INDEX jobs_dead ON observer.jobs (finished_at, id) WHERE state = 'dead';
+CREATE INDEX jobs_dead_observer ON observer.jobs (observer_id, finished_at, id) WHERE state = 'dead';
+CREATE INDEX attempts_finished ON observer.attempts (finished_at);
+
+CREATE FUNCTION observer.dlq_page(observer_name text, since timestamptz, until timestamptz, error_like text,
+                                  max_rows integer)
+RETURNS SETOF observer.jobs
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY EXECUTE $q$
+        SELECT j.* FROM observer.jobs j
+        WHERE j.state = 'dead'
+          AND ($1 IS NULL OR j.observer_id = (SELECT o.id FROM observer.observers o WHERE o.name = $1))
+          AND j.finished_at >= coalesce($2, '-infinity') AND j.finished_at < coalesce($3, 'infinity')
+          AND ($4 IS NULL OR j.last_error ILIKE $4)
+        ORDER BY j.finished_at DESC, j.id DESC
+        LIMIT $5
+    $q$ USING observer_name, since, until, error_like, max_rows;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer_dlq_list(observer text DEFAULT NULL, since timestamptz DEFAULT NULL,
+                                  until timestamptz DEFAULT NULL, error_like text DEFAULT NULL,
+                                  max_rows integer DEFAULT 100)
+RETURNS TABLE (job_id bigint, observer text, event_id bigint, attempts integer, last_error text,
+               failed_at timestamptz, idempotency_key text, payload jsonb)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    -- An unknown observer raises (42704), as in the other DLQ calls.
+    SELECT observer.unknown_observer($1)
+    WHERE $1 IS NOT NULL AND NOT EXISTS (SELECT 1 FROM observer.observers o WHERE o.name = $1);
+    -- The page first, then its events, read together and never failing on one that cannot be
+    -- read (observer.events_safe: its job is listed with its payload's rows empty).
+    WITH page AS MATERIALIZED (
+        SELECT * FROM observer.dlq_page($1, $2, $3, $4, $5)
+    ), evs AS MATERIALIZED (
+        SELECT * FROM observer.events_safe(ARRAY(SELECT p.event_id FROM page p WHERE p.event_id IS NOT NULL))
+    )
+    SELECT p.id, o.name, p.event_id, p.attempt, p.last_error, p.finished_at, p.idempotency_key,
+           observer.job_payload(o.name, o.columns, o.key_columns, p.event_id, p.payload, p.created_at,
+                                e.id, e.created_at, e.table_name, e.op, e.old, e.new, e.oversize,
+                                e.tx, e.role, e.context, p.attempt)
+    FROM page p
+    JOIN observer.observers o ON o.id = p.observer_id
+    LEFT JOIN evs e ON e.id = p.event_id
+    ORDER BY p.finished_at DESC, p.id DESC
+$$;
+
+CREATE FUNCTION observer.search_matches(q tsquery, outcome_name text, since timestamptz, until timestamptz)
+RETURNS TABLE (job_id bigint, attempt integer, finished_at timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+    SELECT a.job_id, a.attempt, a.finished_at FROM observer.attempts a
+    WHERE a.search @@ q AND (outcome_name IS NULL OR a.outcome = outcome_name)
+      AND (since IS NULL OR a.finished_at >= since) AND (until IS NULL OR a.finished_at < until)
+$$;
+
+CREATE FUNCTION observer.search_attempts(words text, observer_name text, outcome_name text,
+                                         since timestamptz, until timestamptz, max_results integer)
+RETURNS TABLE (job_id bigint, attempt integer, event_id bigint, observer text, outcome text,
+               status integer, endpoint text, duration_ms integer, error text, worker text,
+               webhook_id text, finished_at timestamptz, document jsonb)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    q      tsquery := websearch_to_tsquery('simple', words);
+    recent bigint;
+BEGIN
+    IF q IS NOT NULL THEN
+        SELECT count(*) INTO recent
+        FROM (SELECT a.job_id, a.search FROM observer.attempts a
+              WHERE (outcome_name IS NULL OR a.outcome = outcome_name)
+                AND a.finished_at >= coalesce(since, '-infinity') AND a.finished_at < coalesce(until, 'infinity')
+              ORDER BY a.finished_at DESC, a.job_id DESC, a.attempt DESC
+              LIMIT 20000) a
+        JOIN observer.jobs j ON j.id = a.job_id
+        JOIN observer.observers o ON o.id = j.observer_id
+        WHERE ts_match_vq(a.search, q) AND (observer_name IS NULL OR o.name = observer_name);
+    END IF;
+    IF q IS NULL OR recent >= max_results THEN
+        RETURN QUERY
+        SELECT a.job_id, a.attempt, j.event_id, o.name, a.outcome, a.status, a.endpoint, a.duration_ms,
+               a.error, a.worker, j.idempotency_key, a.finished_at, observer.audit_document(a.job_id)
+        FROM observer.attempts a
+        JOIN observer.jobs j ON j.id = a.job_id
+        JOIN observer.observers o ON o.id = j.observer_id
+        WHERE (q IS NULL OR ts_match_vq(a.search, q))
+          AND (observer_name IS NULL OR o.name = observer_name)
+          AND (outcome_name IS NULL OR a.outcome = outcome_name)
+          AND a.finished_at >= coalesce(since, '-infinity') AND a.finished_at < coalesce(until, 'infinity')
+        ORDER BY a.finished_at DESC, a.job_id DESC, a.attempt DESC
+        LIMIT max_results;
+    ELSE
+        RETURN QUERY
+        SELECT a.job_id, a.attempt, j.event_id, o.name, a.outcome, a.status, a.endpoint, a.duration_ms,
+               a.error, a.worker, j.idempotency_key, a.finished_at, observer.audit_document(a.job_id)
+        FROM observer.search_matches(q, outcome_name, since, until) m
+        JOIN observer.attempts a ON a.job_id = m.job_id AND a.attempt = m.attempt
+        JOIN observer.jobs j ON j.id = a.job_id
+        JOIN observer.observers o ON o.id = j.observer_id
+        WHERE observer_name IS NULL OR o.name = observer_name
+        ORDER BY m.finished_at DESC, m.job_id DESC, m.attempt DESC
+        LIMIT max_results;
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer_search(query text, observer text DEFAULT NULL, outcome text DEFAULT NULL,
+                                since timestamptz DEFAULT NULL, until timestamptz DEFAULT NULL,
+                                max_results integer DEFAULT 100)
+RETURNS TABLE (job_id bigint, attempt integer, event_id bigint, observer text, outcome text,
+               status integer, endpoint text, duration_ms integer, error text, worker text,
+               webhook_id text, finished_at timestamptz, document jsonb)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    -- First on its own, so bad arguments raise even when nothing would match.
+    SELECT observer.search_query($1, $2, $3, $6);
+    SELECT * FROM observer.search_attempts($1, $2, $3, $4, $5, $6)
+$$;
+
+CREATE FUNCTION observer.job_counts()
+RETURNS TABLE (observer_id bigint, pending bigint, running bigint, completed bigint, dead bigint,
+               estimated boolean)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    live double precision;
+    pct  double precision;
+BEGIN
+    IF pg_relation_size('observer.jobs'::regclass) < 64 * 1024 * 1024 THEN
+        RETURN QUERY
+        SELECT j.observer_id,
+               count(*) FILTER (WHERE j.state = 'pending'), count(*) FILTER (WHERE j.state = 'running'),
+               count(*) FILTER (WHERE j.state = 'completed'), count(*) FILTER (WHERE j.state = 'dead'), false
+        FROM observer.jobs j GROUP BY j.observer_id;
+        RETURN;
+    END IF;
+    live := coalesce(nullif(pg_stat_get_live_tuples('observer.jobs'::regclass), 0),
+                     (SELECT greatest(c.reltuples, 0) FROM pg_class c WHERE c.oid = 'observer.jobs'::regclass));
+    pct := least(100, 100 * 10000 / greatest(live, 1));
+    RETURN QUERY
+    WITH unfinished AS (
+        SELECT j.observer_id, count(*) FILTER (WHERE j.state = 'pending') AS pending,
+               count(*) FILTER (WHERE j.state = 'running') AS running,
+               count(*) FILTER (WHERE j.state = 'dead') AS dead
+        -- The states as constants: the dead jobs are then counted from jobs_dead_observer alone
+        -- (an index-only scan), not by reading a hundred thousand rows of the table.
+        FROM (SELECT x.observer_id, 'pending' AS state FROM observer.jobs x WHERE x.state = 'pending'
+              UNION ALL
+              SELECT x.observer_id, 'running' FROM observer.jobs x WHERE x.state = 'running'
+              UNION ALL
+              SELECT x.observer_id, 'dead' FROM observer.jobs x WHERE x.state = 'dead') j
+        GROUP BY j.observer_id
+    ), sampled AS (
+        SELECT j.observer_id, count(*) AS n
+        FROM observer.jobs j TABLESAMPLE SYSTEM (pct)
+        WHERE j.state = 'completed'
+        GROUP BY j.observer_id
+    ), total AS (
+        SELECT greatest(live::bigint - coalesce(sum(u.pending + u.running + u.dead), 0), 0) AS completed,
+               (SELECT greatest(sum(s.n), 1) FROM sampled s) AS sampled
+        FROM unfinished u
+    )
+    SELECT coalesce(u.observer_id, s.observer_id), coalesce(u.pending, 0), coalesce(u.running, 0),
+           round(t.completed * coalesce(s.n, 0) / t.sampled)::bigint, coalesce(u.dead, 0), true
+    FROM unfinished u
+    FULL JOIN sampled s ON s.observer_id = u.observer_id
+    CROSS JOIN total t;
+END
+$$;
+
+CREATE FUNCTION observer.events_kept(OUT kept bigint, OUT oldest_at timestamptz, OUT estimated boolean)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    live double precision;
+BEGIN
+    estimated := pg_relation_size('observer.event_log'::regclass) >= 64 * 1024 * 1024;
+    IF NOT estimated THEN
+        SELECT coalesce(sum(coalesce(l.nrows, 1)), 0), min(l.created_at) INTO kept, oldest_at
+        FROM observer.event_log l;
+        RETURN;
+    END IF;
+    live := coalesce(nullif(pg_stat_get_live_tuples('observer.event_log'::regclass), 0),
+                     (SELECT greatest(c.reltuples, 0) FROM pg_class c WHERE c.oid = 'observer.event_log'::regclass));
+    SELECT round(live * coalesce(avg(coalesce(l.nrows, 1)), 1))::bigint INTO kept
+    FROM observer.event_log l TABLESAMPLE SYSTEM (least(100, 100 * 10000 / greatest(live, 1)));
+    SELECT min(l.created_at) INTO oldest_at
+    FROM (SELECT x.created_at FROM observer.event_log x ORDER BY x.id LIMIT 1000) l;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION observer_status() RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+    WITH counts AS MATERIALIZED (
+        SELECT * FROM observer.job_counts()
+    ), per_observer AS (
+        SELECT o.name, o.table_name, o.enabled, o.paused_at, o.paused_reason,
+               coalesce(c.pending, 0) AS pending, coalesce(c.running, 0) AS running,
+               coalesce(c.completed, 0) AS completed, coalesce(c.dead, 0) AS dead,
+               (SELECT count(*) FROM observer.skipped s WHERE s.observer_id = o.id AND s.reason = 'condition_unknown') AS condition_unknown,
+               (SELECT count(*) FROM observer.skipped s WHERE s.observer_id = o.id AND s.reason = 'condition_timeout') AS condition_timeout,
+               (SELECT count(*) FROM observer.skipped s WHERE s.observer_id = o.id AND s.reason IN ('deduplicated', 'coalesced')) AS deduplicated,
+               (SELECT count(*) FROM observer.skipped s WHERE s.observer_id = o.id AND s.reason = 'undecodable') AS quarantined
+        FROM observer.observers o
+        LEFT JOIN counts c ON c.observer_id = o.id
+    ), st AS (
+        SELECT * FROM observer.dispatch_state
+    ), undispatched AS (
+        -- Capped at a million: beyond that the exact figure does not change what to do.
+        SELECT coalesce(sum(coalesce(l.nrows, 1)), 0) AS events, min(l.created_at) AS oldest
+        FROM st, observer.batch_logs(st.done_snapshot, pg_current_snapshot(), st.batch_cursor, 1000000) l
+    ), bgworker AS (
+        SELECT count(*) AS running FROM pg_stat_activity WHERE backend_type = 'fraiseql_observers dispatcher'
+    ), interval_setting AS (
+        SELECT coalesce((SELECT setting::integer FROM pg_settings WHERE name = 'fraiseql_observers.dispatch_interval'), 1000) AS ms
+    )
+    SELECT jsonb_build_object(
+        'jobs', jsonb_build_object(
+            'pending',   coalesce(sum(p.pending), 0),
+            'running',   coalesce(sum(p.running), 0),
+            'completed', coalesce(sum(p.completed), 0),
+            'dead',      coalesce(sum(p.dead), 0)),
+        -- true: jobs.completed and each observer's completed are estimates (observer.job_counts).
+        'completed_estimated', coalesce((SELECT bool_or(c.estimated) FROM counts c), false),
+        'observers', coalesce(jsonb_agg(jsonb_build_object(
+            'name', p.name, 'table', p.table_name, 'enabled', p.enabled,
+            'paused_at', p.paused_at, 'paused_reason', p.paused_reason,
+            'pending', p.pending, 'running', p.running, 'completed', p.completed, 'dead', p.dead,
+            'condition_unknown', p.condition_unknown, 'condition_timeout', p.condition_timeout,
+            'deduplicated', p.deduplicated,
+            'quarantined', p.quarantined)
+            ORDER BY p.name) FILTER (WHERE p.name IS NOT NULL), '[]'),
+        -- Roles other than superusers and the schema's owner that can CREATE in the extension's
+        -- schema: they can add overloads of its functions that make the calls of the dispatcher
+        -- and the workers ambiguous (docs/security.md). Should be empty.
+        'schema_writable_by', (SELECT coalesce(jsonb_agg(r.rolname ORDER BY r.rolname), '[]')
+            FROM pg_roles r
+            WHERE NOT r.rolsuper AND r.rolname NOT LIKE 'pg\_%'
+              AND r.oid <> (SELECT n.nspowner FROM pg_namespace n WHERE n.nspname = '@extschema@')
+              AND has_schema_privilege(r.oid, '@extschema@', 'CREATE')),
+        'audit', jsonb_build_object(
+            'export_on', observer.setting_on('fraiseql_observers.audit_export', false),
+            'export_pending', (SELECT count(*) FROM observer.audit_outbox x WHERE x.refused IS NULL),
+            'export_refused', (SELECT count(*) FROM observer.audit_outbox x WHERE x.refused IS NOT NULL),
+            'search_on', observer.setting_on('fraiseql_observers.audit_search', true)),
+        -- Live workers: sessions named fraiseql-observers:<worker> (the worker sets it), with the
+        -- jobs each holds now.
+        'workers', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                'worker', w.worker, 'sessions', w.sessions, 'connected_since', w.since, 'client', w.client,
+                'running_jobs', (SELECT count(*) FROM observer.jobs j WHERE j.state = 'running' AND j.worker = w.worker))
+                ORDER BY w.worker), '[]')
+            FROM (SELECT substr(a.application_name, 20) AS worker, count(*) AS sessions,
+                         min(a.backend_start) AS since, min(host(a.client_addr)) AS client
+                  FROM pg_stat_activity a
+                  WHERE a.application_name LIKE 'fraiseql-observers:%' AND a.datname = current_database()
+                  GROUP BY 1) w),
+        'breakers', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                'worker', b.worker, 'endpoint', b.endpoint, 'state', b.state, 'failures', b.failures,
+                'open_until', b.open_until, 'reported_at', b.reported_at) ORDER BY b.endpoint, b.worker), '[]')
+            FROM observer.breakers b),
+        'events', (SELECT jsonb_build_object(
+            'kept', k.kept,
+            'oldest_at', k.oldest_at,
+            'undispatched', u.events,
+            -- true: kept and oldest_at are estimates (observer.events_kept).
+            'estimated', k.estimated)
+            FROM undispatched u, observer.events_kept() k),
+        'dispatch', (SELECT jsonb_build_object(
+            'rounds', st.rounds,
+            'fallback_rounds', st.fallback_rounds,
+            'events_dispatched', st.events_dispatched,
+            'jobs_created', st.jobs_created,
+            'last_round_at', st.last_round_at,
+            'last_dispatcher', st.last_dispatcher,
+            'undispatched_events', u.events,
+            'lag_seconds', coalesce(round(extract(epoch FROM clock_timestamp() - u.oldest)::numeric, 3), 0),
+            'background_worker', b.running > 0,
+            -- Events set aside because they could not be read (observer.skipped, 'undecodable').
+            'quarantined_events', (SELECT count(DISTINCT s.event_id) FROM observer.skipped s WHERE s.reason = 'undecodable'),
+            -- Sessions that have held the checkpoint row (the round's lock) for more than 5 s:
+            -- no round can run meanwhile. Only the extension's owner and admins can lock it.
+            'blocked_by', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                    'pid', a.pid, 'role', a.usename, 'application_name', a.application_name,
+                    'state', a.state, 'xact_start', a.xact_start) ORDER BY a.pid), '[]')
+                FROM pg_locks k JOIN pg_stat_activity a ON a.pid = k.pid
+                WHERE k.locktype = 'relation' AND k.relation = 'observer.dispatch_state'::regclass
+                  AND k.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+                  AND k.mode IN ('RowShareLock', 'RowExclusiveLock') AND k.granted
+                  AND k.pid <> pg_backend_pid()
+                  AND a.xact_start < clock_timestamp() - interval '5 seconds'),
+            -- Healthy: a round ran recently (rounds run at least every dispatch_interval, and
+            -- at least once a second while idle writes are throttled) or nothing waits.
+            'healthy', u.events = 0 OR st.last_round_at > clock_timestamp() - make_interval(secs => greatest(5, 3 * i.ms / 1000.0)))
+            FROM st, undispatched u, bgworker b, interval_setting i))
+    FROM per_observer p
+$$;
+
 -- 4b. The operator console (sql/console.sql, as a fresh install has it), before section 5 so that
 -- the admins of 0.1.0 get its functions and its table.
 -- The operator console (`fraiseql-observers console`, worker/src/console): what its pages need
