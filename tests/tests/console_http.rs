@@ -663,3 +663,85 @@ fn loopback_without_token_refuses_a_public_listen_address() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`console.loopback_without_token`"), "{err}");
 }
+
+/// Progress for large operations: a retry of more jobs than one transaction takes runs in
+/// chunks of 500, each its own transaction with its own log entry, behind a progress page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_of_many_dead_jobs_runs_in_chunks_behind_a_progress_page() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    // 400: the request's fault, not the endpoint's, so no circuit slows the 1200 refusals.
+    let sink = Sink::start_with(Arc::new(|_, _| 400)).await.expect("sink");
+    let client = setup(&cluster, &sink).await;
+    let served = Served::start(
+        "run",
+        &url_as(&cluster, "console_admin"),
+        &sink,
+        "[console.operators]\nalice = \"env:CONSOLE_TOKEN_ALICE\"\n",
+    )
+    .await;
+    client
+        .batch_execute("INSERT INTO orders SELECT g, 'n' FROM generate_series(1, 1200) g")
+        .await
+        .expect("insert");
+    let dead = wait_until(Duration::from_secs(60), || async {
+        dead_jobs(&client).await.len() == 1200
+    })
+    .await;
+    assert!(dead, "1200 dead jobs");
+    // Pause first, so the retried jobs wait instead of dying again while the test reads them.
+    client
+        .batch_execute("SELECT observer_pause('orders_hook', 'test')")
+        .await
+        .expect("pause");
+    let cookie = served.sign_in().await;
+    let (_, _, page) = served.get("/dlq", None, Some(&cookie)).await.expect("dlq");
+    let token = csrf(&page);
+    let (status, headers, _) = served
+        .post(
+            "/dlq/retry",
+            Some(&cookie),
+            &[],
+            &[
+                ("csrf", &token),
+                ("scope", "filter"),
+                ("observer", "orders_hook"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 303);
+    let progress = headers["location"].to_str().expect("location").to_string();
+    assert!(progress.starts_with("/dlq/operations/"), "{progress}");
+    let finished = wait_until(Duration::from_secs(60), || async {
+        let (_, _, page) = served
+            .get(&progress, None, Some(&cookie))
+            .await
+            .expect("progress");
+        page.contains("operation-finished")
+    })
+    .await;
+    assert!(finished, "the operation finishes");
+    let (_, _, page) = served
+        .get(&progress, None, Some(&cookie))
+        .await
+        .expect("progress");
+    assert!(
+        page.contains("data-testid=\"operation-done\">1200<"),
+        "{page}"
+    );
+    assert!(
+        page.contains("data-testid=\"operation-total\">1200<"),
+        "{page}"
+    );
+    assert!(dead_jobs(&client).await.is_empty());
+    let chunks: Vec<i64> = client
+        .query(
+            "SELECT jsonb_array_length(detail->'job_ids')::bigint FROM observer.console_actions ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("log")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(chunks, vec![500, 500, 200]);
+}

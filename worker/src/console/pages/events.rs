@@ -215,7 +215,11 @@ fn timeline(story: &Value) -> String {
 fn decision(o: &Value) -> String {
     let name = o["observer"].as_str().unwrap_or_default();
     let job = &o["job"];
-    let mut why = val(&o["decision"]);
+    // "job": the job says it; any other decision is why there is none.
+    let mut why = match o["decision"].as_str() {
+        Some("job") => String::new(),
+        _ => format!(": {}", val(&o["decision"])),
+    };
     if let Some(reason) = o["reason"].as_str() {
         let _ = write!(why, ": {}", esc(reason));
     }
@@ -223,7 +227,7 @@ fn decision(o: &Value) -> String {
         let _ = write!(why, " (into job {into})");
     }
     let mut out = format!(
-        "<li class=\"step decision\" data-testid=\"decision\"><a href=\"/observers/{}\">{}</a>: {why}",
+        "<li class=\"step decision\" data-testid=\"decision\"><a href=\"/observers/{}\">{}</a>{why}",
         esc(&super::observers::url_segment(name)),
         esc(name)
     );
@@ -231,7 +235,7 @@ fn decision(o: &Value) -> String {
         let dead = job["state"].as_str() == Some("dead");
         let _ = write!(
             out,
-            " · job {} <span class=\"badge\">{}</span> webhook-id <code>{}</code>{}",
+            ": job {} <span class=\"badge\">{}</span> webhook-id <code>{}</code>{}",
             val(&job["id"]),
             val(&job["state"]),
             val(&job["webhook_id"]),
