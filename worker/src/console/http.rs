@@ -2,7 +2,7 @@
 //! fields, headers, cookies; bodies capped at [`MAX_BODY`]) and a [`Resp`] written with the
 //! security headers every answer carries: a strict Content-Security-Policy (scripts and styles
 //! from `/assets` only, no inline code, no framing, forms posted to this origin only),
-//! `nosniff`, no referrer, and no caching of pages that hold data.
+//! `nosniff`, no referrer beyond this origin, and no caching of pages that hold data.
 
 use std::collections::HashMap;
 
@@ -197,7 +197,9 @@ impl Resp {
             .header("content-type", self.content_type)
             .header("content-security-policy", CSP)
             .header("x-content-type-options", "nosniff")
-            .header("referrer-policy", "no-referrer")
+            // same-origin, not no-referrer: under no-referrer a browser sends `Origin: null`
+            // with the console's own form posts, which the origin check refuses (sign-in too).
+            .header("referrer-policy", "same-origin")
             .header("x-frame-options", "DENY")
             .header("cross-origin-opener-policy", "same-origin");
         if !self.headers.iter().any(|(n, _)| *n == "cache-control") {
