@@ -221,6 +221,22 @@ impl Browser {
             .with_context(|| format!("type into {css}"))
     }
 
+    /// The text of the element with `data-testid` `id` once the page shows one (at most 10 s):
+    /// for the answer to a form, which may still be loading when the click returns.
+    pub async fn wait_for_testid(&self, id: &str) -> Result<String> {
+        let css = format!("[data-testid=\"{id}\"]");
+        let found = self
+            .client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(&css))
+            .await;
+        match found {
+            Ok(el) => Ok(el.text().await?),
+            Err(_) => self.text(&css).await,
+        }
+    }
+
     /// Poll until the browser's URL satisfies `done` (a form's answer has loaded), at most 10 s.
     pub async fn wait_for_url(&self, done: impl Fn(&str) -> bool) -> Result<String> {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -230,7 +246,8 @@ impl Browser {
                 return Ok(url);
             }
             if Instant::now() > deadline {
-                bail!("the browser stayed on {url}");
+                let body = self.body_text().await.unwrap_or_default();
+                bail!("the browser stayed on {url}, which shows:\n{body}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
