@@ -587,6 +587,13 @@ async fn a_read_only_console_offers_no_form_and_refuses_every_post() {
     }
     assert_eq!(dead_jobs(&client).await, jobs);
     assert!(logged(&client).await.is_empty());
+    // Signing out changes nothing in the database: allowed, and the session is gone.
+    let (status, _, _) = served
+        .post("/logout", Some(&cookie), &[], &[("csrf", &token)])
+        .await;
+    assert_eq!(status, 303);
+    let (status, _, _) = served.get("/dlq", None, Some(&cookie)).await.expect("dlq");
+    assert_eq!(status, 401);
 }
 
 /// DESIGN 3a: the console shows only what its database role may read. A role with worker or no

@@ -2,7 +2,8 @@
 //! (`POST /login`) and gets a session: a random id in an `HttpOnly`, `SameSite=Strict` cookie,
 //! with its own random CSRF token that every form carries back. A GET may instead carry
 //! `Authorization: Bearer <token>`. With `loopback_without_token` every visitor is the operator
-//! `loopback` and gets a session on its first page.
+//! `loopback` and shares one session, which never expires and is never evicted (so no flood of
+//! cookieless requests can end it); a POST must still carry its cookie and CSRF token.
 //!
 //! A POST is refused (403) unless it comes from this origin (`Origin`, `Sec-Fetch-Site`) with
 //! its session's CSRF token, and always in read-only mode. Sessions live in memory, for
@@ -53,12 +54,16 @@ pub enum Refusal {
     CrossSite,
     #[error("the form's CSRF token is missing or wrong: reload the page and try again")]
     Csrf,
+    #[error("this is not a form of this console (application/x-www-form-urlencoded expected)")]
+    NotAForm,
 }
 
 /// The sessions of the console.
 #[derive(Default)]
 pub struct Sessions {
     by_id: Mutex<HashMap<String, Session>>,
+    /// The one session of a console without tokens: id and session, made on first use.
+    loopback: std::sync::OnceLock<(String, Session)>,
 }
 
 /// `n` random bytes from the kernel, as hex.
@@ -98,8 +103,27 @@ impl Sessions {
         id
     }
 
+    /// The shared session of a console without tokens: its id and session.
+    pub fn loopback(&self) -> (String, Session) {
+        self.loopback
+            .get_or_init(|| {
+                let session = Session {
+                    operator: LOOPBACK.to_string(),
+                    csrf: random_hex(32),
+                    created: Instant::now(),
+                };
+                (random_hex(32), session)
+            })
+            .clone()
+    }
+
     /// The live session `id`.
     pub fn get(&self, id: &str) -> Option<Session> {
+        if let Some((loopback, session)) = self.loopback.get() {
+            if constant_time_eq(loopback.as_bytes(), id.as_bytes()) {
+                return Some(session.clone());
+            }
+        }
         let map = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
         map.get(id)
             .filter(|s| s.created.elapsed() < SESSION_TTL)
@@ -134,11 +158,18 @@ pub fn viewer(req: &Req, config: &ConsoleConfig, sessions: &Sessions) -> Option<
         });
     }
     if config.loopback_without_token {
-        let id = sessions.open(LOOPBACK);
-        let csrf = sessions.get(&id).map(|s| s.csrf);
+        // A POST without the session's cookie gets no CSRF token to match: refused (403).
+        if req.is_post() {
+            return Some(Viewer {
+                operator: LOOPBACK.to_string(),
+                csrf: None,
+                new_session: None,
+            });
+        }
+        let (id, session) = sessions.loopback();
         return Some(Viewer {
-            operator: LOOPBACK.to_string(),
-            csrf,
+            operator: session.operator,
+            csrf: Some(session.csrf),
             new_session: Some(id),
         });
     }
@@ -170,10 +201,40 @@ pub fn same_origin(req: &Req) -> bool {
     }
 }
 
+/// A console without tokens answers only requests addressed to a loopback name (`Host:
+/// localhost`, `127.0.0.1`, `[::1]`, with any port): a page of another site whose name the
+/// attacker re-points at 127.0.0.1 (DNS rebinding) is same-origin for the browser, and would
+/// otherwise read the pages and post their forms.
+pub fn host_allowed(req: &Req, config: &ConsoleConfig) -> bool {
+    if !config.loopback_without_token {
+        return true;
+    }
+    let Some(host) = req.header("host") else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// May `viewer` make the change `req` asks for? Checked before anything is read or written.
 pub fn check_post(req: &Req, viewer: &Viewer, read_only: bool) -> Result<(), Refusal> {
     if !same_origin(req) {
         return Err(Refusal::CrossSite);
+    }
+    // A cross-site text/plain or multipart "form" is never one of the console's.
+    let form = req.header("content-type").is_some_and(|t| {
+        t.trim_start()
+            .to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded")
+    });
+    if !form {
+        return Err(Refusal::NotAForm);
     }
     if read_only {
         return Err(Refusal::ReadOnly);
@@ -235,7 +296,11 @@ mod tests {
         let id = s.open("alice");
         let cookie = format!("{COOKIE}={id}");
         let csrf = s.get(&id).map(|x| x.csrf).unwrap_or_default();
-        let base = [("cookie", cookie.as_str()), ("host", "127.0.0.1:9899")];
+        let base = [
+            ("cookie", cookie.as_str()),
+            ("host", "127.0.0.1:9899"),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ];
         let v = viewer(&req("POST", &base, &[]), &c, &s).expect("session");
         let good = req("POST", &base, &[("csrf", &csrf)]);
         assert_eq!(check_post(&good, &v, false), Ok(()));
@@ -257,6 +322,53 @@ mod tests {
         assert_eq!(check_post(&x, &v, false), Err(Refusal::CrossSite));
         s.close(&id);
         assert!(viewer(&req("POST", &base, &[]), &c, &s).is_none());
+    }
+
+    #[test]
+    fn a_console_without_tokens_answers_loopback_names_only() {
+        let loopback = ConsoleConfig {
+            loopback_without_token: true,
+            ..ConsoleConfig::default()
+        };
+        for (host, ok) in [
+            ("127.0.0.1:9899", true),
+            ("localhost:9899", true),
+            ("[::1]:9899", true),
+            ("LOCALHOST", true),
+            ("evil.example:9899", false),
+            ("127.0.0.1.evil.example:9899", false),
+            ("10.0.0.5:9899", false),
+        ] {
+            let r = req("GET", &[("host", host)], &[]);
+            assert_eq!(host_allowed(&r, &loopback), ok, "{host}");
+            assert!(host_allowed(&r, &config()), "with tokens, any name: {host}");
+        }
+        assert!(!host_allowed(&req("GET", &[], &[]), &loopback));
+    }
+
+    #[test]
+    fn the_loopback_session_survives_a_flood_and_posts_need_its_cookie() {
+        let s = Sessions::default();
+        let loopback = ConsoleConfig {
+            loopback_without_token: true,
+            ..ConsoleConfig::default()
+        };
+        let first = viewer(&req("GET", &[], &[]), &loopback, &s).expect("viewer");
+        let id = first.new_session.clone().expect("a cookie");
+        for _ in 0..MAX_SESSIONS + 10 {
+            s.open("someone");
+            let _ = viewer(&req("GET", &[], &[]), &loopback, &s);
+        }
+        s.close(&id);
+        let cookie = format!("{COOKIE}={id}");
+        let again =
+            viewer(&req("GET", &[("cookie", &cookie)], &[]), &loopback, &s).expect("viewer");
+        assert_eq!(again.csrf, first.csrf, "the same session");
+        let post = viewer(&req("POST", &[], &[]), &loopback, &s).expect("viewer");
+        assert!(
+            post.csrf.is_none(),
+            "a cookieless post has no token to match"
+        );
     }
 
     #[test]

@@ -8,8 +8,6 @@
 use fraiseql_observers_core::secret::{credential_header, credential_url};
 use serde_json::Value;
 
-use crate::config::redact;
-
 const MASK: &str = "***";
 
 /// `action` with every credential it may hold masked.
@@ -62,13 +60,14 @@ fn string(s: &str, key: Option<&str>) -> String {
     if key.is_some_and(secret_field) {
         return MASK.to_string();
     }
-    if s.contains("://") {
-        if credential_url(s).is_some() && !s.contains("{{") {
-            return mask_url(s);
-        }
-        return redact(s);
+    if !s.contains("://") {
+        return s.to_string();
     }
-    s.to_string()
+    if credential_url(s).is_some() {
+        return mask_url(s);
+    }
+    // Templates (`{{ new.id }}`) may not parse as URLs: masked as text.
+    redact_url_text(s)
 }
 
 /// A credential URL: its scheme and host kept, the rest masked.
@@ -81,6 +80,45 @@ fn mask_url(s: &str) -> String {
         ),
         Err(_) => MASK.to_string(),
     }
+}
+
+/// Query parameter names that carry a credential (as `observer_create` recognises them).
+fn credential_param(name: &str) -> bool {
+    let k = name.to_ascii_lowercase().replace('-', "_");
+    matches!(k.as_str(), "key" | "sig" | "auth" | "pwd" | "pass")
+        || ["token", "secret", "passw", "apikey", "api_key", "signature"]
+            .iter()
+            .any(|w| k.contains(w))
+}
+
+/// A URL (or URL template) as text with its user-info and the values of credential-like query
+/// parameters masked, whatever else it holds.
+fn redact_url_text(s: &str) -> String {
+    let (scheme, rest) = s.split_once("://").unwrap_or(("", s));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{MASK}@{host}"),
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let (query, fragment) = query
+                .split_once('#')
+                .map_or((query, None), |(q, f)| (q, Some(f)));
+            let masked: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if credential_param(k) => format!("{k}={MASK}"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            let fragment = fragment.map(|f| format!("#{f}")).unwrap_or_default();
+            format!("{path}?{}{fragment}", masked.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 #[cfg(test)]
@@ -97,10 +135,13 @@ mod tests {
                         "X-Api": {"secret": "stripe_token", "prefix": "Bearer "}},
             "slack": "https://hooks.slack.com/services/T000/B000/XXXX4414",
             "smtp_password": "pw-4415",
-            "signing": {"secret": "shop_signing"}
+            "signing": {"secret": "shop_signing"},
+            "templated": "https://u:pw-4416@api.example.com/{{ new.id }}?sig={{ new.sig }}&api-key=k-4417&x={{ new.x }}"
         });
         let shown = action(&a).to_string();
-        for leaked in ["pw-4411", "tk-4412", "tk-4413", "XXXX4414", "pw-4415"] {
+        for leaked in [
+            "pw-4411", "tk-4412", "tk-4413", "XXXX4414", "pw-4415", "pw-4416", "k-4417", "new.sig",
+        ] {
             assert!(!shown.contains(leaked), "{leaked} in {shown}");
         }
         for kept in [

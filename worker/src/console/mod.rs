@@ -193,8 +193,13 @@ impl Console {
                     include_bytes!("assets/console.js"),
                 )
             }
-            (_, "/login") => return pages::login::login(self, req),
             _ => {}
+        }
+        if !auth::host_allowed(req, &self.config) {
+            return Resp::text(403, "this console answers requests for localhost only\n");
+        }
+        if req.path == "/login" {
+            return pages::login::login(self, req);
         }
         let Some(viewer) = auth::viewer(req, &self.config, &self.sessions) else {
             return pages::login::form(401, "Sign in to see this page.");
@@ -211,7 +216,9 @@ impl Console {
 
     async fn route(self: &Arc<Self>, req: &Req, viewer: &Viewer) -> PageResult {
         if req.is_post() {
-            auth::check_post(req, viewer, self.config.read_only)?;
+            // Signing out changes nothing in the database: a read-only console allows it.
+            let read_only = self.config.read_only && req.path != "/logout";
+            auth::check_post(req, viewer, read_only)?;
         }
         let path = req.path.trim_end_matches('/');
         let segments: Vec<&str> = path.split('/').skip(1).collect();

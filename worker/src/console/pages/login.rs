@@ -55,6 +55,7 @@ pub fn login(console: &Console, req: &Req) -> Resp {
 
 /// `POST /logout` (its CSRF token already checked): end the session.
 pub fn logout(console: &Console, req: &Req) -> Resp {
+    // The shared session of a console without tokens is not closed (it is everyone's).
     if let Some(id) = req.cookie(COOKIE) {
         console.sessions.close(id);
     }
