@@ -24,8 +24,8 @@
 # RUNS (the parts to run, default "sql http"), CALLS (an extended regular expression: only the SQL
 # calls whose label matches it, default all), WARMUP (calls not counted before each, 2),
 # CONSOLE_SKIP_SETUP=1 (skip scripts/setup.sh, which
-# builds and installs the extension), CONSOLE_SKIP_BUILD=1 (use target/release/fraiseql-observers
-# as it is), REUSE=1 (keep the cluster when this script ends and use it again when it holds the
+# builds and installs the extension), CONSOLE_SKIP_BUILD=1 (use the release worker in
+# $CARGO_TARGET_DIR, or target/, as it is), REUSE=1 (keep the cluster when this script ends and use it again when it holds the
 # same history: the load takes most of the time; the functions are those of the installed
 # extension when the history was loaded).
 set -euo pipefail
@@ -164,19 +164,18 @@ console_sql() {
 }
 
 run_http() {
-  local bin="$ROOT/target/release/fraiseql-observers"
+  local bin="${CARGO_TARGET_DIR:-$ROOT/target}/release/fraiseql-observers"
   if [ "${CONSOLE_SKIP_BUILD:-0}" != 1 ]; then
-    (cd "$ROOT" && env -u CARGO_TARGET_DIR cargo build --release -q -p fraiseql-observers-worker) || die "worker build failed"
+    (cd "$ROOT" && cargo build --release -q -p fraiseql-observers) || die "worker build failed"
   fi
   if ! "$bin" console --help >/dev/null 2>&1; then
     note "this worker has no console subcommand: HTTP pages not measured"
     return
   fi
   step "HTTP pages ($REQUESTS requests each)"
-  export CONSOLE_BENCH_TOKEN="bench-$RANDOM-$RANDOM-$RANDOM"
+  export CONSOLE_BENCH_TOKEN="bench-$RANDOM-$RANDOM-$RANDOM-$RANDOM"
   cat >"$work/console.toml" <<TOML
-[database]
-url = "postgres://postgres@127.0.0.1:$PORT/postgres"
+database_url = "postgres://postgres@127.0.0.1:$PORT/postgres"
 
 [console]
 listen = "127.0.0.1:$HTTP_PORT"

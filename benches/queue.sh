@@ -13,7 +13,10 @@
 # HISTORY (default 10000000; 0 skips that step), PEERS (default 1; 0 skips the npm peers),
 # PEER_WORKERS (default 2), AUDIT_SEARCH (default on: the audit trail's words for each attempt,
 # as shipped; off measures the queue without them), CLAIM_COMMIT (default off: claims commit
-# without waiting for the WAL flush, as the worker's claiming session does; on: synchronous).
+# without waiting for the WAL flush, as the worker's claiming session does; on: synchronous),
+# EXTRA_SQL (SQL run once after the set-up, for experiments such as
+# `EXTRA_SQL='DROP INDEX observer.attempts_finished'`: the queue without that index; not a
+# supported configuration).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
@@ -43,6 +46,7 @@ psql <<'SQL'
 CREATE EXTENSION fraiseql_observers;
 SELECT FROM observer_create('bench', NULL, action => '{"type": "webhook", "url": "http://127.0.0.1:9/"}');
 SQL
+[ -z "${EXTRA_SQL:-}" ] || { note "EXTRA_SQL: $EXTRA_SQL"; psql -c "$EXTRA_SQL"; }
 
 now() { date +%s.%N; }
 rate() { echo "$1 / ($3 - $2)" | bc -l; }

@@ -141,8 +141,10 @@ $$;
 --   newest 20,000 attempts that pass the filters hold max_results matches (common words);
 -- - else from the words' index (observer.search_matches: rare words), sorted.
 -- The words are matched with ts_match_vq (the function of @@) on the first way, so that the
--- planner cannot turn it into the second. A function of its own because PL/pgSQL refuses
--- observer_search's signature (observer and outcome name both an argument and a result column).
+-- planner cannot turn it into the second. The documents are built as observer.audit_document
+-- builds them, with the page's events read at once (one observer.events_safe call, not one per
+-- row: 0.8 ms a row). A function of its own because PL/pgSQL refuses observer_search's signature
+-- (observer and outcome name both an argument and a result column).
 CREATE FUNCTION observer.search_attempts(words text, observer_name text, outcome_name text,
                                          since timestamptz, until timestamptz, max_results integer)
 RETURNS TABLE (job_id bigint, attempt integer, event_id bigint, observer text, outcome text,
@@ -153,43 +155,61 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q      tsquery := websearch_to_tsquery('simple', words);
     recent bigint;
+    walk   boolean := true;
 BEGIN
     IF q IS NOT NULL THEN
         SELECT count(*) INTO recent
-        FROM (SELECT a.job_id, a.search FROM observer.attempts a
-              WHERE (outcome_name IS NULL OR a.outcome = outcome_name)
-                AND a.finished_at >= coalesce(since, '-infinity') AND a.finished_at < coalesce(until, 'infinity')
-              ORDER BY a.finished_at DESC, a.job_id DESC, a.attempt DESC
-              LIMIT 20000) a
-        JOIN observer.jobs j ON j.id = a.job_id
-        JOIN observer.observers o ON o.id = j.observer_id
-        WHERE ts_match_vq(a.search, q) AND (observer_name IS NULL OR o.name = observer_name);
+        FROM (SELECT 1
+              FROM (SELECT a.job_id, a.search FROM observer.attempts a
+                    WHERE (outcome_name IS NULL OR a.outcome = outcome_name)
+                      AND a.finished_at >= coalesce(since, '-infinity') AND a.finished_at < coalesce(until, 'infinity')
+                    ORDER BY a.finished_at DESC, a.job_id DESC, a.attempt DESC
+                    LIMIT 20000) a
+              WHERE ts_match_vq(a.search, q)
+                AND (observer_name IS NULL
+                     OR EXISTS (SELECT 1 FROM observer.jobs j JOIN observer.observers o ON o.id = j.observer_id
+                                WHERE j.id = a.job_id AND o.name = observer_name))
+              LIMIT max_results) hits;
+        walk := recent >= max_results;
     END IF;
-    IF q IS NULL OR recent >= max_results THEN
-        RETURN QUERY
-        SELECT a.job_id, a.attempt, j.event_id, o.name, a.outcome, a.status, a.endpoint, a.duration_ms,
-               a.error, a.worker, j.idempotency_key, a.finished_at, observer.audit_document(a.job_id)
-        FROM observer.attempts a
-        JOIN observer.jobs j ON j.id = a.job_id
-        JOIN observer.observers o ON o.id = j.observer_id
-        WHERE (q IS NULL OR ts_match_vq(a.search, q))
-          AND (observer_name IS NULL OR o.name = observer_name)
-          AND (outcome_name IS NULL OR a.outcome = outcome_name)
-          AND a.finished_at >= coalesce(since, '-infinity') AND a.finished_at < coalesce(until, 'infinity')
-        ORDER BY a.finished_at DESC, a.job_id DESC, a.attempt DESC
-        LIMIT max_results;
-    ELSE
-        RETURN QUERY
-        SELECT a.job_id, a.attempt, j.event_id, o.name, a.outcome, a.status, a.endpoint, a.duration_ms,
-               a.error, a.worker, j.idempotency_key, a.finished_at, observer.audit_document(a.job_id)
-        FROM observer.search_matches(q, outcome_name, since, until) m
-        JOIN observer.attempts a ON a.job_id = m.job_id AND a.attempt = m.attempt
-        JOIN observer.jobs j ON j.id = a.job_id
-        JOIN observer.observers o ON o.id = j.observer_id
-        WHERE observer_name IS NULL OR o.name = observer_name
-        ORDER BY m.finished_at DESC, m.job_id DESC, m.attempt DESC
-        LIMIT max_results;
-    END IF;
+    RETURN QUERY
+    WITH page AS MATERIALIZED (
+        (SELECT a.job_id, a.attempt, a.outcome, a.status, a.endpoint, a.duration_ms, a.error, a.worker,
+                a.finished_at, j.event_id, j.idempotency_key, j.payload, o.name, o.columns, o.key_columns
+         FROM observer.attempts a
+         JOIN observer.jobs j ON j.id = a.job_id
+         JOIN observer.observers o ON o.id = j.observer_id
+         WHERE walk AND (q IS NULL OR ts_match_vq(a.search, q))
+           AND (observer_name IS NULL OR o.name = observer_name)
+           AND (outcome_name IS NULL OR a.outcome = outcome_name)
+           AND a.finished_at >= coalesce(since, '-infinity') AND a.finished_at < coalesce(until, 'infinity')
+         ORDER BY a.finished_at DESC, a.job_id DESC, a.attempt DESC
+         LIMIT max_results)
+        UNION ALL
+        (SELECT a.job_id, a.attempt, a.outcome, a.status, a.endpoint, a.duration_ms, a.error, a.worker,
+                a.finished_at, j.event_id, j.idempotency_key, j.payload, o.name, o.columns, o.key_columns
+         FROM observer.search_matches(q, outcome_name, since, until) m
+         JOIN observer.attempts a ON a.job_id = m.job_id AND a.attempt = m.attempt
+         JOIN observer.jobs j ON j.id = a.job_id
+         JOIN observer.observers o ON o.id = j.observer_id
+         WHERE NOT walk AND (observer_name IS NULL OR o.name = observer_name)
+         ORDER BY m.finished_at DESC, m.job_id DESC, m.attempt DESC
+         LIMIT max_results)
+    ), evs AS MATERIALIZED (
+        SELECT * FROM observer.events_safe(ARRAY(SELECT DISTINCT p.event_id FROM page p WHERE p.event_id IS NOT NULL))
+    )
+    SELECT p.job_id, p.attempt, p.event_id, p.name, p.outcome, p.status, p.endpoint, p.duration_ms, p.error,
+           p.worker, p.idempotency_key, p.finished_at,
+           CASE WHEN p.event_id IS NULL THEN jsonb_build_object('observer', p.name, 'data', p.payload)
+                WHEN e.id IS NULL THEN NULL
+                ELSE jsonb_build_object('observer', p.name, 'event_id', e.id, 'table', e.table_name, 'op', e.op,
+                                        'old', observer.project(e.old, p.columns, p.key_columns),
+                                        'new', observer.project(e.new, p.columns, p.key_columns))
+                     || CASE WHEN e.error IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('error', e.error) END
+           END
+    FROM page p
+    LEFT JOIN evs e ON e.id = p.event_id
+    ORDER BY p.finished_at DESC, p.job_id DESC, p.attempt DESC;
 END
 $$;
 

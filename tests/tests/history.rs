@@ -6,7 +6,8 @@
 //!   and said to be (`completed_estimated`); on a small table everything exact.
 //! - observer_dlq_list() with each filter lists what a plain query over the table lists, newest
 //!   first; a dead job retried since is no longer listed.
-//! - observer_search() answers for a rare word, a common one and none what a plain query answers.
+//! - observer_search() answers for a rare word, a common one and none what a plain query answers,
+//!   each document as observer.audit_document() builds it.
 //! - observer.job_counts() is the extension's own: an app role may not call it (42501).
 
 use fraiseql_observers_tests::{observer_status, sqlstate, Cluster};
@@ -209,6 +210,19 @@ async fn dlq_list_and_search_answer_as_plain_queries_over_the_history() {
         let want = ids(&client, &format!("{attempts} {filter} {newest}")).await;
         assert!(!found.is_empty(), "observer_search({args}) finds attempts");
         assert_eq!(found, want, "observer_search({args})");
+        // The page's documents, built at once, are each job's observer.audit_document.
+        let same: bool = client
+            .query_one(
+                &format!(
+                    "SELECT bool_and(document IS NOT DISTINCT FROM observer.audit_document(job_id))
+                     FROM observer_search({args})"
+                ),
+                &[],
+            )
+            .await
+            .expect("documents")
+            .get(0);
+        assert!(same, "observer_search({args}) documents");
     }
 }
 
