@@ -587,6 +587,7 @@ async fn a_read_only_console_offers_no_form_and_refuses_every_post() {
     }
     assert_eq!(dead_jobs(&client).await, jobs);
     assert!(logged(&client).await.is_empty());
+    slow_headers_are_dropped(&served);
     // Signing out changes nothing in the database: allowed, and the session is gone.
     let (status, _, _) = served
         .post("/logout", Some(&cookie), &[], &[("csrf", &token)])
@@ -594,6 +595,23 @@ async fn a_read_only_console_offers_no_form_and_refuses_every_post() {
     assert_eq!(status, 303);
     let (status, _, _) = served.get("/dlq", None, Some(&cookie)).await.expect("dlq");
     assert_eq!(status, 401);
+}
+
+/// A client that never finishes its headers is disconnected (its connection and task do not
+/// stay forever): the read ends, with nothing answered, well before the socket's own timeout.
+fn slow_headers_are_dropped(served: &Served) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", served.port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .expect("partial request");
+    let mut answer = Vec::new();
+    let read = stream.read_to_end(&mut answer);
+    assert!(read.is_ok(), "the console closed the connection: {read:?}");
+    assert!(!String::from_utf8_lossy(&answer).contains("dlq-row"));
 }
 
 /// DESIGN 3a: the console shows only what its database role may read. A role with worker or no

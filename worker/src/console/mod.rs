@@ -33,6 +33,9 @@ use crate::db::DbError;
 use auth::{Sessions, Viewer};
 use http::{Req, Resp};
 
+/// Longest wait for a request's headers.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why the console could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
@@ -169,7 +172,11 @@ impl Console {
                         Ok::<_, Infallible>(resp.into_response())
                     }
                 });
+                // A client that sends its headers slowly (or never) is dropped: it would hold
+                // its connection and task forever.
                 let _ = http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
