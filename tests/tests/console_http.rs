@@ -216,6 +216,22 @@ async fn logged(client: &tokio_postgres::Client) -> Vec<(String, String, String)
         .collect()
 }
 
+/// Every job as one line (id, state, attempt, attempts allowed, due time, last error), for the
+/// message of a failed assertion.
+async fn job_states(client: &tokio_postgres::Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT concat_ws(' ', id, state, attempt, attempts_allowed, run_at, last_error)
+             FROM observer.jobs ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("jobs")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// Two rows, both dead (the sink refuses), then the sink accepts.
 async fn two_dead_jobs(client: &tokio_postgres::Client) -> Vec<i64> {
     client
@@ -278,24 +294,7 @@ async fn run_serves_the_console_behind_tokens_and_refuses_what_is_not_its_own_fo
         "{page}"
     );
     let received = sink.wait_received(3, Duration::from_secs(30)).await;
-    let state = client
-        .query("SELECT id, state, attempt, attempts_allowed, run_at::text, coalesce(last_error, '') FROM observer.jobs ORDER BY id", &[])
-        .await
-        .expect("jobs");
-    let state: Vec<String> = state
-        .iter()
-        .map(|r| {
-            format!(
-                "{:?} {:?} {:?} {:?} {:?} {:?}",
-                r.get::<_, i64>(0),
-                r.get::<_, String>(1),
-                r.get::<_, i32>(2),
-                r.get::<_, Option<i32>>(3),
-                r.get::<_, String>(4),
-                r.get::<_, String>(5)
-            )
-        })
-        .collect();
+    let state = job_states(&client).await;
     assert!(
         received,
         "the retried job is delivered: {state:?}\n{}",
