@@ -10,7 +10,12 @@
 //!   POST, a GET to a changing route, login CSRF, a token in the query string or as a session
 //!   cookie, path traversal under `/assets/`, CORS): nothing changes in the database and no data
 //!   is shown;
-//! - a console without tokens (loopback) refuses a post from another site.
+//! - a console without tokens (loopback) refuses a post from another site, answers only its own
+//!   host names (DNS rebinding: a re-pointed name read and purged the dead-letter queue), and
+//!   keeps its operator's session through a flood of cookieless requests;
+//! - a read-only console lets its operator sign out; a templated URL's credential is masked.
+//!
+//! The last four were findings of this red team, fixed in a477470; they stay as regressions.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -779,4 +784,155 @@ async fn a_loopback_console_refuses_posts_from_other_sites() {
         .expect("log")
         .get(0);
     assert_eq!(logged, 0);
+}
+
+/// DNS rebinding: a page of attacker.example whose name the attacker re-points at 127.0.0.1 is
+/// same-origin for the browser with a console without tokens. Before the console checked the
+/// Host, it read the dead-letter queue and purged it; now it gets neither data nor a session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_loopback_console_answers_only_its_own_host_names() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let sink = Sink::start_scripted(Arc::new(|_, _| Reply::status(500)))
+        .await
+        .expect("sink");
+    let admin = setup(&cluster, &sink).await;
+    admin
+        .batch_execute("INSERT INTO orders VALUES (1, 'a', '')")
+        .await
+        .expect("row");
+    let served = Served::start(
+        "run",
+        &url_as(&cluster, "console_admin"),
+        "loopback_without_token = true\n",
+    );
+    let jobs = wait_dead(&admin, 1).await;
+    let evil = format!("rebind.attacker.example:{}", served.port);
+    let origin = format!("http://{evil}");
+    let page = served.send("GET", "/dlq", &[("Host", &evil)], "");
+    assert!(page.status >= 400, "{}", page.body);
+    assert!(page.session().is_none());
+    let leaked = page.body.contains("data-testid=\"dlq-row\"");
+    if let (Some(cookie), true) = (page.session(), page.body.contains("name=\"csrf\"")) {
+        let body = format!("csrf={}&scope=filter&confirm=1", page.csrf());
+        let headers = [
+            ("Host", evil.as_str()),
+            ("Origin", origin.as_str()),
+            ("Sec-Fetch-Site", "same-origin"),
+            ("Cookie", cookie.as_str()),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ];
+        let a = served.send("POST", "/dlq/purge", &headers, &body);
+        assert!(a.status >= 400, "the rebound origin posted: {}", a.body);
+    }
+    assert!(!leaked, "the rebound page read the dead-letter queue");
+    assert_eq!(
+        dead_jobs(&admin).await,
+        jobs,
+        "the rebound page purged the dead-letter queue"
+    );
+    // Its own names still work.
+    for host in ["localhost", "127.0.0.1"] {
+        let own = format!("{host}:{}", served.port);
+        let a = served.send("GET", "/dlq", &[("Host", &own)], "");
+        assert_eq!(a.status, 200, "{own}: {}", a.body);
+    }
+}
+
+/// A read-only console still lets its operator sign out (it refused the post, 403, and the
+/// session lived on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_only_console_lets_its_operator_sign_out() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let sink = Sink::start().await.expect("sink");
+    let _admin = setup(&cluster, &sink).await;
+    let served = Served::start(
+        "console",
+        &url_as(&cluster, "console_admin"),
+        "read_only = true\n[console.operators]\nalice = \"env:CONSOLE_TOKEN_ALICE\"\n",
+    );
+    let cookie = served.sign_in();
+    let csrf = served.get("/", &cookie).csrf();
+    let out = served.send(
+        "POST",
+        "/logout",
+        &[
+            ("Cookie", &cookie),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(out.status, 303, "sign-out refused: {}", out.body);
+    assert_eq!(served.get("/", &cookie).status, 401, "the session lives on");
+}
+
+/// A credential in the query of a templated URL (allowed with allow_literal_credentials) is
+/// masked on the observer's page, as the same credential in a literal URL is (it was shown: a
+/// template is not a URL, and only a password= value was masked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_templated_url_keeps_its_credential_off_the_page() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let sink = Sink::start().await.expect("sink");
+    let admin = setup(&cluster, &sink).await;
+    admin
+        .batch_execute(
+            "SELECT observer_create('templated', 'orders', ARRAY['INSERT'], NULL,
+                 '{\"type\": \"webhook\", \"url\": \"http://127.0.0.1:9/hook?token=tpl-token-5561&id={{ new.id }}\",
+                   \"allow_literal_credentials\": true}');
+             SELECT observer_create('templated_path', 'orders', ARRAY['INSERT'], NULL,
+                 '{\"type\": \"webhook\", \"url\": \"http://127.0.0.1:9/{{ new.id }}?sig=tpl-sig-5563&api-key=tpl-key-5564\",
+                   \"allow_literal_credentials\": true}');",
+        )
+        .await
+        .expect("created");
+    let served = Served::start(
+        "console",
+        &url_as(&cluster, "console_admin"),
+        "[console.operators]\nalice = \"env:CONSOLE_TOKEN_ALICE\"\n",
+    );
+    let cookie = served.sign_in();
+    for name in ["templated", "templated_path"] {
+        let page = served.get(&format!("/observers/{name}"), &cookie);
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(page.body.contains("http://127.0.0.1"), "{}", page.body);
+        for secret in ["tpl-token-5561", "tpl-sig-5563", "tpl-key-5564"] {
+            assert!(!page.body.contains(secret), "{secret}: {}", page.body);
+        }
+    }
+}
+
+/// A console without tokens: a thousand requests without a cookie (a page of another site
+/// loading a thousand images) do not end the operator's session (each opened a session of its
+/// own, and the thousandth evicted the operator's: its next form was refused, 403).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cookieless_requests_do_not_end_the_operators_session() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let sink = Sink::start().await.expect("sink");
+    let admin = setup(&cluster, &sink).await;
+    let served = Served::start(
+        "console",
+        &url_as(&cluster, "console_admin"),
+        "loopback_without_token = true\n",
+    );
+    let first = served.send("GET", "/observers/orders_hook", &[], "");
+    let cookie = first.session().expect("session");
+    let csrf = first.csrf();
+    for _ in 0..1000 {
+        served.send("GET", "/no-such-page", &[], "");
+    }
+    let a = served.send(
+        "POST",
+        "/observers/orders_hook/pause",
+        &[
+            ("Cookie", &cookie),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        &format!("csrf={csrf}&reason=maintenance"),
+    );
+    assert_eq!(a.status, 303, "{}", a.body);
+    let paused: Option<String> = admin
+        .query_one("SELECT paused_reason FROM observer.observers", &[])
+        .await
+        .expect("paused")
+        .get(0);
+    assert_eq!(paused.as_deref(), Some("maintenance"));
 }
