@@ -511,21 +511,33 @@ async fn retry_from_the_page(browser: &Browser, p: &Pipeline) {
     assert_eq!(left, expected, "only the ticked job was retried");
 }
 
-/// Purge asks first, saying how many (as SQL counts them), and deletes on confirmation.
+/// Tick every row with the "all shown" box (the console's script) and purge the selection: the
+/// confirmation says how many (as SQL counts them), nothing is deleted before it, all after it.
 async fn purge_with_confirmation(browser: &Browser, p: &Pipeline) {
     let client = p.client().await;
     let count = dead_jobs(&client).await.len();
     assert!(count > 0);
     browser.goto(&p.url("/dlq")).await.expect("dlq");
     browser
-        .click("[data-testid=\"purge-filter\"]")
+        .click("input[data-select-all=\"job\"]")
+        .await
+        .expect("the all-shown box");
+    let boxes = browser
+        .client()
+        .find_all(fantoccini::Locator::Css("input[name=\"job\"]"))
+        .await
+        .expect("checkboxes");
+    assert_eq!(boxes.len(), count);
+    for b in &boxes {
+        assert!(
+            b.is_selected().await.expect("checked"),
+            "the script ticks every row"
+        );
+    }
+    browser
+        .click("[data-testid=\"purge-selected\"]")
         .await
         .expect("the purge button");
-    let confirm = p.url("/dlq/purge");
-    browser
-        .wait_for_url(|u| u.starts_with(&confirm))
-        .await
-        .expect("the confirmation page");
     let shown = browser
         .wait_for_testid("purge-count")
         .await
@@ -550,17 +562,47 @@ async fn purge_with_confirmation(browser: &Browser, p: &Pipeline) {
         .await
         .expect("the result");
     assert_eq!(number(&changed), count as i64, "every dead job purged");
-    let purged = wait_until(Duration::from_secs(10), || async {
-        dead_jobs(&client).await.is_empty()
+    assert!(
+        dead_jobs(&client).await.is_empty(),
+        "the purge deleted them"
+    );
+}
+
+/// The overview lists the operator's retry and purge, and reloads itself: a row committed while
+/// it is open shows in its completed count without the operator doing anything.
+async fn overview_lists_actions_and_refreshes(browser: &Browser, p: &Pipeline) {
+    let client = p.client().await;
+    browser.goto(&p.url("/")).await.expect("overview");
+    let actions = browser
+        .texts("[data-testid=\"operator-action\"]")
+        .await
+        .expect("the recent actions");
+    for action in ["dlq_purge", "dlq_retry"] {
+        assert!(
+            actions
+                .iter()
+                .any(|a| a.contains("alice") && a.contains(action)),
+            "{action} by alice among the recent actions: {actions:?}"
+        );
+    }
+    let before = number(&browser.testid("queue-completed").await.expect("count"));
+    client
+        .batch_execute(&format!(
+            "INSERT INTO orders VALUES ({}, 'customer-late', 5)",
+            ORDERS + 1
+        ))
+        .await
+        .expect("one more order");
+    assert!(wait_for_jobs(&client, "completed", before + 1, Duration::from_secs(30)).await);
+    let refreshed = wait_until(Duration::from_secs(30), || async {
+        // The page may be mid-reload: an element that went away counts as not yet.
+        match browser.testid("queue-completed").await {
+            Ok(text) if text.chars().any(|c| c.is_ascii_digit()) => number(&text) == before + 1,
+            _ => false,
+        }
     })
     .await;
-    assert!(purged, "confirmed purge deleted the dead jobs");
-    browser.goto(&p.url("/")).await.expect("overview");
-    let text = browser.body_text().await.expect("text");
-    assert!(
-        text.contains("alice"),
-        "the overview shows the operator's recent actions: {text}"
-    );
+    assert!(refreshed, "the overview reloaded itself with the new count");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -575,6 +617,7 @@ async fn an_operator_sees_the_pipeline_traces_an_event_and_repairs_the_dead_lett
     dlq_pages(&browser, &p).await;
     retry_from_the_page(&browser, &p).await;
     purge_with_confirmation(&browser, &p).await;
+    overview_lists_actions_and_refreshes(&browser, &p).await;
     browser.quit().await.expect("close the browser");
 }
 
