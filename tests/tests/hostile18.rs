@@ -936,3 +936,70 @@ async fn cookieless_requests_do_not_end_the_operators_session() {
         .get(0);
     assert_eq!(paused.as_deref(), Some("maintenance"));
 }
+
+/// The open file descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// A visitor without a token opening 600 idle connections to the console of `run`, and another
+/// trickling a large POST body: the worker beside it keeps delivering, the process holds at
+/// most serve::MAX_CONNECTIONS (256) of them open (each one a file descriptor the worker's own
+/// database and HTTP connections would need: it spent one per connection before), and the slow
+/// body is answered 408 and closed instead of held for as long as the visitor likes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_idle_connections_leaves_the_worker_delivering() {
+    let cluster = Cluster::start(&[]).expect("cluster");
+    let sink = Sink::start().await.expect("sink");
+    let admin = setup(&cluster, &sink).await;
+    let served = Served::start(
+        "run",
+        &cluster.url("postgres"),
+        "[console.operators]\nalice = \"env:CONSOLE_TOKEN_ALICE\"\n",
+    );
+    let pid = served.child.id();
+    let before = open_fds(pid);
+    let flood: Vec<TcpStream> = (0..600)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", served.port)).ok())
+        .collect();
+    assert_eq!(
+        flood.len(),
+        600,
+        "the kernel's backlog took every connection"
+    );
+    admin
+        .batch_execute("INSERT INTO orders (id) SELECT generate_series(1, 5)")
+        .await
+        .expect("insert");
+    let delivered = wait_until(Duration::from_secs(60), || async {
+        sink.received().len() == 5
+    })
+    .await;
+    assert!(delivered, "delivered during the flood: {}", served.log());
+    let during = open_fds(pid);
+    assert!(
+        during <= before + 256 + 32,
+        "{during} descriptors open during the flood ({before} before): more than the 256 connections allowed"
+    );
+    drop(flood);
+
+    // A body announced and never sent: answered 408 and closed.
+    let mut slow = TcpStream::connect(("127.0.0.1", served.port)).expect("connect");
+    slow.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let head = format!(
+        "POST /dlq/purge HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000000\r\n\r\nconfirm=",
+        served.host()
+    );
+    slow.write_all(head.as_bytes()).expect("write");
+    let mut answer = Vec::new();
+    slow.read_to_end(&mut answer)
+        .expect("the console closes the connection");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "a body that never comes: {answer}"
+    );
+}

@@ -33,7 +33,8 @@
 //! - [`config`]: the configuration (defaults, file, environment, flags) and its validation.
 //! - [`job`]: the claimed job, an attempt's outcome and what is reported back: the types every
 //!   action, the database session and the runner share.
-//! - leaves: [`ratelimit`] (the GCRA step and the
+//! - leaves: [`serve`] (how the metrics server and the console take connections: a cap, a header
+//!   time limit, a pause after a failed accept), [`ratelimit`] (the GCRA step and the
 //!   in-process limiter), [`signing`] (Standard Webhooks signatures), [`tls`] (TLS to Postgres
 //!   and Redis), [`version`] (the worker/extension version handshake).
 //!
@@ -53,6 +54,7 @@ pub mod ratelimit;
 pub mod redis;
 pub mod runner;
 pub mod secrets;
+pub mod serve;
 pub mod signing;
 pub mod tls;
 pub mod version;

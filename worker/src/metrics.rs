@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -378,12 +377,12 @@ impl Metrics {
 
     /// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) {
+        let connections = crate::serve::Connections::default();
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
+            let (stream, permit) = connections.accept(&listener, "metrics").await;
             let metrics = self.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let (status, content_type, body) = metrics.respond(req.uri().path());
                     async move {
@@ -396,7 +395,7 @@ impl Metrics {
                         )
                     }
                 });
-                let _ = http1::Builder::new()
+                let _ = crate::serve::http1()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });

@@ -13,6 +13,10 @@ use hyper::{Request, Response};
 /// Largest request body read (a DLQ form lists the selected job ids).
 pub const MAX_BODY: usize = 1024 * 1024;
 
+/// Longest wait for a request's body, read before anyone is signed in: a client trickling a
+/// large body byte by byte would otherwise hold its connection for as long as it likes.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Every answer's Content-Security-Policy.
 pub const CSP: &str =
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
@@ -38,6 +42,8 @@ pub enum ReqError {
     TooLarge,
     #[error("the request body could not be read")]
     Body,
+    #[error("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs())]
+    Slow,
 }
 
 impl Req {
@@ -54,9 +60,10 @@ impl Req {
         }
         let query = parts.uri.query().map(pairs).unwrap_or_default();
         let form = if parts.method == hyper::Method::POST {
-            let bytes = Limited::new(body, MAX_BODY)
-                .collect()
+            let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect());
+            let bytes = read
                 .await
+                .map_err(|_| ReqError::Slow)?
                 .map_err(|e| {
                     if e.is::<http_body_util::LengthLimitError>() {
                         ReqError::TooLarge

@@ -23,7 +23,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
@@ -32,9 +31,6 @@ use crate::db::DbError;
 
 use auth::{Sessions, Viewer};
 use http::{Req, Resp};
-
-/// Longest wait for a request's headers.
-const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why the console could not start.
 #[derive(Debug, thiserror::Error)]
@@ -152,31 +148,36 @@ impl Console {
     ) {
         tracing::info!(listen = %self.config.listen, read_only = self.config.read_only, "console serving");
         tokio::pin!(shutdown);
+        let connections = crate::serve::Connections::default();
         loop {
-            let accepted = tokio::select! {
+            let (stream, permit) = tokio::select! {
                 () = &mut shutdown => break,
-                a = listener.accept() => a,
+                a = connections.accept(&listener, "console") => a,
             };
-            let Ok((stream, _)) = accepted else { continue };
             let console = self.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let service = service_fn(move |request| {
                     let console = console.clone();
                     async move {
                         let resp = match Req::read(request).await {
                             Ok(req) => console.answer(&req).await,
                             Err(e) => {
-                                Resp::text(413, "request refused").with("x-reason", e.to_string())
+                                let status = match e {
+                                    http::ReqError::Slow => 408,
+                                    _ => 413,
+                                };
+                                Resp::text(status, "request refused")
+                                    .with("x-reason", e.to_string())
                             }
                         };
                         Ok::<_, Infallible>(resp.into_response())
                     }
                 });
-                // A client that sends its headers slowly (or never) is dropped: it would hold
-                // its connection and task forever.
-                let _ = http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
+                // At most serve::MAX_CONNECTIONS at once; a client that sends its headers
+                // slowly (or never) is dropped after serve::HEADER_TIMEOUT, one that sends its
+                // body slowly after http::BODY_TIMEOUT.
+                let _ = crate::serve::http1()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
