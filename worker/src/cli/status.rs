@@ -17,6 +17,9 @@ use super::{cell, connect, print_json, push_section, table, Failure, Result};
 #[serde(default)]
 pub struct Status {
     pub jobs: Jobs,
+    /// The completed counts (all observers' and each one's) are estimates: `observer.jobs` is
+    /// too large to count on every call.
+    pub completed_estimated: bool,
     pub dispatch: Dispatch,
     pub events: Events,
     pub audit: Audit,
@@ -57,6 +60,8 @@ pub struct Dispatch {
 pub struct Events {
     pub kept: i64,
     pub oldest_at: Option<String>,
+    /// `kept` and `oldest_at` are estimates (a large event log).
+    pub estimated: bool,
 }
 
 /// `audit`: search and export of the audit trail.
@@ -143,7 +148,11 @@ pub fn render(s: &Status) -> String {
             "state",
             "pending",
             "running",
-            "completed",
+            if s.completed_estimated {
+                "completed (est.)"
+            } else {
+                "completed"
+            },
             "dead",
         ],
         &observers,
@@ -197,14 +206,27 @@ pub fn render(s: &Status) -> String {
     out
 }
 
+/// What follows a count that is an estimate.
+fn estimate(estimated: bool) -> &'static str {
+    if estimated {
+        " (estimated)"
+    } else {
+        ""
+    }
+}
+
 /// The lines `jobs:`, `dispatch:`, `events:` and `audit:`.
 fn summary(s: &Status) -> String {
     let mut out = String::new();
     let j = &s.jobs;
     let _ = writeln!(
         out,
-        "jobs: {} pending, {} running, {} completed, {} dead",
-        j.pending, j.running, j.completed, j.dead
+        "jobs: {} pending, {} running, {} completed{}, {} dead",
+        j.pending,
+        j.running,
+        j.completed,
+        estimate(s.completed_estimated),
+        j.dead
     );
     let d = &s.dispatch;
     let _ = writeln!(
@@ -219,8 +241,9 @@ fn summary(s: &Status) -> String {
     );
     let _ = writeln!(
         out,
-        "events: {} kept, oldest {}",
+        "events: {} kept{}, oldest {}",
         s.events.kept,
+        estimate(s.events.estimated),
         cell(s.events.oldest_at.as_deref())
     );
     let a = &s.audit;
@@ -301,6 +324,26 @@ mod tests {
         assert!(out.contains("mail  (queue)        disabled"));
         assert!(out.contains("workers connected now:\n(none)\n"));
         assert!(out.contains("w1      https://x:443  open   0         2026-11-22T10:01:00+00:00"));
+    }
+
+    /// A large history: the completed jobs and the events kept are estimates, and say so.
+    #[test]
+    fn estimated_counts_are_marked() {
+        let mut doc = document();
+        doc["completed_estimated"] = Value::Bool(true);
+        doc["events"]["estimated"] = Value::Bool(true);
+        let out = render(&serde_json::from_value(doc).expect("status"));
+        assert!(
+            out.starts_with("jobs: 1 pending, 0 running, 2 completed (estimated), 1 dead\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("events: 3 kept (estimated), oldest -\n"),
+            "{out}"
+        );
+        assert!(out.contains("COMPLETED (EST.)"), "{out}");
+        let exact = render(&serde_json::from_value(document()).expect("status"));
+        assert!(!exact.contains("(est"), "{exact}");
     }
 
     #[test]
