@@ -354,7 +354,8 @@ pub fn worker_binary() -> Result<PathBuf> {
                 return Ok(PathBuf::from(p));
             }
             let root = workspace_root();
-            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            build
                 .args([
                     "build",
                     "--quiet",
@@ -363,7 +364,28 @@ pub fn worker_binary() -> Result<PathBuf> {
                     "--bin",
                     "fraiseql-observers",
                 ])
-                .current_dir(&root)
+                .current_dir(&root);
+            // Cargo gives a test process the variables of the package under test
+            // (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...). Build scripts that watch them (ring's)
+            // would see them change from a build started in a shell, and rebuild ring, rustls
+            // and the worker (about a minute) each time the two alternate.
+            for (key, _) in std::env::vars_os() {
+                let key = key.to_string_lossy();
+                if [
+                    "CARGO_PKG_",
+                    "CARGO_MANIFEST_",
+                    "CARGO_CRATE_",
+                    "CARGO_BIN_",
+                    "CARGO_PRIMARY_",
+                ]
+                .iter()
+                .any(|prefix| key.starts_with(prefix))
+                    || key == "CARGO_TARGET_TMPDIR"
+                {
+                    build.env_remove(key.as_ref());
+                }
+            }
+            let status = build
                 .status()
                 .map_err(|e| format!("cannot run cargo build: {e}"))?;
             if !status.success() {
