@@ -11,7 +11,9 @@ use super::html::esc;
 const W: f64 = 720.0;
 const H: f64 = 160.0;
 /// Room on the left for the scale and at the bottom for the times.
-const LEFT: f64 = 44.0;
+const LEFT: f64 = 64.0;
+/// Room right of the plot for the last time label, centred on its bar.
+const RIGHT: f64 = 18.0;
 const BOTTOM: f64 = 18.0;
 
 /// One minute of a chart.
@@ -42,10 +44,11 @@ fn ceiling(max: f64) -> f64 {
 /// bars.
 fn frame(out: &mut String, points: &[Point], top: f64, unit: &str) {
     let plot_h = H - BOTTOM;
+    let right = W - RIGHT;
     let _ = write!(
         out,
-        "<line class=\"axis\" x1=\"{LEFT}\" y1=\"{plot_h}\" x2=\"{W}\" y2=\"{plot_h}\"/>\
-         <line class=\"grid\" x1=\"{LEFT}\" y1=\"4\" x2=\"{W}\" y2=\"4\"/>\
+        "<line class=\"axis\" x1=\"{LEFT}\" y1=\"{plot_h}\" x2=\"{right}\" y2=\"{plot_h}\"/>\
+         <line class=\"grid\" x1=\"{LEFT}\" y1=\"4\" x2=\"{right}\" y2=\"4\"/>\
          <text class=\"scale\" x=\"{}\" y=\"12\" text-anchor=\"end\">{}{}</text>\
          <text class=\"scale\" x=\"{}\" y=\"{plot_h}\" text-anchor=\"end\">0</text>",
         LEFT - 4.0,
@@ -54,7 +57,7 @@ fn frame(out: &mut String, points: &[Point], top: f64, unit: &str) {
         LEFT - 4.0
     );
     let n = points.len();
-    let step = (W - LEFT) / n.max(1) as f64;
+    let step = (W - LEFT - RIGHT) / n.max(1) as f64;
     for i in [0, n / 2, n.saturating_sub(1)] {
         if let Some(p) = points.get(i) {
             let x = LEFT + step * (i as f64 + 0.5);
@@ -87,7 +90,7 @@ pub fn stacked(points: &[Point], names: (&str, &str), testid: &str) -> String {
     let mut out = open(testid, names);
     frame(&mut out, points, top, "");
     let plot_h = H - BOTTOM - 4.0;
-    let step = (W - LEFT) / points.len().max(1) as f64;
+    let step = (W - LEFT - RIGHT) / points.len().max(1) as f64;
     for (i, p) in points.iter().enumerate() {
         let x = LEFT + step * i as f64 + 1.0;
         let width = (step - 2.0).max(1.0);
@@ -121,8 +124,9 @@ pub fn lag(points: &[Point], testid: &str) -> String {
     frame(&mut out, points, top, " ms");
     let plot_h = H - BOTTOM - 4.0;
     let base = H - BOTTOM;
-    let step = (W - LEFT) / points.len().max(1) as f64;
+    let step = (W - LEFT - RIGHT) / points.len().max(1) as f64;
     let mut line = String::new();
+    let mut dots = String::new();
     for (i, p) in points.iter().enumerate() {
         let Some(avg) = p.b else { continue };
         let x = LEFT + step * i as f64 + 1.0;
@@ -137,17 +141,18 @@ pub fn lag(points: &[Point], testid: &str) -> String {
             base - h,
             (step - 2.0).max(1.0)
         );
+        let (cx, cy) = (x + step / 2.0 - 1.0, base - avg / top * plot_h);
+        let _ = write!(line, "{cx:.1},{cy:.1} ");
+        // A dot as well: a minute alone (no neighbour to draw a line to) shows its average.
         let _ = write!(
-            line,
-            "{:.1},{:.1} ",
-            x + step / 2.0 - 1.0,
-            base - avg / top * plot_h
+            dots,
+            "<circle class=\"b\" cx=\"{cx:.1}\" cy=\"{cy:.1}\" r=\"2.5\"/>"
         );
     }
     if !line.is_empty() {
         let _ = write!(
             out,
-            "<polyline class=\"b\" points=\"{}\"/>",
+            "<polyline class=\"b\" points=\"{}\"/>{dots}",
             line.trim_end()
         );
     }
