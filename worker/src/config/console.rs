@@ -142,11 +142,15 @@ impl ConsoleConfig {
         Ok(())
     }
 
-    /// The operator whose token is `token`, compared in constant time against each.
+    /// The operator whose token is `token`, compared in constant time against each. The
+    /// SHA-256 digests are compared, not the tokens: comparing bytes stops at once when the
+    /// lengths differ, which tells a visitor the length of every token.
     pub fn operator_of(&self, token: &str) -> Option<&str> {
+        use sha2::{Digest, Sha256};
+        let given = Sha256::digest(token.as_bytes());
         let mut found = None;
         for (name, expected) in &self.tokens.0 {
-            if constant_time_eq(expected.as_bytes(), token.as_bytes()) {
+            if constant_time_eq(&Sha256::digest(expected.as_bytes()), &given) {
                 found = Some(name.as_str());
             }
         }
@@ -264,6 +268,10 @@ mod tests {
         assert_eq!(console.operator_of(TOKEN), Some("alice"));
         assert_eq!(console.operator_of("tok-bob-0123456789abcdef"), Some("bob"));
         assert_eq!(console.operator_of("tok-9f8e7d6c5b4a39281707"), None);
+        // A prefix, a longer token and the empty token match no one.
+        assert_eq!(console.operator_of("tok-bob-0123456789abcde"), None);
+        assert_eq!(console.operator_of("tok-bob-0123456789abcdef0"), None);
+        assert_eq!(console.operator_of(""), None);
         assert!(!console.read_only);
         for text in [
             format!("{console:?}"),
