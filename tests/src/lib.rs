@@ -294,11 +294,15 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// Connection URL for database `postgres` as `role` (trust authentication).
+    pub fn url_as(&self, role: &str) -> String {
+        self.url("postgres")
+            .replace("postgres@", &format!("{role}@"))
+    }
+
     /// A client connection to database `postgres` as `role` (trust authentication).
     pub async fn connect_as(&self, role: &str) -> tokio_postgres::Client {
-        let url = self
-            .url("postgres")
-            .replace("postgres@", &format!("{role}@"));
+        let url = self.url_as(role);
         let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
             .unwrap_or_else(|e| panic!("connect as {role}: {e}"));
@@ -527,6 +531,30 @@ pub async fn observer_status(client: &tokio_postgres::Client) -> serde_json::Val
         .await
         .expect("observer_status()");
     serde_json::from_str(row.get::<_, &str>(0)).expect("observer_status() is JSON")
+}
+
+/// Wait (up to 30 s) until exactly `n` jobs are dead; their ids, in id order.
+pub async fn wait_for_dead_jobs(client: &tokio_postgres::Client, n: usize) -> Vec<i64> {
+    let dead = wait_until(Duration::from_secs(30), || async {
+        dead_jobs(client).await.len() == n
+    })
+    .await;
+    assert!(dead, "{n} dead job(s)");
+    dead_jobs(client).await
+}
+
+/// The ids of the dead jobs (state `dead`), in id order.
+pub async fn dead_jobs(client: &tokio_postgres::Client) -> Vec<i64> {
+    client
+        .query(
+            "SELECT id FROM observer.jobs WHERE state = 'dead' ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("dead jobs")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
 }
 
 /// Wait until `observer_status()` counts `n` jobs in `state` (pending, running, completed, dead).

@@ -68,11 +68,7 @@ async fn observe(
 }
 
 fn worker(cluster: &Cluster) -> Worker {
-    Worker::start(
-        &cluster.url("postgres").replace("postgres@", "worker@"),
-        &[],
-    )
-    .expect("worker")
+    Worker::start(&cluster.url_as("worker"), &[]).expect("worker")
 }
 
 async fn completed(client: &tokio_postgres::Client, observer: &str) -> i64 {

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fraiseql_observers_tests::{free_port, wait_until, worker_binary, Cluster, Sink};
+use fraiseql_observers_tests::{
+    dead_jobs, free_port, wait_for_dead_jobs, wait_until, worker_binary, Cluster, Sink,
+};
 use reqwest::header::{HeaderMap, HeaderValue};
 
 const ALICE: &str = "console-token-alice-5f1e2d3c4b5a69788796";
@@ -181,27 +183,6 @@ async fn setup(cluster: &Cluster, sink: &Sink) -> tokio_postgres::Client {
     client
 }
 
-/// The database URL of role `role`.
-fn url_as(cluster: &Cluster, role: &str) -> String {
-    cluster
-        .url("postgres")
-        .replace("postgres@", &format!("{role}@"))
-}
-
-/// Dead jobs of the observer (state `dead`), by SQL.
-async fn dead_jobs(client: &tokio_postgres::Client) -> Vec<i64> {
-    client
-        .query(
-            "SELECT id FROM observer.jobs WHERE state = 'dead' ORDER BY id",
-            &[],
-        )
-        .await
-        .expect("dead jobs")
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
 /// The operator action log: (operator, action, db_role), oldest first.
 async fn logged(client: &tokio_postgres::Client) -> Vec<(String, String, String)> {
     client
@@ -238,12 +219,7 @@ async fn two_dead_jobs(client: &tokio_postgres::Client) -> Vec<i64> {
         .batch_execute("INSERT INTO orders VALUES (1, 'first'), (2, 'second')")
         .await
         .expect("insert");
-    let dead = wait_until(Duration::from_secs(30), || async {
-        dead_jobs(client).await.len() == 2
-    })
-    .await;
-    assert!(dead, "both jobs die");
-    dead_jobs(client).await
+    wait_for_dead_jobs(client, 2).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -263,7 +239,7 @@ async fn run_serves_the_console_behind_tokens_and_refuses_what_is_not_its_own_fo
     let client = setup(&cluster, &sink).await;
     let served = Served::start(
         "run",
-        &url_as(&cluster, "console_admin"),
+        &cluster.url_as("console_admin"),
         &sink,
         "[console.operators]\nalice = \"env:CONSOLE_TOKEN_ALICE\"\n",
     )
@@ -554,7 +530,7 @@ async fn a_read_only_console_offers_no_form_and_refuses_every_post() {
     let jobs = two_dead_jobs(&client).await;
     let served = Served::start(
         "console",
-        &url_as(&cluster, "console_admin"),
+        &cluster.url_as("console_admin"),
         &sink,
         "read_only = true\n[console.operators]\nalice = \"env:CONSOLE_TOKEN_ALICE\"\n",
     )
@@ -627,7 +603,7 @@ async fn roles_without_admin_access_see_no_data_and_cannot_touch_the_action_log(
     for role in ["console_worker", "console_nobody"] {
         let served = Served::start(
             "console",
-            &url_as(&cluster, role),
+            &cluster.url_as(role),
             &sink,
             "[console.operators]\nalice = \"env:CONSOLE_TOKEN_ALICE\"\n",
         )
@@ -698,7 +674,7 @@ async fn a_retry_of_many_dead_jobs_runs_in_chunks_behind_a_progress_page() {
     let client = setup(&cluster, &sink).await;
     let served = Served::start(
         "run",
-        &url_as(&cluster, "console_admin"),
+        &cluster.url_as("console_admin"),
         &sink,
         "[console.operators]\nalice = \"env:CONSOLE_TOKEN_ALICE\"\n",
     )

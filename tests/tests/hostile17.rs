@@ -107,7 +107,7 @@ async fn a_context_set_any_way_goes_through_the_check() {
     // Startup options (PGOPTIONS): the check refuses the connection itself.
     let url = format!(
         "{}?options=-c%20fraiseql_observers.context%3D%5B1%5D",
-        cluster.url("postgres").replace("postgres@", "writer@")
+        cluster.url_as("writer")
     );
     let refused = tokio_postgres::connect(&url, tokio_postgres::NoTls).await;
     let err = refused

@@ -25,7 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fraiseql_observers_tests::sink::{Reply, Sink};
-use fraiseql_observers_tests::{free_port, wait_until, worker_binary, Cluster};
+use fraiseql_observers_tests::{
+    dead_jobs, free_port, wait_for_dead_jobs, wait_until, worker_binary, Cluster,
+};
 
 const ALICE: &str = "console-token-alice-hostile18-7f6e5d4c3b2a";
 /// What the receiver answers: markup, script and a `javascript:` URL in a 500 body.
@@ -332,37 +334,6 @@ async fn setup(cluster: &Cluster, sink: &Sink) -> tokio_postgres::Client {
     client
 }
 
-/// The database URL of `role`.
-fn url_as(cluster: &Cluster, role: &str) -> String {
-    cluster
-        .url("postgres")
-        .replace("postgres@", &format!("{role}@"))
-}
-
-/// Dead jobs, by SQL.
-async fn dead_jobs(client: &tokio_postgres::Client) -> Vec<i64> {
-    client
-        .query(
-            "SELECT id FROM observer.jobs WHERE state = 'dead' ORDER BY id",
-            &[],
-        )
-        .await
-        .expect("dead jobs")
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
-/// Wait until `n` jobs are dead.
-async fn wait_dead(client: &tokio_postgres::Client, n: usize) -> Vec<i64> {
-    let dead = wait_until(Duration::from_secs(30), || async {
-        dead_jobs(client).await.len() == n
-    })
-    .await;
-    assert!(dead, "{n} dead job(s)");
-    dead_jobs(client).await
-}
-
 /// The writer's hostile row, a table owner's hostile table and column names, a hostile pause
 /// reason, and a login role without grants naming its session like a worker (held open by the
 /// returned client). Returns that client.
@@ -385,7 +356,7 @@ async fn hostile_data(cluster: &Cluster, admin: &tokio_postgres::Client) -> toki
         )
         .await
         .expect("odd names");
-    let mut config: tokio_postgres::Config = url_as(cluster, "nobody").parse().expect("url");
+    let mut config: tokio_postgres::Config = cluster.url_as("nobody").parse().expect("url");
     config.application_name("fraiseql-observers:<script>alert(10)</script>");
     let (client, conn) = config
         .connect(tokio_postgres::NoTls)
@@ -412,10 +383,10 @@ async fn hostile_values_are_text_on_every_page() {
     let _nobody = hostile_data(&cluster, &admin).await;
     let served = Served::start(
         "run",
-        &url_as(&cluster, "console_admin"),
+        &cluster.url_as("console_admin"),
         "[console.operators]\nalice = \"env:CONSOLE_TOKEN_ALICE\"\n",
     );
-    let job = wait_dead(&admin, 1).await[0];
+    let job = wait_for_dead_jobs(&admin, 1).await[0];
     let event: i64 = admin
         .query_one("SELECT event_id FROM observer.jobs WHERE id = $1", &[&job])
         .await
@@ -476,10 +447,10 @@ async fn other_sites_and_visitors_without_a_token_change_nothing() {
         .expect("rows");
     let served = Served::start(
         "run",
-        &url_as(&cluster, "console_admin"),
+        &cluster.url_as("console_admin"),
         "[console.operators]\nalice = \"env:CONSOLE_TOKEN_ALICE\"\n",
     );
-    let jobs = wait_dead(&admin, 2).await;
+    let jobs = wait_for_dead_jobs(&admin, 2).await;
     visitors_without_a_token_get_the_sign_in_form(&served);
     let cookie = served.sign_in();
     let page = served.get("/dlq", &cookie);
@@ -732,10 +703,11 @@ fn error_filters_are_literal(served: &Served, cookie: &str) {
     assert_eq!(served.send("GET", "/healthz", &[], "").status, 200);
 }
 
-/// A console without tokens (loopback only): a post from another site is refused even with the
-/// page's CSRF token, and a session's CSRF token opens no other session's forms.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_loopback_console_refuses_posts_from_other_sites() {
+/// `run` with a console without tokens (loopback only) as `console_admin`, and one dead job
+/// (the sink refuses every delivery): the cluster and sink (keep them), the admin's client, the
+/// console and the dead job.
+async fn loopback_console_with_a_dead_job(
+) -> (Cluster, Sink, tokio_postgres::Client, Served, Vec<i64>) {
     let cluster = Cluster::start(&[]).expect("cluster");
     let sink = Sink::start_scripted(Arc::new(|_, _| Reply::status(500)))
         .await
@@ -747,10 +719,18 @@ async fn a_loopback_console_refuses_posts_from_other_sites() {
         .expect("row");
     let served = Served::start(
         "run",
-        &url_as(&cluster, "console_admin"),
+        &cluster.url_as("console_admin"),
         "loopback_without_token = true\n",
     );
-    let jobs = wait_dead(&admin, 1).await;
+    let jobs = wait_for_dead_jobs(&admin, 1).await;
+    (cluster, sink, admin, served, jobs)
+}
+
+/// A console without tokens (loopback only): a post from another site is refused even with the
+/// page's CSRF token, and a session's CSRF token opens no other session's forms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_loopback_console_refuses_posts_from_other_sites() {
+    let (_cluster, _sink, admin, served, jobs) = loopback_console_with_a_dead_job().await;
     let first = served.send("GET", "/dlq", &[], "");
     assert_eq!(first.status, 200, "{}", first.body);
     let cookie = first.session().expect("a loopback session");
@@ -791,21 +771,7 @@ async fn a_loopback_console_refuses_posts_from_other_sites() {
 /// Host, it read the dead-letter queue and purged it; now it gets neither data nor a session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_loopback_console_answers_only_its_own_host_names() {
-    let cluster = Cluster::start(&[]).expect("cluster");
-    let sink = Sink::start_scripted(Arc::new(|_, _| Reply::status(500)))
-        .await
-        .expect("sink");
-    let admin = setup(&cluster, &sink).await;
-    admin
-        .batch_execute("INSERT INTO orders VALUES (1, 'a', '')")
-        .await
-        .expect("row");
-    let served = Served::start(
-        "run",
-        &url_as(&cluster, "console_admin"),
-        "loopback_without_token = true\n",
-    );
-    let jobs = wait_dead(&admin, 1).await;
+    let (_cluster, _sink, admin, served, jobs) = loopback_console_with_a_dead_job().await;
     let evil = format!("rebind.attacker.example:{}", served.port);
     let origin = format!("http://{evil}");
     let page = served.send("GET", "/dlq", &[("Host", &evil)], "");
@@ -847,7 +813,7 @@ async fn a_read_only_console_lets_its_operator_sign_out() {
     let _admin = setup(&cluster, &sink).await;
     let served = Served::start(
         "console",
-        &url_as(&cluster, "console_admin"),
+        &cluster.url_as("console_admin"),
         "read_only = true\n[console.operators]\nalice = \"env:CONSOLE_TOKEN_ALICE\"\n",
     );
     let cookie = served.sign_in();
@@ -886,7 +852,7 @@ async fn a_templated_url_keeps_its_credential_off_the_page() {
         .expect("created");
     let served = Served::start(
         "console",
-        &url_as(&cluster, "console_admin"),
+        &cluster.url_as("console_admin"),
         "[console.operators]\nalice = \"env:CONSOLE_TOKEN_ALICE\"\n",
     );
     let cookie = served.sign_in();
@@ -910,7 +876,7 @@ async fn cookieless_requests_do_not_end_the_operators_session() {
     let admin = setup(&cluster, &sink).await;
     let served = Served::start(
         "console",
-        &url_as(&cluster, "console_admin"),
+        &cluster.url_as("console_admin"),
         "loopback_without_token = true\n",
     );
     let first = served.send("GET", "/observers/orders_hook", &[], "");

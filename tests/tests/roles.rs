@@ -91,7 +91,7 @@ async fn app_worker_and_admin_roles_can_do_what_they_need_and_nothing_more() {
     }
 
     // The worker role runs the worker end to end: dispatch, claim, deliver, complete.
-    let worker_url = cluster.url("postgres").replace("postgres@", "worker@");
+    let worker_url = cluster.url_as("worker");
     let _worker = Worker::start(&worker_url, &[]).expect("worker");
     assert!(
         wait_for_jobs(&root, "completed", 4, Duration::from_secs(30)).await,

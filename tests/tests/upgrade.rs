@@ -337,7 +337,7 @@ async fn update_from_previous_release_keeps_everything_and_matches_a_fresh_insta
         .await,
         "the events captured before the update were dispatched after it"
     );
-    let worker_url = cluster.url("postgres").replace("postgres@", "fo_worker@");
+    let worker_url = cluster.url_as("fo_worker");
     let mut worker = Worker::start(&worker_url, &[]).expect("worker");
     admin
         .query_one(
