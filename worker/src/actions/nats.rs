@@ -73,15 +73,8 @@ async fn connect(
             e.kind(),
             ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation
         );
-        let message = server.scrub(wire, &e.to_string());
-        let hint = crate::tls::stream_hint(&message)
-            .map(|h| format!("; {h}"))
-            .unwrap_or_default();
         Outcome::Retry {
-            error: format!(
-                "cannot connect to the NATS server {}: {message}{hint}",
-                server.endpoint()
-            ),
+            error: server.connect_error("NATS", wire, &e),
             not_before: None,
             endpoint_fault: fault,
         }

@@ -81,19 +81,10 @@ async fn connect(
     ca_pem: Option<&[u8]>,
 ) -> Result<ConnectionManager, Outcome> {
     let addr = server.pin(allow).await?;
-    let failed = |e: redis::RedisError| {
-        let message = server.scrub(wire, &e.to_string());
-        let hint = crate::tls::stream_hint(&message)
-            .map(|h| format!("; {h}"))
-            .unwrap_or_default();
-        Outcome::Retry {
-            error: format!(
-                "cannot connect to the Redis server {}: {message}{hint}",
-                server.endpoint()
-            ),
-            not_before: None,
-            endpoint_fault: true,
-        }
+    let failed = |e: redis::RedisError| Outcome::Retry {
+        error: server.connect_error("Redis", wire, &e),
+        not_before: None,
+        endpoint_fault: true,
     };
     let mut target = url::Url::parse(&wire.url).map_err(|e| Outcome::Retry {
         error: format!("the Redis server address does not parse ({e})"),

@@ -136,6 +136,19 @@ impl Server {
         }
         out
     }
+
+    /// The error of a failed connection to this server (`what`: "NATS", "Redis"): the client's
+    /// message scrubbed of credentials, and the fix when it shows a certificate problem.
+    pub fn connect_error(&self, what: &str, wire: &Wire, error: &dyn std::fmt::Display) -> String {
+        let message = self.scrub(wire, &error.to_string());
+        let hint = crate::tls::stream_hint(&message)
+            .map(|h| format!("; {h}"))
+            .unwrap_or_default();
+        format!(
+            "cannot connect to the {what} server {}: {message}{hint}",
+            self.endpoint()
+        )
+    }
 }
 
 /// How long a failed connection is remembered: the jobs waiting for the same server get its

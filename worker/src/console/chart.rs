@@ -14,6 +14,8 @@ const H: f64 = 160.0;
 const LEFT: f64 = 64.0;
 /// Room right of the plot for the last time label, centred on its bar.
 const RIGHT: f64 = 18.0;
+/// Width of the plot, between the scale and the right margin.
+const PLOT_W: f64 = W - LEFT - RIGHT;
 const BOTTOM: f64 = 18.0;
 
 /// One minute of a chart.
@@ -57,7 +59,7 @@ fn frame(out: &mut String, points: &[Point], top: f64, unit: &str) {
         LEFT - 4.0
     );
     let n = points.len();
-    let step = (W - LEFT - RIGHT) / n.max(1) as f64;
+    let step = PLOT_W / n.max(1) as f64;
     for i in [0, n / 2, n.saturating_sub(1)] {
         if let Some(p) = points.get(i) {
             let x = LEFT + step * (i as f64 + 0.5);
@@ -90,7 +92,7 @@ pub fn stacked(points: &[Point], names: (&str, &str), testid: &str) -> String {
     let mut out = open(testid, names);
     frame(&mut out, points, top, "");
     let plot_h = H - BOTTOM - 4.0;
-    let step = (W - LEFT - RIGHT) / points.len().max(1) as f64;
+    let step = PLOT_W / points.len().max(1) as f64;
     for (i, p) in points.iter().enumerate() {
         let x = LEFT + step * i as f64 + 1.0;
         let width = (step - 2.0).max(1.0);
@@ -124,7 +126,7 @@ pub fn lag(points: &[Point], testid: &str) -> String {
     frame(&mut out, points, top, " ms");
     let plot_h = H - BOTTOM - 4.0;
     let base = H - BOTTOM;
-    let step = (W - LEFT - RIGHT) / points.len().max(1) as f64;
+    let step = PLOT_W / points.len().max(1) as f64;
     let mut line = String::new();
     let mut dots = String::new();
     for (i, p) in points.iter().enumerate() {
