@@ -34,6 +34,17 @@ RETURN CASE WHEN observer.setting_on('fraiseql_observers.audit_search', true) TH
                                                       '["string", "numeric"]'), 'B')
 END;
 
+-- observer.batch_words(doc): the words of a batch job's attempt (observer.words, for a document
+-- given as JSON text): its strings and numbers when it is at most 100,000 bytes, else the words
+-- of its first 100,000 characters, keys included; NULL when audit_search is off. Inlined.
+CREATE FUNCTION observer.batch_words(doc text) RETURNS tsvector
+LANGUAGE sql STABLE
+RETURN CASE WHEN observer.setting_on('fraiseql_observers.audit_search', true) THEN
+    pg_catalog.setweight(CASE WHEN pg_catalog.octet_length(doc) OPERATOR(pg_catalog.<=) 100000
+                              THEN pg_catalog.json_to_tsvector('simple', doc::json, '["string", "numeric"]')
+                              ELSE pg_catalog.to_tsvector('simple', pg_catalog.left(doc, 100000)) END, 'B')
+END;
+
 -- observer.event_doc(table, op, old, new): the document of an event whose words are searched.
 CREATE FUNCTION observer.event_doc(table_name text, op text, old jsonb, new jsonb) RETURNS jsonb
 LANGUAGE sql STABLE
@@ -66,19 +77,40 @@ LANGUAGE sql STABLE AS $$
     WHERE observer.setting_on('fraiseql_observers.audit_search', true)
 $$;
 
+-- observer.audit_event(...): one event of an audit document: its id, table, op and rows as the
+-- observer delivers them (its `columns` option applies here too, so that no document holds a
+-- column the observer leaves out), or why it could not be read. Inlined (no SET clause).
+CREATE FUNCTION observer.audit_event(id bigint, table_name text, op text, old jsonb, new jsonb, error text,
+                                     cols text[], keys text[]) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN pg_catalog.jsonb_build_object('event_id', id, 'table', table_name, 'op', op,
+                                     'old', observer.project(old, cols, keys), 'new', observer.project(new, cols, keys))
+       OPERATOR(pg_catalog.||) CASE WHEN error IS NULL THEN '{}'::jsonb
+                                    ELSE pg_catalog.jsonb_build_object('error', error) END;
+
+-- observer.batch_document(observer, event_ids, events): the audit document of a batch job
+-- (queue.sql, "Batch jobs"): its events' ids and each event as observer.audit_event gives it,
+-- in id order. NULL when none of them is kept (as for a job whose event is gone): a batch job's
+-- events share one event_log row, so they are kept or pruned together. Inlined (no SET clause).
+CREATE FUNCTION observer.batch_document(observer_name text, event_ids bigint[], events jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN events IS NOT NULL THEN
+    pg_catalog.jsonb_build_object('observer', observer_name, 'event_ids', pg_catalog.to_jsonb(event_ids),
+                                  'events', events) END;
+
 -- The document delivered for a job, as observer_search() and the Elasticsearch export show it
--- (observer, table, op, rows, or the enqueued payload).
+-- (observer, table, op, rows, or the enqueued payload; a batch job's, observer.batch_document).
 CREATE FUNCTION observer.audit_document(job_id bigint) RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN j.event_id IS NULL THEN jsonb_build_object('observer', o.name, 'data', j.payload)
-                -- The rows as the observer delivers them (its `columns` option applies here too),
-                -- or why the event could not be read.
-                ELSE (SELECT jsonb_build_object('observer', o.name, 'event_id', e.id, 'table', e.table_name,
-                                                'op', e.op,
-                                                'old', observer.project(e.old, o.columns, o.key_columns),
-                                                'new', observer.project(e.new, o.columns, o.key_columns))
-                             || CASE WHEN e.error IS NULL THEN '{}'::jsonb
-                                     ELSE jsonb_build_object('error', e.error) END
+                WHEN j.event_ids IS NOT NULL
+                THEN observer.batch_document(o.name, j.event_ids, (
+                         SELECT jsonb_agg(observer.audit_event(e.id, e.table_name, e.op, e.old, e.new, e.error,
+                                                               o.columns, o.key_columns) ORDER BY e.id)
+                         FROM observer.events_safe(j.event_ids) e))
+                ELSE (SELECT jsonb_build_object('observer', o.name)
+                             || observer.audit_event(e.id, e.table_name, e.op, e.old, e.new, e.error,
+                                                     o.columns, o.key_columns)
                       FROM observer.events_safe(ARRAY[j.event_id]) e) END
     FROM observer.jobs j JOIN observer.observers o ON o.id = j.observer_id
     WHERE j.id = audit_document.job_id
@@ -142,9 +174,10 @@ $$;
 -- - else from the words' index (observer.search_matches: rare words), sorted.
 -- The words are matched with ts_match_vq (the function of @@) on the first way, so that the
 -- planner cannot turn it into the second. The documents are built as observer.audit_document
--- builds them, with the page's events read at once (one observer.events_safe call, not one per
--- row: 0.8 ms a row). A function of its own because PL/pgSQL refuses observer_search's signature
--- (observer and outcome name both an argument and a result column).
+-- builds them, with the page's events read at once (one observer.events_safe call over every
+-- event of the page's jobs, a batch job's included, not one per row: 0.8 ms a row). A function
+-- of its own because PL/pgSQL refuses observer_search's signature (observer and outcome name
+-- both an argument and a result column).
 CREATE FUNCTION observer.search_attempts(words text, observer_name text, outcome_name text,
                                          since timestamptz, until timestamptz, max_results integer)
 RETURNS TABLE (job_id bigint, attempt integer, event_id bigint, observer text, outcome text,
@@ -175,7 +208,7 @@ BEGIN
     RETURN QUERY
     WITH page AS MATERIALIZED (
         (SELECT a.job_id, a.attempt, a.outcome, a.status, a.endpoint, a.duration_ms, a.error, a.worker,
-                a.finished_at, j.event_id, j.idempotency_key, j.payload, o.name, o.columns, o.key_columns
+                a.finished_at, j.event_id, j.event_ids, j.idempotency_key, j.payload, o.name, o.columns, o.key_columns
          FROM observer.attempts a
          JOIN observer.jobs j ON j.id = a.job_id
          JOIN observer.observers o ON o.id = j.observer_id
@@ -187,7 +220,7 @@ BEGIN
          LIMIT max_results)
         UNION ALL
         (SELECT a.job_id, a.attempt, a.outcome, a.status, a.endpoint, a.duration_ms, a.error, a.worker,
-                a.finished_at, j.event_id, j.idempotency_key, j.payload, o.name, o.columns, o.key_columns
+                a.finished_at, j.event_id, j.event_ids, j.idempotency_key, j.payload, o.name, o.columns, o.key_columns
          FROM observer.search_matches(q, outcome_name, since, until) m
          JOIN observer.attempts a ON a.job_id = m.job_id AND a.attempt = m.attempt
          JOIN observer.jobs j ON j.id = a.job_id
@@ -196,19 +229,30 @@ BEGIN
          ORDER BY m.finished_at DESC, m.job_id DESC, m.attempt DESC
          LIMIT max_results)
     ), evs AS MATERIALIZED (
-        SELECT * FROM observer.events_safe(ARRAY(SELECT DISTINCT p.event_id FROM page p WHERE p.event_id IS NOT NULL))
+        SELECT * FROM observer.events_safe(ARRAY(
+            SELECT DISTINCT x.id FROM page p, unnest(coalesce(p.event_ids, ARRAY[p.event_id])) AS x(id)
+            WHERE p.event_id IS NOT NULL))
+    ), batch_events AS (
+        -- Each batch job's events, joined (not looked up one job at a time in evs).
+        SELECT b.job_id, jsonb_agg(observer.audit_event(e.id, e.table_name, e.op, e.old, e.new, e.error,
+                                                        b.columns, b.key_columns) ORDER BY e.id) AS events
+        FROM (SELECT DISTINCT p.job_id, p.event_ids, p.columns, p.key_columns FROM page p
+              WHERE p.event_ids IS NOT NULL) b
+        CROSS JOIN LATERAL unnest(b.event_ids) AS u(id)
+        JOIN evs e ON e.id = u.id
+        GROUP BY b.job_id
     )
     SELECT p.job_id, p.attempt, p.event_id, p.name, p.outcome, p.status, p.endpoint, p.duration_ms, p.error,
            p.worker, p.idempotency_key, p.finished_at,
            CASE WHEN p.event_id IS NULL THEN jsonb_build_object('observer', p.name, 'data', p.payload)
+                WHEN p.event_ids IS NOT NULL THEN observer.batch_document(p.name, p.event_ids, b.events)
                 WHEN e.id IS NULL THEN NULL
-                ELSE jsonb_build_object('observer', p.name, 'event_id', e.id, 'table', e.table_name, 'op', e.op,
-                                        'old', observer.project(e.old, p.columns, p.key_columns),
-                                        'new', observer.project(e.new, p.columns, p.key_columns))
-                     || CASE WHEN e.error IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('error', e.error) END
+                ELSE jsonb_build_object('observer', p.name)
+                     || observer.audit_event(e.id, e.table_name, e.op, e.old, e.new, e.error, p.columns, p.key_columns)
            END
     FROM page p
-    LEFT JOIN evs e ON e.id = p.event_id
+    LEFT JOIN evs e ON e.id = p.event_id AND p.event_ids IS NULL
+    LEFT JOIN batch_events b ON b.job_id = p.job_id
     ORDER BY p.finished_at DESC, p.job_id DESC, p.attempt DESC;
 END
 $$;
@@ -254,7 +298,9 @@ $$;
 -- observer_audit_batch(max_docs): the oldest attempts waiting for Elasticsearch, as documents
 -- (the worker's exporter sends them with _bulk; _id = "<job_id>-<attempt>", so a re-sent
 -- document is recognised). The payload is JSON text, capped at 32,768 characters, so arbitrary
--- row shapes cannot explode the index mapping.
+-- row shapes cannot explode the index mapping. A batch job's document also lists its events'
+-- ids as `event_ids` (`event_id` is its first), whole, so that a search of the index by any of
+-- its events finds it even when the payload is cut.
 CREATE FUNCTION observer_audit_batch(max_docs integer DEFAULT 500)
 RETURNS TABLE (job_id bigint, attempt integer, doc jsonb)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -266,6 +312,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                'duration_ms', a.duration_ms, 'error', a.error, 'worker', a.worker,
                'webhook_id', j.idempotency_key,
                'payload', left(observer.audit_document(a.job_id)::text, 32768))
+           || CASE WHEN j.event_ids IS NULL THEN '{}'::jsonb
+                   ELSE jsonb_build_object('event_ids', to_jsonb(j.event_ids)) END
     FROM (SELECT * FROM observer.audit_outbox x WHERE x.refused IS NULL
           ORDER BY x.queued_at LIMIT max_docs) x
     JOIN observer.attempts a ON a.job_id = x.job_id AND a.attempt = x.attempt

@@ -329,6 +329,32 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     ORDER BY e.id
 $$;
 
+-- observer.batch_events(action, fifo, dedup_window): how many events one batch job of an
+-- observer holds (queue.sql, "Batch jobs"), or NULL when its jobs are one per event: only a
+-- webhook whose action asks for batches of at least 2 (max_events, 100 when not given, as the
+-- worker reads it), without per-key order (fifo) or deduplication, whose jobs are per event.
+-- Inlined (no SET clause).
+CREATE FUNCTION observer.batch_events(action jsonb, fifo text, dedup_window interval) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN fifo IS NULL AND dedup_window IS NULL
+                 AND action OPERATOR(pg_catalog.->>) 'type' OPERATOR(pg_catalog.=) 'webhook'
+                 AND pg_catalog.jsonb_typeof(action OPERATOR(pg_catalog.->) 'batch') OPERATOR(pg_catalog.=) 'object'
+            THEN NULLIF(GREATEST(COALESCE(
+                     (action OPERATOR(pg_catalog.->) 'batch' OPERATOR(pg_catalog.->>) 'max_events')::integer, 100), 1), 1) END;
+
+-- observer.batch_key(event_ids, observer_id): the webhook-id of a batch job: the id the worker
+-- gives a request of the same events as jobs of their own (worker/src/actions/batch.rs,
+-- batch_id): "batch_" and 32 hex digits of the SHA-256 over each element's key
+-- (evt_<event>_<observer>) as its length in 8 big-endian bytes then its bytes, then the count.
+CREATE FUNCTION observer.batch_key(event_ids bigint[], observer_id bigint) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'batch_' || left(encode(sha256(string_agg(int8send(octet_length(k.key)::bigint) || convert_to(k.key, 'UTF8'),
+                                                     ''::bytea ORDER BY k.n)
+                                          || int8send(count(*))), 'hex'), 32)
+    FROM (SELECT 'evt_' || u.id || '_' || observer_id AS key, u.n
+          FROM unnest(event_ids) WITH ORDINALITY AS u(id, n)) k
+$$;
+
 -- observer.dedup_one(event, observer): make the job for a matched event of an observer with the
 -- dedup option, or fold it into an existing one. Returns 1 if a new job was made, else 0.
 --   dedup_coalesce = false: at most one job per dedup key per window (by capture time); a later
@@ -462,7 +488,8 @@ BEGIN
                    observer.due_at(o.paused_at) AS run_at,
                    observer.decide(b.op, b.table_name, b.old, b.new, b.changed, o.condition, o.changed_columns, b.oversize,
                                    b.tx, b.role, b.context) AS matched,
-                   observer.fifo_key(o.fifo, o.ordering_path, b.table_name, o.key_columns, b.op, b.old, b.new) AS ordering_key
+                   observer.fifo_key(o.fifo, o.ordering_path, b.table_name, o.key_columns, b.op, b.old, b.new) AS ordering_key,
+                   observer.batch_events(o.action, o.fifo, o.dedup_window) AS batch_max
             FROM batch b
             JOIN observer.observers o
               ON o.table_oid = b.table_oid AND o.enabled AND b.op = ANY (o.events)
@@ -470,15 +497,59 @@ BEGIN
             INSERT INTO observer.skipped (event_id, observer_id, reason)
             SELECT event_id, observer_id, 'condition_unknown' FROM decisions WHERE matched IS NULL
             ON CONFLICT DO NOTHING
+        ), planned AS MATERIALIZED (
+            -- Batch jobs (queue.sql): an observer's matched events of one event_log row (one
+            -- statement), in id order, cut into chunks of its batch's max_events; each full chunk
+            -- is one job (chunk set), the rest are jobs of their own (chunk NULL).
+            SELECT d.event_id, d.observer_id, d.ordering_key, d.priority, d.run_at, NULL::bigint AS chunk
+            FROM decisions d WHERE d.matched AND NOT d.dedup AND d.batch_max IS NULL
+            UNION ALL
+            SELECT p.event_id, p.observer_id, p.ordering_key, p.priority, p.run_at,
+                   CASE WHEN ((p.rn - 1) / p.batch_max + 1) * p.batch_max <= p.in_log THEN (p.rn - 1) / p.batch_max END
+            FROM (SELECT d.*,
+                         row_number() OVER (PARTITION BY d.observer_id, observer.event_log_id(d.event_id) ORDER BY d.event_id) AS rn,
+                         count(*) OVER (PARTITION BY d.observer_id, observer.event_log_id(d.event_id)) AS in_log
+                  FROM decisions d WHERE d.matched AND NOT d.dedup AND d.batch_max IS NOT NULL) p
+        ), made_batches AS (
+            INSERT INTO observer.jobs (observer_id, event_id, event_ids, idempotency_key, priority, run_at, search,
+                                       documents)
+            SELECT g.observer_id, g.ids[1], g.ids, observer.batch_key(g.ids, g.observer_id), g.priority, g.run_at,
+                   observer.batch_words(g.words), g.documents
+            FROM (SELECT p.observer_id, min(p.priority) AS priority, min(p.run_at) AS run_at,
+                         array_agg(p.event_id ORDER BY p.event_id) AS ids,
+                         -- Made here, as JSON text, from the events this round decoded, so that
+                         -- neither the claim nor the completion decodes them again: what the
+                         -- claim hands out (each event's document for attempt 1 with its
+                         -- webhook-id: queue.sql, "Batch jobs"), and the strings and numbers of
+                         -- each event's table, op and rows (as the observer delivers them) for the
+                         -- words of its attempt.
+                         '[' || string_agg(observer.event_document(o.name, o.columns, o.key_columns, b.id, b.created_at,
+                                                                  b.table_name, b.op, b.old, b.new, b.oversize, b.tx,
+                                                                  b.role, b.context, 1,
+                                                                  'evt_' || b.id || '_' || p.observer_id),
+                                           ',' ORDER BY p.event_id) || ']' AS documents,
+                         '[' || string_agg(concat('[', to_json(b.table_name), ',', to_json(b.op), ',',
+                                                  coalesce((CASE WHEN o.columns IS NULL THEN b.old
+                                                                 ELSE observer.project(b.old, o.columns, o.key_columns) END)::text, 'null'), ',',
+                                                  coalesce((CASE WHEN o.columns IS NULL THEN b.new
+                                                                 ELSE observer.project(b.new, o.columns, o.key_columns) END)::text, 'null'), ']'),
+                                           ',' ORDER BY p.event_id) || ']' AS words
+                  FROM planned p JOIN batch b ON b.id = p.event_id JOIN observer.observers o ON o.id = p.observer_id
+                  WHERE p.chunk IS NOT NULL
+                  GROUP BY p.observer_id, observer.event_log_id(p.event_id), p.chunk) g
+            ORDER BY g.ids[1], g.observer_id
+            ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING
+            RETURNING 1
         ), made AS (
             INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, priority, run_at)
             SELECT observer_id, event_id, 'evt_' || event_id || '_' || observer_id, ordering_key, priority, run_at
-            FROM decisions WHERE matched AND NOT dedup
+            FROM planned WHERE chunk IS NULL
             ORDER BY event_id, observer_id
             ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING
             RETURNING 1
         )
-        SELECT (SELECT count(*) FROM batch), (SELECT max(id) FROM batch), (SELECT count(*) FROM made),
+        SELECT (SELECT count(*) FROM batch), (SELECT max(id) FROM batch),
+               (SELECT count(*) FROM made) + (SELECT count(*) FROM made_batches),
                (SELECT array_agg(event_id ORDER BY event_id, observer_id) FROM decisions WHERE matched AND dedup),
                (SELECT array_agg(observer_id ORDER BY event_id, observer_id) FROM decisions WHERE matched AND dedup)
         INTO n_events, last_id, n_jobs, dedup_ev, dedup_obs;

@@ -182,6 +182,19 @@ BEGIN
 END
 $$;
 
+-- observer.batch_payload(event_ids, observer, attempt): what observer_claim hands out for a
+-- batch job: its events' documents, in id order, each with its own webhook-id, for attempt
+-- `attempt`, as the dispatcher makes them (observer_dispatch, made_batches) from the events it
+-- has decoded.
+CREATE FUNCTION observer.batch_payload(event_ids bigint[], o observer.observers, attempt integer) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT '[' || string_agg(observer.event_document(o.name, o.columns, o.key_columns, e.id, e.created_at,
+                                                     e.table_name, e.op, e.old, e.new, e.oversize, e.tx,
+                                                     e.role, e.context, attempt, 'evt_' || e.id || '_' || o.id),
+                             ',' ORDER BY e.id) || ']'
+    FROM observer.events_safe(event_ids) e
+$$;
+
 -- observer_replay(observer, since, until): send again the events of the observer's table
 -- captured in [since, until) that match it now (its current events, condition and filters):
 -- a finished job (completed or dead) goes back to the queue with the same webhook-id and a fresh
@@ -189,6 +202,17 @@ $$;
 -- exist or was disabled) gets one. Pending and running jobs are left alone; events already
 -- pruned (fraiseql_observers.event_retention) cannot be replayed. Returns the number of jobs
 -- queued.
+-- An event delivered in a batch job (queue.sql, "Batch jobs") has no job of its own. A completed
+-- batch job whose first event is replayed goes back to the queue whole, as a finished job does:
+-- the same webhook-id, its attempts kept and counting on, its documents made again
+-- (observer.batch_payload: its completion cleared them). That is every replay but one after a
+-- change of the observer's condition (a batch job's events are one statement's: all or none are
+-- in the time range, all have the same operation); it then also sends the events of the batch
+-- that no longer match: the batch job holds its first event's place in the jobs
+-- (jobs_event_observer), so that event can have no job of its own, and sending it again must not
+-- lose its batch's history. The replayed events of a completed batch job whose first event is
+-- not replayed get jobs of their own, whose webhook-id is theirs in the batch
+-- (evt_<event>_<observer>); an event of a pending or running batch job is left to it.
 CREATE FUNCTION observer_replay(observer text, since timestamptz, until timestamptz DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -230,13 +254,28 @@ BEGIN
     WHERE s.event_id = r.event_id AND s.observer_id = o.id AND s.reason = 'undecodable';
     UPDATE observer.jobs j
     SET state = 'pending', run_at = observer.due_at(o.paused_at), finished_at = NULL, lease_until = NULL,
-        attempts_allowed = j.attempt + o.max_attempts
+        attempts_allowed = j.attempt + o.max_attempts,
+        -- The claim hands a batch job's documents out as they are: made for its next attempt.
+        documents = CASE WHEN j.event_ids IS NOT NULL THEN observer.batch_payload(j.event_ids, o, j.attempt + 1) END
     FROM fraiseql_replay r
     WHERE j.observer_id = o.id AND j.event_id = r.event_id AND j.state IN ('completed', 'dead');
     GET DIAGNOSTICS n_old = ROW_COUNT;
+    -- The statement above has put back every completed batch job whose first event is replayed:
+    -- the events of the batch jobs that are not completed now are theirs to deliver.
+    WITH logs AS (
+        SELECT DISTINCT observer.event_log_id(r.event_id) AS id FROM fraiseql_replay r
+    ), in_batch AS (
+        SELECT u.id AS event_id, j.state
+        FROM logs
+        JOIN observer.jobs j ON j.observer_id = o.id AND j.event_id >= logs.id AND j.event_id < logs.id + 1024
+                                AND j.event_ids IS NOT NULL
+        CROSS JOIN LATERAL unnest(j.event_ids) AS u(id)
+    )
     INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, priority, run_at)
     SELECT o.id, r.event_id, 'evt_' || r.event_id || '_' || o.id, r.ordering_key, o.priority, observer.due_at(o.paused_at)
-    FROM fraiseql_replay r ORDER BY r.event_id
+    FROM fraiseql_replay r
+    WHERE NOT EXISTS (SELECT 1 FROM in_batch b WHERE b.event_id = r.event_id AND b.state <> 'completed')
+    ORDER BY r.event_id
     ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING;
     GET DIAGNOSTICS n_new = ROW_COUNT;
     IF n_old + n_new > 0 THEN

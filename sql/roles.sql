@@ -36,7 +36,7 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
 RETURN CASE access
     WHEN 'app' THEN ARRAY['observer_enqueue', 'observer_enqueue_many']
     WHEN 'worker' THEN ARRAY['observer_claim', 'observer_heartbeat', 'observer_complete', 'observer_fail',
-                             'observer_snooze', 'observer_discard', 'observer_dispatch', 'observer_prune',
+                             'observer_snooze', 'observer_discard', 'observer_split', 'observer_dispatch', 'observer_prune',
                              'observer_report_breakers', 'observer_audit_batch', 'observer_audit_done',
                              'observer_audit_lock', 'observer_status']
 END;

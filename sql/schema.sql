@@ -198,7 +198,17 @@ CREATE TABLE observer.jobs (
     last_error       text,
     created_at       timestamptz NOT NULL DEFAULT now(),
     finished_at      timestamptz,
-    CHECK ((event_id IS NULL) <> (payload IS NULL))
+    -- A batch job (queue.sql, "Batch jobs"): the ids of its events, ascending, all in the event_log
+    -- row of event_id (its first). NULL on every other job.
+    event_ids        bigint[],
+    -- A batch job: the words of its events' documents for its attempt's search (audit.sql), and
+    -- the array it delivers (cleared once delivered), both made by the dispatcher from the
+    -- events it decoded to make the job.
+    search           tsvector,
+    documents        text,                   -- JSON text (observer.event_document)
+    CHECK ((event_id IS NULL) <> (payload IS NULL)),
+    CONSTRAINT jobs_batch_check CHECK (event_ids IS NULL OR (event_id IS NOT NULL AND event_ids[1] = event_id
+                                                             AND cardinality(event_ids) BETWEEN 2 AND 1024))
 );
 -- Every index below is paid for on each state change (pending -> running -> completed cannot be
 -- HOT updates: state is in the partial indexes' predicates), so each one is partial where it can

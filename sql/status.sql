@@ -224,12 +224,90 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET jit = off AS $$
     FROM per_observer p
 $$;
 
+-- observer.event_jobs(event_id, observer_id): the jobs of one observer that deliver an event:
+-- its own (event_id), and a batch job whose events include it (queue.sql, "Batch jobs": its
+-- event_id is its first event, in the same event_log row, so both are found on the range of
+-- jobs_event_observer from the event_log row's first id to the event's). Both at once only after
+-- observer_replay made the event a job of its own out of a completed batch job. Inlined (no SET
+-- clause).
+CREATE FUNCTION observer.event_jobs(event_id bigint, observer_id bigint) RETURNS SETOF observer.jobs
+LANGUAGE sql STABLE AS $$
+    SELECT j.* FROM observer.jobs j
+    WHERE j.observer_id OPERATOR(pg_catalog.=) event_jobs.observer_id
+      AND j.event_id OPERATOR(pg_catalog.>=) observer.event_log_id(event_jobs.event_id)
+      AND j.event_id OPERATOR(pg_catalog.<=) event_jobs.event_id
+      AND (j.event_id OPERATOR(pg_catalog.=) event_jobs.event_id
+           OR (j.event_ids IS NOT NULL AND event_jobs.event_id OPERATOR(pg_catalog.=) ANY (j.event_ids)))
+$$;
+
+-- observer.event_story(event, observer, dispatched, changed): one observer's part of
+-- observer_debug_event: its decision about the event and why, and its jobs' state, attempts and
+-- breakers.
+CREATE FUNCTION observer.event_story(e observer.decoded_event, o observer.observers, dispatched boolean,
+                                     changed text[]) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH jobs AS MATERIALIZED (
+        -- n = 1: the job shown, its own when the event has one (the newer: see event_jobs).
+        SELECT x.*, row_number() OVER (ORDER BY x.event_ids IS NOT NULL, x.id DESC) AS n
+        FROM observer.event_jobs(e.id, o.id) x
+    ), j AS (
+        SELECT * FROM jobs WHERE n = 1
+    ), s AS (
+        SELECT * FROM observer.skipped x WHERE x.event_id = e.id AND x.observer_id = o.id
+    )
+    SELECT jsonb_build_object(
+        'observer', o.name,
+        'enabled', o.enabled,
+        'paused_reason', o.paused_reason,
+        'condition', o.condition::text,
+        'decision', CASE
+            WHEN j.id IS NOT NULL THEN 'job'
+            WHEN s.reason IS NOT NULL THEN s.reason
+            WHEN e.error IS NOT NULL THEN 'undecodable'
+            WHEN o.created_at > e.created_at THEN 'observer_created_later'
+            WHEN NOT (e.op = ANY (o.events)) THEN 'operation_not_observed'
+            WHEN NOT dispatched THEN 'not_dispatched_yet'
+            WHEN NOT o.enabled THEN 'disabled'
+            WHEN observer.decide(e.op, e.table_name, e.old, e.new, changed, o.condition,
+                                 o.changed_columns, e.oversize, e.tx, e.role, e.context) IS FALSE THEN 'condition_false'
+            ELSE 'no_job' END,
+        'deduplicated_into_job', s.job_id,
+        'reason', s.detail,
+        'job', CASE WHEN j.id IS NULL THEN NULL ELSE jsonb_build_object(
+            'id', j.id, 'state', j.state, 'attempt', j.attempt, 'run_at', j.run_at,
+            'webhook_id', j.idempotency_key, 'last_error', j.last_error, 'worker', j.worker,
+            'lease_until', j.lease_until, 'finished_at', j.finished_at, 'snoozes', j.snoozes)
+            || CASE WHEN j.event_ids IS NULL THEN '{}'::jsonb
+                    ELSE jsonb_build_object('batch', jsonb_build_object(
+                        'events', cardinality(j.event_ids), 'first_event_id', j.event_id)) END END,
+        'attempts', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                'job_id', a.job_id, 'attempt', a.attempt, 'outcome', a.outcome, 'status', a.status,
+                'endpoint', a.endpoint, 'duration_ms', a.duration_ms, 'error', a.error,
+                'worker', a.worker, 'finished_at', a.finished_at) ORDER BY jobs.n DESC, a.attempt)
+            FROM jobs JOIN observer.attempts a ON a.job_id = jobs.id), '[]'),
+        'breakers', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('worker', b.worker, 'endpoint', b.endpoint,
+                                                'state', b.state, 'failures', b.failures,
+                                                'open_until', b.open_until) ORDER BY b.worker)
+            FROM observer.breakers b
+            WHERE b.endpoint IN (SELECT DISTINCT a.endpoint FROM observer.attempts a
+                                 WHERE a.job_id IN (SELECT jobs.id FROM jobs))), '[]'))
+    FROM (SELECT 1) one
+    LEFT JOIN j ON true
+    LEFT JOIN s ON true
+$$;
+
 -- observer_debug_event(event_id): the whole story of one event, as jsonb — where it is and why.
 --   event:       the change (table, op, transaction, time, rows) and whether it was dispatched
 --   observers:   every observer of its table: the decision (job, condition_false,
 --                condition_unknown, deduplicated, coalesced, operation_not_observed, disabled,
 --                not_dispatched_yet) and, for a job, its state, attempts (status, endpoint,
 --                timing, error) and the circuit breakers of its endpoint
+-- The job of an event is its own, or the batch job that holds it (queue.sql, "Batch jobs"), whose
+-- `job` says so (`batch`: how many events, the first one's id) and whose webhook-id is the
+-- batch's. An event replayed out of a completed batch (observer_replay) has both: `job` is its
+-- own, the newer; `attempts` are both jobs', the batch job's first, each with its job's id.
 -- An unknown event (never captured, or pruned after fraiseql_observers.event_retention) raises
 -- 42704 with a hint.
 CREATE FUNCTION observer_debug_event(event_id bigint) RETURNS jsonb
@@ -257,49 +335,10 @@ BEGIN
             'transaction', jsonb_build_object('xid', e.tx::text, 'status', pg_xact_status(e.tx)),
             'dispatched', dispatched, 'changed', to_jsonb(changed), 'oversize', e.oversize,
             'old', e.old, 'new', e.new, 'error', e.error),
-        'observers', coalesce(jsonb_agg(d.story ORDER BY d.name), '[]'))
+        'observers', coalesce(jsonb_agg(observer.event_story(e, o, dispatched, changed) ORDER BY o.name), '[]'))
     INTO result
-    FROM (
-        SELECT o.name, jsonb_build_object(
-            'observer', o.name,
-            'enabled', o.enabled,
-            'paused_reason', o.paused_reason,
-            'condition', o.condition::text,
-            'decision', CASE
-                WHEN j.id IS NOT NULL THEN 'job'
-                WHEN s.reason IS NOT NULL THEN s.reason
-                WHEN e.error IS NOT NULL THEN 'undecodable'
-                WHEN o.created_at > e.created_at THEN 'observer_created_later'
-                WHEN NOT (e.op = ANY (o.events)) THEN 'operation_not_observed'
-                WHEN NOT dispatched THEN 'not_dispatched_yet'
-                WHEN NOT o.enabled THEN 'disabled'
-                WHEN observer.decide(e.op, e.table_name, e.old, e.new, changed, o.condition,
-                                     o.changed_columns, e.oversize, e.tx, e.role, e.context) IS FALSE THEN 'condition_false'
-                ELSE 'no_job' END,
-            'deduplicated_into_job', s.job_id,
-            'reason', s.detail,
-            'job', CASE WHEN j.id IS NULL THEN NULL ELSE jsonb_build_object(
-                'id', j.id, 'state', j.state, 'attempt', j.attempt, 'run_at', j.run_at,
-                'webhook_id', j.idempotency_key, 'last_error', j.last_error, 'worker', j.worker,
-                'lease_until', j.lease_until, 'finished_at', j.finished_at, 'snoozes', j.snoozes) END,
-            'attempts', coalesce((
-                SELECT jsonb_agg(jsonb_build_object(
-                    'attempt', a.attempt, 'outcome', a.outcome, 'status', a.status,
-                    'endpoint', a.endpoint, 'duration_ms', a.duration_ms, 'error', a.error,
-                    'worker', a.worker, 'finished_at', a.finished_at) ORDER BY a.attempt)
-                FROM observer.attempts a WHERE a.job_id = j.id), '[]'),
-            'breakers', coalesce((
-                SELECT jsonb_agg(jsonb_build_object('worker', b.worker, 'endpoint', b.endpoint,
-                                                    'state', b.state, 'failures', b.failures,
-                                                    'open_until', b.open_until) ORDER BY b.worker)
-                FROM observer.breakers b
-                WHERE b.endpoint IN (SELECT DISTINCT a.endpoint FROM observer.attempts a WHERE a.job_id = j.id)), '[]')
-        ) AS story
-        FROM observer.observers o
-        LEFT JOIN observer.jobs j ON j.event_id = e.id AND j.observer_id = o.id
-        LEFT JOIN observer.skipped s ON s.event_id = e.id AND s.observer_id = o.id
-        WHERE o.table_oid = e.table_oid
-    ) d;
+    FROM observer.observers o
+    WHERE o.table_oid = e.table_oid;
     RETURN result;
 END
 $$;

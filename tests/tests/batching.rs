@@ -93,12 +93,21 @@ async fn rows_of_one_transaction_go_in_signed_batches_in_commit_order() {
         .batch_execute("INSERT INTO orders SELECT i, 'note ' || i FROM generate_series(1, 250) i")
         .await
         .expect("insert");
+    // One statement of 250 rows: two batch jobs of 100 (one job each) and 50 jobs of their own.
     assert!(
-        wait_for_jobs(&client, "completed", 250, Duration::from_secs(60)).await,
+        wait_for_jobs(&client, "completed", 2 + 50, Duration::from_secs(60)).await,
         "{}",
         observer_status(&client).await
     );
     let received = sink.received();
+    assert_eq!(
+        received
+            .iter()
+            .filter(|r| event_ids(r).len() == 100)
+            .count(),
+        2,
+        "each batch job is one request of 100"
+    );
     let mut seen = Vec::new();
     let mut ids = BTreeSet::new();
     for r in &received {

@@ -500,6 +500,24 @@ impl Db {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    /// `observer_split(ids, tokens)`: batch jobs given back as jobs of their own events, due at
+    /// once, the claim's attempt given back. Returns the jobs refused: their token was stale
+    /// (another worker claimed them since), or they were no running batch job any more.
+    pub async fn split(&self, leases: &[Lease]) -> Result<Vec<i64>, DbError> {
+        let (ids, tokens) = lease_arrays(leases.iter());
+        let rows = self
+            .client
+            .query(
+                &self.sql(
+                    "SELECT job_id FROM @extschema@.observer_split($1::int8[], $2::int8[]) WHERE NOT accepted",
+                ),
+                &[&ids, &tokens],
+            )
+            .await
+            .map_err(DbError::call("observer_split"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// `observer_report_breakers`: this worker's circuit breakers.
     pub async fn report_breakers(
         &self,

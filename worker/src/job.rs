@@ -27,6 +27,12 @@ pub enum Outcome {
     /// Not attempted (the endpoint is at its in-flight limit): back to the queue, due at
     /// `until`, without using an attempt.
     Snooze { until: SystemTime, reason: String },
+    /// A batch job ([`ClaimedJob::is_batch`]) that cannot go as one request (its observer's
+    /// action no longer batches, it is over the action's `max_bytes`, or the receiver refused
+    /// its content): given back as jobs of its own events, due at once, without using an
+    /// attempt (`observer_split`). The worker's collector then batches those (and bisection
+    /// finds an event the receiver refuses). `reason` is for the log.
+    Split { reason: String },
 }
 
 /// One attempt's outcome and, when the endpoint answered, its status code (HTTP status, SMTP
@@ -115,6 +121,14 @@ pub struct ClaimedJob {
 }
 
 impl ClaimedJob {
+    /// Whether this is a batch job: one job the dispatcher made for a full batch of the events
+    /// one statement matched. Its payload is the JSON array of their documents (each with its
+    /// own `webhook_id`) and its key the batch's `webhook-id`; any other job's document is a
+    /// JSON object, so the first character tells them apart without parsing.
+    pub fn is_batch(&self) -> bool {
+        self.payload.trim_start().starts_with('[')
+    }
+
     /// The claim held on the job.
     pub fn lease(&self) -> Lease {
         Lease {
@@ -198,5 +212,23 @@ mod tests {
         assert_eq!(endpoint("tok:en@h"), "tok://:0");
         assert_eq!(endpoint(""), "invalid");
         assert_eq!(endpoint_of("not a url"), None);
+    }
+
+    #[test]
+    fn a_batch_job_is_told_by_its_array_payload() {
+        let job = |payload: &str| ClaimedJob {
+            job_id: 1,
+            token: 1,
+            attempt: 1,
+            observer: "orders".into(),
+            action: "{}".into(),
+            idempotency_key: "k".into(),
+            payload: payload.into(),
+            event_at: 0.0,
+        };
+        assert!(job(r#"[{"webhook_id":"evt_1_1"}]"#).is_batch());
+        assert!(job(" [] ").is_batch());
+        assert!(!job(r#"{"data":[1]}"#).is_batch());
+        assert!(!job("{}").is_batch());
     }
 }

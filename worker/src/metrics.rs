@@ -40,7 +40,8 @@ const NOT_CONNECTED_YET: &str = "not connected to the database yet";
 /// Every metric of the worker.
 pub struct Metrics {
     registry: Registry,
-    /// Jobs by outcome: claimed, delivered, retried, discarded, snoozed.
+    /// Jobs by outcome: claimed, delivered, retried, discarded, snoozed, split (a batch job
+    /// given back as its events' jobs).
     pub jobs: IntCounterVec,
     /// Delivery time of attempted jobs, seconds.
     pub delivery_seconds: HistogramVec,
@@ -201,7 +202,7 @@ impl Metrics {
             jobs: register(r, IntCounterVec::new(
                 Opts::new(
                     "jobs_total",
-                    "Jobs by outcome (claimed, delivered, retried, discarded, snoozed); action \"ledger\" counts jobs completed from the delivered-ledger without a second delivery.",
+                    "Jobs by outcome (claimed, delivered, retried, discarded, snoozed, split: a batch job given back as its events' jobs); action \"ledger\" counts jobs completed from the delivered-ledger without a second delivery.",
                 ),
                 &["observer", "action", "outcome"],
             )?)?,

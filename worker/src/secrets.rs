@@ -376,6 +376,9 @@ impl Wire {
                 until,
                 reason: self.scrub(&reason),
             },
+            Outcome::Split { reason } => Outcome::Split {
+                reason: self.scrub(&reason),
+            },
             Outcome::Delivered => Outcome::Delivered,
         };
         Attempted {

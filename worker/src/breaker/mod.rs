@@ -57,9 +57,10 @@ impl Verdict {
                 endpoint_fault: true,
                 ..
             } => Verdict::Faulty,
-            Outcome::Retry { .. } | Outcome::Discard { .. } | Outcome::Snooze { .. } => {
-                Verdict::Neutral
-            }
+            Outcome::Retry { .. }
+            | Outcome::Discard { .. }
+            | Outcome::Snooze { .. }
+            | Outcome::Split { .. } => Verdict::Neutral,
         }
     }
 }

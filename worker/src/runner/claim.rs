@@ -1,8 +1,9 @@
 //! The claim loop of one database session, in named steps: a dispatch round where this loop
 //! has the duty ([`DispatchDuty`]), permits for what can start at once, the claim, a task per
 //! claimed job (or, for webhooks with a `batch` policy, the loop's batch collector:
-//! [`super::batch`]), and a sleep when the queue is drained. Outcomes go to the reporter
-//! ([`super::report`]).
+//! [`super::batch`]; a batch job made by the dispatcher goes as a request of its own, or is
+//! given back as its events' jobs), and a sleep when the queue is drained. Outcomes go to the
+//! reporter ([`super::report`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::db::{Db, DbError};
 use crate::job::{Audit, ClaimedJob, Outcome};
 
-use super::batch::{self, Collector, Held};
+use super::batch::{self, Collector, Held, Ready};
 use super::dispatch::DispatchDuty;
 use super::perform::perform;
 use super::report::Report;
@@ -123,6 +124,10 @@ impl<'a> ClaimLoop<'a> {
                 .entry(job.action.clone())
                 .or_insert_with(|| Action::parse(&job.action))
                 .clone();
+            if job.is_batch() {
+                self.batch_job(job, action, permit);
+                continue;
+            }
             match (batch_policy(&action), action) {
                 (Some(policy), Ok(action)) => self.collect(job, permit, &action, policy),
                 (_, action) => self.spawn(job, action, permit),
@@ -154,6 +159,36 @@ impl<'a> ClaimLoop<'a> {
         }
         if let Some(opened) = added.opened {
             batch::start_timer(self.session, &self.batches, observer, opened);
+        }
+    }
+
+    /// Send a batch job at once as a request of its own (never merged with other jobs: its
+    /// array and `webhook-id` are the extension's), or give it back as its events' jobs without
+    /// sending when its observer's action no longer lets it go whole ([`batch::whole`]).
+    fn batch_job(
+        &self,
+        job: ClaimedJob,
+        action: Result<Action, ActionError>,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let ctx = &self.session.ctx;
+        let kind = action.as_ref().map(Action::kind).unwrap_or("invalid");
+        match batch::whole(&job, action) {
+            Ok(action) => {
+                ctx.in_flight.hold(&job);
+                batch::spawn(self.session, Ready::batch_job(Held { job, permit }, action));
+            }
+            Err(split) => {
+                // Nothing to send: the slot goes back at once.
+                drop(permit);
+                ctx.metrics.job(&job.observer, kind, "claimed");
+                batch::record(ctx, &job, kind, &split, std::time::Instant::now());
+                self.session.report(Report {
+                    job,
+                    outcome: split,
+                    audit: Audit::default(),
+                });
+            }
         }
     }
 

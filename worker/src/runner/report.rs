@@ -1,15 +1,16 @@
 //! Reporting: every finished attempt goes through a channel to one reporter task per session,
 //! which sorts a batch by outcome and makes one call per kind (`observer_complete`,
-//! `observer_snooze`, `observer_discard`, `observer_fail`), so completions cost one statement
-//! per batch, not per job. Deliveries are written to the delivered-ledger (Redis, when
-//! configured) before their completion is reported.
+//! `observer_snooze`, `observer_discard`, `observer_fail`, and `observer_split` for batch jobs
+//! given back as their events' jobs), so completions cost one statement per batch, not per
+//! job. Deliveries are written to the delivered-ledger (Redis, when configured) before their
+//! completion is reported.
 
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
 use crate::db::{Db, DbError};
-use crate::job::{Audit, ClaimedJob, Completion, Discard, Failure, Outcome, Snooze};
+use crate::job::{Audit, ClaimedJob, Completion, Discard, Failure, Lease, Outcome, Snooze};
 
 use super::Context;
 
@@ -30,6 +31,8 @@ struct Batch {
     failed: Vec<Failure>,
     snoozed: Vec<Snooze>,
     discarded: Vec<Discard>,
+    /// Batch jobs to be replaced by their events' jobs.
+    split: Vec<Lease>,
 }
 
 impl Batch {
@@ -79,6 +82,12 @@ impl Batch {
                     audit,
                 });
             }
+            Outcome::Split { reason } => {
+                // A reason can quote why a request was refused before sending: escaped like errors.
+                let reason = fraiseql_observers_core::text::printable(&reason);
+                tracing::info!(job = job.job_id, observer = %job.observer, %reason, "batch job split: its events go as jobs of their own");
+                self.split.push(lease);
+            }
         }
     }
 
@@ -101,6 +110,9 @@ impl Batch {
         if !self.discarded.is_empty() {
             let stale = db.discard(&self.discarded).await;
             log_report("discards", self.discarded.len(), stale);
+        }
+        if !self.split.is_empty() {
+            log_report("splits", self.split.len(), db.split(&self.split).await);
         }
         if !self.failed.is_empty() {
             log_report("failures", self.failed.len(), db.fail(&self.failed).await);

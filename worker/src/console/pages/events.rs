@@ -2,8 +2,8 @@
 //! errors, with observer, outcome and time filters), each row linking to its event; and
 //! `/events/<id>`: an event's whole story as a timeline (`observer_debug_event`): its capture,
 //! each observer's decision and why, and every attempt with its status, duration, endpoint and
-//! error excerpt. An empty search looks at the last [`DEFAULT_WINDOW`] only, so that it never
-//! sorts the whole history.
+//! error excerpt; an event delivered in a batch job shows that job and its attempts. An empty
+//! search looks at the last [`DEFAULT_WINDOW`] only, so that it never sorts the whole history.
 
 use std::fmt::Write as _;
 
@@ -235,10 +235,11 @@ fn decision(o: &Value) -> String {
         let dead = job["state"].as_str() == Some("dead");
         let _ = write!(
             out,
-            ": job {} <span class=\"badge\">{}</span> webhook-id <code>{}</code>{}",
+            ": job {} <span class=\"badge\">{}</span> webhook-id <code>{}</code>{}{}",
             val(&job["id"]),
             val(&job["state"]),
             val(&job["webhook_id"]),
+            batch(&job["batch"]),
             if dead {
                 format!(
                     " · <a href=\"/dlq/{}\">in the dead-letter queue</a>",
@@ -251,10 +252,16 @@ fn decision(o: &Value) -> String {
     }
     out.push_str("<ol class=\"attempts\">");
     for a in o["attempts"].as_array().into_iter().flatten() {
+        // An event replayed out of a batch has the batch job's attempts too: each says whose.
+        let whose = if a["job_id"] == job["id"] {
+            String::new()
+        } else {
+            format!(" of job {}", val(&a["job_id"]))
+        };
         let _ = write!(
             out,
             "<li class=\"attempt\" data-testid=\"attempt\"><span class=\"when\">{}</span> \
-             attempt {} {} <span class=\"status\">{}</span> in <span class=\"duration\">{}</span> \
+             attempt {}{whose} {} <span class=\"status\">{}</span> in <span class=\"duration\">{}</span> \
              to <span class=\"endpoint\">{}</span> <span class=\"muted\">by {}</span>\
              <div class=\"excerpt\">{}</div></li>",
             time(&a["finished_at"]),
@@ -269,4 +276,15 @@ fn decision(o: &Value) -> String {
     }
     out.push_str("</ol></li>");
     out
+}
+
+/// A batch job's events (`job.batch` of `observer_debug_event`), linking to its first event;
+/// empty for a job of one event.
+fn batch(b: &Value) -> String {
+    match (b["events"].as_i64(), b["first_event_id"].as_i64()) {
+        (Some(n), Some(first)) => format!(
+            " · <span data-testid=\"batch\">batch of {n} events from event <a href=\"/events/{first}\">{first}</a></span>"
+        ),
+        _ => String::new(),
+    }
 }
