@@ -93,8 +93,16 @@ fn decision(o: &Value) -> String {
     match decision.as_str() {
         "job" => {
             let j = &o["job"];
+            // A batch job (one job for a statement's batch of events) says so.
+            let batch = match &j["batch"] {
+                Value::Null => String::new(),
+                b => format!(
+                    " (a batch of {} events from event {})",
+                    b["events"], b["first_event_id"]
+                ),
+            };
             format!(
-                "job {} {} after {} attempt(s), webhook-id {}",
+                "job {}{batch} {} after {} attempt(s), webhook-id {}",
                 j["id"],
                 text(&j["state"]),
                 j["attempt"],
@@ -180,6 +188,13 @@ mod tests {
         assert_eq!(
             decision(&job),
             "job 2 completed after 1 attempt(s), webhook-id evt_1_2"
+        );
+        let batch = serde_json::json!({"decision": "job",
+            "job": {"id": 5, "state": "completed", "attempt": 1, "webhook_id": "batch_ab",
+                    "batch": {"events": 100, "first_event_id": 1024}}});
+        assert_eq!(
+            decision(&batch),
+            "job 5 (a batch of 100 events from event 1024) completed after 1 attempt(s), webhook-id batch_ab"
         );
         let later = serde_json::json!({"decision": "observer_created_later"});
         assert_eq!(decision(&later), "no job: observer created later");
