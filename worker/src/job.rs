@@ -191,6 +191,21 @@ pub struct Audit {
     pub duration_ms: Option<i32>,
 }
 
+/// A claimed job of observer `orders` for unit tests: token 7, attempt 1, captured at second `id`.
+#[cfg(test)]
+pub(crate) fn test_job(id: i64, key: &str, payload: &str) -> ClaimedJob {
+    ClaimedJob {
+        job_id: id,
+        token: 7,
+        attempt: 1,
+        observer: "orders".into(),
+        action: "{}".into(),
+        idempotency_key: key.into(),
+        payload: payload.into(),
+        event_at: id as f64,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

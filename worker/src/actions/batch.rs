@@ -118,18 +118,7 @@ pub fn request<'a>(jobs: &[&'a ClaimedJob]) -> Cow<'a, ClaimedJob> {
 mod tests {
     use super::*;
 
-    fn job(id: i64, key: &str, payload: &str) -> ClaimedJob {
-        ClaimedJob {
-            job_id: id,
-            token: 7,
-            attempt: 1,
-            observer: "orders".into(),
-            action: "{}".into(),
-            idempotency_key: key.into(),
-            payload: payload.into(),
-            event_at: id as f64,
-        }
-    }
+    use crate::job::test_job as job;
 
     #[test]
     fn the_body_is_an_array_of_documents_each_with_its_own_id() {

@@ -347,18 +347,7 @@ mod tests {
 
     use super::*;
 
-    fn job(id: i64, key: &str, payload: &str) -> ClaimedJob {
-        ClaimedJob {
-            job_id: id,
-            token: 7,
-            attempt: 1,
-            observer: "orders".into(),
-            action: "{}".into(),
-            idempotency_key: key.into(),
-            payload: payload.into(),
-            event_at: 0.0,
-        }
-    }
+    use crate::job::test_job as job;
 
     /// A batch job of `n` events of observer 1, each element `filler` bytes long or so.
     fn batch_job(n: i64, filler: usize) -> ClaimedJob {
