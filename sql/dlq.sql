@@ -185,13 +185,14 @@ $$;
 -- observer.batch_payload(event_ids, observer, attempt): what observer_claim hands out for a
 -- batch job: its events' documents, in id order, each with its own webhook-id, for attempt
 -- `attempt`, as the dispatcher makes them (observer_dispatch, made_batches) from the events it
--- has decoded.
+-- has decoded; NULL when one of them cannot be read any more (or is gone).
 CREATE FUNCTION observer.batch_payload(event_ids bigint[], o observer.observers, attempt integer) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT '[' || string_agg(observer.event_document(o.name, o.columns, o.key_columns, e.id, e.created_at,
-                                                     e.table_name, e.op, e.old, e.new, e.oversize, e.tx,
-                                                     e.role, e.context, attempt, 'evt_' || e.id || '_' || o.id),
-                             ',' ORDER BY e.id) || ']'
+    SELECT CASE WHEN count(*) = cardinality(event_ids) AND bool_and(e.error IS NULL) THEN
+        '[' || string_agg(observer.event_document(o.name, o.columns, o.key_columns, e.id, e.created_at,
+                                                  e.table_name, e.op, e.old, e.new, e.oversize, e.tx,
+                                                  e.role, e.context, attempt, 'evt_' || e.id || '_' || o.id),
+                          ',' ORDER BY e.id) || ']' END
     FROM observer.events_safe(event_ids) e
 $$;
 
@@ -260,7 +261,14 @@ BEGIN
     FROM fraiseql_replay r
     WHERE j.observer_id = o.id AND j.event_id = r.event_id AND j.state IN ('completed', 'dead');
     GET DIAGNOSTICS n_old = ROW_COUNT;
-    -- The statement above has put back every completed batch job whose first event is replayed:
+    -- A batch job one of whose events cannot be read any more (its array could not be made) goes
+    -- as its events' jobs: that event to the dead-letter queue with its reason at its claim, the
+    -- others delivered (observer.split_batches; the batch's attempts stay with its first event's).
+    PERFORM observer.split_batches(ARRAY(
+        SELECT j.id FROM observer.jobs j
+        WHERE j.observer_id = o.id AND j.event_ids IS NOT NULL AND j.state = 'pending' AND j.documents IS NULL
+        FOR UPDATE));
+    -- The statements above have put back every completed batch job whose first event is replayed:
     -- the events of the batch jobs that are not completed now are theirs to deliver.
     WITH logs AS (
         SELECT DISTINCT observer.event_log_id(r.event_id) AS id FROM fraiseql_replay r

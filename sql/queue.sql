@@ -17,15 +17,16 @@ CREATE FUNCTION observer.event_document(observer_name text, cols text[], keys te
                                         ev_context jsonb, attempt integer, webhook_id text)
 RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
+-- Every value is written, `null` when missing (an event that is gone), so the text stays JSON.
 RETURN pg_catalog.concat(
-    '{"type":', pg_catalog.to_json(observer_name),
-    ',"timestamp":', pg_catalog.to_json(ev_created),
-    ',"attempt":', attempt,
+    '{"type":', COALESCE(pg_catalog.to_json(observer_name)::text, 'null'),
+    ',"timestamp":', COALESCE(pg_catalog.to_json(ev_created)::text, 'null'),
+    ',"attempt":', COALESCE(attempt::text, 'null'),
     CASE WHEN webhook_id IS NOT NULL THEN pg_catalog.concat(',"webhook_id":', pg_catalog.to_json(webhook_id)) END,
-    ',"data":{"event_id":', ev_id,
-    ',"observer":', pg_catalog.to_json(observer_name),
-    ',"table":', pg_catalog.to_json(ev_table),
-    ',"op":', pg_catalog.to_json(ev_op),
+    ',"data":{"event_id":', COALESCE(ev_id::text, 'null'),
+    ',"observer":', COALESCE(pg_catalog.to_json(observer_name)::text, 'null'),
+    ',"table":', COALESCE(pg_catalog.to_json(ev_table)::text, 'null'),
+    ',"op":', COALESCE(pg_catalog.to_json(ev_op)::text, 'null'),
     -- observer.project is a call (its subquery keeps it from being inlined): only when the
     -- observer lists columns (two calls cost a fifth of a claim).
     ',"old":', COALESCE((CASE WHEN cols IS NULL THEN ev_old ELSE observer.project(ev_old, cols, keys) END)::text, 'null'),

@@ -1040,15 +1040,16 @@ CREATE OR REPLACE FUNCTION observer.event_document(observer_name text, cols text
                                         ev_context jsonb, attempt integer, webhook_id text)
 RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
+-- Every value is written, `null` when missing (an event that is gone), so the text stays JSON.
 RETURN pg_catalog.concat(
-    '{"type":', pg_catalog.to_json(observer_name),
-    ',"timestamp":', pg_catalog.to_json(ev_created),
-    ',"attempt":', attempt,
+    '{"type":', COALESCE(pg_catalog.to_json(observer_name)::text, 'null'),
+    ',"timestamp":', COALESCE(pg_catalog.to_json(ev_created)::text, 'null'),
+    ',"attempt":', COALESCE(attempt::text, 'null'),
     CASE WHEN webhook_id IS NOT NULL THEN pg_catalog.concat(',"webhook_id":', pg_catalog.to_json(webhook_id)) END,
-    ',"data":{"event_id":', ev_id,
-    ',"observer":', pg_catalog.to_json(observer_name),
-    ',"table":', pg_catalog.to_json(ev_table),
-    ',"op":', pg_catalog.to_json(ev_op),
+    ',"data":{"event_id":', COALESCE(ev_id::text, 'null'),
+    ',"observer":', COALESCE(pg_catalog.to_json(observer_name)::text, 'null'),
+    ',"table":', COALESCE(pg_catalog.to_json(ev_table)::text, 'null'),
+    ',"op":', COALESCE(pg_catalog.to_json(ev_op)::text, 'null'),
     -- observer.project is a call (its subquery keeps it from being inlined): only when the
     -- observer lists columns (two calls cost a fifth of a claim).
     ',"old":', COALESCE((CASE WHEN cols IS NULL THEN ev_old ELSE observer.project(ev_old, cols, keys) END)::text, 'null'),
@@ -1749,10 +1750,11 @@ $$;
 -- has decoded.
 CREATE OR REPLACE FUNCTION observer.batch_payload(event_ids bigint[], o observer.observers, attempt integer) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT '[' || string_agg(observer.event_document(o.name, o.columns, o.key_columns, e.id, e.created_at,
-                                                     e.table_name, e.op, e.old, e.new, e.oversize, e.tx,
-                                                     e.role, e.context, attempt, 'evt_' || e.id || '_' || o.id),
-                             ',' ORDER BY e.id) || ']'
+    SELECT CASE WHEN count(*) = cardinality(event_ids) AND bool_and(e.error IS NULL) THEN
+        '[' || string_agg(observer.event_document(o.name, o.columns, o.key_columns, e.id, e.created_at,
+                                                  e.table_name, e.op, e.old, e.new, e.oversize, e.tx,
+                                                  e.role, e.context, attempt, 'evt_' || e.id || '_' || o.id),
+                          ',' ORDER BY e.id) || ']' END
     FROM observer.events_safe(event_ids) e
 $$;
 
@@ -1803,7 +1805,14 @@ BEGIN
     FROM fraiseql_replay r
     WHERE j.observer_id = o.id AND j.event_id = r.event_id AND j.state IN ('completed', 'dead');
     GET DIAGNOSTICS n_old = ROW_COUNT;
-    -- The statement above has put back every completed batch job whose first event is replayed:
+    -- A batch job one of whose events cannot be read any more (its array could not be made) goes
+    -- as its events' jobs: that event to the dead-letter queue with its reason at its claim, the
+    -- others delivered (observer.split_batches; the batch's attempts stay with its first event's).
+    PERFORM observer.split_batches(ARRAY(
+        SELECT j.id FROM observer.jobs j
+        WHERE j.observer_id = o.id AND j.event_ids IS NOT NULL AND j.state = 'pending' AND j.documents IS NULL
+        FOR UPDATE));
+    -- The statements above have put back every completed batch job whose first event is replayed:
     -- the events of the batch jobs that are not completed now are theirs to deliver.
     WITH logs AS (
         SELECT DISTINCT observer.event_log_id(r.event_id) AS id FROM fraiseql_replay r

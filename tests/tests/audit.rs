@@ -296,6 +296,10 @@ async fn audit_documents_reach_elasticsearch_by_the_bulk_contract() {
         template.body["template"]["mappings"]["properties"]["payload"]["type"],
         "text"
     );
+    assert_eq!(
+        template.body["template"]["mappings"]["properties"]["event_ids"]["type"], "long",
+        "a batch job's events are searchable in the index"
+    );
     let mut ids = BTreeMap::new();
     for r in requests.iter().filter(|r| r.path == "/_bulk") {
         assert_eq!(

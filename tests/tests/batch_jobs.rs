@@ -383,3 +383,60 @@ async fn a_batch_is_delivered_as_made_even_once_its_rows_cannot_be_read() {
         "the delivered array is not kept"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_are_json_whatever_the_values_and_a_missing_event_stops_no_claim() {
+    let (_cluster, root) = setup().await;
+    // The document written as text (observer.event_document) is the jsonb one, field for field,
+    // for values that need escaping, a context, an oversize mark, a column list, and no event.
+    let same: bool = root
+        .query_one(
+            r#"SELECT observer.event_document('o"b', ARRAY['a'], ARRAY['id'], 7, now(), 'public."t\x"', 'UPDATE',
+                   '{"id": 1, "a": "q\"uote\\ \n", "b": 2}', '{"id": 1, "a": "\u00e9", "b": null}', 9000,
+                   '42'::xid8, 'r"ole', '{"request_id": "r-\"42"}', 3, 'evt_7_1')::jsonb
+               = jsonb_build_object('type', 'o"b', 'timestamp', now(), 'attempt', 3, 'webhook_id', 'evt_7_1',
+                   'data', jsonb_build_object('event_id', 7, 'observer', 'o"b', 'table', 'public."t\x"',
+                       'op', 'UPDATE', 'old', '{"id": 1, "a": "q\"uote\\ \n"}'::jsonb,
+                       'new', '{"id": 1, "a": "\u00e9"}'::jsonb, 'oversize', jsonb_build_object('bytes', 9000),
+                       'txid', 42, 'role', 'r"ole', 'context', '{"request_id": "r-\"42"}'::jsonb))"#,
+            &[],
+        )
+        .await
+        .expect("document")
+        .get(0);
+    assert!(same, "the text document is the jsonb document");
+    let gone: String = root
+        .query_one(
+            "SELECT observer.job_payload('b', NULL, NULL, 5, NULL, now(), NULL, NULL, NULL, NULL, NULL, NULL,
+                                         NULL, NULL, NULL, NULL, 1)::text",
+            &[],
+        )
+        .await
+        .expect("an event that is gone")
+        .get(0);
+    let gone: Value = serde_json::from_str(&gone).expect("json");
+    assert_eq!(gone["data"]["event_id"], Value::Null, "{gone}");
+    assert_eq!(gone["data"]["new"], Value::Null, "{gone}");
+
+    // An event row deleted by hand under its pending job: every claim still works.
+    root.batch_execute(&format!(
+        "SELECT observer_create('p', 'public.t', action => '{PLAIN}');
+         INSERT INTO public.t VALUES (1, 'gone');"
+    ))
+    .await
+    .expect("row");
+    wait_jobs(&root, 2).await;
+    root.batch_execute("DELETE FROM observer.event_log; INSERT INTO public.t VALUES (2, 'kept');")
+        .await
+        .expect("delete the event");
+    wait_jobs(&root, 4).await;
+    let claimed = claim(&root, "w", "30 seconds").await;
+    assert_eq!(claimed.len(), 4, "{claimed:?}");
+    assert_eq!(
+        claimed
+            .iter()
+            .filter(|c| c.4["data"]["new"]["word"] == "kept")
+            .count(),
+        2
+    );
+}

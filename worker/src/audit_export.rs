@@ -132,6 +132,8 @@ pub fn index_template(prefix: &str) -> serde_json::Value {
                     "job_id": {"type": "long"},
                     "attempt": {"type": "integer"},
                     "event_id": {"type": "long"},
+                    // A batch job's attempt: every event of the batch (event_id is the first).
+                    "event_ids": {"type": "long"},
                     "observer": {"type": "keyword"},
                     "action": {"type": "keyword"},
                     "outcome": {"type": "keyword"},
