@@ -253,14 +253,29 @@ BEGIN
     -- A quarantined event that can be read now is no longer set aside.
     DELETE FROM observer.skipped s USING fraiseql_replay r
     WHERE s.event_id = r.event_id AND s.observer_id = o.id AND s.reason = 'undecodable';
+    -- Completed batch jobs whose first event is replayed go back whole. The claim hands a batch
+    -- job's documents out as they are: made for its next attempt.
     UPDATE observer.jobs j
     SET state = 'pending', run_at = observer.due_at(o.paused_at), finished_at = NULL, lease_until = NULL,
         attempts_allowed = j.attempt + o.max_attempts,
-        -- The claim hands a batch job's documents out as they are: made for its next attempt.
-        documents = CASE WHEN j.event_ids IS NOT NULL THEN observer.batch_payload(j.event_ids, o, j.attempt + 1) END
+        documents = observer.batch_payload(j.event_ids, o, j.attempt + 1)
     FROM fraiseql_replay r
-    WHERE j.observer_id = o.id AND j.event_id = r.event_id AND j.state IN ('completed', 'dead');
+    WHERE j.observer_id = o.id AND j.event_id = r.event_id AND j.state = 'completed' AND j.event_ids IS NOT NULL;
     GET DIAGNOSTICS n_old = ROW_COUNT;
+    -- Finished jobs of their own, but not of an event that just went back in its batch (a job
+    -- of its own from an earlier replay): it would go out twice.
+    UPDATE observer.jobs j
+    SET state = 'pending', run_at = observer.due_at(o.paused_at), finished_at = NULL, lease_until = NULL,
+        attempts_allowed = j.attempt + o.max_attempts
+    FROM fraiseql_replay r
+    WHERE j.observer_id = o.id AND j.event_id = r.event_id AND j.state IN ('completed', 'dead')
+      AND j.event_ids IS NULL
+      AND NOT EXISTS (SELECT 1 FROM observer.jobs b
+                      WHERE b.observer_id = o.id AND b.event_ids IS NOT NULL AND b.state = 'pending'
+                        AND b.event_id BETWEEN observer.event_log_id(j.event_id) AND j.event_id
+                        AND j.event_id = ANY (b.event_ids));
+    GET DIAGNOSTICS n_new = ROW_COUNT;
+    n_old := n_old + n_new;
     -- A batch job one of whose events cannot be read any more (its array could not be made) goes
     -- as its events' jobs: that event to the dead-letter queue with its reason at its claim, the
     -- others delivered (observer.split_batches; the batch's attempts stay with its first event's).

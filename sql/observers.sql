@@ -614,6 +614,13 @@ BEGIN
         backoff_base = fresh.backoff_base, backoff_cap = fresh.backoff_cap, priority = fresh.priority,
         ordering_path = fresh.ordering_path, updated_at = now()
     WHERE o.id = old.id;
+    -- A pending batch job's array and words were made with the old definition (its `columns`
+    -- above all: a column left out now must not go out): its events go as jobs of their own,
+    -- which the claim makes with the new one (queue.sql, "Batch jobs").
+    PERFORM observer.split_batches(ARRAY(
+        SELECT j.id FROM observer.jobs j
+        WHERE j.observer_id = old.id AND j.event_ids IS NOT NULL AND j.state = 'pending'
+        FOR UPDATE));
     PERFORM observer.sync_capture(fresh.table_oid);
     IF old.table_oid IS DISTINCT FROM fresh.table_oid THEN
         PERFORM observer.sync_capture(old.table_oid);

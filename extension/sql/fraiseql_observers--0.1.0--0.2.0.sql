@@ -501,6 +501,13 @@ BEGIN
         backoff_base = fresh.backoff_base, backoff_cap = fresh.backoff_cap, priority = fresh.priority,
         ordering_path = fresh.ordering_path, updated_at = now()
     WHERE o.id = old.id;
+    -- A pending batch job's array and words were made with the old definition (its `columns`
+    -- above all: a column left out now must not go out): its events go as jobs of their own,
+    -- which the claim makes with the new one (queue.sql, "Batch jobs").
+    PERFORM observer.split_batches(ARRAY(
+        SELECT j.id FROM observer.jobs j
+        WHERE j.observer_id = old.id AND j.event_ids IS NOT NULL AND j.state = 'pending'
+        FOR UPDATE));
     PERFORM observer.sync_capture(fresh.table_oid);
     IF old.table_oid IS DISTINCT FROM fresh.table_oid THEN
         PERFORM observer.sync_capture(old.table_oid);
@@ -672,6 +679,12 @@ RETURN CASE WHEN fifo IS NULL AND dedup_window IS NULL
             THEN NULLIF(GREATEST(COALESCE(
                      (action OPERATOR(pg_catalog.->) 'batch' OPERATOR(pg_catalog.->>) 'max_events')::integer, 100), 1), 1) END;
 
+-- observer.batch_max_bytes(action): the most bytes of a batch's documents (the action's
+-- batch.max_bytes, 1 MiB when not given, as the worker reads it). Inlined.
+CREATE OR REPLACE FUNCTION observer.batch_max_bytes(action jsonb) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN COALESCE((action OPERATOR(pg_catalog.->) 'batch' OPERATOR(pg_catalog.->>) 'max_bytes')::bigint, 1048576);
+
 -- observer.batch_key(event_ids, observer_id): the webhook-id of a batch job: the id the worker
 -- gives a request of the same events as jobs of their own (worker/src/actions/batch.rs,
 -- batch_id): "batch_" and 32 hex digits of the SHA-256 over each element's key
@@ -816,41 +829,53 @@ BEGIN
                          row_number() OVER (PARTITION BY d.observer_id, observer.event_log_id(d.event_id) ORDER BY d.event_id) AS rn,
                          count(*) OVER (PARTITION BY d.observer_id, observer.event_log_id(d.event_id)) AS in_log
                   FROM decisions d WHERE d.matched AND NOT d.dedup AND d.batch_max IS NOT NULL) p
+        ), chunks AS MATERIALIZED (
+            SELECT p.observer_id, p.chunk, observer.event_log_id(p.event_id) AS log_id, min(p.priority) AS priority,
+                   min(p.run_at) AS run_at,
+                   array_agg(p.event_id ORDER BY p.event_id) AS ids,
+                   -- Made here, as JSON text, from the events this round decoded, so that
+                   -- neither the claim nor the completion decodes them again: what the
+                   -- claim hands out (each event's document for attempt 1 with its
+                   -- webhook-id: queue.sql, "Batch jobs"), and the strings and numbers of
+                   -- each event's table, op and rows (as the observer delivers them) for the
+                   -- words of its attempt.
+                   '[' || string_agg(observer.event_document(o.name, o.columns, o.key_columns, b.id, b.created_at,
+                                                            b.table_name, b.op, b.old, b.new, b.oversize, b.tx,
+                                                            b.role, b.context, 1,
+                                                            'evt_' || b.id || '_' || p.observer_id),
+                                     ',' ORDER BY p.event_id) || ']' AS documents,
+                   '[' || string_agg(concat('[', to_json(b.table_name), ',', to_json(b.op), ',',
+                                            coalesce((CASE WHEN o.columns IS NULL THEN b.old
+                                                           ELSE observer.project(b.old, o.columns, o.key_columns) END)::text, 'null'), ',',
+                                            coalesce((CASE WHEN o.columns IS NULL THEN b.new
+                                                           ELSE observer.project(b.new, o.columns, o.key_columns) END)::text, 'null'), ']'),
+                                     ',' ORDER BY p.event_id) || ']' AS words,
+                   -- The action's max_bytes bounds the array as it bounds the worker's own
+                   -- batches: the chunk of a statement of big rows goes as jobs of its own.
+                   min(observer.batch_max_bytes(o.action)) AS max_bytes
+            FROM planned p JOIN batch b ON b.id = p.event_id JOIN observer.observers o ON o.id = p.observer_id
+            WHERE p.chunk IS NOT NULL
+            GROUP BY p.observer_id, observer.event_log_id(p.event_id), p.chunk
         ), made_batches AS (
             INSERT INTO observer.jobs (observer_id, event_id, event_ids, idempotency_key, priority, run_at, search,
                                        documents)
             SELECT g.observer_id, g.ids[1], g.ids, observer.batch_key(g.ids, g.observer_id), g.priority, g.run_at,
                    observer.batch_words(g.words), g.documents
-            FROM (SELECT p.observer_id, min(p.priority) AS priority, min(p.run_at) AS run_at,
-                         array_agg(p.event_id ORDER BY p.event_id) AS ids,
-                         -- Made here, as JSON text, from the events this round decoded, so that
-                         -- neither the claim nor the completion decodes them again: what the
-                         -- claim hands out (each event's document for attempt 1 with its
-                         -- webhook-id: queue.sql, "Batch jobs"), and the strings and numbers of
-                         -- each event's table, op and rows (as the observer delivers them) for the
-                         -- words of its attempt.
-                         '[' || string_agg(observer.event_document(o.name, o.columns, o.key_columns, b.id, b.created_at,
-                                                                  b.table_name, b.op, b.old, b.new, b.oversize, b.tx,
-                                                                  b.role, b.context, 1,
-                                                                  'evt_' || b.id || '_' || p.observer_id),
-                                           ',' ORDER BY p.event_id) || ']' AS documents,
-                         '[' || string_agg(concat('[', to_json(b.table_name), ',', to_json(b.op), ',',
-                                                  coalesce((CASE WHEN o.columns IS NULL THEN b.old
-                                                                 ELSE observer.project(b.old, o.columns, o.key_columns) END)::text, 'null'), ',',
-                                                  coalesce((CASE WHEN o.columns IS NULL THEN b.new
-                                                                 ELSE observer.project(b.new, o.columns, o.key_columns) END)::text, 'null'), ']'),
-                                           ',' ORDER BY p.event_id) || ']' AS words
-                  FROM planned p JOIN batch b ON b.id = p.event_id JOIN observer.observers o ON o.id = p.observer_id
-                  WHERE p.chunk IS NOT NULL
-                  GROUP BY p.observer_id, observer.event_log_id(p.event_id), p.chunk) g
+            FROM chunks g
+            WHERE pg_catalog.octet_length(g.documents) <= g.max_bytes
             ORDER BY g.ids[1], g.observer_id
             ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING
             RETURNING 1
         ), made AS (
             INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, priority, run_at)
-            SELECT observer_id, event_id, 'evt_' || event_id || '_' || observer_id, ordering_key, priority, run_at
-            FROM planned WHERE chunk IS NULL
-            ORDER BY event_id, observer_id
+            SELECT p.observer_id, p.event_id, 'evt_' || p.event_id || '_' || p.observer_id, p.ordering_key, p.priority,
+                   p.run_at
+            FROM planned p
+            LEFT JOIN (SELECT g.observer_id, g.chunk, g.log_id FROM chunks g
+                       WHERE pg_catalog.octet_length(g.documents) > g.max_bytes) big
+              ON big.observer_id = p.observer_id AND big.chunk = p.chunk AND big.log_id = observer.event_log_id(p.event_id)
+            WHERE p.chunk IS NULL OR big.observer_id IS NOT NULL
+            ORDER BY p.event_id, p.observer_id
             ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING
             RETURNING 1
         )
@@ -1797,14 +1822,29 @@ BEGIN
     -- A quarantined event that can be read now is no longer set aside.
     DELETE FROM observer.skipped s USING fraiseql_replay r
     WHERE s.event_id = r.event_id AND s.observer_id = o.id AND s.reason = 'undecodable';
+    -- Completed batch jobs whose first event is replayed go back whole. The claim hands a batch
+    -- job's documents out as they are: made for its next attempt.
     UPDATE observer.jobs j
     SET state = 'pending', run_at = observer.due_at(o.paused_at), finished_at = NULL, lease_until = NULL,
         attempts_allowed = j.attempt + o.max_attempts,
-        -- The claim hands a batch job's documents out as they are: made for its next attempt.
-        documents = CASE WHEN j.event_ids IS NOT NULL THEN observer.batch_payload(j.event_ids, o, j.attempt + 1) END
+        documents = observer.batch_payload(j.event_ids, o, j.attempt + 1)
     FROM fraiseql_replay r
-    WHERE j.observer_id = o.id AND j.event_id = r.event_id AND j.state IN ('completed', 'dead');
+    WHERE j.observer_id = o.id AND j.event_id = r.event_id AND j.state = 'completed' AND j.event_ids IS NOT NULL;
     GET DIAGNOSTICS n_old = ROW_COUNT;
+    -- Finished jobs of their own, but not of an event that just went back in its batch (a job
+    -- of its own from an earlier replay): it would go out twice.
+    UPDATE observer.jobs j
+    SET state = 'pending', run_at = observer.due_at(o.paused_at), finished_at = NULL, lease_until = NULL,
+        attempts_allowed = j.attempt + o.max_attempts
+    FROM fraiseql_replay r
+    WHERE j.observer_id = o.id AND j.event_id = r.event_id AND j.state IN ('completed', 'dead')
+      AND j.event_ids IS NULL
+      AND NOT EXISTS (SELECT 1 FROM observer.jobs b
+                      WHERE b.observer_id = o.id AND b.event_ids IS NOT NULL AND b.state = 'pending'
+                        AND b.event_id BETWEEN observer.event_log_id(j.event_id) AND j.event_id
+                        AND j.event_id = ANY (b.event_ids));
+    GET DIAGNOSTICS n_new = ROW_COUNT;
+    n_old := n_old + n_new;
     -- A batch job one of whose events cannot be read any more (its array could not be made) goes
     -- as its events' jobs: that event to the dead-letter queue with its reason at its claim, the
     -- others delivered (observer.split_batches; the batch's attempts stay with its first event's).
