@@ -16,6 +16,7 @@ use anyhow::{bail, Context as _, Result};
 
 pub mod browser;
 pub mod nats;
+pub mod queue;
 pub mod sink;
 
 pub use sink::{first_attempt_then, Received, Reply, Sink};

@@ -10,7 +10,8 @@
 
 use std::time::Duration;
 
-use fraiseql_observers_tests::{sqlstate, wait_until, Cluster};
+use fraiseql_observers_tests::queue::{count, outcome, wait_job_rows as wait_jobs};
+use fraiseql_observers_tests::{sqlstate, Cluster};
 use serde_json::Value;
 use tokio_postgres::Client;
 
@@ -33,19 +34,6 @@ async fn setup() -> (Cluster, Client) {
     (cluster, root)
 }
 
-async fn count(c: &Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).await.expect(sql).get(0)
-}
-
-/// Wait until the dispatcher made `n` jobs in all.
-async fn wait_jobs(c: &Client, n: i64) {
-    let made = wait_until(Duration::from_secs(20), || async {
-        count(c, "SELECT count(*) FROM observer.jobs").await == n
-    })
-    .await;
-    assert!(made, "{n} jobs were made");
-}
-
 /// The claimed jobs: (job id, token, attempt, webhook-id, payload).
 async fn claim(c: &Client, worker: &str, lease: &str) -> Vec<(i64, i64, i32, String, Value)> {
     c.query(
@@ -59,18 +47,6 @@ async fn claim(c: &Client, worker: &str, lease: &str) -> Vec<(i64, i64, i32, Str
         let payload: &str = r.get(4);
         (r.get(0), r.get(1), r.get(2), r.get(3), serde_json::from_str(payload).expect("json"))
     })
-    .collect()
-}
-
-async fn outcome(c: &Client, call: &str, ids: &[i64], tokens: &[i64]) -> Vec<(i64, bool)> {
-    c.query(
-        &format!("SELECT job_id, accepted FROM {call}"),
-        &[&ids, &tokens],
-    )
-    .await
-    .expect(call)
-    .iter()
-    .map(|r| (r.get(0), r.get(1)))
     .collect()
 }
 

@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use fraiseql_observers_tests::queue::count;
 use fraiseql_observers_tests::{free_port, http_get, sqlstate, wait_until, Cluster, Sink, Worker};
 use serde_json::Value;
 use tokio_postgres::Client;
@@ -34,10 +35,6 @@ async fn setup(action: &str) -> (Cluster, Client) {
     .await
     .expect("setup");
     (cluster, root)
-}
-
-async fn count(c: &Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).await.expect(sql).get(0)
 }
 
 async fn json(c: &Client, sql: &str) -> Value {

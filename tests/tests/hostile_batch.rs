@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use fraiseql_observers_tests::queue::{count, outcome, wait_job_rows as wait_jobs};
 use fraiseql_observers_tests::{sqlstate, wait_until, Cluster};
 use serde_json::Value;
 use tokio_postgres::Client;
@@ -37,20 +38,6 @@ async fn setup() -> (Cluster, Client) {
     (cluster, root)
 }
 
-async fn count(c: &Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).await.expect(sql).get(0)
-}
-
-/// Wait until the dispatcher made `n` jobs in all.
-async fn wait_jobs(c: &Client, n: i64) {
-    let made = wait_until(Duration::from_secs(30), || async {
-        count(c, "SELECT count(*) FROM observer.jobs").await == n
-    })
-    .await;
-    let have = count(c, "SELECT count(*) FROM observer.jobs").await;
-    assert!(made, "{n} jobs were made, have {have}");
-}
-
 /// A claimed job: (job id, token, observer, webhook-id, payload).
 type Claimed = (i64, i64, String, String, Value);
 
@@ -69,19 +56,6 @@ async fn claim(c: &Client, worker: &str, max: i32) -> Vec<Claimed> {
         let value = serde_json::from_str(payload).expect("payload is JSON");
         (r.get(0), r.get(1), r.get(2), r.get(3), value)
     })
-    .collect()
-}
-
-/// (job id, accepted) of an outcome call taking `$1` ids and `$2` tokens.
-async fn outcome(c: &Client, call: &str, ids: &[i64], tokens: &[i64]) -> Vec<(i64, bool)> {
-    c.query(
-        &format!("SELECT job_id, accepted FROM {call}"),
-        &[&ids, &tokens],
-    )
-    .await
-    .expect(call)
-    .iter()
-    .map(|r| (r.get(0), r.get(1)))
     .collect()
 }
 
