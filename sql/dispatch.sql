@@ -517,39 +517,40 @@ BEGIN
                          count(*) OVER (PARTITION BY d.observer_id, observer.event_log_id(d.event_id)) AS in_log
                   FROM decisions d WHERE d.matched AND NOT d.dedup AND d.batch_max IS NOT NULL) p
         ), chunks AS MATERIALIZED (
-            SELECT p.observer_id, p.chunk, observer.event_log_id(p.event_id) AS log_id, min(p.priority) AS priority,
-                   min(p.run_at) AS run_at,
-                   array_agg(p.event_id ORDER BY p.event_id) AS ids,
-                   -- Made here, as JSON text, from the events this round decoded, so that
-                   -- neither the claim nor the completion decodes them again: what the
-                   -- claim hands out (each event's document for attempt 1 with its
-                   -- webhook-id: queue.sql, "Batch jobs"), and the strings and numbers of
-                   -- each event's table, op and rows (as the observer delivers them) for the
-                   -- words of its attempt.
-                   '[' || string_agg(observer.event_document(o.name, o.columns, o.key_columns, b.id, b.created_at,
-                                                            b.table_name, b.op, b.old, b.new, b.oversize, b.tx,
-                                                            b.role, b.context, 1,
-                                                            'evt_' || b.id || '_' || p.observer_id),
-                                     ',' ORDER BY p.event_id) || ']' AS documents,
-                   '[' || string_agg(concat('[', to_json(b.table_name), ',', to_json(b.op), ',',
-                                            coalesce((CASE WHEN o.columns IS NULL THEN b.old
-                                                           ELSE observer.project(b.old, o.columns, o.key_columns) END)::text, 'null'), ',',
-                                            coalesce((CASE WHEN o.columns IS NULL THEN b.new
-                                                           ELSE observer.project(b.new, o.columns, o.key_columns) END)::text, 'null'), ']'),
-                                     ',' ORDER BY p.event_id) || ']' AS words,
-                   -- The action's max_bytes bounds the array as it bounds the worker's own
-                   -- batches: the chunk of a statement of big rows goes as jobs of its own.
-                   min(observer.batch_max_bytes(o.action)) AS max_bytes
-            FROM planned p JOIN batch b ON b.id = p.event_id JOIN observer.observers o ON o.id = p.observer_id
-            WHERE p.chunk IS NOT NULL
-            GROUP BY p.observer_id, observer.event_log_id(p.event_id), p.chunk
+            SELECT g.*, pg_catalog.octet_length(g.documents) <= g.max_bytes AS fits
+            FROM (SELECT p.observer_id, p.chunk, observer.event_log_id(p.event_id) AS log_id,
+                         min(p.priority) AS priority, min(p.run_at) AS run_at,
+                         array_agg(p.event_id ORDER BY p.event_id) AS ids,
+                         -- Made here, as JSON text, from the events this round decoded, so that
+                         -- neither the claim nor the completion decodes them again: what the
+                         -- claim hands out (each event's document for attempt 1 with its
+                         -- webhook-id: queue.sql, "Batch jobs"), and the strings and numbers of
+                         -- each event's table, op and rows (as the observer delivers them) for
+                         -- the words of its attempt.
+                         '[' || string_agg(observer.event_document(o.name, o.columns, o.key_columns, b.id, b.created_at,
+                                                                  b.table_name, b.op, b.old, b.new, b.oversize, b.tx,
+                                                                  b.role, b.context, 1,
+                                                                  'evt_' || b.id || '_' || p.observer_id),
+                                           ',' ORDER BY p.event_id) || ']' AS documents,
+                         '[' || string_agg(concat('[', to_json(b.table_name), ',', to_json(b.op), ',',
+                                                  coalesce((CASE WHEN o.columns IS NULL THEN b.old
+                                                                 ELSE observer.project(b.old, o.columns, o.key_columns) END)::text, 'null'), ',',
+                                                  coalesce((CASE WHEN o.columns IS NULL THEN b.new
+                                                                 ELSE observer.project(b.new, o.columns, o.key_columns) END)::text, 'null'), ']'),
+                                           ',' ORDER BY p.event_id) || ']' AS words,
+                         -- The action's max_bytes bounds the array as it bounds the worker's own
+                         -- batches: the chunk of a statement of big rows goes as jobs of its own.
+                         min(observer.batch_max_bytes(o.action)) AS max_bytes
+                  FROM planned p JOIN batch b ON b.id = p.event_id JOIN observer.observers o ON o.id = p.observer_id
+                  WHERE p.chunk IS NOT NULL
+                  GROUP BY p.observer_id, observer.event_log_id(p.event_id), p.chunk) g
         ), made_batches AS (
             INSERT INTO observer.jobs (observer_id, event_id, event_ids, idempotency_key, priority, run_at, search,
                                        documents)
             SELECT g.observer_id, g.ids[1], g.ids, observer.batch_key(g.ids, g.observer_id), g.priority, g.run_at,
                    observer.batch_words(g.words), g.documents
             FROM chunks g
-            WHERE pg_catalog.octet_length(g.documents) <= g.max_bytes
+            WHERE g.fits
             ORDER BY g.ids[1], g.observer_id
             ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING
             RETURNING 1
@@ -558,8 +559,7 @@ BEGIN
             SELECT p.observer_id, p.event_id, 'evt_' || p.event_id || '_' || p.observer_id, p.ordering_key, p.priority,
                    p.run_at
             FROM planned p
-            LEFT JOIN (SELECT g.observer_id, g.chunk, g.log_id FROM chunks g
-                       WHERE pg_catalog.octet_length(g.documents) > g.max_bytes) big
+            LEFT JOIN (SELECT g.observer_id, g.chunk, g.log_id FROM chunks g WHERE NOT g.fits) big
               ON big.observer_id = p.observer_id AND big.chunk = p.chunk AND big.log_id = observer.event_log_id(p.event_id)
             WHERE p.chunk IS NULL OR big.observer_id IS NOT NULL
             ORDER BY p.event_id, p.observer_id

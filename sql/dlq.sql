@@ -270,10 +270,8 @@ BEGIN
     FROM fraiseql_replay r
     WHERE j.observer_id = o.id AND j.event_id = r.event_id AND j.state IN ('completed', 'dead')
       AND j.event_ids IS NULL
-      AND NOT EXISTS (SELECT 1 FROM observer.jobs b
-                      WHERE b.observer_id = o.id AND b.event_ids IS NOT NULL AND b.state = 'pending'
-                        AND b.event_id BETWEEN observer.event_log_id(j.event_id) AND j.event_id
-                        AND j.event_id = ANY (b.event_ids));
+      AND NOT EXISTS (SELECT 1 FROM observer.event_jobs(j.event_id, o.id) b
+                      WHERE b.event_ids IS NOT NULL AND b.state = 'pending');
     GET DIAGNOSTICS n_new = ROW_COUNT;
     n_old := n_old + n_new;
     -- A batch job one of whose events cannot be read any more (its array could not be made) goes
@@ -285,19 +283,11 @@ BEGIN
         FOR UPDATE));
     -- The statements above have put back every completed batch job whose first event is replayed:
     -- the events of the batch jobs that are not completed now are theirs to deliver.
-    WITH logs AS (
-        SELECT DISTINCT observer.event_log_id(r.event_id) AS id FROM fraiseql_replay r
-    ), in_batch AS (
-        SELECT u.id AS event_id, j.state
-        FROM logs
-        JOIN observer.jobs j ON j.observer_id = o.id AND j.event_id >= logs.id AND j.event_id < logs.id + 1024
-                                AND j.event_ids IS NOT NULL
-        CROSS JOIN LATERAL unnest(j.event_ids) AS u(id)
-    )
     INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, priority, run_at)
     SELECT o.id, r.event_id, 'evt_' || r.event_id || '_' || o.id, r.ordering_key, o.priority, observer.due_at(o.paused_at)
     FROM fraiseql_replay r
-    WHERE NOT EXISTS (SELECT 1 FROM in_batch b WHERE b.event_id = r.event_id AND b.state <> 'completed')
+    WHERE NOT EXISTS (SELECT 1 FROM observer.event_jobs(r.event_id, o.id) b
+                      WHERE b.event_ids IS NOT NULL AND b.state <> 'completed')
     ORDER BY r.event_id
     ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING;
     GET DIAGNOSTICS n_new = ROW_COUNT;

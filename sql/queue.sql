@@ -380,7 +380,7 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
         SELECT f.observer_id, u.id, 'evt_' || u.id || '_' || f.observer_id, f.priority, f.snoozes, f.state,
                f.attempt, f.attempts_allowed, f.run_at, f.lease_token, f.lease_until, f.worker, f.created_at,
                f.finished_at
-        FROM head f CROSS JOIN LATERAL unnest(f.all_ids[2:]) WITH ORDINALITY AS u(id, n)
+        FROM head f CROSS JOIN LATERAL unnest(f.all_ids[2:]) AS u(id)
         ORDER BY u.id, f.observer_id
         ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING
         RETURNING id, observer_id, event_id
@@ -390,33 +390,25 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     SELECT f.id, r.id FROM rest r JOIN head f ON f.observer_id = r.observer_id AND r.event_id = ANY (f.all_ids)
 $$;
 
--- observer.holds_batch(job_ids, tokens): whether the caller still holds a batch job among them
--- (running, its token matching).
-CREATE FUNCTION observer.holds_batch(job_ids bigint[], tokens bigint[]) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
-    SELECT EXISTS (SELECT 1 FROM observer.jobs j JOIN unnest(job_ids, tokens) AS i(id, token) ON j.id = i.id
-                   WHERE j.event_ids IS NOT NULL AND j.lease_token = i.token AND observer.is_running(j.state))
+-- observer.held_batches(job_ids, tokens): the batch jobs among job_ids that the caller still
+-- holds (running, its token matching), locked for the caller's transaction.
+CREATE FUNCTION observer.held_batches(job_ids bigint[], tokens bigint[]) RETURNS bigint[]
+LANGUAGE sql SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+    SELECT ARRAY(SELECT j.id FROM observer.jobs j JOIN unnest(job_ids, tokens) AS i(id, token) ON j.id = i.id
+                 WHERE j.event_ids IS NOT NULL AND j.lease_token = i.token AND observer.is_running(j.state)
+                 FOR UPDATE OF j)
 $$;
 
--- observer.expand_batches(job_ids, tokens): the batch jobs among job_ids that the caller holds,
--- split (their events' jobs keep the lease and token); for each position n of job_ids, the jobs
--- that now stand for it: itself, or its events' jobs.
-CREATE FUNCTION observer.expand_batches(job_ids bigint[], tokens bigint[])
+-- observer.expand_batches(job_ids, held): the batch jobs `held` (observer.held_batches) split,
+-- their events' jobs keeping the lease and token; for each position n of job_ids, the jobs that
+-- now stand for it: itself, or its events' jobs.
+CREATE FUNCTION observer.expand_batches(job_ids bigint[], held bigint[])
 RETURNS TABLE (n bigint, orig bigint, job_id bigint)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
-#variable_conflict use_column
-DECLARE
-    held bigint[];
-BEGIN
-    held := ARRAY(SELECT j.id FROM observer.jobs j JOIN unnest(job_ids, tokens) AS i(id, token) ON j.id = i.id
-                  WHERE j.event_ids IS NOT NULL AND j.lease_token = i.token AND observer.is_running(j.state)
-                  FOR UPDATE OF j);
-    RETURN QUERY
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     WITH s AS MATERIALIZED (SELECT * FROM observer.split_batches(held))
     SELECT i.n, i.id, coalesce(s.job_id, i.id)
     FROM unnest(job_ids) WITH ORDINALITY AS i(id, n) LEFT JOIN s ON s.batch_id = i.id
-    ORDER BY i.n, coalesce(s.job_id, i.id);
-END
+    ORDER BY i.n, coalesce(s.job_id, i.id)
 $$;
 
 -- observer.pick(values, positions): values[positions[1]], values[positions[2]], ... (NULL for
@@ -440,17 +432,13 @@ DECLARE
     back bigint[];
 BEGIN
     PERFORM observer.check_pairs(job_ids, tokens);
-    WITH returned AS (
+    back := observer.held_batches(job_ids, tokens);
+    IF cardinality(back) > 0 THEN
         UPDATE observer.jobs j
         SET state = 'pending', attempt = j.attempt - 1, lease_until = NULL,
             run_at = CASE WHEN (SELECT o.paused_at FROM observer.observers o WHERE o.id = j.observer_id) IS NOT NULL
                           THEN 'infinity' ELSE clock_timestamp() END
-        FROM unnest(job_ids, tokens) AS i(id, token)
-        WHERE j.id = i.id AND j.lease_token = i.token AND observer.is_running(j.state) AND j.event_ids IS NOT NULL
-        RETURNING j.id
-    )
-    SELECT coalesce(array_agg(id), '{}') INTO back FROM returned;
-    IF cardinality(back) > 0 THEN
+        WHERE j.id = ANY (back);
         PERFORM observer.split_batches(back);
     END IF;
     RETURN QUERY SELECT i.id, i.id = ANY (back) FROM unnest(job_ids) AS i(id);
@@ -469,6 +457,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET enable_seqscan = off 
 #variable_conflict use_column
 DECLARE
     n     integer := coalesce(cardinality(job_ids), 0);
+    held  bigint[];
     ids   bigint[];
     at    bigint[];
     origs bigint[];
@@ -480,12 +469,13 @@ BEGIN
         RAISE EXCEPTION 'errors (and retry_not_before if given) must have the same length as job_ids'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF observer.holds_batch(job_ids, tokens) THEN
+    held := observer.held_batches(job_ids, tokens);
+    IF cardinality(held) > 0 THEN
         -- A batch job's failure is each of its events': split, then fail their jobs, and answer
         -- for the jobs the caller gave.
         SELECT array_agg(x.job_id ORDER BY x.n, x.job_id), array_agg(x.n ORDER BY x.n, x.job_id),
                array_agg(x.orig ORDER BY x.n, x.job_id)
-        INTO ids, at, origs FROM observer.expand_batches(job_ids, tokens) x;
+        INTO ids, at, origs FROM observer.expand_batches(job_ids, held) x;
         RETURN QUERY
         SELECT m.orig, bool_and(r.accepted), min(r.state), min(r.run_at)
         FROM @extschema@.observer_fail(ids, observer.pick(tokens, at), observer.pick(errors, at),
@@ -605,6 +595,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET enable_seqscan = off 
 #variable_conflict use_column
 DECLARE
     n     integer := coalesce(cardinality(job_ids), 0);
+    held  bigint[];
     ids   bigint[];
     at    bigint[];
     origs bigint[];
@@ -619,11 +610,12 @@ BEGIN
         RAISE EXCEPTION 'pause (when given) must have the same length as job_ids'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF observer.holds_batch(job_ids, tokens) THEN
+    held := observer.held_batches(job_ids, tokens);
+    IF cardinality(held) > 0 THEN
         -- A discarded batch job: each of its events' jobs is discarded.
         SELECT array_agg(x.job_id ORDER BY x.n, x.job_id), array_agg(x.n ORDER BY x.n, x.job_id),
                array_agg(x.orig ORDER BY x.n, x.job_id)
-        INTO ids, at, origs FROM observer.expand_batches(job_ids, tokens) x;
+        INTO ids, at, origs FROM observer.expand_batches(job_ids, held) x;
         RETURN QUERY
         SELECT m.orig, bool_and(r.accepted)
         FROM @extschema@.observer_discard(ids, observer.pick(tokens, at), observer.pick(reasons, at), observer.pick(pause, at),

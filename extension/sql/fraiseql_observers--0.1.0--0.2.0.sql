@@ -830,39 +830,40 @@ BEGIN
                          count(*) OVER (PARTITION BY d.observer_id, observer.event_log_id(d.event_id)) AS in_log
                   FROM decisions d WHERE d.matched AND NOT d.dedup AND d.batch_max IS NOT NULL) p
         ), chunks AS MATERIALIZED (
-            SELECT p.observer_id, p.chunk, observer.event_log_id(p.event_id) AS log_id, min(p.priority) AS priority,
-                   min(p.run_at) AS run_at,
-                   array_agg(p.event_id ORDER BY p.event_id) AS ids,
-                   -- Made here, as JSON text, from the events this round decoded, so that
-                   -- neither the claim nor the completion decodes them again: what the
-                   -- claim hands out (each event's document for attempt 1 with its
-                   -- webhook-id: queue.sql, "Batch jobs"), and the strings and numbers of
-                   -- each event's table, op and rows (as the observer delivers them) for the
-                   -- words of its attempt.
-                   '[' || string_agg(observer.event_document(o.name, o.columns, o.key_columns, b.id, b.created_at,
-                                                            b.table_name, b.op, b.old, b.new, b.oversize, b.tx,
-                                                            b.role, b.context, 1,
-                                                            'evt_' || b.id || '_' || p.observer_id),
-                                     ',' ORDER BY p.event_id) || ']' AS documents,
-                   '[' || string_agg(concat('[', to_json(b.table_name), ',', to_json(b.op), ',',
-                                            coalesce((CASE WHEN o.columns IS NULL THEN b.old
-                                                           ELSE observer.project(b.old, o.columns, o.key_columns) END)::text, 'null'), ',',
-                                            coalesce((CASE WHEN o.columns IS NULL THEN b.new
-                                                           ELSE observer.project(b.new, o.columns, o.key_columns) END)::text, 'null'), ']'),
-                                     ',' ORDER BY p.event_id) || ']' AS words,
-                   -- The action's max_bytes bounds the array as it bounds the worker's own
-                   -- batches: the chunk of a statement of big rows goes as jobs of its own.
-                   min(observer.batch_max_bytes(o.action)) AS max_bytes
-            FROM planned p JOIN batch b ON b.id = p.event_id JOIN observer.observers o ON o.id = p.observer_id
-            WHERE p.chunk IS NOT NULL
-            GROUP BY p.observer_id, observer.event_log_id(p.event_id), p.chunk
+            SELECT g.*, pg_catalog.octet_length(g.documents) <= g.max_bytes AS fits
+            FROM (SELECT p.observer_id, p.chunk, observer.event_log_id(p.event_id) AS log_id,
+                         min(p.priority) AS priority, min(p.run_at) AS run_at,
+                         array_agg(p.event_id ORDER BY p.event_id) AS ids,
+                         -- Made here, as JSON text, from the events this round decoded, so that
+                         -- neither the claim nor the completion decodes them again: what the
+                         -- claim hands out (each event's document for attempt 1 with its
+                         -- webhook-id: queue.sql, "Batch jobs"), and the strings and numbers of
+                         -- each event's table, op and rows (as the observer delivers them) for
+                         -- the words of its attempt.
+                         '[' || string_agg(observer.event_document(o.name, o.columns, o.key_columns, b.id, b.created_at,
+                                                                  b.table_name, b.op, b.old, b.new, b.oversize, b.tx,
+                                                                  b.role, b.context, 1,
+                                                                  'evt_' || b.id || '_' || p.observer_id),
+                                           ',' ORDER BY p.event_id) || ']' AS documents,
+                         '[' || string_agg(concat('[', to_json(b.table_name), ',', to_json(b.op), ',',
+                                                  coalesce((CASE WHEN o.columns IS NULL THEN b.old
+                                                                 ELSE observer.project(b.old, o.columns, o.key_columns) END)::text, 'null'), ',',
+                                                  coalesce((CASE WHEN o.columns IS NULL THEN b.new
+                                                                 ELSE observer.project(b.new, o.columns, o.key_columns) END)::text, 'null'), ']'),
+                                           ',' ORDER BY p.event_id) || ']' AS words,
+                         -- The action's max_bytes bounds the array as it bounds the worker's own
+                         -- batches: the chunk of a statement of big rows goes as jobs of its own.
+                         min(observer.batch_max_bytes(o.action)) AS max_bytes
+                  FROM planned p JOIN batch b ON b.id = p.event_id JOIN observer.observers o ON o.id = p.observer_id
+                  WHERE p.chunk IS NOT NULL
+                  GROUP BY p.observer_id, observer.event_log_id(p.event_id), p.chunk) g
         ), made_batches AS (
             INSERT INTO observer.jobs (observer_id, event_id, event_ids, idempotency_key, priority, run_at, search,
                                        documents)
             SELECT g.observer_id, g.ids[1], g.ids, observer.batch_key(g.ids, g.observer_id), g.priority, g.run_at,
                    observer.batch_words(g.words), g.documents
             FROM chunks g
-            WHERE pg_catalog.octet_length(g.documents) <= g.max_bytes
+            WHERE g.fits
             ORDER BY g.ids[1], g.observer_id
             ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING
             RETURNING 1
@@ -871,8 +872,7 @@ BEGIN
             SELECT p.observer_id, p.event_id, 'evt_' || p.event_id || '_' || p.observer_id, p.ordering_key, p.priority,
                    p.run_at
             FROM planned p
-            LEFT JOIN (SELECT g.observer_id, g.chunk, g.log_id FROM chunks g
-                       WHERE pg_catalog.octet_length(g.documents) > g.max_bytes) big
+            LEFT JOIN (SELECT g.observer_id, g.chunk, g.log_id FROM chunks g WHERE NOT g.fits) big
               ON big.observer_id = p.observer_id AND big.chunk = p.chunk AND big.log_id = observer.event_log_id(p.event_id)
             WHERE p.chunk IS NULL OR big.observer_id IS NOT NULL
             ORDER BY p.event_id, p.observer_id
@@ -1334,7 +1334,7 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
         SELECT f.observer_id, u.id, 'evt_' || u.id || '_' || f.observer_id, f.priority, f.snoozes, f.state,
                f.attempt, f.attempts_allowed, f.run_at, f.lease_token, f.lease_until, f.worker, f.created_at,
                f.finished_at
-        FROM head f CROSS JOIN LATERAL unnest(f.all_ids[2:]) WITH ORDINALITY AS u(id, n)
+        FROM head f CROSS JOIN LATERAL unnest(f.all_ids[2:]) AS u(id)
         ORDER BY u.id, f.observer_id
         ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING
         RETURNING id, observer_id, event_id
@@ -1344,33 +1344,25 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     SELECT f.id, r.id FROM rest r JOIN head f ON f.observer_id = r.observer_id AND r.event_id = ANY (f.all_ids)
 $$;
 
--- observer.holds_batch(job_ids, tokens): whether the caller still holds a batch job among them
--- (running, its token matching).
-CREATE OR REPLACE FUNCTION observer.holds_batch(job_ids bigint[], tokens bigint[]) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
-    SELECT EXISTS (SELECT 1 FROM observer.jobs j JOIN unnest(job_ids, tokens) AS i(id, token) ON j.id = i.id
-                   WHERE j.event_ids IS NOT NULL AND j.lease_token = i.token AND observer.is_running(j.state))
+-- observer.held_batches(job_ids, tokens): the batch jobs among job_ids that the caller still
+-- holds (running, its token matching), locked for the caller's transaction.
+CREATE OR REPLACE FUNCTION observer.held_batches(job_ids bigint[], tokens bigint[]) RETURNS bigint[]
+LANGUAGE sql SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+    SELECT ARRAY(SELECT j.id FROM observer.jobs j JOIN unnest(job_ids, tokens) AS i(id, token) ON j.id = i.id
+                 WHERE j.event_ids IS NOT NULL AND j.lease_token = i.token AND observer.is_running(j.state)
+                 FOR UPDATE OF j)
 $$;
 
--- observer.expand_batches(job_ids, tokens): the batch jobs among job_ids that the caller holds,
--- split (their events' jobs keep the lease and token); for each position n of job_ids, the jobs
--- that now stand for it: itself, or its events' jobs.
-CREATE OR REPLACE FUNCTION observer.expand_batches(job_ids bigint[], tokens bigint[])
+-- observer.expand_batches(job_ids, held): the batch jobs `held` (observer.held_batches) split,
+-- their events' jobs keeping the lease and token; for each position n of job_ids, the jobs that
+-- now stand for it: itself, or its events' jobs.
+CREATE OR REPLACE FUNCTION observer.expand_batches(job_ids bigint[], held bigint[])
 RETURNS TABLE (n bigint, orig bigint, job_id bigint)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
-#variable_conflict use_column
-DECLARE
-    held bigint[];
-BEGIN
-    held := ARRAY(SELECT j.id FROM observer.jobs j JOIN unnest(job_ids, tokens) AS i(id, token) ON j.id = i.id
-                  WHERE j.event_ids IS NOT NULL AND j.lease_token = i.token AND observer.is_running(j.state)
-                  FOR UPDATE OF j);
-    RETURN QUERY
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     WITH s AS MATERIALIZED (SELECT * FROM observer.split_batches(held))
     SELECT i.n, i.id, coalesce(s.job_id, i.id)
     FROM unnest(job_ids) WITH ORDINALITY AS i(id, n) LEFT JOIN s ON s.batch_id = i.id
-    ORDER BY i.n, coalesce(s.job_id, i.id);
-END
+    ORDER BY i.n, coalesce(s.job_id, i.id)
 $$;
 
 -- observer.pick(values, positions): values[positions[1]], values[positions[2]], ... (NULL for
@@ -1394,17 +1386,13 @@ DECLARE
     back bigint[];
 BEGIN
     PERFORM observer.check_pairs(job_ids, tokens);
-    WITH returned AS (
+    back := observer.held_batches(job_ids, tokens);
+    IF cardinality(back) > 0 THEN
         UPDATE observer.jobs j
         SET state = 'pending', attempt = j.attempt - 1, lease_until = NULL,
             run_at = CASE WHEN (SELECT o.paused_at FROM observer.observers o WHERE o.id = j.observer_id) IS NOT NULL
                           THEN 'infinity' ELSE clock_timestamp() END
-        FROM unnest(job_ids, tokens) AS i(id, token)
-        WHERE j.id = i.id AND j.lease_token = i.token AND observer.is_running(j.state) AND j.event_ids IS NOT NULL
-        RETURNING j.id
-    )
-    SELECT coalesce(array_agg(id), '{}') INTO back FROM returned;
-    IF cardinality(back) > 0 THEN
+        WHERE j.id = ANY (back);
         PERFORM observer.split_batches(back);
     END IF;
     RETURN QUERY SELECT i.id, i.id = ANY (back) FROM unnest(job_ids) AS i(id);
@@ -1419,6 +1407,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET enable_seqscan = off 
 #variable_conflict use_column
 DECLARE
     n     integer := coalesce(cardinality(job_ids), 0);
+    held  bigint[];
     ids   bigint[];
     at    bigint[];
     origs bigint[];
@@ -1430,12 +1419,13 @@ BEGIN
         RAISE EXCEPTION 'errors (and retry_not_before if given) must have the same length as job_ids'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF observer.holds_batch(job_ids, tokens) THEN
+    held := observer.held_batches(job_ids, tokens);
+    IF cardinality(held) > 0 THEN
         -- A batch job's failure is each of its events': split, then fail their jobs, and answer
         -- for the jobs the caller gave.
         SELECT array_agg(x.job_id ORDER BY x.n, x.job_id), array_agg(x.n ORDER BY x.n, x.job_id),
                array_agg(x.orig ORDER BY x.n, x.job_id)
-        INTO ids, at, origs FROM observer.expand_batches(job_ids, tokens) x;
+        INTO ids, at, origs FROM observer.expand_batches(job_ids, held) x;
         RETURN QUERY
         SELECT m.orig, bool_and(r.accepted), min(r.state), min(r.run_at)
         FROM @extschema@.observer_fail(ids, observer.pick(tokens, at), observer.pick(errors, at),
@@ -1500,6 +1490,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET enable_seqscan = off 
 #variable_conflict use_column
 DECLARE
     n     integer := coalesce(cardinality(job_ids), 0);
+    held  bigint[];
     ids   bigint[];
     at    bigint[];
     origs bigint[];
@@ -1514,11 +1505,12 @@ BEGIN
         RAISE EXCEPTION 'pause (when given) must have the same length as job_ids'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF observer.holds_batch(job_ids, tokens) THEN
+    held := observer.held_batches(job_ids, tokens);
+    IF cardinality(held) > 0 THEN
         -- A discarded batch job: each of its events' jobs is discarded.
         SELECT array_agg(x.job_id ORDER BY x.n, x.job_id), array_agg(x.n ORDER BY x.n, x.job_id),
                array_agg(x.orig ORDER BY x.n, x.job_id)
-        INTO ids, at, origs FROM observer.expand_batches(job_ids, tokens) x;
+        INTO ids, at, origs FROM observer.expand_batches(job_ids, held) x;
         RETURN QUERY
         SELECT m.orig, bool_and(r.accepted)
         FROM @extschema@.observer_discard(ids, observer.pick(tokens, at), observer.pick(reasons, at), observer.pick(pause, at),
@@ -1839,10 +1831,8 @@ BEGIN
     FROM fraiseql_replay r
     WHERE j.observer_id = o.id AND j.event_id = r.event_id AND j.state IN ('completed', 'dead')
       AND j.event_ids IS NULL
-      AND NOT EXISTS (SELECT 1 FROM observer.jobs b
-                      WHERE b.observer_id = o.id AND b.event_ids IS NOT NULL AND b.state = 'pending'
-                        AND b.event_id BETWEEN observer.event_log_id(j.event_id) AND j.event_id
-                        AND j.event_id = ANY (b.event_ids));
+      AND NOT EXISTS (SELECT 1 FROM observer.event_jobs(j.event_id, o.id) b
+                      WHERE b.event_ids IS NOT NULL AND b.state = 'pending');
     GET DIAGNOSTICS n_new = ROW_COUNT;
     n_old := n_old + n_new;
     -- A batch job one of whose events cannot be read any more (its array could not be made) goes
@@ -1854,19 +1844,11 @@ BEGIN
         FOR UPDATE));
     -- The statements above have put back every completed batch job whose first event is replayed:
     -- the events of the batch jobs that are not completed now are theirs to deliver.
-    WITH logs AS (
-        SELECT DISTINCT observer.event_log_id(r.event_id) AS id FROM fraiseql_replay r
-    ), in_batch AS (
-        SELECT u.id AS event_id, j.state
-        FROM logs
-        JOIN observer.jobs j ON j.observer_id = o.id AND j.event_id >= logs.id AND j.event_id < logs.id + 1024
-                                AND j.event_ids IS NOT NULL
-        CROSS JOIN LATERAL unnest(j.event_ids) AS u(id)
-    )
     INSERT INTO observer.jobs (observer_id, event_id, idempotency_key, ordering_key, priority, run_at)
     SELECT o.id, r.event_id, 'evt_' || r.event_id || '_' || o.id, r.ordering_key, o.priority, observer.due_at(o.paused_at)
     FROM fraiseql_replay r
-    WHERE NOT EXISTS (SELECT 1 FROM in_batch b WHERE b.event_id = r.event_id AND b.state <> 'completed')
+    WHERE NOT EXISTS (SELECT 1 FROM observer.event_jobs(r.event_id, o.id) b
+                      WHERE b.event_ids IS NOT NULL AND b.state <> 'completed')
     ORDER BY r.event_id
     ON CONFLICT (event_id, observer_id) WHERE event_id IS NOT NULL DO NOTHING;
     GET DIAGNOSTICS n_new = ROW_COUNT;

@@ -231,16 +231,7 @@ mod tests {
 
     #[test]
     fn a_batch_job_is_told_by_its_array_payload() {
-        let job = |payload: &str| ClaimedJob {
-            job_id: 1,
-            token: 1,
-            attempt: 1,
-            observer: "orders".into(),
-            action: "{}".into(),
-            idempotency_key: "k".into(),
-            payload: payload.into(),
-            event_at: 0.0,
-        };
+        let job = |payload: &str| test_job(1, "k", payload);
         assert!(job(r#"[{"webhook_id":"evt_1_1"}]"#).is_batch());
         assert!(job(" [] ").is_batch());
         assert!(!job(r#"{"data":[1]}"#).is_batch());

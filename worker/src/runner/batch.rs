@@ -70,6 +70,14 @@ impl Ready {
     }
 }
 
+/// The batch policy of a webhook action that has one.
+pub(super) fn policy(action: &Result<Action, ActionError>) -> Option<BatchPolicy> {
+    match action {
+        Ok(Action::Webhook(w)) => w.batch,
+        _ => None,
+    }
+}
+
 /// How a claimed batch job goes: Ok with its observer's action (the one the claim returned) when
 /// that is a webhook that still batches and the job's array fits in its `max_bytes`, to be sent
 /// as one request; otherwise the [`Outcome::Split`] that gives its events back as jobs of their
@@ -78,10 +86,7 @@ pub(super) fn whole(
     job: &ClaimedJob,
     action: Result<Action, ActionError>,
 ) -> Result<Action, Outcome> {
-    let policy = match &action {
-        Ok(Action::Webhook(w)) => w.batch,
-        _ => None,
-    };
+    let policy = policy(&action);
     let split = |reason: String| Outcome::Split { reason };
     match (action, policy) {
         (Ok(action), Some(p)) if job.payload.len() as u64 <= p.max_bytes => Ok(action),

@@ -128,7 +128,7 @@ impl<'a> ClaimLoop<'a> {
                 self.batch_job(job, action, permit);
                 continue;
             }
-            match (batch_policy(&action), action) {
+            match (batch::policy(&action), action) {
                 (Some(policy), Ok(action)) => self.collect(job, permit, &action, policy),
                 (_, action) => self.spawn(job, action, permit),
             }
@@ -219,14 +219,6 @@ impl<'a> ClaimLoop<'a> {
             _ = ctx.wake.notified() => true,
             _ = tokio::time::sleep(ctx.config.poll_interval()) => true,
         }
-    }
-}
-
-/// The batch policy of a webhook action that has one.
-fn batch_policy(action: &Result<Action, ActionError>) -> Option<BatchPolicy> {
-    match action {
-        Ok(Action::Webhook(w)) => w.batch,
-        _ => None,
     }
 }
 
